@@ -1,0 +1,229 @@
+"""The versioned message envelope and every message body, with strict validation.
+
+Every control message on the broker is a JSON envelope::
+
+    {"schema": "cmd.benchmark", "v": 1, "msg_id": "...", "corr_id": null, "ts": 1.7e9,
+     "device_id": "pi-01", "body": {...}}
+
+``schema`` names the body type (see ``SCHEMAS``); ``v`` is the protocol major version. Unknown
+fields are rejected, strings and lists are bounded, and the whole message is bounded by
+``MAX_MESSAGE_BYTES`` before it is parsed. Artifact chunks are not envelopes: see shared.transfer.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from shared import PROTOCOL_VERSION
+from shared.errors import MessageTooLargeError, UnsupportedVersionError, ValidationError
+from shared.manifest import ArtifactManifest, Sha256, ShortStr
+from shared.registry import Registry
+
+MAX_MESSAGE_BYTES = 256 * 1024
+MSG_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+MsgId = Annotated[str, msgspec.Meta(pattern=MSG_ID_PATTERN.pattern)]
+Text = Annotated[str, msgspec.Meta(max_length=4096)]
+
+
+class Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of every message body."""
+
+
+# -- device -> host ----------------------------------------------------------------------------
+class RuntimeInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: ShortStr  # backend name, e.g. "tflite"
+    module: ShortStr  # importable module that provides it, e.g. "ai_edge_litert"
+    version: ShortStr
+    formats: Annotated[list[ShortStr], msgspec.Meta(max_length=8)]
+
+
+class Birth(Body, frozen=True):
+    agent_version: ShortStr
+    arch: ShortStr
+    cpu_model: ShortStr
+    cores: int
+    ram_mb: float
+    os: ShortStr
+    python: ShortStr
+    runtimes: Annotated[list[RuntimeInfo], msgspec.Meta(max_length=16)] = []
+    delegates: Annotated[list[ShortStr], msgspec.Meta(max_length=16)] = []
+    tags: dict[ShortStr, ShortStr] = {}
+    active_sha256: Sha256 | None = None
+
+
+class Telemetry(Body, frozen=True):
+    cpu_percent: float
+    mem_used_mb: float
+    mem_total_mb: float
+    agent_rss_mb: float
+    temperature_c: float | None = None
+    throttled: bool | None = None
+    cpu_freq_mhz: float | None = None
+    load_avg_1m: float | None = None
+    active_sha256: Sha256 | None = None
+
+
+class ChunkRequest(Body, frozen=True):
+    """The device asks for these chunks of an artifact; they arrive on topics.artifact_chunks."""
+
+    sha256: Sha256
+    chunk_size: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024)]
+    indices: Annotated[list[Annotated[int, msgspec.Meta(ge=0)]], msgspec.Meta(max_length=256)]
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    code: ShortStr  # machine-readable, e.g. "hash_mismatch", "timeout", "worker_crashed"
+    message: Text
+
+
+class Response(Body, frozen=True):
+    """Reply to a command; ``corr_id`` of the envelope is the command's ``msg_id``."""
+
+    status: Literal["ok", "error", "progress"]
+    data: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
+
+
+# -- host -> device ----------------------------------------------------------------------------
+class BenchmarkCmd(Body, frozen=True):
+    job_id: MsgId
+    model: ArtifactManifest
+    eval_data: ArtifactManifest | None = None
+    chunk_size: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024)] = 128 * 1024
+    threads: Annotated[int, msgspec.Meta(ge=1, le=256)] | None = None
+    warmup_runs: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1
+    warmup_s: Annotated[float, msgspec.Meta(ge=0, le=600)] = 0.5
+    runs: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 50
+    min_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 1.0
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=24 * 3600)] = 300.0
+    eval_limit: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+class AckCmd(Body, frozen=True):
+    """The host has stored these responses (by their envelope msg_id); the device may forget them."""
+
+    msg_ids: Annotated[list[MsgId], msgspec.Meta(max_length=1024)]
+
+
+class CancelCmd(Body, frozen=True):
+    job_id: MsgId
+
+
+class PingCmd(Body, frozen=True):
+    pass
+
+
+# -- envelope ----------------------------------------------------------------------------------
+SCHEMAS: Registry[str, type[Body]] = Registry("message schema")
+SCHEMAS.add("birth", Birth)
+SCHEMAS.add("telemetry", Telemetry)
+SCHEMAS.add("xfer.request", ChunkRequest)
+SCHEMAS.add("resp", Response)
+SCHEMAS.add("cmd.benchmark", BenchmarkCmd)
+SCHEMAS.add("cmd.ack", AckCmd)
+SCHEMAS.add("cmd.cancel", CancelCmd)
+SCHEMAS.add("cmd.ping", PingCmd)
+
+
+class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    schema: ShortStr
+    v: int
+    msg_id: MsgId
+    ts: float
+    corr_id: MsgId | None = None
+    device_id: ShortStr | None = None
+    body: msgspec.Raw = msgspec.Raw(b"{}")
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True):
+    """A decoded envelope with its typed body."""
+
+    schema: str
+    msg_id: str
+    ts: float
+    body: Body
+    corr_id: str | None = None
+    device_id: str | None = None
+
+
+def new_msg_id() -> str:
+    return uuid.uuid4().hex
+
+
+def schema_of(body: Body) -> str:
+    for name, cls in SCHEMAS.items():
+        if type(body) is cls:
+            return name
+    raise ValidationError(f"{type(body).__name__} is not a registered message body")
+
+
+def encode(
+    body: Body,
+    *,
+    device_id: str | None = None,
+    corr_id: str | None = None,
+    msg_id: str | None = None,
+) -> bytes:
+    data = msgspec.json.encode(
+        {
+            "schema": schema_of(body),
+            "v": PROTOCOL_VERSION,
+            "msg_id": msg_id or new_msg_id(),
+            "ts": time.time(),
+            "corr_id": corr_id,
+            "device_id": device_id,
+            "body": body,
+        }
+    )
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise MessageTooLargeError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    return data
+
+
+def peek_ids(data: bytes) -> tuple[str | None, str | None]:
+    """Best-effort (schema, msg_id) of a message that failed validation, to address an error reply."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        return None, None
+    try:
+        raw = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return None, None
+    if not isinstance(raw, dict):
+        return None, None
+    schema, msg_id = raw.get("schema"), raw.get("msg_id")
+    schema = schema if isinstance(schema, str) and len(schema) <= 128 else None
+    msg_id = msg_id if isinstance(msg_id, str) and MSG_ID_PATTERN.match(msg_id) else None
+    return schema, msg_id
+
+
+def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
+    """Validate and decode one envelope; raises a ValidationError subclass on anything wrong."""
+    if len(data) > max_bytes:
+        raise MessageTooLargeError(f"message of {len(data)} bytes exceeds the limit of {max_bytes}")
+    try:
+        env = msgspec.json.decode(data, type=Envelope)
+    except msgspec.DecodeError as exc:
+        raise ValidationError(f"malformed envelope: {exc}") from exc
+    if env.v != PROTOCOL_VERSION:
+        raise UnsupportedVersionError(
+            f"protocol version {env.v} is not supported (this side speaks {PROTOCOL_VERSION})"
+        )
+    if env.schema not in SCHEMAS:
+        raise ValidationError(f"unknown message schema {env.schema!r}")
+    try:
+        body = msgspec.json.decode(env.body, type=SCHEMAS.get(env.schema))
+    except msgspec.DecodeError as exc:
+        raise ValidationError(f"invalid {env.schema} body: {exc}") from exc
+    return Message(
+        schema=env.schema,
+        msg_id=env.msg_id,
+        ts=env.ts,
+        corr_id=env.corr_id,
+        device_id=env.device_id,
+        body=body,
+    )
