@@ -1,0 +1,89 @@
+"""The embedded amqtt broker keeps retained messages and delivers Last Wills."""
+
+from __future__ import annotations
+
+import queue
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from host.broker import BrokerError, EmbeddedBroker
+from tests.brokers import free_port
+
+
+def _subscriber(port: int, topic: str) -> tuple[mqtt.Client, queue.Queue[tuple[str, bytes, bool]]]:
+    got: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sub-{time.time_ns()}")
+    client.on_message = lambda _c, _u, msg: got.put((msg.topic, msg.payload, msg.retain))
+    client.connect("127.0.0.1", port)
+    client.subscribe(topic, qos=1)
+    client.loop_start()
+    return client, got
+
+
+@pytest.fixture
+def embedded_broker() -> Iterator[EmbeddedBroker]:
+    broker = EmbeddedBroker("127.0.0.1", free_port())
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def test_retained_message_reaches_a_client_that_subscribes_later(embedded_broker: EmbeddedBroker) -> None:
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pub")
+    publisher.connect("127.0.0.1", embedded_broker.port)
+    publisher.loop_start()
+    publisher.publish("t/status", b"online", qos=1, retain=True).wait_for_publish(5)
+    publisher.disconnect()
+    publisher.loop_stop()
+
+    client, got = _subscriber(embedded_broker.port, "t/#")
+    try:
+        topic, payload, retained = got.get(timeout=5)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    assert (topic, payload, retained) == ("t/status", b"online", True)
+
+
+def test_last_will_is_delivered_when_a_client_is_killed(embedded_broker: EmbeddedBroker) -> None:
+    client, got = _subscriber(embedded_broker.port, "w/#")
+    script = textwrap.dedent(
+        f"""
+        import time, paho.mqtt.client as mqtt
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="victim")
+        c.will_set("w/status", b"offline", qos=1, retain=True)
+        c.connect("127.0.0.1", {embedded_broker.port}, keepalive=30)
+        c.loop_start()
+        c.publish("w/status", b"online", qos=1, retain=True).wait_for_publish(5)
+        print("ready", flush=True)
+        time.sleep(60)
+        """
+    )
+    victim = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    try:
+        assert victim.stdout is not None and victim.stdout.readline().strip() == b"ready"
+        assert got.get(timeout=5)[1] == b"online"
+        victim.kill()
+        victim.wait(5)
+        topic, payload, _ = got.get(timeout=5)
+    finally:
+        victim.kill()
+        client.loop_stop()
+        client.disconnect()
+    assert (topic, payload) == ("w/status", b"offline")
+
+
+def test_starting_on_a_busy_port_says_which_port_is_taken() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(BrokerError, match=f"127.0.0.1:{port}"):
+            EmbeddedBroker("127.0.0.1", port).start()
