@@ -1,0 +1,341 @@
+"""The host store: one class over SQLAlchemy that the fleet, campaigns and the CLI share.
+
+``Store(url)`` takes any SQLAlchemy URL; the default is SQLite at ``~/.edgetailor/edgetailor.db``
+(``EDGETAILOR_DB`` overrides it). PostgreSQL works with ``postgresql+psycopg://user@host/db``.
+Every method opens its own short transaction, so a Store may be used from paho's network thread and
+the caller's thread at once. Reads return plain dataclasses, never live ORM objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, inspect, or_, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from host.errors import ConfigError, HostError
+from host.store.models import ArtifactRow, Base, DeviceRow, JobRow, ResultRow
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DB_PATH = Path("~/.edgetailor/edgetailor.db")
+
+
+class StoreError(HostError):
+    """The database cannot be opened or written."""
+
+
+def default_db_url() -> str:
+    if env := os.environ.get("EDGETAILOR_DB"):
+        return env
+    path = DEFAULT_DB_PATH.expanduser()
+    return f"sqlite:///{path}"
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    device_id: str
+    online: bool
+    birth: dict[str, Any] | None
+    telemetry: dict[str, Any] | None
+    first_seen: float
+    last_seen: float
+    last_telemetry_at: float | None
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    job_id: str
+    command_msg_id: str
+    device_id: str
+    kind: str
+    model_sha256: str | None
+    eval_sha256: str | None
+    params: dict[str, Any]
+    status: str
+    error_code: str | None
+    error_message: str | None
+    submitted: float
+    updated: float
+    finished: float | None
+
+
+@dataclass(frozen=True)
+class ResultInfo:
+    job_id: str
+    response_msg_id: str
+    device_id: str
+    status: str
+    data: dict[str, Any] | None
+    error_code: str | None
+    error_message: str | None
+    received: float
+
+
+def _columns(row: Any, cls: type) -> Any:
+    return cls(**{name: getattr(row, name) for name in cls.__dataclass_fields__})
+
+
+class Store:
+    """Devices, artifacts, jobs and results in one SQL database (tables created on open)."""
+
+    def __init__(self, url: str | None = None, *, echo: bool = False) -> None:
+        self.url = url or default_db_url()
+        self._lock = threading.Lock()
+        try:
+            self.engine = self._make_engine(self.url, echo)
+            Base.metadata.create_all(self.engine)
+        except (ArgumentError, NoSuchModuleError) as exc:
+            raise ConfigError(
+                f"invalid database URL {self.url!r}: {exc}; use e.g. sqlite:///path.db or "
+                "postgresql+psycopg://user@host:5432/db"
+            ) from exc
+        except OperationalError as exc:
+            raise StoreError(
+                f"cannot open the database {self._safe_url()}: {exc.orig}; check that it is "
+                "running and the URL, user and password are right"
+            ) from exc
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _safe_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True) if hasattr(self, "engine") else "?"
+
+    @staticmethod
+    def _make_engine(url: str, echo: bool) -> Engine:
+        if url.startswith("sqlite"):
+            db_path = url.split("///", 1)[1] if "///" in url else ""
+            if db_path and db_path != ":memory:":
+                Path(db_path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(
+                url, echo=echo, connect_args={"check_same_thread": False, "timeout": 30}
+            )
+
+            @event.listens_for(engine, "connect")
+            def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+                cursor = dbapi_conn.cursor()
+                # WAL lets the CLI read while a campaign writes; FKs are off by default in SQLite.
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA foreign_keys=ON")
+                cursor.close()
+
+            return engine
+        return create_engine(url, echo=echo, pool_pre_ping=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def table_names(self) -> list[str]:
+        return sorted(inspect(self.engine).get_table_names())
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except OperationalError as exc:
+            session.rollback()
+            raise StoreError(f"database {self._safe_url()} failed: {exc.orig}") from exc
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    # -- devices -------------------------------------------------------------------------------
+    def upsert_device(
+        self,
+        device_id: str,
+        *,
+        online: bool | None = None,
+        birth: dict[str, Any] | None = None,
+        telemetry: dict[str, Any] | None = None,
+        seen: float | None = None,
+    ) -> None:
+        now = time.time() if seen is None else seen
+        with self._lock, self._session() as session:
+            row = session.get(DeviceRow, device_id)
+            if row is None:
+                row = DeviceRow(device_id=device_id, online=False, first_seen=now, last_seen=now)
+                session.add(row)
+            if online is not None:
+                row.online = online
+            if birth is not None:
+                row.birth = birth
+            if telemetry is not None:
+                row.telemetry = telemetry
+                row.last_telemetry_at = now
+            row.last_seen = max(row.last_seen, now)
+
+    def get_device(self, device_id: str) -> DeviceInfo | None:
+        with self._session() as session:
+            row = session.get(DeviceRow, device_id)
+            return None if row is None else _columns(row, DeviceInfo)
+
+    def list_devices(self) -> list[DeviceInfo]:
+        with self._session() as session:
+            rows = session.scalars(select(DeviceRow).order_by(DeviceRow.device_id))
+            return [_columns(row, DeviceInfo) for row in rows]
+
+    # -- artifacts -----------------------------------------------------------------------------
+    def add_artifact(self, manifest: dict[str, Any], path: str | None = None) -> None:
+        """Record an artifact by its manifest (idempotent; a later path replaces an older one)."""
+        with self._lock, self._session() as session:
+            row = session.get(ArtifactRow, manifest["sha256"])
+            if row is None:
+                session.add(
+                    ArtifactRow(
+                        sha256=manifest["sha256"],
+                        format=manifest["format"],
+                        precision=manifest["precision"],
+                        size_bytes=manifest["size_bytes"],
+                        name=manifest.get("name", ""),
+                        path=path,
+                        manifest=manifest,
+                        created=time.time(),
+                    )
+                )
+            elif path is not None:
+                row.path = path
+
+    def get_artifact(self, sha256: str) -> dict[str, Any] | None:
+        """{"manifest": ..., "path": ...} of a recorded artifact, or None."""
+        with self._session() as session:
+            row = session.get(ArtifactRow, sha256)
+            return None if row is None else {"manifest": row.manifest, "path": row.path}
+
+    # -- jobs ----------------------------------------------------------------------------------
+    def create_job(
+        self,
+        *,
+        job_id: str,
+        command_msg_id: str,
+        device_id: str,
+        kind: str,
+        model_sha256: str | None = None,
+        eval_sha256: str | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> None:
+        now = time.time()
+        with self._lock, self._session() as session:
+            session.add(
+                JobRow(
+                    job_id=job_id,
+                    command_msg_id=command_msg_id,
+                    device_id=device_id,
+                    kind=kind,
+                    model_sha256=model_sha256,
+                    eval_sha256=eval_sha256,
+                    params=params or {},
+                    status="submitted",
+                    submitted=now,
+                    updated=now,
+                )
+            )
+
+    def update_job_status(self, job_id: str, status: str) -> None:
+        """Record a progress stage; a finished job keeps its final status."""
+        with self._lock, self._session() as session:
+            row = session.get(JobRow, job_id)
+            if row is not None and row.finished is None:
+                row.status = status
+                row.updated = time.time()
+
+    def get_job(self, job_id: str) -> JobInfo | None:
+        with self._session() as session:
+            row = session.get(JobRow, job_id)
+            return None if row is None else _columns(row, JobInfo)
+
+    def find_job_by_command(self, command_msg_id: str) -> JobInfo | None:
+        with self._session() as session:
+            row = session.scalar(select(JobRow).where(JobRow.command_msg_id == command_msg_id))
+            return None if row is None else _columns(row, JobInfo)
+
+    def list_jobs(self, device_id: str | None = None) -> list[JobInfo]:
+        with self._session() as session:
+            query = select(JobRow).order_by(JobRow.submitted)
+            if device_id is not None:
+                query = query.where(JobRow.device_id == device_id)
+            return [_columns(row, JobInfo) for row in session.scalars(query)]
+
+    # -- results -------------------------------------------------------------------------------
+    def record_result(
+        self,
+        *,
+        job_id: str,
+        response_msg_id: str,
+        device_id: str,
+        status: str,
+        data: dict[str, Any] | None = None,
+        error_code: str | None = None,
+        error_message: str | None = None,
+    ) -> bool:
+        """Store a job's final response; False (and nothing written) when it is a duplicate.
+
+        A duplicate is the same response msg_id OR a second final response for the same job (an
+        agent that re-sends its outbox after a restart may wrap the same result in a new envelope).
+        """
+        now = time.time()
+        with self._lock:
+            try:
+                with self._session() as session:
+                    existing = session.scalar(
+                        select(ResultRow.job_id).where(
+                            or_(
+                                ResultRow.job_id == job_id,
+                                ResultRow.response_msg_id == response_msg_id,
+                            )
+                        )
+                    )
+                    if existing is not None:
+                        return False
+                    session.add(
+                        ResultRow(
+                            job_id=job_id,
+                            response_msg_id=response_msg_id,
+                            device_id=device_id,
+                            status=status,
+                            data=data,
+                            error_code=error_code,
+                            error_message=error_message,
+                            received=now,
+                        )
+                    )
+                    job = session.get(JobRow, job_id)
+                    if job is not None:
+                        job.status = status
+                        job.error_code = error_code
+                        job.error_message = error_message
+                        job.updated = job.finished = now
+            except IntegrityError:
+                # Another process stored it between our check and our insert: still a duplicate.
+                return False
+        return True
+
+    def get_result(self, job_id: str) -> ResultInfo | None:
+        with self._session() as session:
+            row = session.get(ResultRow, job_id)
+            return None if row is None else _columns(row, ResultInfo)
+
+    def list_results(self, device_id: str | None = None) -> list[ResultInfo]:
+        with self._session() as session:
+            query = select(ResultRow).order_by(ResultRow.received)
+            if device_id is not None:
+                query = query.where(ResultRow.device_id == device_id)
+            return [_columns(row, ResultInfo) for row in session.scalars(query)]
