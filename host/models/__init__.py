@@ -1,0 +1,185 @@
+"""Model specs: turn ``builtin:NAME``, ``path/file.py:factory`` or ``pkg.module:factory`` into a
+:class:`ModelBundle` (module, example inputs, task).
+
+A user factory may return a :class:`ModelBundle`, a ``(module, example_inputs)`` pair, or a
+``(module, example_inputs, info)`` triple where ``info`` is a dict with optional ``task``,
+``num_classes`` and ``name``. Keyword arguments given to :func:`load_model` are passed on to the
+factory when its signature accepts them (``width``, ``num_classes``, ``input_shape``, ...).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from host.errors import ModelSpecError
+from shared.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+Task = Literal["classification", "regression", "embedding"]
+TASKS: tuple[str, ...] = ("classification", "regression", "embedding")
+
+
+@dataclass
+class ModelBundle:
+    """A model with what it takes to run, train, evaluate and export it."""
+
+    module: nn.Module
+    example_inputs: tuple[torch.Tensor, ...]
+    name: str
+    task: Task
+    num_classes: int | None
+    factory: str
+    width: float = 1.0
+
+
+MODELS: Registry[str, Callable[..., ModelBundle]] = Registry("builtin model")
+
+
+def load_model(spec: str, **kwargs: Any) -> ModelBundle:
+    """Resolve a model spec; errors are :class:`host.errors.ModelSpecError` saying what to fix."""
+    from host.models import zoo  # noqa: F401 - registers the builtins
+
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelSpecError("empty model spec: use builtin:NAME, path/file.py:factory or pkg.module:factory")
+    spec = spec.strip()
+    if spec.startswith("builtin:"):
+        name = spec.removeprefix("builtin:")
+        if name not in MODELS:
+            known = ", ".join(f"builtin:{n}" for n in MODELS)
+            raise ModelSpecError(f"unknown builtin model {name!r}; known: {known}")
+        bundle = _call(MODELS.get(name), kwargs, spec)
+        return _check_bundle(bundle, spec)
+    factory = resolve_factory(spec, what="model")
+    result = _call(factory, kwargs, spec)
+    return _check_bundle(_to_bundle(result, spec, kwargs), spec)
+
+
+def resolve_factory(spec: str, *, what: str) -> Callable[..., Any]:
+    """``path/file.py:name`` or ``pkg.module:name`` -> the callable it names."""
+    from host.errors import ConfigError
+
+    error = ModelSpecError if what == "model" else ConfigError
+    if ":" not in spec:
+        raise error(
+            f"{what} spec {spec!r} has no ':factory' part; use path/file.py:factory, "
+            "pkg.module:factory or builtin:NAME"
+        )
+    target, _, attr = spec.rpartition(":")
+    if not attr.isidentifier():
+        raise error(f"{what} spec {spec!r}: {attr!r} is not a Python name")
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        path = Path(target)
+        if not path.is_file():
+            raise error(f"{what} spec {spec!r}: file {path} does not exist")
+        mod_name = f"_edgetailor_user_{abs(hash(str(path.resolve())))}"
+        module_spec = importlib.util.spec_from_file_location(mod_name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise error(f"{what} spec {spec!r}: cannot load {path} as Python")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[mod_name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(mod_name, None)
+            raise error(f"{what} spec {spec!r}: importing {path} failed: {exc}") from exc
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise error(
+                f"{what} spec {spec!r}: cannot import module {target!r} ({exc}); check the name "
+                "and that it is on PYTHONPATH"
+            ) from exc
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise error(f"{what} spec {spec!r}: {target} has no callable {attr!r}")
+    return factory
+
+
+def _call(factory: Callable[..., Any], kwargs: dict[str, Any], spec: str) -> Any:
+    params = inspect.signature(factory).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    accepted = {k: v for k, v in kwargs.items() if takes_any or k in params}
+    ignored = sorted(set(kwargs) - set(accepted))
+    if ignored:
+        logger.debug("factory for %s does not take %s; ignored", spec, ", ".join(ignored))
+    try:
+        return factory(**accepted)
+    except (ModelSpecError, TypeError, ValueError) as exc:
+        if isinstance(exc, ModelSpecError):
+            raise
+        raise ModelSpecError(f"model factory {spec!r} failed: {exc}") from exc
+
+
+def _to_bundle(result: Any, spec: str, kwargs: dict[str, Any]) -> ModelBundle:
+    if isinstance(result, ModelBundle):
+        return result
+    info: dict[str, Any] = {}
+    if isinstance(result, tuple) and len(result) == 3 and isinstance(result[2], dict):
+        result, info = result[:2], result[2]
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise ModelSpecError(
+            f"model factory {spec!r} returned {type(result).__name__}; return a ModelBundle or "
+            "(module, example_inputs)"
+        )
+    module, examples = result
+    if isinstance(examples, torch.Tensor):
+        examples = (examples,)
+    examples = tuple(examples)
+    task = info.get("task", kwargs.get("task"))
+    num_classes = info.get("num_classes", kwargs.get("num_classes"))
+    if task is None:
+        task, num_classes = _infer_task(module, examples, num_classes)
+    return ModelBundle(
+        module=module,
+        example_inputs=examples,
+        name=str(info.get("name") or spec.rpartition(":")[2]),
+        task=task,
+        num_classes=num_classes,
+        factory=spec,
+        width=float(kwargs.get("width", 1.0)),
+    )
+
+
+def _infer_task(
+    module: nn.Module, examples: tuple[torch.Tensor, ...], num_classes: int | None
+) -> tuple[Task, int | None]:
+    """A 2-D output is taken for class scores; say ``task=`` in the factory's info otherwise."""
+    try:
+        with torch.no_grad():
+            out = module.eval()(*examples)
+    except Exception as exc:
+        raise ModelSpecError(f"the model fails on its own example inputs: {exc}") from exc
+    if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] > 1:
+        return "classification", num_classes or int(out.shape[1])
+    return "regression", None
+
+
+def _check_bundle(bundle: ModelBundle, spec: str) -> ModelBundle:
+    if not isinstance(bundle.module, nn.Module):
+        raise ModelSpecError(f"model spec {spec!r} did not give an nn.Module")
+    if not bundle.example_inputs or not all(
+        isinstance(t, torch.Tensor) for t in bundle.example_inputs
+    ):
+        raise ModelSpecError(f"model spec {spec!r} gave no example input tensors")
+    if bundle.task not in TASKS:
+        raise ModelSpecError(
+            f"model spec {spec!r}: task {bundle.task!r} is not one of {', '.join(TASKS)}"
+        )
+    bundle.module.eval()
+    return bundle
+
+
+__all__ = ["MODELS", "ModelBundle", "Task", "load_model", "resolve_factory"]
