@@ -1,0 +1,123 @@
+"""The host's chunk server over a real Mosquitto: coalescing, offsets, unknown artifacts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from host.fleet import Fleet
+from shared.hashing import sha256_file
+from shared.messages import ChunkRequest
+from shared.transfer import chunk_count
+from tests.host.fleet_helpers import ScriptedDevice
+
+CHUNK = 4096
+
+
+@pytest.fixture
+def artifact(tmp_path: Path) -> Path:
+    path = tmp_path / "blob.npz"
+    path.write_bytes(os.urandom(5 * CHUNK + 123))
+    return path
+
+
+@pytest.fixture
+def fleet(shared_broker_url: str, base_topic: str) -> Iterator[Fleet]:
+    with Fleet(shared_broker_url, base_topic, chunk_size=CHUNK, coalesce_s=1.0) as opened:
+        opened.wait_synced()
+        yield opened
+
+
+@pytest.fixture
+def devices(shared_broker_url: str, base_topic: str) -> Iterator[list[ScriptedDevice]]:
+    pair = [ScriptedDevice(shared_broker_url, base_topic, f"dev-{i}") for i in range(2)]
+    yield pair
+    for device in pair:
+        device.close()
+
+
+def _offer_raw(fleet: Fleet, path: Path) -> str:
+    sha = sha256_file(path)
+    fleet.chunks.offer(sha, path)
+    return sha
+
+
+def test_two_devices_asking_for_a_chunk_at_once_get_it_published_once(
+    fleet: Fleet, devices: list[ScriptedDevice], artifact: Path
+) -> None:
+    sha = _offer_raw(fleet, artifact)
+    for device in devices:
+        device.watch_artifact(sha)
+    for device in devices:
+        device.send(
+            fleet.topics.xfer_request(device.device_id),
+            ChunkRequest(sha256=sha, chunk_size=CHUNK, indices=[0, 1]),
+        )
+    received = [sorted(c.index for c in device.drain_chunks()) for device in devices]
+    assert received == [[0, 1], [0, 1]]  # each device got each chunk once, via the broker
+    assert (fleet.chunks.chunks_published, fleet.chunks.chunks_coalesced) == (2, 2)
+
+
+def test_a_chunk_is_published_again_once_the_coalescing_window_has_passed(
+    fleet: Fleet, devices: list[ScriptedDevice], artifact: Path
+) -> None:
+    fleet.chunks.coalesce_s = 0.3
+    sha = _offer_raw(fleet, artifact)
+    device = devices[0]
+    device.watch_artifact(sha)
+    request = ChunkRequest(sha256=sha, chunk_size=CHUNK, indices=[2])
+    device.send(fleet.topics.xfer_request(device.device_id), request)
+    assert [c.index for c in device.drain_chunks()] == [2]
+    device.send(fleet.topics.xfer_request(device.device_id), request)
+    assert [c.index for c in device.drain_chunks()] == [2]
+    assert fleet.chunks.chunks_published == 2
+
+
+def test_chunks_carry_the_bytes_at_their_offsets_and_rebuild_the_file(
+    fleet: Fleet, devices: list[ScriptedDevice], artifact: Path
+) -> None:
+    sha = _offer_raw(fleet, artifact)
+    device = devices[0]
+    device.watch_artifact(sha)
+    total = chunk_count(artifact.stat().st_size, CHUNK)
+    device.send(
+        fleet.topics.xfer_request(device.device_id),
+        ChunkRequest(sha256=sha, chunk_size=CHUNK, indices=list(range(total))),
+    )
+    chunks = sorted(device.drain_chunks(), key=lambda c: c.index)
+    assert [c.index for c in chunks] == list(range(total))
+    assert all(c.total == total and c.offset == c.index * CHUNK and c.sha256 == sha for c in chunks)
+    assert b"".join(c.payload for c in chunks) == artifact.read_bytes()
+
+
+def test_a_request_for_an_unknown_artifact_is_answered_with_unknown_artifact(
+    fleet: Fleet, devices: list[ScriptedDevice]
+) -> None:
+    device = devices[0]
+    unknown = "ab" * 32
+    device.send(
+        fleet.topics.xfer_request(device.device_id),
+        ChunkRequest(sha256=unknown, chunk_size=CHUNK, indices=[0]),
+        msg_id="req-unknown-1",
+    )
+    answer = device.responses.get(timeout=5)
+    assert answer.corr_id == "req-unknown-1"
+    assert answer.body.status == "error" and answer.body.error.code == "unknown_artifact"
+    assert fleet.chunks.chunks_published == 0
+
+
+def test_a_request_past_the_last_chunk_publishes_nothing_and_says_bad_request(
+    fleet: Fleet, devices: list[ScriptedDevice], artifact: Path
+) -> None:
+    sha = _offer_raw(fleet, artifact)
+    device = devices[0]
+    device.send(
+        fleet.topics.xfer_request(device.device_id),
+        ChunkRequest(sha256=sha, chunk_size=CHUNK, indices=[0, 99]),
+    )
+    answer = device.responses.get(timeout=5)
+    assert answer.body.error.code == "bad_request"
+    assert fleet.chunks.chunks_published == 0
