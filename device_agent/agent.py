@@ -1,0 +1,531 @@
+"""The device agent: MQTT lifecycle, command dispatch, and the one-job-at-a-time benchmark queue.
+
+Threads: paho's network thread runs the callbacks (commands are validated, journaled and queued
+there; artifact chunks are written to disk there, one at a time); the job thread runs benchmarks
+one after another so they never disturb each other; the ticker thread publishes telemetry and
+re-publishes unacknowledged results. The agent never imports numpy or a runtime: models are only
+loaded by the benchmark worker process.
+
+Test hook: the environment variable ``EDGETAILOR_AGENT_CRASH_AT=after_result_persisted`` makes the
+agent ``os._exit(137)`` right after a final result is written to the outbox and before it is
+published, to simulate a SIGKILL at that exact point. It exists for tests only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from device_agent import capabilities
+from device_agent.backends import discover
+from device_agent.bench.runner import WorkerLimits, run_worker
+from device_agent.errors import JobError
+from device_agent.fetch import DEFAULT_WINDOW, ArtifactFetch
+from device_agent.journal import DONE, PENDING, Journal, JournalEntry
+from device_agent.outbox import Outbox
+from device_agent.store import ArtifactStore
+from device_agent.telemetry import TelemetrySampler
+from shared.broker_url import BrokerAddress, TlsOptions
+from shared.errors import (
+    EdgeTailorError,
+    MessageTooLargeError,
+    SignatureError,
+    UnsupportedVersionError,
+    ValidationError,
+)
+from shared.manifest import ArtifactManifest
+from shared.messages import (
+    AckCmd,
+    BenchmarkCmd,
+    Body,
+    CancelCmd,
+    ChunkRequest,
+    ErrorInfo,
+    Message,
+    PingCmd,
+    Response,
+    decode,
+    encode,
+    new_msg_id,
+    peek_ids,
+)
+from shared.results import BenchmarkResult, TransferStats, from_data, to_data
+from shared.topics import STATUS_OFFLINE, STATUS_ONLINE, Topics
+
+logger = logging.getLogger(__name__)
+
+CRASH_HOOK_ENV = "EDGETAILOR_AGENT_CRASH_AT"
+QOS = 1
+
+
+@dataclass
+class AgentConfig:
+    broker: BrokerAddress
+    device_id: str
+    data_dir: Path
+    base_topic: str = "edgetailor"
+    keepalive: int = 30
+    telemetry_interval: float = 10.0
+    threads: int | None = None
+    trust_key: Path | None = None
+    tls: TlsOptions = field(default_factory=TlsOptions)
+    tags: dict[str, str] = field(default_factory=dict)
+    cpu_affinity: tuple[int, ...] | None = None
+    xfer_window: int = DEFAULT_WINDOW
+    xfer_retry_s: float = 3.0
+    xfer_timeout_s: float = 60.0
+    outbox_retry_s: float = 15.0
+    worker_memory_mb: int | None = None
+
+
+@dataclass
+class Job:
+    cmd_id: str
+    cmd: BenchmarkCmd
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.device_id = config.device_id
+        self.topics = Topics(config.base_topic)
+        data_dir = config.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = ArtifactStore(data_dir)
+        self.outbox = Outbox(data_dir / "outbox")
+        self.journal = Journal(data_dir / "journal")
+        self.jobs_dir = data_dir / "jobs"
+        self.backends = discover()
+        self.birth = capabilities.birth(config.tags)
+        self.sampler = TelemetrySampler()
+        self.trust_key = None
+        if config.trust_key is not None:
+            from shared.signing import load_public_key
+
+            self.trust_key = load_public_key(config.trust_key)
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._queued: dict[str, Job] = {}  # job_id -> job, queued or running
+        self._current: Job | None = None
+        self._fetches: dict[str, ArtifactFetch] = {}
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._stopping = threading.Event()
+        self._started = time.monotonic()
+        self.client = self._make_client()
+
+    # -- MQTT lifecycle --------------------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"edgetailor-agent-{self.device_id}",
+            clean_session=True,
+            protocol=mqtt.MQTTv311,
+        )
+        client.will_set(self.topics.status(self.device_id), STATUS_OFFLINE, qos=QOS, retain=True)
+        client.reconnect_delay_set(0.5, 10)
+        broker = self.config.broker
+        if broker.username:
+            client.username_pw_set(broker.username, broker.password)
+        tls = self.config.tls.check()
+        if broker.tls or tls.enabled:
+            client.tls_set(ca_certs=tls.ca, certfile=tls.cert, keyfile=tls.key)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            logger.error("broker refused the connection: %s", reason_code)
+            return
+        logger.info("connected to %s as %s", self.config.broker, self.device_id)
+        subscriptions = self.topics.device_subscriptions(self.device_id)
+        with self._lock:
+            fetches = list(self._fetches.items())
+        subscriptions += [self.topics.artifact_chunks(sha) for sha, _ in fetches]
+        client.subscribe([(topic, QOS) for topic in subscriptions])
+        client.publish(
+            self.topics.birth(self.device_id),
+            encode(self.birth, device_id=self.device_id),
+            qos=QOS,
+            retain=True,
+        )
+        client.publish(self.topics.status(self.device_id), STATUS_ONLINE, qos=QOS, retain=True)
+        self._connected.set()
+        for _, fetch in fetches:
+            fetch.on_reconnect()
+        self._republish_outbox()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        self._connected.clear()
+        if not self._stopping.is_set():
+            logger.warning("disconnected from the broker (%s); paho reconnects", reason_code)
+
+    def run(self, stop: threading.Event) -> None:
+        """Connect and serve until ``stop`` is set; then say offline and disconnect."""
+        self._recover()
+        job_thread = threading.Thread(target=self._job_loop, name="jobs", daemon=True)
+        ticker = threading.Thread(target=self._tick_loop, name="ticker", daemon=True)
+        job_thread.start()
+        ticker.start()
+        broker = self.config.broker
+        self.client.connect_async(broker.host, broker.port, keepalive=self.config.keepalive)
+        self.client.loop_start()
+        try:
+            stop.wait()
+        finally:
+            self.shutdown()
+            job_thread.join(timeout=15)
+
+    def shutdown(self) -> None:
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        with self._lock:
+            current = self._current
+        if current is not None:
+            current.cancelled.set()
+        self._queue.put(None)
+        if self._connected.is_set():
+            info = self.client.publish(
+                self.topics.status(self.device_id), STATUS_OFFLINE, qos=QOS, retain=True
+            )
+            try:
+                info.wait_for_publish(timeout=3)
+            except (RuntimeError, ValueError) as exc:
+                logger.warning("could not publish offline status: %s", exc)
+        self.client.disconnect()
+        self.client.loop_stop()
+        logger.info("agent %s stopped", self.device_id)
+
+    # -- recovery after a restart ----------------------------------------------------------------
+    def _recover(self) -> None:
+        """Reconcile journal and outbox, then queue again the jobs a restart interrupted."""
+        unacked = self.outbox.entries()
+        for entry in unacked:
+            if entry.corr_id:
+                journaled = self.journal.get(entry.corr_id)
+                if journaled is not None and journaled.state == PENDING:
+                    self.journal.mark_done(entry.corr_id, entry.msg_id)
+        self.journal.prune({e.msg_id for e in unacked})
+        for journaled in self.journal.entries():
+            if journaled.state != PENDING or journaled.command is None:
+                continue
+            try:
+                message = decode(journaled.command.encode("utf-8"))
+            except ValidationError as exc:
+                logger.error("journaled command %s unreadable, dropped: %s", journaled.cmd_id, exc)
+                continue
+            if isinstance(message.body, BenchmarkCmd):
+                logger.info("re-queueing job %s interrupted by a restart", message.body.job_id)
+                self._enqueue(Job(message.msg_id, message.body))
+
+    # -- inbound ---------------------------------------------------------------------------------
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            parsed = self.topics.parse(msg.topic)
+        except ValidationError:
+            logger.debug("ignoring message on %s", msg.topic)
+            return
+        if parsed.kind == "art" and parsed.sha256:
+            with self._lock:
+                fetch = self._fetches.get(parsed.sha256)
+            if fetch is not None:
+                fetch.on_chunk(msg.payload)
+            return
+        if parsed.kind == "cmd" and parsed.device_id == self.device_id and parsed.name:
+            try:
+                self._handle_command(parsed.name, msg.payload)
+            except Exception:  # the agent must keep serving whatever one command does
+                logger.exception("command on %s failed unexpectedly", msg.topic)
+
+    def _handle_command(self, name: str, payload: bytes) -> None:
+        try:
+            message = decode(payload)
+            if message.schema != f"cmd.{name}":
+                raise ValidationError(
+                    f"message of schema {message.schema!r} sent on command topic {name!r}; "
+                    f"commands on cmd/{name} must have schema 'cmd.{name}'"
+                )
+        except ValidationError as exc:
+            self._answer_bad_message(payload, exc)
+            return
+        body = message.body
+        if isinstance(body, AckCmd):
+            for msg_id in body.msg_ids:
+                if self.outbox.remove(msg_id):
+                    logger.info("response %s acknowledged by the host", msg_id)
+            return
+        if isinstance(body, PingCmd):
+            self._respond(name, message.msg_id, Response(status="ok", data=self._ping_data()))
+            return
+        if isinstance(body, CancelCmd):
+            found = self._cancel(body.job_id)
+            self._respond(name, message.msg_id, Response(status="ok", data={"job_id": body.job_id, "cancelled": found}))
+            return
+        if isinstance(body, BenchmarkCmd):
+            self._accept_benchmark(name, message, body, payload)
+            return
+        self._respond(
+            name,
+            message.msg_id,
+            Response(status="error", error=ErrorInfo(code="unsupported_command", message=f"this agent does not handle {message.schema}")),
+        )
+
+    def _answer_bad_message(self, payload: bytes, exc: ValidationError) -> None:
+        if isinstance(exc, MessageTooLargeError):
+            code = "too_large"
+        elif isinstance(exc, UnsupportedVersionError):
+            code = "unsupported_version"
+        else:
+            code = "bad_message"
+        _, corr_id = peek_ids(payload)
+        logger.warning("rejected a command (%s): %s", code, exc)
+        self._respond("error", corr_id, Response(status="error", error=ErrorInfo(code=code, message=str(exc)[:4000])))
+
+    def _accept_benchmark(self, name: str, message: Message, body: BenchmarkCmd, payload: bytes) -> None:
+        seen = self.journal.get(message.msg_id)
+        if seen is not None:
+            self._answer_duplicate(name, message.msg_id, seen)
+            return
+        self.journal.put(
+            JournalEntry(
+                cmd_id=message.msg_id,
+                schema=message.schema,
+                state=PENDING,
+                job_id=body.job_id,
+                command=payload.decode("utf-8"),
+            )
+        )
+        self._enqueue(Job(message.msg_id, body))
+
+    def _answer_duplicate(self, name: str, cmd_id: str, seen: JournalEntry) -> None:
+        if seen.state != DONE:
+            logger.info("command %s is already queued or running; duplicate ignored", cmd_id)
+            return
+        pending = self.outbox.get(seen.response_msg_id) if seen.response_msg_id else None
+        if pending is not None:
+            logger.info("command %s was done; re-publishing its unacknowledged result", cmd_id)
+            self.client.publish(pending.topic, pending.payload.encode("utf-8"), qos=QOS)
+            return
+        self._respond(name, cmd_id, Response(status="ok", data={"duplicate": True, "job_id": seen.job_id}))
+
+    def _enqueue(self, job: Job) -> None:
+        with self._lock:
+            self._queued[job.cmd.job_id] = job
+        self._respond("benchmark", job.cmd_id, Response(status="progress", data={"stage": "accepted", "job_id": job.cmd.job_id}))
+        self._queue.put(job)
+
+    def _cancel(self, job_id: str) -> bool:
+        with self._lock:
+            job = self._queued.get(job_id)
+        if job is None:
+            return False
+        job.cancelled.set()
+        return True
+
+    def _ping_data(self) -> dict[str, Any]:
+        with self._lock:
+            current = self._current.cmd.job_id if self._current else None
+            queued = len(self._queued)
+        return {
+            "agent_version": self.birth.agent_version,
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "running": current,
+            "queued": queued,
+        }
+
+    # -- outbound --------------------------------------------------------------------------------
+    def _respond(self, name: str, corr_id: str | None, response: Response) -> str:
+        msg_id = new_msg_id()
+        payload = encode(response, device_id=self.device_id, corr_id=corr_id, msg_id=msg_id)
+        self.client.publish(self.topics.resp(self.device_id, name), payload, qos=QOS)
+        return msg_id
+
+    def _publish_final(self, job: Job, response: Response) -> None:
+        """Outbox first (atomic + fsync), journal second, broker last: a crash loses nothing."""
+        msg_id = new_msg_id()
+        topic = self.topics.resp(self.device_id, "benchmark")
+        payload = encode(response, device_id=self.device_id, corr_id=job.cmd_id, msg_id=msg_id)
+        self.outbox.put(msg_id, topic, payload, corr_id=job.cmd_id, job_id=job.cmd.job_id)
+        if os.environ.get(CRASH_HOOK_ENV) == "after_result_persisted":
+            logger.warning("test hook %s: exiting right after persisting %s", CRASH_HOOK_ENV, msg_id)
+            os._exit(137)
+        self.journal.mark_done(job.cmd_id, msg_id)
+        self.client.publish(topic, payload, qos=QOS)
+
+    def _republish_outbox(self) -> None:
+        for entry in self.outbox.entries():
+            self.client.publish(entry.topic, entry.payload.encode("utf-8"), qos=QOS)
+
+    def _send_chunk_request(self, request: ChunkRequest) -> None:
+        if not self._connected.is_set():
+            return  # asked again after the reconnect; queuing it in paho would only duplicate
+        self.client.publish(
+            self.topics.xfer_request(self.device_id),
+            encode(request, device_id=self.device_id),
+            qos=QOS,
+        )
+
+    def _tick_loop(self) -> None:
+        next_telemetry = time.monotonic()
+        next_outbox = time.monotonic() + self.config.outbox_retry_s
+        while not self._stopping.wait(0.25):
+            now = time.monotonic()
+            if not self._connected.is_set():
+                continue
+            if now >= next_telemetry:
+                next_telemetry = now + self.config.telemetry_interval
+                try:
+                    body: Body = self.sampler.sample()
+                    self.client.publish(self.topics.telemetry(self.device_id), encode(body, device_id=self.device_id), qos=QOS)
+                except (OSError, EdgeTailorError) as exc:
+                    logger.warning("telemetry failed: %s", exc)
+            if now >= next_outbox:
+                next_outbox = now + self.config.outbox_retry_s
+                self._republish_outbox()
+
+    # -- jobs ------------------------------------------------------------------------------------
+    def _job_loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None or self._stopping.is_set():
+                return
+            with self._lock:
+                self._current = job
+            try:
+                response = self._run_job(job)
+            except _Interrupted:
+                logger.info("job %s interrupted by shutdown; it runs again after restart", job.cmd.job_id)
+                return
+            finally:
+                with self._lock:
+                    self._current = None
+                    self._queued.pop(job.cmd.job_id, None)
+            try:
+                self._publish_final(job, response)
+            except (OSError, EdgeTailorError):
+                logger.exception("could not persist the result of job %s", job.cmd.job_id)
+
+    def _run_job(self, job: Job) -> Response:
+        cmd = job.cmd
+        work_dir = self.jobs_dir / job.cmd_id
+        try:
+            if job.cancelled.is_set():
+                raise JobError("cancelled", "the job was cancelled before it started")
+            self._progress(job, "fetching")
+            model_path, model_stats = self._obtain(cmd.model, cmd.chunk_size, job, runnable=True)
+            transfers = [model_stats]
+            eval_path = None
+            if cmd.eval_data is not None:
+                eval_path, eval_stats = self._obtain(cmd.eval_data, cmd.chunk_size, job, runnable=False)
+                transfers.append(eval_stats)
+            self._progress(job, "running")
+            worker_job = {
+                "job_id": cmd.job_id,
+                "model_path": str(model_path),
+                "model_format": cmd.model.format,
+                "model_sha256": cmd.model.sha256,
+                "eval_path": str(eval_path) if eval_path else None,
+                "eval_limit": cmd.eval_limit,
+                "threads": cmd.threads or self.config.threads,
+                "warmup_runs": cmd.warmup_runs,
+                "warmup_s": cmd.warmup_s,
+                "runs": cmd.runs,
+                "min_s": cmd.min_s,
+            }
+            raw = run_worker(
+                worker_job,
+                work_dir,
+                timeout_s=cmd.timeout_s,
+                limits=self._worker_limits(),
+                cancelled=job.cancelled,
+            )
+            raw["transfers"] = [to_data(t) for t in transfers]
+            result = from_data(raw, BenchmarkResult)
+            logger.info("job %s done: p50 %.3f ms", cmd.job_id, result.latency_ms.p50)
+            return Response(status="ok", data=to_data(result))
+        except JobError as exc:
+            if exc.code == "cancelled" and self._stopping.is_set():
+                raise _Interrupted from exc
+            logger.warning("job %s failed (%s): %s", cmd.job_id, exc.code, exc.message)
+            return _error(cmd.job_id, exc.code, exc.message)
+        except EdgeTailorError as exc:
+            logger.warning("job %s failed: %s", cmd.job_id, exc)
+            return _error(cmd.job_id, "job_failed", str(exc))
+        except Exception as exc:
+            logger.exception("job %s failed unexpectedly", cmd.job_id)
+            return _error(cmd.job_id, "internal_error", f"{type(exc).__name__}: {exc}")
+        finally:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+    def _progress(self, job: Job, stage: str) -> None:
+        self._respond("benchmark", job.cmd_id, Response(status="progress", data={"stage": stage, "job_id": job.cmd.job_id}))
+
+    def _worker_limits(self) -> WorkerLimits:
+        memory = self.config.worker_memory_mb
+        return WorkerLimits(
+            memory_bytes=memory * 1024 * 1024 if memory else None,
+            cpu_affinity=self.config.cpu_affinity,
+        )
+
+    def _obtain(self, manifest: ArtifactManifest, chunk_size: int, job: Job, *, runnable: bool) -> tuple[Path, TransferStats]:
+        """The verified local path of an artifact: from the store, or fetched chunk by chunk."""
+        if runnable and manifest.format not in self.backends:
+            raise JobError(
+                "unsupported_format",
+                f"this device has no runtime for {manifest.format!r} artifacts; it runs: "
+                f"{', '.join(sorted(self.backends)) or 'none'}",
+            )
+        if self.trust_key is not None:
+            from shared.signing import verify_manifest
+
+            try:
+                verify_manifest(manifest, self.trust_key, device_id=self.device_id)
+            except SignatureError as exc:
+                raise JobError("untrusted_manifest", f"{exc}; refused before download") from exc
+        sha, fmt = manifest.sha256, manifest.format
+        if self.store.has(sha, fmt, manifest.size_bytes):
+            return self.store.path_of(sha, fmt), TransferStats(sha256=sha, already_stored=True)
+        partial = self.store.open_partial(sha, fmt, manifest.size_bytes, chunk_size)
+        fetch = ArtifactFetch(
+            sha,
+            partial,
+            self._send_chunk_request,
+            window=self.config.xfer_window,
+            retry_s=self.config.xfer_retry_s,
+            timeout_s=self.config.xfer_timeout_s,
+            cancelled=job.cancelled,
+        )
+        topic = self.topics.artifact_chunks(sha)
+        with self._lock:
+            self._fetches[sha] = fetch
+        self.client.subscribe(topic, qos=QOS)
+        try:
+            stats = fetch.run()
+        except BaseException:
+            partial.close()
+            raise
+        finally:
+            with self._lock:
+                self._fetches.pop(sha, None)
+            self.client.unsubscribe(topic)
+        return self.store.commit(partial, sha, fmt), stats
+
+
+class _Interrupted(Exception):
+    """The agent is shutting down in the middle of a job; the job stays journaled as pending."""
+
+
+def _error(job_id: str, code: str, message: str) -> Response:
+    return Response(status="error", data={"job_id": job_id}, error=ErrorInfo(code=code, message=message[:4000]))

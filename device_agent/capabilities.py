@@ -1,0 +1,80 @@
+"""What this board is and can run, announced in the retained birth message.
+
+Runtimes are found without importing them (the agent stays small): see device_agent.backends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from pathlib import Path
+
+import psutil
+
+from device_agent import AGENT_VERSION
+from device_agent.backends import discover
+from shared.messages import Birth, RuntimeInfo
+
+logger = logging.getLogger(__name__)
+
+# Shared libraries whose presence means a TFLite delegate can be used on this board.
+_DELEGATE_LIBS = {
+    "edgetpu": ("libedgetpu.so.1",),
+    "gpu": ("libtensorflowlite_gpu_delegate.so",),
+    "hexagon": ("libhexagon_interface.so",),
+}
+_LIB_DIRS = ("/usr/lib", "/usr/lib/aarch64-linux-gnu", "/usr/lib/arm-linux-gnueabihf", "/usr/local/lib")
+
+
+def _short(text: str) -> str:
+    return text.strip()[:128]
+
+
+def cpu_model() -> str:
+    """The CPU name from /proc/cpuinfo ("model name", or the board "Model" line on a Pi)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, sep, value = line.partition(":")
+            if sep and key.strip() not in fields and value.strip():
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    for key in ("model name", "Model", "Hardware", "cpu model", "Processor"):
+        if key in fields:
+            return _short(fields[key])
+    return _short(platform.processor() or platform.machine() or "unknown")
+
+
+def delegates() -> list[str]:
+    found = []
+    for name, libs in _DELEGATE_LIBS.items():
+        if any(Path(d, lib).exists() for d in _LIB_DIRS for lib in libs):
+            found.append(name)
+    return found
+
+
+def runtimes() -> list[RuntimeInfo]:
+    seen: dict[str, RuntimeInfo] = {}
+    for _, backend in discover().items():
+        info = backend.probe()
+        if info is not None:
+            seen[info.name] = info
+    return list(seen.values())
+
+
+def birth(tags: dict[str, str], active_sha256: str | None = None) -> Birth:
+    return Birth(
+        agent_version=AGENT_VERSION,
+        arch=_short(platform.machine() or "unknown"),
+        cpu_model=cpu_model(),
+        cores=os.cpu_count() or 1,
+        ram_mb=round(psutil.virtual_memory().total / (1024 * 1024), 1),
+        os=_short(platform.platform()),
+        python=_short(platform.python_version()),
+        runtimes=runtimes(),
+        delegates=delegates(),
+        tags=tags,
+        active_sha256=active_sha256,
+    )

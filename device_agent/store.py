@@ -1,0 +1,170 @@
+"""Content-addressed artifact store and resumable partial downloads.
+
+Layout under the data dir::
+
+    store/{sha256}.{format}     complete, verified artifacts (only ever created by os.replace)
+    partial/{sha256}.part       preallocated file, chunks written at their offsets
+    partial/{sha256}.have       header (magic, chunk size, file size) + bitmap of stored chunks
+
+Paths are built from validated hex digests and a closed set of formats only, so a manifest cannot
+steer a write outside the data dir. The bitmap is updated after the chunk's bytes are synced, so after
+a crash it may under-report (a chunk is fetched again) but never claims a chunk that is not on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from pathlib import Path
+
+from device_agent.errors import JobError
+from device_agent.fsutil import fsync_dir
+from shared.errors import ValidationError
+from shared.hashing import is_sha256_hex, sha256_file
+from shared.transfer import chunk_bounds, chunk_count
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("tflite", "onnx", "npz")
+_HAVE_HEADER = struct.Struct("!4sIQ")
+_HAVE_MAGIC = b"ETH1"
+
+
+def _checked(sha256: str, fmt: str) -> tuple[str, str]:
+    if not is_sha256_hex(sha256):
+        raise ValidationError(f"not a sha256 hex digest: {sha256!r}")
+    if fmt not in FORMATS:
+        raise ValidationError(f"unknown artifact format {fmt!r}; known: {', '.join(FORMATS)}")
+    return sha256, fmt
+
+
+class PartialFile:
+    """One artifact being received: the preallocated file and its persisted chunk bitmap."""
+
+    def __init__(self, part: Path, have: Path, size: int, chunk_size: int) -> None:
+        self.part_path = part
+        self.have_path = have
+        self.size = size
+        self.chunk_size = chunk_size
+        self.total = chunk_count(size, chunk_size)
+        self._bits = bytearray((self.total + 7) // 8)
+        self._load_or_create()
+        self._part_fd = os.open(self.part_path, os.O_RDWR)
+        self._have_fd = os.open(self.have_path, os.O_RDWR)
+
+    def _load_or_create(self) -> None:
+        expected_len = _HAVE_HEADER.size + len(self._bits)
+        if self.part_path.exists() and self.have_path.exists():
+            raw = self.have_path.read_bytes()
+            if len(raw) == expected_len and self.part_path.stat().st_size == self.size:
+                magic, chunk_size, size = _HAVE_HEADER.unpack_from(raw)
+                if magic == _HAVE_MAGIC and chunk_size == self.chunk_size and size == self.size:
+                    self._bits[:] = raw[_HAVE_HEADER.size :]
+                    logger.info(
+                        "resuming %s: %d of %d chunks already on disk",
+                        self.part_path.name,
+                        self.stored_count(),
+                        self.total,
+                    )
+                    return
+            # Another chunk size or a damaged bitmap: offsets no longer line up, start over.
+            logger.info("discarding incompatible partial download %s", self.part_path.name)
+        with open(self.part_path, "wb") as handle:
+            try:
+                os.posix_fallocate(handle.fileno(), 0, self.size)
+            except (AttributeError, OSError):
+                handle.truncate(self.size)
+        header = _HAVE_HEADER.pack(_HAVE_MAGIC, self.chunk_size, self.size)
+        with open(self.have_path, "wb") as handle:
+            handle.write(header + bytes(self._bits))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def has(self, index: int) -> bool:
+        return bool(self._bits[index >> 3] & (1 << (index & 7)))
+
+    def stored_count(self) -> int:
+        return sum(bin(byte).count("1") for byte in self._bits)
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.total) if not self.has(i)]
+
+    def complete(self) -> bool:
+        return self.stored_count() == self.total
+
+    def bounds(self, index: int) -> tuple[int, int]:
+        return chunk_bounds(self.size, self.chunk_size, index)
+
+    def write(self, index: int, payload: bytes) -> None:
+        offset, length = self.bounds(index)
+        if len(payload) != length:
+            raise ValidationError(f"chunk {index} has {len(payload)} bytes, expected {length}")
+        os.pwrite(self._part_fd, payload, offset)
+        os.fdatasync(self._part_fd)
+        self._bits[index >> 3] |= 1 << (index & 7)
+        byte_at = index >> 3
+        os.pwrite(self._have_fd, bytes(self._bits[byte_at : byte_at + 1]), _HAVE_HEADER.size + byte_at)
+
+    def close(self) -> None:
+        for fd in (self._part_fd, self._have_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._part_fd = self._have_fd = -1
+
+    def discard(self) -> None:
+        self.close()
+        for path in (self.part_path, self.have_path):
+            path.unlink(missing_ok=True)
+
+
+class ArtifactStore:
+    """Complete artifacts by sha256, plus the partial downloads that will become them."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.store_dir = data_dir / "store"
+        self.partial_dir = data_dir / "partial"
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.partial_dir.mkdir(parents=True, exist_ok=True)
+
+    def path_of(self, sha256: str, fmt: str) -> Path:
+        sha256, fmt = _checked(sha256, fmt)
+        return self.store_dir / f"{sha256}.{fmt}"
+
+    def has(self, sha256: str, fmt: str, size: int) -> bool:
+        path = self.path_of(sha256, fmt)
+        return path.is_file() and path.stat().st_size == size
+
+    def open_partial(self, sha256: str, fmt: str, size: int, chunk_size: int) -> PartialFile:
+        sha256, fmt = _checked(sha256, fmt)
+        return PartialFile(
+            self.partial_dir / f"{sha256}.part",
+            self.partial_dir / f"{sha256}.have",
+            size,
+            chunk_size,
+        )
+
+    def commit(self, partial: PartialFile, sha256: str, fmt: str) -> Path:
+        """Verify the complete partial file against ``sha256`` and move it into the store."""
+        partial.close()
+        actual_size = partial.part_path.stat().st_size
+        actual = sha256_file(partial.part_path)
+        if actual_size != partial.size or actual != sha256:
+            partial.discard()
+            raise JobError(
+                "hash_mismatch",
+                f"artifact received as {actual_size} bytes with sha256 {actual[:16]}..., but the "
+                f"manifest says {partial.size} bytes and {sha256[:16]}...; nothing was stored. "
+                "Check that the host serves the file the manifest describes.",
+            )
+        target = self.path_of(sha256, fmt)
+        os.replace(partial.part_path, target)
+        partial.have_path.unlink(missing_ok=True)
+        try:
+            fsync_dir(self.store_dir)
+        except OSError:
+            pass
+        logger.info("stored artifact %s (%d bytes)", target.name, actual_size)
+        return target
