@@ -1,0 +1,167 @@
+"""Quantization steps: fp16, dynamic int8 and full int8 only choose how the exporter writes the model;
+quantization-aware training fine-tunes a fake-quantized graph and hands it to the exporter.
+
+Post-training quantization happens in the exporter (host.export) because it needs the exported
+graph and calibration data there anyway; keeping the torch module untouched here also lets one
+compressed model be exported at several precisions.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import TYPE_CHECKING, Any
+
+from host.compress.config import Fp16, Int8Dynamic, Int8Full, QuantAwareTraining
+from host.compress.handlers.base import cpu_copy, handles, with_module
+from host.errors import CompressionError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from host.compress.context import CompressContext
+    from host.models import ModelBundle
+
+logger = logging.getLogger(__name__)
+
+
+@handles(Fp16)
+def apply_fp16(bundle: ModelBundle, cfg: Fp16, ctx: CompressContext) -> ModelBundle:
+    ctx.precision = "fp16"
+    ctx.note("export with float16 weights (computation stays float32 on most CPUs)")
+    return bundle
+
+
+@handles(Int8Dynamic)
+def apply_int8_dynamic(bundle: ModelBundle, cfg: Int8Dynamic, ctx: CompressContext) -> ModelBundle:
+    ctx.precision = "int8_dynamic"
+    ctx.note("export with int8 weights; activations are quantized at run time")
+    return bundle
+
+
+@handles(Int8Full)
+def apply_int8(bundle: ModelBundle, cfg: Int8Full, ctx: CompressContext) -> ModelBundle:
+    ctx.precision = "int8"
+    ctx.calibration_samples = cfg.calibration_samples
+    ctx.note("export as full-integer int8 (per-channel weights), calibrated on %d samples",
+             cfg.calibration_samples)
+    return bundle
+
+
+def _qat_wrapper_class() -> type:
+    from torch import nn
+
+    class FakeQuantModel(nn.Module):
+        """Wraps a prepare_qat_pt2e graph so that ordinary training loops can call train()/eval().
+
+        torchao forbids ``.train()``/``.eval()`` on exported graphs (they would not switch
+        batch-norm or dropout); the wrapper routes them to torchao's move_exported_model_to_* .
+        """
+
+        def __init__(self, graph_module: nn.Module) -> None:
+            super().__init__()
+            self.graph_module = graph_module
+
+        def train(self, mode: bool = True) -> FakeQuantModel:
+            from torchao.quantization.pt2e import (
+                move_exported_model_to_eval,
+                move_exported_model_to_train,
+            )
+
+            if mode:
+                move_exported_model_to_train(self.graph_module)
+            else:
+                move_exported_model_to_eval(self.graph_module)
+            self.training = mode
+            return self
+
+        def eval(self) -> FakeQuantModel:
+            return self.train(False)
+
+        def forward(self, *inputs: torch.Tensor) -> Any:
+            return self.graph_module(*inputs)
+
+    return FakeQuantModel
+
+
+@functools.lru_cache(maxsize=1)
+def _qat_quantizer_class() -> type:
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
+
+    class QatPT2EQuantizer(PT2EQuantizer):
+        """litert-torch's quantizer without its QAT-only conv+bn patterns.
+
+        Those patterns are traced with torch.export from plain functions, which torch 2.13 refuses;
+        batch norms are folded into their convolutions before capture instead.
+        """
+
+        STATIC_QAT_ONLY_OPS: list[str] = []
+
+    return QatPT2EQuantizer
+
+
+def fold_batch_norms(module: nn.Module) -> tuple[nn.Module, bool]:
+    """Fold every BatchNorm that follows a convolution into it (eval statistics).
+
+    Returns the model and whether any BatchNorm is left (one torch.fx could not fold).
+    """
+    from torch import nn
+    from torch.fx.experimental.optimization import fuse
+
+    def has_bn(m: nn.Module) -> bool:
+        return any(isinstance(x, nn.modules.batchnorm._BatchNorm) for x in m.modules())
+
+    if not has_bn(module):
+        return module, False
+    try:
+        fused = fuse(module.eval())
+    except Exception as exc:  # noqa: BLE001 - models torch.fx cannot trace keep their BN layers
+        logger.info("could not fold batch norms before QAT: %s", exc)
+        return module, True
+    return fused, has_bn(fused)
+
+
+def prepare_qat(module: nn.Module, example_inputs: tuple[torch.Tensor, ...]
+                ) -> tuple[nn.Module, Any, bool]:
+    """(trainable fake-quant model, quantizer, whether BN layers remain) for int8 per-channel QAT."""
+    import torch
+    from litert_torch.quantize.pt2e_quantizer import get_symmetric_quantization_config
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    model, bn_left = fold_batch_norms(cpu_copy(module))
+    model = model.train()
+    # Batch 2 with a dynamic batch dimension: training feeds whole batches, and a size-1 example
+    # would let torch.export specialize the graph to batch 1.
+    inputs = tuple(torch.cat([t.cpu(), t.cpu()]) for t in example_inputs)
+    dynamic = tuple({0: torch.export.Dim.AUTO} for _ in inputs)
+    quantizer = _qat_quantizer_class()().set_global(
+        get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
+    )
+    try:
+        graph = torch.export.export(model, inputs, dynamic_shapes=dynamic).module()
+        prepared = prepare_qat_pt2e(graph, quantizer)
+    except Exception as exc:  # torch.export reports unsupported Python constructs this way
+        raise CompressionError(
+            f"QAT could not capture the model with torch.export: {type(exc).__name__}: {exc}"
+        ) from exc
+    return _qat_wrapper_class()(prepared), quantizer, bn_left
+
+
+@handles(QuantAwareTraining)
+def apply_qat(bundle: ModelBundle, cfg: QuantAwareTraining, ctx: CompressContext) -> ModelBundle:
+    from host.export import QuantizedGraph
+    from host.train import fit
+
+    wrapped, quantizer, bn_left = prepare_qat(bundle.module, bundle.example_inputs)
+    if bn_left:
+        ctx.note("some BatchNorm layers could not be folded into convolutions; they stay float")
+    teacher = ctx.teacher.module if ctx.data.train.labels is None else None
+    trained = fit(wrapped, ctx.data, cfg.epochs, cfg.lr, teacher=teacher,
+                  batch_size=cfg.batch_size, seed=ctx.seed, task=bundle.task,
+                  progress=lambda label, frac: ctx.report(f"qat {label}", frac))
+    trained = trained.cpu().eval()
+    ctx.precision = "qat_int8"
+    ctx.quantizer_state = QuantizedGraph(graph_module=trained.graph_module, quantizer=quantizer)
+    ctx.note("trained %d epoch(s) with int8 fake quantization (per-channel weights)", cfg.epochs)
+    return with_module(bundle, trained)
