@@ -411,22 +411,23 @@ class Fleet:
         if payload not in (STATUS_ONLINE, STATUS_OFFLINE):
             return  # an empty payload clears the retained status; nothing to learn
         online = payload == STATUS_ONLINE
-        self.registry.set_status(device_id, online)
+        # Store first: whoever wakes up on the registry may read the database next.
         if self.store is not None:
             self.store.upsert_device(device_id, online=online)
+        self.registry.set_status(device_id, online)
 
     def _on_envelope(self, kind: str, device_id: str, message: Message) -> None:
         body = message.body
         if kind == "birth" and isinstance(body, Birth):
-            self.registry.set_birth(device_id, body)
             if self.store is not None:
                 self.store.upsert_device(device_id, birth=msgspec.to_builtins(body))
+            self.registry.set_birth(device_id, body)
         elif kind == "telemetry" and isinstance(body, Telemetry):
-            self.registry.set_telemetry(device_id, body)
             if self.store is not None:
                 self.store.upsert_device(
                     device_id, online=True, telemetry=msgspec.to_builtins(body)
                 )
+            self.registry.set_telemetry(device_id, body)
         elif kind == "xfer_req" and isinstance(body, ChunkRequest):
             self._on_chunk_request(device_id, message, body)
         elif kind == "resp" and isinstance(body, Response):
