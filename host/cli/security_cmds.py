@@ -1,5 +1,155 @@
-"""CLI commands (filled in by their feature)."""
+"""``edgetailor certs ...`` and ``edgetailor keys ...``: the CA, TLS certificates, the signing key.
+
+Every command prints where its files went and their modes, because the next step is copying them
+to the broker and the boards (see deploy/mosquitto/README.md).
+"""
 
 from __future__ import annotations
 
-from host.cli.main import app  # noqa: F401
+import logging
+import stat
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from host.cli.main import app
+from host.security import (
+    HOST_IDENTITY,
+    default_keys_dir,
+    default_pki_dir,
+    init_ca,
+    init_signing_key,
+    issue_cert,
+    render_acl,
+    revoke_cert,
+)
+
+logger = logging.getLogger(__name__)
+
+certs_app = typer.Typer(
+    help="Certificates for mutual TLS to the broker: a CA, the broker, the host and each device.",
+    no_args_is_help=True,
+)
+keys_app = typer.Typer(help="The Ed25519 key the host signs artifact manifests with.", no_args_is_help=True)
+app.add_typer(certs_app, name="certs")
+app.add_typer(keys_app, name="keys")
+
+DirOption = Annotated[
+    Optional[Path],  # noqa: UP007 - typer needs Optional at runtime on 3.11
+    typer.Option("--dir", help="PKI directory (default: $EDGETAILOR_HOME/pki, ~/.edgetailor/pki)."),
+]
+ForceOption = Annotated[bool, typer.Option("--force", help="Replace existing files.")]
+
+
+def _show(path: Path) -> None:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    typer.echo(f"  {oct(mode)[2:]:>4}  {path}")
+
+
+@certs_app.command("init")
+def certs_init(directory: DirOption = None, force: ForceOption = False) -> None:
+    """Create the CA (ca.crt, ca.key, crl.pem). Keep ca.key on the host, never on a board."""
+    pki = directory or default_pki_dir()
+    ca = init_ca(pki, force=force)
+    typer.echo(f"CA created in {pki}:")
+    for path in (ca.cert_path, ca.key_path, ca.crl_path):
+        _show(path)
+    typer.echo("next: `edgetailor certs server --hostname BROKER_NAME`, `edgetailor certs issue --host`")
+
+
+@certs_app.command("issue")
+def certs_issue(
+    device_id: Annotated[
+        Optional[str],  # noqa: UP007
+        typer.Argument(help="Device id; it becomes the certificate's common name and MQTT user."),
+    ] = None,
+    host: Annotated[
+        bool, typer.Option("--host", help=f"Issue the host orchestrator's certificate ({HOST_IDENTITY}).")
+    ] = False,
+    days: Annotated[int, typer.Option(help="Validity in days.")] = 825,
+    directory: DirOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Issue a client certificate for a device (or, with --host, for the orchestrator)."""
+    pki = directory or default_pki_dir()
+    if host:
+        issued = issue_cert(pki, device_id or HOST_IDENTITY, kind="host", days=days, force=force)
+    else:
+        if device_id is None:
+            raise typer.BadParameter("give a DEVICE_ID, or --host for the orchestrator's certificate")
+        issued = issue_cert(pki, device_id, kind="device", days=days, force=force)
+    typer.echo(f"{issued.kind} certificate for {issued.common_name!r}:")
+    for path in (issued.cert_path, issued.key_path, issued.ca_path):
+        _show(path)
+    typer.echo(
+        f"use: --tls-ca {issued.ca_path} --tls-cert {issued.cert_path} --tls-key {issued.key_path}"
+    )
+
+
+@certs_app.command("server")
+def certs_server(
+    hostname: Annotated[
+        Optional[list[str]],  # noqa: UP007
+        typer.Option(
+            "--hostname",
+            help="DNS name or IP the boards use for the broker (repeatable); localhost and "
+            "127.0.0.1 are always included.",
+        ),
+    ] = None,
+    days: Annotated[int, typer.Option(help="Validity in days.")] = 825,
+    directory: DirOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Issue the broker's certificate (server.crt, server.key) for Mosquitto's TLS listener."""
+    pki = directory or default_pki_dir()
+    issued = issue_cert(pki, kind="server", hosts=hostname or [], days=days, force=force)
+    typer.echo("broker certificate:")
+    for path in (issued.cert_path, issued.key_path, issued.ca_path):
+        _show(path)
+    typer.echo("the key must be readable by the mosquitto user: chown mosquitto: server.key")
+
+
+@certs_app.command("revoke")
+def certs_revoke(
+    device_id: Annotated[str, typer.Argument(help="Device whose certificate is revoked.")],
+    directory: DirOption = None,
+) -> None:
+    """Put a device's certificate on crl.pem (a lost or stolen board); then restart Mosquitto."""
+    pki = directory or default_pki_dir()
+    crl = revoke_cert(pki, device_id)
+    typer.echo(f"revoked {device_id!r}; copy the new revocation list to the broker and restart it:")
+    _show(crl)
+
+
+@certs_app.command("acl")
+def certs_acl(
+    base: Annotated[str, typer.Option(help="Base topic the fleet uses.")] = "edgetailor",
+    output: Annotated[
+        Optional[Path],  # noqa: UP007
+        typer.Option("--output", "-o", help="Write here instead of printing."),
+    ] = None,
+) -> None:
+    """Print (or write) the Mosquitto ACL file for a base topic."""
+    text = render_acl(base)
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    output.write_text(text)
+    typer.echo(f"ACL written to {output}")
+
+
+@keys_app.command("init")
+def keys_init(
+    directory: Annotated[
+        Optional[Path],  # noqa: UP007
+        typer.Option("--dir", help="Key directory (default: $EDGETAILOR_HOME/keys)."),
+    ] = None,
+    force: ForceOption = False,
+) -> None:
+    """Create the manifest-signing key pair; give signing.pub to each agent as its trust key."""
+    keys = directory or default_keys_dir()
+    pair = init_signing_key(keys, force=force)
+    typer.echo(f"signing key (key id {pair.key_id}):")
+    _show(pair.private_path)
+    _show(pair.public_path)
