@@ -108,6 +108,10 @@ class ExportRequest:
     quantizer_state: Any = None
     input_names: list[str] = field(default_factory=list)
 
+    def examples_for_litert(self) -> tuple[torch.Tensor, ...]:
+        """Example inputs as litert-torch traces them (it narrows int64 to int32 anyway)."""
+        return self.example_inputs
+
 
 class Exporter:
     """Base of exporters; a subclass writes ``request`` to ``path`` in its format."""

@@ -1,0 +1,135 @@
+"""TFLite exporter through litert-torch; precisions fp32, fp16, int8_dynamic, int8 and qat_int8.
+
+* fp32: ``litert_torch.convert``.
+* fp16: fp32 file, then ai-edge-quantizer float casting of weights to float16 (float compute).
+* int8_dynamic: fp32 file, then ai-edge-quantizer ``dynamic_wi8_afp32`` (int8 per-channel weights,
+  activations quantized on the fly; float input/output). Works for models with integer inputs
+  (token ids) too, which PT2E static quantization would try to quantize.
+* int8: PT2E static per-channel quantization calibrated on real samples; int8 input and output.
+* qat_int8: the same conversion from a QAT-trained :class:`host.export.QuantizedGraph`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+from host.errors import ExportError
+from host.export import EXPORTERS, ExportRequest, Exporter, QuantizedGraph
+from host.export.diagnose import export_error
+
+logger = logging.getLogger(__name__)
+
+class TfliteExporter(Exporter):
+    format: ClassVar[str] = "tflite"
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8_dynamic", "int8", "qat_int8")
+
+    def write(self, request: ExportRequest, path: Path) -> None:
+        precision = request.config.precision
+        if precision == "fp32":
+            self._convert(request.module, request.examples_for_litert(), path)
+        elif precision in ("fp16", "int8_dynamic"):
+            with tempfile.TemporaryDirectory() as tmp:
+                float_path = Path(tmp) / "float.tflite"
+                self._convert(request.module, request.examples_for_litert(), float_path)
+                _post_quantize(float_path, path, precision)
+        elif precision == "int8":
+            graph, quantizer = _prepare_static(request)
+            self._finish_pt2e(graph, quantizer, request, path)
+        elif precision == "qat_int8":
+            state = request.quantizer_state
+            if not isinstance(state, QuantizedGraph):
+                raise ExportError("qat_int8 needs a QuantizedGraph as quantizer_state")
+            self._finish_pt2e(copy.deepcopy(state.graph_module), state.quantizer, request, path)
+        else:
+            raise ExportError(f"TFLite exporter cannot produce {precision!r}")
+
+    @staticmethod
+    def _convert(module: Any, examples: tuple[Any, ...], path: Path, quant_config: Any = None) -> None:
+        import litert_torch
+
+        try:
+            edge = litert_torch.convert(module, examples, quant_config=quant_config)
+            edge.export(str(path))
+        except ExportError:
+            raise
+        except Exception as exc:
+            raise export_error(exc, module, examples, "TFLite conversion") from exc
+
+    def _finish_pt2e(self, graph: Any, quantizer: Any, request: ExportRequest, path: Path) -> None:
+        from litert_torch.quantize.quant_config import QuantConfig
+        from torchao.quantization.pt2e import quantize_pt2e
+
+        try:
+            from torchao.quantization.pt2e.utils import _move_exported_model_to_eval as to_eval
+        except ImportError:  # older torchao spelling
+            from torchao.quantization.pt2e import move_exported_model_to_eval as to_eval
+        try:
+            to_eval(graph)
+            converted = quantize_pt2e.convert_pt2e(graph, fold_quantize=False)
+        except Exception as exc:
+            raise export_error(exc, request.module, request.example_inputs, "int8 conversion") from exc
+        self._convert(converted, request.examples_for_litert(), path, QuantConfig(pt2e_quantizer=quantizer))
+
+def _prepare_static(request: ExportRequest) -> tuple[Any, Any]:
+    """PT2E per-channel symmetric quantization, calibrated on ``request.calibration``."""
+    import torch
+    from litert_torch.quantize import pt2e_quantizer as pq
+    from torchao.quantization.pt2e import quantize_pt2e
+
+    from host.metrics import to_tensor
+
+    if request.calibration is None:
+        raise ExportError("full int8 export needs calibration data")
+    if any(not t.is_floating_point() for t in request.example_inputs):
+        raise ExportError(
+            "full int8 export quantizes every input, but this model takes integer inputs (e.g. token "
+            "ids); use precision 'int8_dynamic' for it"
+        )
+    quantizer = pq.PT2EQuantizer().set_global(
+        pq.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
+    )
+    try:
+        graph = torch.export.export(request.module, request.example_inputs).module()
+        graph = quantize_pt2e.prepare_pt2e(graph, quantizer)
+    except Exception as exc:
+        raise export_error(exc, request.module, request.example_inputs, "int8 preparation") from exc
+    calib = request.calibration.subset(request.config.calibration_samples)
+    batch = int(request.example_inputs[0].shape[0]) or 1
+    with torch.no_grad():
+        for start in range(0, len(calib) - batch + 1, batch):
+            graph(*(to_tensor(a[start : start + batch]) for a in calib.inputs))
+    logger.debug("calibrated int8 ranges on %d samples", len(calib))
+    return graph, quantizer
+
+def _post_quantize(float_path: Path, out_path: Path, precision: str) -> None:
+    from ai_edge_quantizer import qtyping, quantizer, recipe
+
+    try:
+        q = quantizer.Quantizer(str(float_path))
+        if precision == "int8_dynamic":
+            q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+        else:
+            q.update_quantization_recipe(
+                regex=".*",
+                operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                algorithm_key=quantizer.AlgorithmName.FLOAT_CASTING,
+                op_config=qtyping.OpQuantizationConfig(
+                    weight_tensor_config=qtyping.TensorQuantizationConfig(
+                        num_bits=16, dtype=qtyping.TensorDataType.FLOAT
+                    ),
+                    compute_precision=qtyping.ComputePrecision.FLOAT,
+                    explicit_dequantize=True,
+                ),
+            )
+        result = q.quantize(enable_progress_report=False)
+    except Exception as exc:
+        raise ExportError(f"ai-edge-quantizer could not make a {precision} model: {exc}") from exc
+    if not result.quantized_model:
+        raise ExportError(f"ai-edge-quantizer produced no {precision} model")
+    out_path.write_bytes(bytes(result.quantized_model))
+
+__all__ = ["TfliteExporter"]
