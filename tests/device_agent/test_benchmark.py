@@ -1,0 +1,92 @@
+"""A real agent fetches real .tflite models in chunks, stores them by sha256 and benchmarks them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.messages import BenchmarkCmd
+from shared.results import BenchmarkResult, from_data
+from tests.agents import AgentProcess
+from tests.device_agent.minihost import MiniHost, result_of
+
+FAST = dict(warmup_runs=1, warmup_s=0.0, runs=5, min_s=0.0, timeout_s=60.0)
+
+
+def host_accuracy(model_path: Path, eval_path: Path) -> float:
+    """Top-1 accuracy computed here with ai_edge_litert, feeding samples as the agent should."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(model_path))
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    data = np.load(eval_path)
+    correct = 0
+    for sample, label in zip(data["x"], data["y"], strict=True):
+        x = sample.reshape(inp["shape"])
+        scale, zero_point = inp["quantization"]
+        if scale:
+            x = np.clip(np.round(x / scale + zero_point), -128, 127).astype(inp["dtype"])
+        interpreter.set_tensor(inp["index"], x)
+        interpreter.invoke()
+        correct += int(np.argmax(interpreter.get_tensor(out["index"]).reshape(-1)) == label)
+    return correct / len(data["y"])
+
+
+@pytest.mark.parametrize("model_file,precision", [("float.tflite", "fp32"), ("int8.tflite", "int8")])
+def test_tflite_model_is_fetched_in_chunks_stored_by_sha_and_benchmarked_with_host_equal_accuracy(
+    model_file: str,
+    precision: str,
+    model_dir: Path,
+    start_agent: Callable[..., AgentProcess],
+    minihost: MiniHost,
+    device_id: str,
+    data_dir: Path,
+) -> None:
+    start_agent()
+    model_path = model_dir / model_file
+    model = minihost.offer(model_path, "tflite", precision)
+    eval_data = minihost.offer(model_dir / "eval.npz", "npz", "data")
+    chunk_size = 1024
+    assert model.size_bytes > 2 * chunk_size  # really several chunks
+
+    cmd_id = minihost.send(
+        device_id,
+        "benchmark",
+        BenchmarkCmd(job_id="job-1", model=model, eval_data=eval_data, chunk_size=chunk_size, **FAST),
+    )
+    result = from_data(result_of(minihost.wait_final(cmd_id, 90)), BenchmarkResult)
+
+    stages = [r.data["stage"] for r in minihost.responses_to(cmd_id) if r.status == "progress"]
+    assert stages == ["accepted", "fetching", "running"]
+    assert result.job_id == "job-1" and result.model_sha256 == model.sha256
+    assert result.backend == "tflite" and result.runtime.startswith("ai_edge_litert")
+    assert result.size_bytes == model.size_bytes
+    assert result.load_ms > 0 and result.peak_rss_mb > 10
+    assert result.runs >= 5 and result.warmup_runs >= 1
+    lat = result.latency_ms
+    assert 0 < lat.min <= lat.p50 <= lat.p90 <= lat.p95 <= lat.p99 <= lat.max
+    assert result.metric == "accuracy" and result.eval_samples == 40
+    assert result.accuracy == pytest.approx(host_accuracy(model_path, model_dir / "eval.npz"), abs=1e-9)
+    assert 0.0 < result.accuracy < 1.0
+    assert "before" in result.board and "after" in result.board
+
+    model_transfer = result.transfers[0]
+    assert not model_transfer.already_stored
+    assert model_transfer.chunks_total == -(-model.size_bytes // chunk_size)
+    assert model_transfer.chunks_written == model_transfer.chunks_total
+    stored = data_dir / "store" / f"{model.sha256}.tflite"
+    assert stored.read_bytes() == model_path.read_bytes()
+    assert sorted(minihost.requested_indices(model.sha256)) == list(range(model_transfer.chunks_total))
+    assert not list((data_dir / "partial").iterdir())
+
+    # The same artifact again comes from the store: no chunk is asked for.
+    requests_before = len(minihost.chunk_requests)
+    again = minihost.send(device_id, "benchmark", BenchmarkCmd(job_id="job-2", model=model, **FAST))
+    second = from_data(result_of(minihost.wait_final(again, 60)), BenchmarkResult)
+    assert second.transfers[0].already_stored
+    assert len(minihost.chunk_requests) == requests_before
