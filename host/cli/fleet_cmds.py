@@ -1,5 +1,220 @@
-"""CLI commands (filled in by their feature)."""
+"""``edgetailor broker``, ``edgetailor devices`` and ``edgetailor bench``: the fleet from a terminal.
+
+``bench`` pushes one .tflite/.onnx (and optionally an eval .npz) to one device, waits for the
+benchmark and prints it (``--json``: the BenchmarkResult as JSON on stdout; progress goes to stderr).
+"""
 
 from __future__ import annotations
 
-from host.cli.main import app  # noqa: F401
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from host.cli.main import app
+from host.errors import JobFailedError, JobTimeoutError
+from shared.broker_url import TlsOptions
+from shared.results import BenchmarkResult, to_data
+from shared.topics import DEFAULT_BASE
+from shared.transfer import DEFAULT_CHUNK_SIZE
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BROKER = os.environ.get("EDGETAILOR_BROKER", "mqtt://127.0.0.1:1883")
+# Time on top of the benchmark's own timeout for the transfer and the queue on the device.
+TRANSFER_ALLOWANCE_S = 300.0
+
+BrokerOpt = Annotated[str, typer.Option("--broker", help="mqtt://[user:pass@]host[:port] or mqtts://...")]
+BaseTopicOpt = Annotated[str, typer.Option("--base-topic", help="MQTT base topic of the fleet")]
+DbOpt = Annotated[
+    Optional[str],
+    typer.Option("--db", help="SQLAlchemy URL (default sqlite:///~/.edgetailor/edgetailor.db)"),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+TlsCaOpt = Annotated[Optional[str], typer.Option("--tls-ca", help="CA certificate (PEM) of the broker")]
+TlsCertOpt = Annotated[Optional[str], typer.Option("--tls-cert", help="client certificate (PEM)")]
+TlsKeyOpt = Annotated[Optional[str], typer.Option("--tls-key", help="client key (PEM)")]
+SigningKeyOpt = Annotated[
+    Optional[Path], typer.Option("--signing-key", help="Ed25519 private key (PEM) to sign manifests")
+]
+
+
+def _fleet(
+    broker: str, base_topic: str, store: Any, tls: TlsOptions, signing_key: Path | None, **kw: Any
+) -> Any:
+    from host.fleet import Fleet
+
+    return Fleet(broker, base_topic, store=store, tls=tls, signing_key=signing_key, **kw)
+
+
+@app.command("broker")
+def broker_cmd(
+    host: Annotated[str, typer.Option("--host", help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port")] = 1883,
+) -> None:
+    """Run the embedded MQTT broker (amqtt) until Ctrl-C; use Mosquitto for real fleets."""
+    from host.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(host, port).start()
+    typer.echo(f"embedded MQTT broker listening on {broker.url} (Ctrl-C stops it)", err=True)
+    broker.serve_forever()
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    seconds = max(0.0, time.time() - ts)
+    return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
+
+
+@app.command("devices")
+def devices_cmd(
+    broker: BrokerOpt = DEFAULT_BROKER,
+    base_topic: BaseTopicOpt = DEFAULT_BASE,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+    wait: Annotated[float, typer.Option("--wait", help="seconds to collect retained messages")] = 1.0,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+) -> None:
+    """List devices: the broker's retained birth/status messages, plus what the database knows."""
+    from host.fleet.devices import DeviceRecord
+    from host.store import Store
+
+    tls = TlsOptions(tls_ca, tls_cert, tls_key)
+    with Store(db) as store, _fleet(broker, base_topic, store, tls, None) as fleet:
+        fleet.wait_synced(settle_s=wait)
+        rows = {device_id: rec.to_dict() for device_id, rec in fleet.devices().items()}
+        for known in store.list_devices():
+            row = rows.get(known.device_id)
+            if row is None:
+                # Not on this broker/base topic right now: report what was last recorded.
+                row = DeviceRecord(known.device_id).to_dict()
+                row.update(online=False, last_seen=known.last_seen)
+                birth = known.birth or {}
+                for key in ("arch", "cpu_model", "cores", "ram_mb", "os", "agent_version"):
+                    row[key] = birth.get(key)
+                row["runtimes"] = birth.get("runtimes", [])
+                rows[known.device_id] = row
+            if row.get("telemetry") is None and known.telemetry is not None:
+                row["telemetry"] = known.telemetry
+                row["last_telemetry_at"] = known.last_telemetry_at
+    ordered = [rows[k] for k in sorted(rows)]
+    if as_json:
+        typer.echo(json.dumps(ordered, indent=2))
+        return
+    table = Table(title=f"devices on {broker} ({base_topic})")
+    for column in ("id", "online", "arch", "cores", "RAM MB", "runtimes", "agent", "telemetry"):
+        table.add_column(column)
+    for row in ordered:
+        tele = row.get("telemetry") or {}
+        telemetry = (
+            f"cpu {tele.get('cpu_percent', 0):.0f}% rss {tele.get('agent_rss_mb', 0):.0f} MB "
+            f"({_ago(row.get('last_telemetry_at'))})"
+            if tele
+            else "-"
+        )
+        table.add_row(
+            row["device_id"],
+            "[green]yes[/]" if row["online"] else "[red]no[/]",
+            str(row.get("arch") or "-"),
+            str(row.get("cores") or "-"),
+            f"{row['ram_mb']:.0f}" if row.get("ram_mb") else "-",
+            ", ".join(f"{r['name']} {r['version']}" for r in row.get("runtimes") or []) or "-",
+            str(row.get("agent_version") or "-"),
+            telemetry,
+        )
+    Console().print(table)
+
+
+def _print_result(result: BenchmarkResult, device_id: str) -> None:
+    table = Table(title=f"benchmark of {result.model_sha256[:12]} on {device_id}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    lat = result.latency_ms
+    rows = [
+        ("runtime", f"{result.backend} ({result.runtime})"),
+        ("threads", str(result.threads)),
+        ("size", f"{result.size_bytes / 1024:.1f} KiB"),
+        ("load", f"{result.load_ms:.1f} ms"),
+        ("latency mean", f"{lat.mean:.3f} ms"),
+        ("latency p50 / p90 / p99", f"{lat.p50:.3f} / {lat.p90:.3f} / {lat.p99:.3f} ms"),
+        ("runs", str(result.runs)),
+        ("peak RSS (worker)", f"{result.peak_rss_mb:.1f} MB"),
+    ]
+    if result.metric is not None and result.metric_value is not None:
+        rows.append((result.metric, f"{result.metric_value:.4f} on {result.eval_samples} samples"))
+    for transfer in result.transfers:
+        how = "already stored" if transfer.already_stored else (
+            f"{transfer.chunks_written} chunks in {transfer.seconds:.2f} s"
+        )
+        rows.append((f"transfer {transfer.sha256[:12]}", how))
+    for name, value in rows:
+        table.add_row(name, value)
+    Console().print(table)
+
+
+@app.command("bench")
+def bench_cmd(
+    model: Annotated[Path, typer.Argument(help="model file: .tflite or .onnx", exists=True, dir_okay=False)],
+    device: Annotated[str, typer.Option("--device", help="device id")],
+    broker: BrokerOpt = DEFAULT_BROKER,
+    eval_file: Annotated[
+        Optional[Path],
+        typer.Option("--eval", help=".npz with x (and y labels or ref outputs)", exists=True, dir_okay=False),
+    ] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1)] = None,
+    runs: Annotated[int, typer.Option("--runs", min=1)] = 50,
+    timeout: Annotated[float, typer.Option("--timeout", help="benchmark timeout on the device, s")] = 300.0,
+    base_topic: BaseTopicOpt = DEFAULT_BASE,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", help="bytes per chunk")] = DEFAULT_CHUNK_SIZE,
+    device_timeout: Annotated[float, typer.Option("--device-timeout", help="s to wait for the device")] = 15.0,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    signing_key: SigningKeyOpt = None,
+) -> None:
+    """Push a model to one device, benchmark it there, print latency, memory and accuracy."""
+    from host.artifacts import format_of
+    from host.store import Store
+
+    if format_of(model) not in ("tflite", "onnx"):
+        raise typer.BadParameter(f"{model} is not a .tflite or .onnx model", param_hint="MODEL")
+    err = Console(stderr=True)
+    tls = TlsOptions(tls_ca, tls_cert, tls_key)
+    with Store(db) as store, _fleet(
+        broker, base_topic, store, tls, signing_key, chunk_size=chunk_size
+    ) as fleet:
+        with err.status(f"waiting for {device}...") as status:
+
+            def progress(_job: Any, stage: str, _data: dict[str, Any]) -> None:
+                if stage != "done":
+                    status.update(f"{device}: {stage}")
+
+            job = fleet.submit_benchmark(
+                device, model, eval_path=eval_file, threads=threads, runs=runs, timeout_s=timeout,
+                device_timeout_s=device_timeout, on_progress=progress,
+            )  # fmt: skip
+            status.update(f"{device}: sent job {job.job_id}")
+            try:
+                result = job.result(timeout=timeout + TRANSFER_ALLOWANCE_S)
+            except (JobFailedError, JobTimeoutError) as exc:
+                err.print(f"[red]benchmark failed:[/] {exc}")
+                if as_json:
+                    code = getattr(exc, "code", "timeout")
+                    typer.echo(json.dumps({"error": {"code": code, "message": str(exc)}}))
+                raise typer.Exit(1) from exc
+    if as_json:
+        sys.stdout.write(json.dumps(to_data(result), indent=2) + "\n")
+    else:
+        _print_result(result, device)

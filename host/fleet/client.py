@@ -115,6 +115,7 @@ class Fleet:
         self._pending_subs: set[int] = set()
         self._subscribed = threading.Event()
         self._lock = threading.Lock()
+        self._unconfirmed_acks: list[mqtt.MQTTMessageInfo] = []
 
     # -- connection ----------------------------------------------------------------------------
     def __enter__(self) -> Fleet:
@@ -171,6 +172,13 @@ class Fleet:
         """Publish the retained ``offline`` status and disconnect (idempotent)."""
         client, self._client = self._client, None
         if client is not None:
+            with self._lock:
+                unconfirmed, self._unconfirmed_acks = self._unconfirmed_acks, []
+            for info in unconfirmed:
+                try:
+                    info.wait_for_publish(timeout=3)
+                except (RuntimeError, ValueError):
+                    break  # not connected: the agent re-sends, the next host acks
             if self._connected.is_set():
                 info = client.publish(self.topics.host_status(), STATUS_OFFLINE, qos=1, retain=True)
                 try:
@@ -391,6 +399,8 @@ class Fleet:
 
     # -- incoming ------------------------------------------------------------------------------
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self._client is None:
+            return  # closing
         try:
             parsed = self.topics.parse(msg.topic)
             device_id = parsed.device_id
@@ -478,6 +488,9 @@ class Fleet:
                 error_code=error.code if error else None,
                 error_message=error.message if error else None,
             )
+        # Stored first, acknowledged second: the agent may forget it only now. The ack goes out
+        # before the caller is woken, so a caller that exits right away does not lose it.
+        self._ack(device_id, message.msg_id)
         if handle is not None and self.jobs.claim_final(job_id, message.msg_id):
             handle._finish(response, message.msg_id)
             for listener in list(self._result_listeners):
@@ -487,5 +500,13 @@ class Fleet:
                     logger.exception("result listener failed for job %s", job_id)
         elif handle is not None:
             logger.info("duplicate final response %s for job %s ignored", message.msg_id, job_id)
-        # Stored (or delivered) first, acknowledged second: the agent may forget it only now.
-        self.send_command(device_id, AckCmd(msg_ids=[message.msg_id]))
+
+    def _ack(self, device_id: str, response_msg_id: str) -> None:
+        payload = encode(AckCmd(msg_ids=[response_msg_id]), device_id=device_id)
+        client = self._client
+        if client is None:
+            return  # closing: the agent re-sends it on our next connection
+        info = client.publish(self.topics.cmd(device_id, "ack"), payload, qos=1)
+        with self._lock:
+            self._unconfirmed_acks = [i for i in self._unconfirmed_acks if not i.is_published()]
+            self._unconfirmed_acks.append(info)
