@@ -2,9 +2,9 @@
 
 :func:`write_report` lays out, for a finished campaign, a header (campaign id, model, data,
 constraints, date), the choice per device with its reason, one Pareto plot per device (x = p90
-latency, y = the metric; Pareto points joined, the chosen one ringed, constraint lines where they map
-to an axis) and the per-device results tables. Everything user-supplied is HTML-escaped: recipe names
-and errors come from user code and device messages.
+latency, y = the metric; Pareto points joined, the chosen one ringed, constraint lines where they
+map to an axis) and the per-device results tables. Everything user-supplied is HTML-escaped: recipe
+names and errors come from user code and device messages.
 """
 
 from __future__ import annotations
@@ -155,7 +155,10 @@ class _Box:
 
     def inside(self, outer: _Box) -> bool:
         return (
-            self.x0 >= outer.x0 and self.y0 >= outer.y0 and self.x1 <= outer.x1 and self.y1 <= outer.y1
+            self.x0 >= outer.x0
+            and self.y0 >= outer.y0
+            and self.x1 <= outer.x1
+            and self.y1 <= outer.y1
         )
 
 
@@ -210,6 +213,36 @@ def _tooltip(row: ResultRow) -> str:
         f"peak RSS {format_value(row.peak_rss_mb, 'MB')}, "
         f"size {format_value(row.size_bytes / _MIB, 'MB')}"
     )
+
+
+def _front_on_plot_axes(pareto_rows: Sequence[ResultRow]) -> list[ResultRow]:
+    """The Pareto rows also optimal on metric vs p90 alone, by latency: the line the plot joins.
+
+    The front is three-dimensional (peak memory too); joining all of it in latency order zigzags,
+    because a row can be on it only for its memory. Its two-axis part is a monotone staircase.
+    """
+    ordered = sorted(
+        pareto_rows,
+        key=lambda r: (
+            figure_value(r, "latency_p90_ms") or 0.0,
+            -(figure_value(r, "metric") or 0.0),
+            r.candidate,
+        ),
+    )
+    line: list[ResultRow] = []
+    best = -math.inf
+    for r in ordered:
+        metric = figure_value(r, "metric") or 0.0
+        if metric > best or (line and _same_point(r, line[-1])):
+            line.append(r)
+            best = max(best, metric)
+    return line
+
+
+def _same_point(a: ResultRow, b: ResultRow) -> bool:
+    return figure_value(a, "latency_p90_ms") == figure_value(b, "latency_p90_ms") and figure_value(
+        a, "metric"
+    ) == figure_value(b, "metric")
 
 
 def pareto_svg(device: str, rows: Sequence[ResultRow], selection: DeviceSelection | None) -> str:
@@ -297,7 +330,8 @@ def pareto_svg(device: str, rows: Sequence[ResultRow], selection: DeviceSelectio
         x = sx(t)
         out.append(
             f'<line x1="{x:.1f}" y1="{py0}" x2="{x:.1f}" y2="{py1}" stroke="{_COLORS["grid"]}"/>'
-            f'<line x1="{x:.1f}" y1="{py1}" x2="{x:.1f}" y2="{py1 + 5}" stroke="{_COLORS["axis"]}"/>'
+            f'<line x1="{x:.1f}" y1="{py1}" x2="{x:.1f}" y2="{py1 + 5}" '
+            f'stroke="{_COLORS["axis"]}"/>'
             f'<text x="{x:.1f}" y="{py1 + 17}" text-anchor="middle" fill="{_COLORS["axis"]}">'
             f"{_e(_tick_label(t, x_step))}</text>"
         )
@@ -305,7 +339,8 @@ def pareto_svg(device: str, rows: Sequence[ResultRow], selection: DeviceSelectio
         y = sy(t)
         out.append(
             f'<line x1="{px0}" y1="{y:.1f}" x2="{px1}" y2="{y:.1f}" stroke="{_COLORS["grid"]}"/>'
-            f'<line x1="{px0 - 5}" y1="{y:.1f}" x2="{px0}" y2="{y:.1f}" stroke="{_COLORS["axis"]}"/>'
+            f'<line x1="{px0 - 5}" y1="{y:.1f}" x2="{px0}" y2="{y:.1f}" '
+            f'stroke="{_COLORS["axis"]}"/>'
             f'<text x="{px0 - 8}" y="{y + 4:.1f}" text-anchor="end" fill="{_COLORS["axis"]}">'
             f"{_e(_tick_label(t, y_step))}</text>"
         )
@@ -320,7 +355,7 @@ def pareto_svg(device: str, rows: Sequence[ResultRow], selection: DeviceSelectio
     legend = [
         ("circle", _COLORS["point"], "feasible"),
         ("hollow", _COLORS["infeasible"], "breaks a constraint"),
-        ("circle", _COLORS["pareto"], "Pareto front"),
+        ("circle", _COLORS["pareto"], "Pareto-optimal"),
         ("ring", _COLORS["chosen"], "chosen"),
     ]
     if miss_id is not None:
@@ -358,7 +393,22 @@ def pareto_svg(device: str, rows: Sequence[ResultRow], selection: DeviceSelectio
     taken: list[_Box] = []
     area = _Box(px0 + 1, py0 + 1, px1 - 1, py1 - 1)
 
-    # Constraint lines, with their labels claimed before point labels so nothing writes over them.
+    # Every marker is reserved before any label is placed, so labels avoid all of them.
+    coords = {
+        r.candidate: (
+            sx(figure_value(r, "latency_p90_ms") or 0.0),
+            sy(figure_value(r, "metric") or 0.0),
+        )
+        for r in plotted
+    }
+    for x, y in coords.values():
+        taken.append(_Box(x - 5, y - 5, x + 5, y + 5))
+    for ringed in (chosen_id, miss_id):
+        if ringed in coords:
+            cx, cy = coords[ringed]
+            taken.append(_Box(cx - 10, cy - 10, cx + 10, cy + 10))
+
+    # Constraint lines; their labels dodge the markers and are claimed before any point label.
     for line in drawn:
         if line.axis == "x":
             x = sx(line.value)
@@ -366,31 +416,42 @@ def pareto_svg(device: str, rows: Sequence[ResultRow], selection: DeviceSelectio
                 f'<line x1="{x:.1f}" y1="{py0}" x2="{x:.1f}" y2="{py1}" '
                 f'stroke="{_COLORS["constraint"]}" stroke-width="1.5" stroke-dasharray="5 4"/>'
             )
-            width = len(line.label) * _CHAR_W
-            anchor, tx = ("end", x - 4) if x - width - 4 > px0 else ("start", x + 4)
-            ty = py0 + 14
-            taken.append(_label_box(tx, ty, width, anchor))
+            spots = [
+                (x + dx, ty, anchor)
+                for ty in (py0 + 14, py1 - 6, (py0 + py1) / 2)
+                for dx, anchor in ((-4, "end"), (4, "start"))
+            ]
         else:
             y = sy(line.value)
             out.append(
                 f'<line x1="{px0}" y1="{y:.1f}" x2="{px1}" y2="{y:.1f}" '
                 f'stroke="{_COLORS["constraint"]}" stroke-width="1.5" stroke-dasharray="5 4"/>'
             )
-            width = len(line.label) * _CHAR_W
-            anchor, tx = "end", px1 - 4
-            ty = y - 5 if y - 5 - _FONT_PX > py0 else y + 14
-            taken.append(_label_box(tx, ty, width, anchor))
+            spots = [
+                (tx, ty, anchor)
+                for ty in (y - 5, y + 14)
+                for tx, anchor in (
+                    (px1 - 4, "end"),
+                    (px0 + 4, "start"),
+                    ((px0 + px1) / 2, "middle"),
+                )
+            ]
+        width = len(line.label) * _CHAR_W
+        fits = [spot for spot in spots if _label_box(*spot[:2], width, spot[2]).inside(area)]
+        free = [
+            spot
+            for spot in fits
+            if not any(_label_box(*spot[:2], width, spot[2]).overlaps(t) for t in taken)
+        ]
+        tx, ty, anchor = (free or fits or spots)[0]
+        taken.append(_label_box(tx, ty, width, anchor))
         out.append(
             f'<text x="{tx:.1f}" y="{ty:.1f}" text-anchor="{anchor}" '
             f'fill="{_COLORS["constraint"]}" stroke="#fff" stroke-width="3" paint-order="stroke">'
             f"{_e(line.label)}</text>"
         )
 
-    # The Pareto front joined in latency order.
-    front = sorted(
-        (r for r in plotted if r.candidate in pareto_ids),
-        key=lambda r: (figure_value(r, "latency_p90_ms") or 0.0, r.candidate),
-    )
+    front = _front_on_plot_axes([r for r in plotted if r.candidate in pareto_ids])
     if len(front) > 1:
         pts = " ".join(
             f"{sx(figure_value(r, 'latency_p90_ms') or 0.0):.1f},"
@@ -401,18 +462,6 @@ def pareto_svg(device: str, rows: Sequence[ResultRow], selection: DeviceSelectio
             f'<polyline points="{pts}" fill="none" stroke="{_COLORS["pareto"]}" '
             'stroke-width="1.8" stroke-linejoin="round" opacity="0.8"/>'
         )
-
-    # Points: each one's circle is reserved first so labels avoid every marker, not only earlier ones.
-    coords = {
-        r.candidate: (sx(figure_value(r, "latency_p90_ms") or 0.0), sy(figure_value(r, "metric") or 0.0))
-        for r in plotted
-    }
-    for x, y in coords.values():
-        taken.append(_Box(x - 5, y - 5, x + 5, y + 5))
-    for ringed in (chosen_id, miss_id):
-        if ringed in coords:
-            cx, cy = coords[ringed]
-            taken.append(_Box(cx - 10, cy - 10, cx + 10, cy + 10))
 
     def draw_order(r: ResultRow) -> tuple[int, str]:
         if r.candidate in (chosen_id, miss_id):
@@ -502,7 +551,8 @@ dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; 
 dl.meta dt { color: #57606a; }
 dl.meta dd { margin: 0; font-family: ui-monospace, "SFMono-Regular", Menlo, monospace; }
 table { border-collapse: collapse; font-size: 13px; margin: 8px 0 16px; width: 100%; }
-th, td { border-bottom: 1px solid #e1e4e8; padding: 4px 8px; text-align: left; vertical-align: top; }
+th, td { border-bottom: 1px solid #e1e4e8; padding: 4px 8px; text-align: left;
+         vertical-align: top; }
 th { background: #f6f8fa; font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.chosen td { background: #e8f5e9; }
@@ -516,6 +566,7 @@ tr.failed td { color: #8c959f; }
 .status-failed { color: #b42318; }
 .breaks { color: #8c959f; font-size: 12px; }
 svg.pareto { max-width: 100%; height: auto; border: 1px solid #eaeef2; border-radius: 4px; }
+.caption { font-size: 12px; color: #57606a; margin: 2px 0 8px; max-width: 680px; }
 footer { margin-top: 32px; color: #8c959f; font-size: 12px; }
 """
 
@@ -605,7 +656,9 @@ def _row_table(rows: Sequence[ResultRow], selection: DeviceSelection | None) -> 
         metric_cell = _e(_metric_text(r.metric_value if r.ok else None))
         if r.ok and r.metric_drop is not None and math.isfinite(r.metric_drop):
             delta = _metric_text(-r.metric_drop, signed=True)
-            metric_cell += f' <span class="breaks" title="change from baseline">({_e(delta)})</span>'
+            metric_cell += (
+                f' <span class="breaks" title="change from baseline">({_e(delta)})</span>'
+            )
         body.append(
             f'<tr class="{cls}"><td>{_e(r.candidate)}{badges}</td><td>{_e(r.recipe)}</td>'
             f"<td>{_e(r.format)} / {_e(r.precision)}</td>"
@@ -742,6 +795,12 @@ def write_report(
             f'<p class="reason">{_e(sel.reason) if sel is not None else "not selected"}</p>'
         )
         parts.append(pareto_svg(device, device_rows, sel))
+        parts.append(
+            '<p class="caption">Pareto-optimal: no other candidate is at least as good on the '
+            "metric, p90 latency and peak memory and better on one. The line joins those that are "
+            "optimal on the two axes shown; the others are on the front through lower memory. "
+            "Hover a point for its figures.</p>"
+        )
         parts.append(_row_table(device_rows, sel))
         parts.append("</section>")
     parts.append(

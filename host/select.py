@@ -1,7 +1,7 @@
 """Pick the best candidate per device from a campaign's result table.
 
-A campaign produces one :class:`ResultRow` per (candidate, device). :func:`select` applies the user's
-:class:`Constraint` list (``"latency_p90_ms<=20"``, ``"accuracy_drop<=0.01"``, ...) and an
+A campaign produces one :class:`ResultRow` per (candidate, device). :func:`select` applies the
+user's :class:`Constraint` list (``"latency_p90_ms<=20"``, ``"accuracy_drop<=0.01"``, ...) and an
 :class:`Objective` to each device's rows and returns a :class:`DeviceSelection`: the chosen row, the
 feasible set, the Pareto front (metric up, p90 latency down, peak memory down) and a reason in plain
 words. A device where nothing fits gets no choice but a *closest miss*: the row whose constraint
@@ -324,7 +324,8 @@ class Violation:
         if self.constraint.op == "==":
             return f"{self.constraint} ({fig.format(self.value)}, off by {fig.format(self.excess)})"
         pct = f", {self.normalized:.0%}" if math.isfinite(self.normalized) else ""
-        return f"{self.constraint} ({fig.format(self.value)}, over by {fig.format(self.excess)}{pct})"
+        over = fig.format(self.excess)
+        return f"{self.constraint} ({fig.format(self.value)}, over by {over}{pct})"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -409,7 +410,8 @@ def _as_constraints(items: Iterable[Constraint | str]) -> list[Constraint]:
             out.append(Constraint.parse(item))
         else:
             raise ConfigError(
-                f"constraint {item!r} is neither a Constraint nor a string like 'latency_p90_ms<=20'"
+                f"constraint {item!r} is neither a Constraint nor a string like "
+                "'latency_p90_ms<=20'"
             )
     return out
 
@@ -441,7 +443,9 @@ OBJECTIVES.add(
 )
 OBJECTIVES.add(
     "min_size",
-    ObjectiveSpec("min_size", "size_bytes", ("metric", "latency_p90_ms", "peak_rss_mb"), "smallest"),
+    ObjectiveSpec(
+        "min_size", "size_bytes", ("metric", "latency_p90_ms", "peak_rss_mb"), "smallest"
+    ),
 )
 OBJECTIVES.add(
     "min_memory",
@@ -654,9 +658,10 @@ def _choice_phrase(
             "peak_rss_mb": "peak memory",
         }.get(spec.primary, spec.primary)
         value = figure_value(chosen, spec.primary)
-        shown = (
-            format_value(value / _MIB, "MB") if spec.primary == "size_bytes" else primary.format(value)
-        )
+        if spec.primary == "size_bytes" and value is not None:
+            shown = format_value(value / _MIB, "MB")
+        else:
+            shown = primary.format(value)
         what = f"{spec.phrase} {label} ({shown})"
     text = f"{chosen.candidate} chosen: {what} among {_plural(len(feasible), 'feasible candidate')}"
     if len(tied) > 1:

@@ -73,6 +73,11 @@ def report(tmp_path_factory: pytest.TempPathFactory, table: list[ResultRow]) -> 
     return index, index.read_text(encoding="utf-8")
 
 
+def svg_title(svg: ET.Element) -> str:
+    title = svg.find(f"{SVG_NS}title")
+    return "" if title is None else title.text or ""
+
+
 def svgs(page: str) -> list[ET.Element]:
     return [ET.fromstring(m) for m in re.findall(r"<svg\b.*?</svg>", page, flags=re.S)]
 
@@ -124,7 +129,7 @@ def test_there_is_one_well_formed_svg_plot_per_device(report: tuple[Path, str]) 
     _, page = report
     plots = svgs(page)
     assert len(plots) == 3
-    titles = sorted(svg.find(f"{SVG_NS}title").text or "" for svg in plots)  # type: ignore[union-attr]
+    titles = sorted(svg_title(svg) for svg in plots)
     assert [t.split(":")[0] for t in titles] == ["jetson", "pi-zero", "pi4"]
 
 
@@ -132,7 +137,7 @@ def test_chosen_candidate_is_ringed_in_its_plot_and_marked_in_the_table(
     report: tuple[Path, str],
 ) -> None:
     _, page = report
-    pi4 = next(s for s in svgs(page) if (s.find(f"{SVG_NS}title").text or "").startswith("pi4"))
+    pi4 = next(s for s in svgs(page) if svg_title(s).startswith("pi4"))
     groups = point_groups(pi4)
     assert set(groups) == {"c1", "c2", "c3", "c4"}  # the failed c5 has nothing to plot
     ringed = [
@@ -148,7 +153,7 @@ def test_chosen_candidate_is_ringed_in_its_plot_and_marked_in_the_table(
 
 def test_each_point_carries_a_tooltip_with_its_figures(report: tuple[Path, str]) -> None:
     _, page = report
-    jetson = next(s for s in svgs(page) if (s.find(f"{SVG_NS}title").text or "").startswith("jet"))
+    jetson = next(s for s in svgs(page) if svg_title(s).startswith("jet"))
     tip = point_groups(jetson)["c2"].find(f"{SVG_NS}title")
     assert tip is not None and "p90 3.00 ms" in (tip.text or "")
     assert "accuracy 0.93" in (tip.text or "")
@@ -156,7 +161,7 @@ def test_each_point_carries_a_tooltip_with_its_figures(report: tuple[Path, str])
 
 def test_constraint_lines_are_drawn_where_they_map_to_an_axis(report: tuple[Path, str]) -> None:
     _, page = report
-    pi4 = next(s for s in svgs(page) if (s.find(f"{SVG_NS}title").text or "").startswith("pi4"))
+    pi4 = next(s for s in svgs(page) if svg_title(s).startswith("pi4"))
     texts = [t.text for t in pi4.iter(f"{SVG_NS}text")]
     assert "latency_p90_ms<=20" in texts
     assert "accuracy_drop<=0.02" in texts
@@ -167,7 +172,7 @@ def test_device_without_a_feasible_candidate_shows_its_closest_miss(
     report: tuple[Path, str],
 ) -> None:
     _, page = report
-    zero = next(s for s in svgs(page) if (s.find(f"{SVG_NS}title").text or "").startswith("pi-z"))
+    zero = next(s for s in svgs(page) if svg_title(s).startswith("pi-z"))
     assert not any(c.get("class") == "chosen" for c in zero.iter(f"{SVG_NS}circle"))
     missed = [
         cand
@@ -185,7 +190,7 @@ def test_user_text_is_escaped_and_renders_as_text(report: tuple[Path, str]) -> N
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
     assert "&lt;b&gt;segfault&lt;/b&gt; in delegate" in page
     # The tooltip inside the SVG is escaped as well: the SVG still parses and keeps the text.
-    pi4 = next(s for s in svgs(page) if (s.find(f"{SVG_NS}title").text or "").startswith("pi4"))
+    pi4 = next(s for s in svgs(page) if svg_title(s).startswith("pi4"))
     tip = point_groups(pi4)["c3"].find(f"{SVG_NS}title")
     assert tip is not None and HOSTILE in (tip.text or "")
 
@@ -246,3 +251,17 @@ def test_labels_placed_on_a_crowded_plot_do_not_overlap_each_other() -> None:
 )
 def test_axis_ticks_fall_on_round_numbers(lo: float, hi: float, expected: list[float]) -> None:
     assert nice_ticks(lo, hi) == pytest.approx(expected)
+
+
+def test_the_drawn_front_joins_only_rows_optimal_on_the_plotted_axes() -> None:
+    rows = [
+        row("fast", "pi4", 0.90, 5.0),
+        row("good", "pi4", 0.95, 10.0),
+        row("lean", "pi4", 0.85, 8.0, rss=10.0),  # on the front only through its memory
+    ]
+    sel = select(rows)["pi4"]
+    assert {r.candidate for r in sel.pareto} == {"fast", "good", "lean"}
+    svg = ET.fromstring(pareto_svg("pi4", rows, sel))
+    (polyline,) = list(svg.iter(f"{SVG_NS}polyline"))
+    points = [tuple(map(float, p.split(","))) for p in (polyline.get("points") or "").split()]
+    assert len(points) == 2 and points[0][0] < points[1][0] and points[0][1] > points[1][1]

@@ -203,7 +203,12 @@ def test_epsilon_makes_nearly_equal_metrics_a_tie_won_by_the_faster_candidate() 
 
 @pytest.mark.parametrize(
     ("objective", "expected"),
-    [("min_latency", "fast"), ("min_size", "small"), ("min_memory", "lean"), ("max_metric", "good")],
+    [
+        ("min_latency", "fast"),
+        ("min_size", "small"),
+        ("min_memory", "lean"),
+        ("max_metric", "good"),
+    ],
 )
 def test_each_objective_picks_the_row_best_on_its_figure_among_feasible_ones(
     objective: str, expected: str
