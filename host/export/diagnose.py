@@ -18,7 +18,7 @@ from host.errors import ExportError
 logger = logging.getLogger(__name__)
 
 _ATEN_OP = re.compile(r"\baten[._:]+([A-Za-z0-9_]+)(?:\.([A-Za-z0-9_]+))?")
-_TORCH_FN = re.compile(r"\btorch\.(?:ops\.)?([a-z][A-Za-z0-9_.]+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _MAX_MESSAGE = 600
 
 
@@ -32,7 +32,7 @@ def _messages(exc: BaseException) -> str:
 
 
 def _short(text: str) -> str:
-    text = " ".join(text.split())
+    text = " ".join(_ANSI.sub("", text).split())
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
 
 
@@ -44,6 +44,17 @@ def layers_calling(module: Any, examples: tuple[Any, ...], op: str) -> list[str]
         program = torch.export.export(module, examples)
     except Exception:  # noqa: BLE001 - a failing trace just means we cannot name the layer
         return []
+    layers = _layers_in(program, op)
+    if not layers:
+        # Converters report ops after decomposition (fft -> _fft_r2c + view_as_real).
+        try:
+            layers = _layers_in(program.run_decompositions(), op)
+        except Exception:  # noqa: BLE001
+            return []
+    return layers
+
+
+def _layers_in(program: Any, op: str) -> list[str]:
     layers: list[str] = []
     for node in program.graph.nodes:
         if node.op != "call_function":
@@ -52,7 +63,7 @@ def layers_calling(module: Any, examples: tuple[Any, ...], op: str) -> list[str]
         if not re.search(rf"\b{re.escape(op)}\b", target):
             continue
         stack = node.meta.get("nn_module_stack") or {}
-        if stack:
+        if len(stack) > 1:
             path, cls = list(stack.values())[-1]
             cls_name = cls if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
             name = f"{path or '<root>'} ({cls_name.rsplit('.', 1)[-1]})"
@@ -76,10 +87,8 @@ def export_error(
     if not op:
         frame = _user_frame(exc)
         where = f" at {frame}" if frame else ""
-        fn = _TORCH_FN.search(text)
-        what = f" (op {fn.group(0)})" if fn else ""
         return ExportError(
-            f"{stage} failed{where}{what}: {_short(str(exc))}. Replace the failing code with "
+            f"{stage} failed{where}: {_short(str(exc))}. Replace the failing code with "
             "exportable tensor ops (no data-dependent Python control flow) or choose another "
             "format/precision"
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
@@ -51,6 +52,8 @@ class TfliteExporter(Exporter):
     def _convert(module: Any, examples: tuple[Any, ...], path: Path, quant_config: Any = None) -> None:
         import litert_torch
 
+        # Long conversions report through our own progress; keep litert's console lines out of it.
+        os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
         try:
             edge = litert_torch.convert(module, examples, quant_config=quant_config)
             edge.export(str(path))
