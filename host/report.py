@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from host.errors import ConfigError
 from host.select import (
     Constraint,
     DeviceSelection,
@@ -30,7 +31,7 @@ from host.select import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["pareto_svg", "write_report", "report_data"]
+__all__ = ["load_results", "pareto_svg", "report_data", "write_report"]
 
 _MIB = 1024 * 1024
 
@@ -263,12 +264,17 @@ def pareto_svg(device: str, rows: Sequence[ResultRow], selection: DeviceSelectio
         f"<title>{_e(title)}</title>"
     )
     if not plotted:
+        empty = (
+            "no candidate has both a p90 latency and a metric to plot"
+            if any(r.ok for r in rows)
+            else "no successful measurements to plot"
+        )
         return (
             head
             + f'<rect x="0.5" y="0.5" width="{_W - 1}" height="{_H - 1}" fill="#fafafa" '
             f'stroke="{_COLORS["grid"]}"/>'
             f'<text x="{_W / 2}" y="{_H / 2}" text-anchor="middle" fill="#666" font-size="14">'
-            "no successful measurements to plot</text></svg>"
+            f"{_e(empty)}</text></svg>"
         )
 
     chosen = selection.candidate if selection is not None else None
@@ -717,6 +723,28 @@ def report_data(
         "rows": [r.to_dict() for r in rows],
         "selections": {device: sel.to_dict() for device, sel in selections.items()},
     }
+
+
+def load_results(path: Path | str) -> tuple[dict[str, Any], list[ResultRow]]:
+    """Read a results.json (or the folder holding it) back into the campaign dict and its rows.
+
+    Selections are not read back: run :func:`host.select.select` again, possibly with other
+    constraints, which is the point of keeping the rows.
+    """
+    file = Path(path)
+    if file.is_dir():
+        file = file / "results.json"
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        campaign = data.get("campaign") or {}
+        rows = [ResultRow.from_dict(item) for item in data["rows"]]
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"no results file at {file}: give a report folder or its results.json"
+        ) from exc
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"{file} is not an edgetailor results.json: {exc}") from exc
+    return campaign, rows
 
 
 def _json_safe(value: Any) -> Any:

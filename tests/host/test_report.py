@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from host.report import nice_ticks, pareto_svg, write_report
+from host.report import load_results, nice_ticks, pareto_svg, write_report
 from host.select import ResultRow, select
+from shared.errors import ConfigError
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
 HOSTILE = '<script>alert("x")</script>'
@@ -265,3 +266,26 @@ def test_the_drawn_front_joins_only_rows_optimal_on_the_plotted_axes() -> None:
     (polyline,) = list(svg.iter(f"{SVG_NS}polyline"))
     points = [tuple(map(float, p.split(","))) for p in (polyline.get("points") or "").split()]
     assert len(points) == 2 and points[0][0] < points[1][0] and points[0][1] > points[1][1]
+
+
+def test_results_json_reads_back_into_rows_that_select_the_same_way(
+    report: tuple[Path, str], table: list[ResultRow]
+) -> None:
+    index, _ = report
+    campaign, rows = load_results(index.parent)
+    assert campaign["id"] == "cmp-42"
+    assert [r.candidate for r in rows] == [r.candidate for r in table]
+    again = select(rows, campaign["constraints"])
+    assert {d: s.chosen_id for d, s in again.items()} == {
+        "jetson": "c1",
+        "pi-zero": None,
+        "pi4": "c1",
+    }
+
+
+def test_reading_results_from_a_missing_or_foreign_file_says_what_to_give(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="give a report folder"):
+        load_results(tmp_path)
+    (tmp_path / "results.json").write_text('{"something": "else"}', encoding="utf-8")
+    with pytest.raises(ConfigError, match="not an edgetailor results.json"):
+        load_results(tmp_path)
