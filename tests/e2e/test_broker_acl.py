@@ -26,6 +26,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
+from host.errors import DeviceUnavailableError
+from host.fleet.client import Fleet
 from host.security import (
     BrokerTlsFiles,
     IssuedCert,
@@ -34,7 +36,9 @@ from host.security import (
     render_mosquitto_tls_conf,
     revoke_cert,
 )
+from shared.broker_url import TlsOptions
 from shared.topics import Topics
+from tests.agents import AgentProcess
 from tests.brokers import MosquittoProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -466,3 +470,35 @@ def test_host_reads_every_device_and_publishes_commands_chunks_and_its_status(
     response = _token()
     device_a.publish(T.resp(DEVICE_A, "benchmark"), response)
     assert host.wait_for(response) == T.resp(DEVICE_A, "benchmark")
+
+
+# -- the real host and agent over mutual TLS -------------------------------------------------------
+
+
+def _agent(broker: MosquittoProcess, device_id: str, identity: IssuedCert, data_dir: Path) -> AgentProcess:
+    return AgentProcess(
+        f"mqtts://127.0.0.1:{broker.port}",
+        device_id,
+        data_dir,
+        T.base,
+        extra_args=[
+            "--tls-ca", str(identity.ca_path),
+            "--tls-cert", str(identity.cert_path),
+            "--tls-key", str(identity.key_path),
+        ],
+    )  # fmt: skip
+
+
+def test_real_agent_and_host_meet_over_mutual_tls_and_an_agent_cannot_pose_as_another_device(
+    broker: MosquittoProcess, pki: Pki, tmp_path: Path
+) -> None:
+    tls = TlsOptions(str(pki.ca), str(pki.host.cert_path), str(pki.host.key_path))
+    honest = _agent(broker, DEVICE_A, pki.device_a, tmp_path / "honest")
+    # Device B's certificate under another id (pi-c): the broker drops all it publishes.
+    impostor = _agent(broker, "pi-c", pki.device_b, tmp_path / "impostor")
+    with Fleet(f"mqtts://127.0.0.1:{broker.port}", T.base, tls=tls) as fleet, honest, impostor:
+        record = fleet.wait_for_device(DEVICE_A, timeout=30)
+        assert record.online and record.birth is not None
+        with pytest.raises(DeviceUnavailableError, match="never seen"):
+            fleet.wait_for_device("pi-c", timeout=3)
+        assert impostor.running, "the impostor is silenced by the broker, not crashed"
