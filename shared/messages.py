@@ -104,6 +104,31 @@ class BenchmarkCmd(Body, frozen=True):
     eval_limit: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
+class DeployCmd(Body, frozen=True):
+    """Make ``model`` the device's active model: fetch, health-check, switch atomically, commit or roll back.
+
+    The health check loads the model in the isolated worker, runs the eval inputs, and fails on NaN/inf
+    outputs, a p90 latency above ``latency_budget_ms``, or a metric below ``min_metric``.
+    """
+
+    deploy_id: MsgId
+    model: ArtifactManifest
+    eval_data: ArtifactManifest | None = None
+    chunk_size: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024)] = 128 * 1024
+    threads: Annotated[int, msgspec.Meta(ge=1, le=256)] | None = None
+    latency_budget_ms: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    min_metric: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    health_runs: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 20
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=24 * 3600)] = 300.0
+
+
+class RollbackCmd(Body, frozen=True):
+    """Restore the previously active model (the one the last deploy replaced)."""
+
+    deploy_id: MsgId | None = None
+    reason: Text = ""
+
+
 class AckCmd(Body, frozen=True):
     """The host has stored these responses (by their envelope msg_id); the device may forget them."""
 
@@ -125,6 +150,8 @@ SCHEMAS.add("telemetry", Telemetry)
 SCHEMAS.add("xfer.request", ChunkRequest)
 SCHEMAS.add("resp", Response)
 SCHEMAS.add("cmd.benchmark", BenchmarkCmd)
+SCHEMAS.add("cmd.deploy", DeployCmd)
+SCHEMAS.add("cmd.rollback", RollbackCmd)
 SCHEMAS.add("cmd.ack", AckCmd)
 SCHEMAS.add("cmd.cancel", CancelCmd)
 SCHEMAS.add("cmd.ping", PingCmd)

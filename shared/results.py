@@ -54,6 +54,26 @@ class BenchmarkResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     transfers: list[TransferStats] = []
 
 
+class HealthReport(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    passed: bool
+    checks: dict[str, bool] = {}  # loads, finite_outputs, latency_within_budget, metric_at_least
+    latency_p90_ms: float | None = None
+    metric: str | None = None
+    metric_value: float | None = None
+    detail: str = ""
+
+
+class DeployResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Final answer to cmd.deploy and cmd.rollback."""
+
+    deploy_id: str | None
+    outcome: str  # "committed" | "rolled_back" | "failed" | "restored"
+    active_sha256: str | None  # what DATA_DIR/active holds now
+    previous_sha256: str | None
+    health: HealthReport | None = None
+    detail: str = ""
+
+
 T = TypeVar("T")
 
 
