@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import signal
 import socket
@@ -44,6 +45,9 @@ class MosquittoProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
         lines = [
+            # Run as the current user: started as root, mosquitto would switch to the `mosquitto`
+            # user, which cannot read the test's private temporary directory.
+            f"user {getpass.getuser()}",
             "persistence false",
             f"log_dest file {self.workdir / 'mosquitto.log'}",
             "log_type error",
