@@ -66,9 +66,12 @@ class TfliteBackend:
             from ai_edge_litert.interpreter import Interpreter
 
             return Interpreter, "ai_edge_litert"
-        except ImportError:
-            from tflite_runtime.interpreter import Interpreter  # type: ignore[import-not-found]
-
+        except ImportError as first:
+            try:
+                from tflite_runtime.interpreter import Interpreter  # type: ignore[import-not-found]
+            except ImportError:
+                # The preferred runtime's failure is the one worth reporting.
+                raise first from None
             return Interpreter, "tflite_runtime"
 
 

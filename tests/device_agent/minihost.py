@@ -56,8 +56,8 @@ class MiniHost:
         self.address = parse_broker_url(broker_url)
         self.auto_ack = auto_ack
         self.serving = True
-        # Called with each chunk request before serving; returning False drops the request.
-        self.request_filter: Callable[[ChunkRequestLog], bool] | None = None
+        # Called as chunk_filter(sha256, index) before serving a chunk; False withholds it.
+        self.chunk_filter: Callable[[str, int], bool] | None = None
         self.offers: dict[str, Offer] = {}
         self.chunk_requests: list[ChunkRequestLog] = []
         self.responses: list[Received] = []
@@ -122,7 +122,7 @@ class MiniHost:
         total = chunk_count(offer.size, log.chunk_size)
         with open(offer.path, "rb") as handle:
             for index in log.indices:
-                if index >= total:
+                if index >= total or (self.chunk_filter is not None and not self.chunk_filter(log.sha256, index)):
                     continue
                 offset, length = chunk_bounds(offer.size, log.chunk_size, index)
                 handle.seek(offset)
@@ -199,7 +199,7 @@ class MiniHost:
             with self._cond:
                 self.chunk_requests.append(log)
                 self._cond.notify_all()
-            if self.serving and (self.request_filter is None or self.request_filter(log)):
+            if self.serving:
                 self._serve(log)
             return
         if parsed.kind == "resp":
