@@ -11,7 +11,6 @@ control that a message published later by the same publisher does arrive.
 
 from __future__ import annotations
 
-import getpass
 import shutil
 import socket
 import ssl
@@ -89,11 +88,8 @@ def _start_tls_broker(workdir: Path, pki_dir: Path, server: IssuedCert) -> Mosqu
         crlfile=str(pki_dir / "crl.pem"),
         acl_file=str(acl),
     )
-    # Started as root, Mosquitto drops to the "mosquitto" user, which cannot read pytest's 0700
-    # temporary directories; naming the current user keeps it as is (ignored when not root).
-    config = f"user {getpass.getuser()}\n" + render_mosquitto_tls_conf(
-        files, port=port, bind_address="127.0.0.1"
-    )
+    # MosquittoProcess names the current user, so the broker can read pytest's temp directories.
+    config = render_mosquitto_tls_conf(files, port=port, bind_address="127.0.0.1")
     broker = MosquittoProcess(workdir / "mosquitto", port=port, extra_config=config)
     broker.start()
     return broker
