@@ -20,7 +20,13 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, inspect, or_, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+    ProgrammingError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from host.errors import ConfigError, HostError
@@ -94,7 +100,7 @@ class Store:
         self._lock = threading.Lock()
         try:
             self.engine = self._make_engine(self.url, echo)
-            Base.metadata.create_all(self.engine)
+            self._create_tables()
         except (ArgumentError, NoSuchModuleError) as exc:
             raise ConfigError(
                 f"invalid database URL {self.url!r}: {exc}; use e.g. sqlite:///path.db or "
@@ -106,6 +112,20 @@ class Store:
                 "running and the URL, user and password are right"
             ) from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _create_tables(self) -> None:
+        # Two processes opening a fresh database at once both see "no table" and both CREATE;
+        # the loser's error means the table now exists, so looking again settles it.
+        for attempt in range(5):
+            try:
+                Base.metadata.create_all(self.engine)
+                return
+            except (OperationalError, ProgrammingError, IntegrityError) as exc:
+                if "exist" not in str(exc.orig).lower() and "duplicate" not in str(exc.orig).lower():
+                    raise
+                logger.debug("tables created concurrently (attempt %d): %s", attempt, exc.orig)
+                time.sleep(0.05 * (attempt + 1))
+        Base.metadata.create_all(self.engine)
 
     def _safe_url(self) -> str:
         return self.engine.url.render_as_string(hide_password=True) if hasattr(self, "engine") else "?"

@@ -118,3 +118,17 @@ def test_an_unreachable_database_names_the_url_without_the_password() -> None:
     with pytest.raises(StoreError, match=r"cannot open the database .*127\.0\.0\.1:1") as info:
         Store("postgresql+psycopg://user:secret@127.0.0.1:1/test?connect_timeout=2")
     assert "secret" not in str(info.value)
+
+
+def test_processes_opening_a_fresh_database_at_once_all_succeed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    code = f"from host.store import Store; Store({url!r}).close(); print('ok')"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    outcomes = [proc.communicate(timeout=60) for proc in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [err.decode()[-500:] for _, err in outcomes]
