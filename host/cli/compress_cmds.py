@@ -1,5 +1,152 @@
-"""CLI commands (filled in by their feature)."""
+"""``edgetailor compress``: turn one model into a compressed, exported, measured candidate.
+
+    edgetailor compress --model builtin:digits_cnn --data builtin:digits --recipe prune50_ft_int8 --out out/
+    edgetailor compress --list
+
+Progress (training epochs, export) goes to stderr with rich; the result table (or ``--json``) to stdout.
+"""
 
 from __future__ import annotations
 
-from host.cli.main import app  # noqa: F401
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from host.cli.main import app
+from shared.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def _list_table() -> tuple[Table, Table, Table]:
+    from host.compress import NAMED_RECIPES, SEARCH_SPACES, techniques_summary
+
+    techniques = Table(title="techniques")
+    for column in ("name", "v", "what it does", "fields (defaults)"):
+        techniques.add_column(column)
+    for name, version, summary, fields in techniques_summary():
+        techniques.add_row(name, str(version), summary, ", ".join(fields) or "-")
+    recipes = Table(title="named recipes (--recipe NAME)")
+    recipes.add_column("name")
+    recipes.add_column("steps")
+    for name, recipe in NAMED_RECIPES.items():
+        recipes.add_row(name, recipe.describe())
+    spaces = Table(title="search spaces (campaigns)")
+    for column in ("name", "recipes", "description"):
+        spaces.add_column(column)
+    for name, space in SEARCH_SPACES.items():
+        spaces.add_row(name, str(len(space)), space.description)
+    return techniques, recipes, spaces
+
+
+def _list_json() -> dict[str, Any]:
+    from host.compress import NAMED_RECIPES, SEARCH_SPACES, techniques_summary
+
+    return {
+        "techniques": [
+            {"name": n, "version": v, "summary": s, "fields": f}
+            for n, v, s, f in techniques_summary()
+        ],
+        "recipes": {name: r.to_list() for name, r in NAMED_RECIPES.items()},
+        "search_spaces": {name: [r.name for r in s.expand()] for name, s in SEARCH_SPACES.items()},
+    }
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def result_table(result: Any) -> Table:
+    table = Table(title=f"{result.bundle.name}: {result.recipe.describe()}")
+    for column in ("format", "precision", "file", "bytes", "params", "MACs", "metric", "latency ms"):
+        table.add_column(column)
+    for artifact, entry in zip(result.artifacts, result.artifact_metrics, strict=True):
+        latency = entry.get("latency", {})
+        table.add_row(
+            artifact.manifest.format,
+            artifact.manifest.precision,
+            artifact.path.name[:16] + "...",
+            str(entry["size_bytes"]),
+            _fmt(result.metrics.get("params")),
+            _fmt(result.metrics.get("macs")),
+            f"{entry.get('metric', '-')} {_fmt(entry.get('metric_value'))}",
+            _fmt(latency.get("p50_ms") if isinstance(latency, dict) else None, 3),
+        )
+    return table
+
+
+def steps_table(result: Any) -> Table:
+    table = Table(title="steps")
+    for column in ("step", "params", "seconds", "notes"):
+        table.add_column(column)
+    for record in result.steps:
+        table.add_row(record.technique, f"{_fmt(record.params_before)} -> {_fmt(record.params_after)}",
+                      f"{record.seconds:.1f}", "\n".join(record.notes))
+    return table
+
+
+@app.command("compress")
+def compress_cmd(
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="builtin:NAME, path/file.py:factory or pkg.module:factory")] = None,
+    data: Annotated[Optional[str], typer.Option(
+        "--data", help="builtin:digits, file.npz, an image folder or module:factory")] = None,
+    recipe: Annotated[Optional[str], typer.Option(
+        "--recipe", help="a named recipe (see --list) or a recipe .json file")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="directory for artifacts and manifests")] = None,
+    formats: Annotated[str, typer.Option("--formats", help="comma-separated: tflite,onnx")] = "tflite",
+    latency_runs: Annotated[int, typer.Option(
+        "--latency-runs", help="measure host latency of each file with this many runs (0: skip)")] = 0,
+    threads: Annotated[int, typer.Option("--threads", help="runtime threads for latency")] = 1,
+    weights: Annotated[Optional[Path], typer.Option(
+        "--weights", help="state_dict (.pt) to load into the model before compressing")] = None,
+    pretrain_epochs: Annotated[int, typer.Option(
+        "--pretrain-epochs", help="train the model on --data first (zoo models start untrained)")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="seed for training steps")] = 0,
+    list_all: Annotated[bool, typer.Option("--list", help="list techniques, named recipes, search spaces")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+) -> None:
+    """Compress a model with a recipe, export it, and measure the exported file on this host."""
+    out_console = Console()
+    if list_all:
+        if as_json:
+            typer.echo(json.dumps(_list_json(), indent=2))
+        else:
+            for table in _list_table():
+                out_console.print(table)
+        return
+    missing = [flag for flag, value in (("--model", model), ("--data", data), ("--recipe", recipe),
+                                        ("--out", out)) if value is None]
+    if missing:
+        raise ConfigError(f"compress needs {', '.join(missing)} (or --list to see what is available)")
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from host.compress import compress
+
+    chosen = [f.strip() for f in formats.split(",") if f.strip()]
+    err_console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=as_json) as progress:
+        task = progress.add_task("compressing", total=1.0)
+
+        def report(label: str, fraction: float) -> None:
+            progress.update(task, description=label, completed=fraction)
+
+        result = compress(model, data, recipe, out, formats=chosen, progress=report, seed=seed,
+                          latency_runs=latency_runs, threads=threads, weights=weights,
+                          pretrain_epochs=pretrain_epochs)
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+        return
+    out_console.print(steps_table(result))
+    out_console.print(result_table(result))

@@ -77,6 +77,46 @@ def reference_outputs(bundle: ModelBundle, data: DataSet) -> np.ndarray | None:
     return predict(bundle.module, data.test)
 
 
+def prepare_baseline(
+    bundle: ModelBundle,
+    data: DataSet,
+    *,
+    weights: str | Path | None = None,
+    epochs: int = 0,
+    lr: float = 3e-3,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> ModelBundle:
+    """The uncompressed model the recipe starts from: loaded weights and/or trained on ``data``."""
+    import copy
+    import dataclasses
+
+    import torch
+
+    from host.train import fit
+
+    module = bundle.module
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise ConfigError(f"weights file {path} does not exist")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            module = copy.deepcopy(module)
+            module.load_state_dict(state)
+        except Exception as exc:
+            raise ConfigError(
+                f"cannot load weights {path} into {bundle.name}: {exc}; save them with "
+                "torch.save(model.state_dict(), path) from the same architecture"
+            ) from exc
+    if epochs > 0:
+        module = fit(copy.deepcopy(module), data, epochs, lr, seed=seed, task=bundle.task,
+                     progress=(lambda label, frac: progress(f"pretrain {label}", frac))
+                     if progress else None)
+        module = module.cpu().eval()
+    return module is bundle.module and bundle or dataclasses.replace(bundle, module=module)
+
+
 def apply_recipe(
     bundle: ModelBundle,
     data: DataSet,
@@ -121,12 +161,16 @@ def compress(
     evaluate: bool = True,
     latency_runs: int = 0,
     threads: int = 1,
+    weights: str | Path | None = None,
+    pretrain_epochs: int = 0,
+    pretrain_lr: float = 3e-3,
 ) -> CompressResult:
     """Compress ``model`` with ``recipe``, export it in each format to ``out_dir`` and measure it.
 
     ``model``/``data`` are specs (``builtin:digits_cnn``, ``builtin:digits``) or already loaded
     objects (notebooks, tests). With ``latency_runs > 0`` each file's host latency is measured with
-    its runtime on ``threads`` threads.
+    its runtime on ``threads`` threads. ``weights`` (a state_dict file) or ``pretrain_epochs``
+    (train the model on ``data`` first) give zoo models something worth compressing.
     """
     from host.export import ExportConfig, evaluate_artifact, export, measure_latency
     from host.metrics import count_macs, count_params, evaluate_module
@@ -135,6 +179,8 @@ def compress(
     if not formats:
         raise ConfigError("no export format given; use tflite and/or onnx")
     bundle, dataset = load_inputs(model, data)
+    bundle = prepare_baseline(bundle, dataset, weights=weights, epochs=pretrain_epochs,
+                              lr=pretrain_lr, seed=seed, progress=progress)
     reference = reference_outputs(bundle, dataset) if evaluate else None
     started = time.perf_counter()
     candidate, ctx = apply_recipe(bundle, dataset, recipe, progress=progress, seed=seed)
