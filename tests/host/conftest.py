@@ -8,12 +8,17 @@ from __future__ import annotations
 import copy
 
 import pytest
+import torch
 
 from host.data import DataSet, load_data
 from host.models import ModelBundle, load_model
 from host.train import fit
 
 DIGITS_EPOCHS = 15
+
+# Tiny models on a shared 2-core machine: one intra-op thread trains ~2x faster than two fighting
+# for the cores with other processes.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
