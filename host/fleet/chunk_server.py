@@ -51,7 +51,8 @@ class RequestRecord:
     chunk_size: int
     indices: tuple[int, ...]
     published: tuple[int, ...]
-    at: float
+    at: float  # when the host received it
+    sent_at: float | None = None  # the envelope's ts: when the device made the request
 
 
 class ChunkServer:
@@ -93,7 +94,9 @@ class ChunkServer:
         with self._lock:
             return sha256 in self._offers
 
-    def handle(self, device_id: str, request: ChunkRequest) -> list[int]:
+    def handle(
+        self, device_id: str, request: ChunkRequest, *, sent_at: float | None = None
+    ) -> list[int]:
         """Publish the requested chunks not sent within coalesce_s; returns the published indices.
 
         Raises UnknownArtifactError for an artifact not offered and ValidationError for indices
@@ -140,7 +143,7 @@ class ChunkServer:
         self.requests.append(
             RequestRecord(
                 device_id, request.sha256, request.chunk_size,
-                tuple(request.indices), tuple(to_send), time.time(),
+                tuple(request.indices), tuple(to_send), time.time(), sent_at,
             )
         )
         logger.debug(

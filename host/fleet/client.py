@@ -447,7 +447,7 @@ class Fleet:
 
     def _on_chunk_request(self, device_id: str, message: Message, request: ChunkRequest) -> None:
         try:
-            self.chunks.handle(device_id, request)
+            self.chunks.handle(device_id, request, sent_at=message.ts)
         except UnknownArtifactError as exc:
             logger.warning("%s", exc)
             self._answer_xfer(device_id, message.msg_id, "unknown_artifact", str(exc))
