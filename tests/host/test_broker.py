@@ -87,3 +87,47 @@ def test_starting_on_a_busy_port_says_which_port_is_taken() -> None:
         port = busy.getsockname()[1]
         with pytest.raises(BrokerError, match=f"127.0.0.1:{port}"):
             EmbeddedBroker("127.0.0.1", port).start()
+
+
+def test_the_fleet_sees_a_device_and_its_will_through_the_embedded_broker(
+    embedded_broker: EmbeddedBroker, base_topic: str
+) -> None:
+    from host.fleet import Fleet
+    from tests.host.fleet_helpers import ScriptedDevice
+
+    device = ScriptedDevice(embedded_broker.url, base_topic, "pi-embedded")
+    device.announce()
+    with Fleet(embedded_broker.url, base_topic) as fleet:
+        record = fleet.wait_for_device("pi-embedded", timeout=5)
+        assert record.birth is not None and record.birth.arch == "aarch64"
+        device.client.socket().close()  # an unclean end: the broker must publish the Will
+        deadline = time.monotonic() + 10
+        while fleet.devices()["pi-embedded"].online and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fleet.devices()["pi-embedded"].online is False
+    device.client.loop_stop()
+
+
+def test_the_broker_command_serves_clients_until_interrupted() -> None:
+    import signal
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from host.cli.main import main; main()", "broker", "--port", str(port)],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        from tests.brokers import wait_for_port
+
+        wait_for_port(port, timeout=30)
+        client, got = _subscriber(port, "cli/#")
+        client.publish("cli/hello", b"hi", qos=1).wait_for_publish(5)
+        assert got.get(timeout=5)[1] == b"hi"
+        client.loop_stop()
+        client.disconnect()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) in (0, 130)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
