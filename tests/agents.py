@@ -128,6 +128,9 @@ class AgentProcess:
 
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"wait-{uuid.uuid4().hex[:8]}")
         client.on_message = on_message
+        tls = self._tls_files()
+        if address.tls or tls["--tls-ca"]:
+            client.tls_set(ca_certs=tls["--tls-ca"], certfile=tls["--tls-cert"], keyfile=tls["--tls-key"])
         client.connect(address.host, address.port)
         client.subscribe([(topics.birth(self.device_id), 1), (topics.status(self.device_id), 1)])
         client.loop_start()
@@ -147,6 +150,14 @@ class AgentProcess:
         finally:
             client.loop_stop()
             client.disconnect()
+
+    def _tls_files(self) -> dict[str, str | None]:
+        """The agent's own TLS files, so the waiting client can reach a TLS-only broker too."""
+        files: dict[str, str | None] = {"--tls-ca": None, "--tls-cert": None, "--tls-key": None}
+        for flag, value in zip(self.extra_args, self.extra_args[1:]):
+            if flag in files:
+                files[flag] = value
+        return files
 
     def __enter__(self) -> AgentProcess:
         return self.start()

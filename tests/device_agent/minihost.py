@@ -68,8 +68,10 @@ class MiniHost:
             mqtt.CallbackAPIVersion.VERSION2, client_id=f"minihost-{uuid.uuid4().hex[:8]}"
         )
         self.client.on_message = self._on_message
+        self.client.on_connect = self._on_connect
+        self.client.reconnect_delay_set(0.2, 2)
         self._connected = threading.Event()
-        self.client.on_connect = lambda *a: self._connected.set()
+        self.connections = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> MiniHost:
@@ -77,11 +79,16 @@ class MiniHost:
         self.client.loop_start()
         if not self._connected.wait(10):
             raise TimeoutError("MiniHost could not connect")
-        result, _ = self.client.subscribe([(t, 1) for t in self.topics.host_subscriptions()])
-        if result != mqtt.MQTT_ERR_SUCCESS:
-            raise RuntimeError("MiniHost could not subscribe")
         time.sleep(0.2)  # let the SUBACK land before the test publishes commands
         return self
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason_code: object, properties: object) -> None:
+        # Subscribing on every connect: a clean session loses subscriptions with the connection.
+        client.subscribe([(t, 1) for t in self.topics.host_subscriptions()])
+        with self._cond:
+            self.connections += 1
+            self._cond.notify_all()
+        self._connected.set()
 
     def stop(self) -> None:
         self.client.loop_stop()
