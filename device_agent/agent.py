@@ -474,8 +474,14 @@ class Agent:
 
     def _worker_limits(self) -> WorkerLimits:
         memory = self.config.worker_memory_mb
+        if memory is None:
+            # Address space, not resident memory: runtimes reserve more than they touch, so the
+            # default is the board's RAM (at least 2 GiB) - a worker cannot use more than that anyway.
+            import psutil
+
+            memory = max(2048, int(psutil.virtual_memory().total / (1024 * 1024)))
         return WorkerLimits(
-            memory_bytes=memory * 1024 * 1024 if memory else None,
+            memory_bytes=memory * 1024 * 1024,
             cpu_affinity=self.config.cpu_affinity,
         )
 

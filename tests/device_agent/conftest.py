@@ -35,7 +35,7 @@ def _tiny_cnn() -> object:
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A float and a full-int8 .tflite of one tiny CNN, made with litert-torch, plus eval data."""
+    """One tiny CNN as float and full-int8 .tflite (litert-torch) and as .onnx, plus eval data."""
     import litert_torch
     import torch
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
@@ -59,6 +59,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     litert_torch.convert(graph, example, quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(
         str(out / "int8.tflite")
     )
+
+    torch.onnx.export(model, example, str(out / "float.onnx"), dynamo=False)
 
     x = rng.standard_normal((40, *INPUT_SHAPE[1:])).astype(np.float32)
     with torch.no_grad():

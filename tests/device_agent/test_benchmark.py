@@ -90,3 +90,36 @@ def test_tflite_model_is_fetched_in_chunks_stored_by_sha_and_benchmarked_with_ho
     second = from_data(result_of(minihost.wait_final(again, 60)), BenchmarkResult)
     assert second.transfers[0].already_stored
     assert len(minihost.chunk_requests) == requests_before
+
+
+def test_onnx_model_is_benchmarked_with_onnxruntime_and_agrees_with_reference_outputs(
+    model_dir: Path, tmp_path: Path, start_agent: Callable[..., AgentProcess], minihost: MiniHost, device_id: str
+) -> None:
+    import onnxruntime as ort
+
+    start_agent(["--threads", "1"])
+    model_path = model_dir / "float.onnx"
+    x = np.load(model_dir / "eval.npz")["x"]
+    session = ort.InferenceSession(str(model_path))
+    name = session.get_inputs()[0].name
+    ref = np.concatenate([session.run(None, {name: s[None]})[0] for s in x])
+    # Reference outputs without labels: the metric is top-1 agreement; corrupt a quarter of them.
+    ref[::4] = np.roll(ref[::4], 1, axis=1)
+    changed = int(np.sum(np.argmax(ref[::4], 1) != np.argmax(np.roll(ref[::4], -1, axis=1), 1)))
+    eval_path = tmp_path / "ref.npz"
+    np.savez(eval_path, x=x, ref=ref)
+
+    cmd = minihost.send(
+        device_id,
+        "benchmark",
+        BenchmarkCmd(
+            job_id="onnx",
+            model=minihost.offer(model_path, "onnx"),
+            eval_data=minihost.offer(eval_path, "npz", "data"),
+            **FAST,
+        ),
+    )
+    result = from_data(result_of(minihost.wait_final(cmd, 60)), BenchmarkResult)
+    assert result.backend == "onnx" and result.runtime.startswith("onnxruntime") and result.threads == 1
+    assert result.metric == "agreement" and result.accuracy is None
+    assert result.metric_value == pytest.approx(1 - changed / len(x))
