@@ -94,3 +94,20 @@ def test_agent_restarted_mid_transfer_resumes_and_asks_only_for_missing_chunks(
     assert eval_transfer.chunks_written == total - served_before_kill
     assert result.eval_samples == 50
     assert (data_dir / "store" / f"{eval_data.sha256}.npz").read_bytes() == big_eval.read_bytes()
+
+
+def test_transfer_with_no_chunk_arriving_fails_with_transfer_timeout_and_keeps_the_partial_file(
+    model_dir: Path, start_agent: Callable[..., AgentProcess], minihost: MiniHost, device_id: str, data_dir: Path
+) -> None:
+    start_agent(["--xfer-timeout-s", "2", "--xfer-retry-s", "0.5"])
+    model = minihost.offer(model_dir / "float.tflite", "tflite")
+    minihost.serving = False
+    cmd = minihost.send(device_id, "benchmark", BenchmarkCmd(job_id="t", model=model, chunk_size=1024, **FAST))
+    failed = minihost.wait_final(cmd, 30)
+    assert failed.status == "error" and failed.error is not None and failed.error.code == "transfer_timeout"
+    # It asked again while waiting, and only for the chunks of its window.
+    asked = minihost.requested_indices(model.sha256, device_id)
+    total = -(-model.size_bytes // 1024)
+    assert len(asked) > total and set(asked) == set(range(total))
+    assert (data_dir / "partial" / f"{model.sha256}.part").exists()
+    assert not (data_dir / "store" / f"{model.sha256}.tflite").exists()
