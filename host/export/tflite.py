@@ -64,12 +64,9 @@ class TfliteExporter(Exporter):
 
     def _finish_pt2e(self, graph: Any, quantizer: Any, request: ExportRequest, path: Path) -> None:
         from litert_torch.quantize.quant_config import QuantConfig
+        from torchao.quantization.pt2e import move_exported_model_to_eval as to_eval
         from torchao.quantization.pt2e import quantize_pt2e
 
-        try:
-            from torchao.quantization.pt2e.utils import _move_exported_model_to_eval as to_eval
-        except ImportError:  # older torchao spelling
-            from torchao.quantization.pt2e import move_exported_model_to_eval as to_eval
         try:
             to_eval(graph)
             converted = quantize_pt2e.convert_pt2e(graph, fold_quantize=False)

@@ -1,0 +1,309 @@
+"""Export: every TFLite and ONNX precision of the digits CNN run through its real runtime, a
+multi-input transformer-like model, QAT hand-over, and clear errors for what cannot be exported."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from host.data import DataSet, Split
+from host.errors import ExportError
+from host.export import (
+    Artifact,
+    ExportConfig,
+    evaluate_artifact,
+    export,
+    measure_latency,
+    run_artifact,
+)
+from host.export.qat import prepare_qat
+from host.metrics import evaluate_module, predict
+from host.models import ModelBundle, load_model
+from shared.hashing import sha256_file
+from shared.manifest import decode_manifest
+
+ExportFn = Callable[[str, str], Artifact]
+
+
+@pytest.fixture(scope="module")
+def digits_export(
+    tmp_path_factory: pytest.TempPathFactory, digits: DataSet, trained_digits_cnn: ModelBundle
+) -> ExportFn:
+    """Export the trained digits CNN once per (format, precision) and reuse the artifact."""
+    out = tmp_path_factory.mktemp("digits_exports")
+    cache: dict[tuple[str, str], Artifact] = {}
+
+    def get(fmt: str, precision: str) -> Artifact:
+        key = (fmt, precision)
+        if key not in cache:
+            cache[key] = export(
+                trained_digits_cnn,
+                None,
+                ExportConfig(fmt, precision),
+                out,
+                calibration=digits.train,
+                evaluate_on=digits.test,
+                recipe=[{"technique": "baseline", "version": 1}],
+            )
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def torch_accuracy(digits: DataSet, trained_digits_cnn: ModelBundle) -> float:
+    return evaluate_module(trained_digits_cnn.module, digits.test, "classification").value
+
+
+def _accuracy(artifact: Artifact) -> float:
+    value = artifact.manifest.metrics["host_metric_value"]
+    assert artifact.manifest.metrics["host_metric"] == "accuracy"
+    assert isinstance(value, float)
+    return value
+
+
+def test_fp32_tflite_matches_the_torch_model(
+    digits_export: ExportFn, digits: DataSet, trained_digits_cnn: ModelBundle, torch_accuracy: float
+) -> None:
+    artifact = digits_export("tflite", "fp32")
+    outputs = run_artifact(artifact.path, digits.test)
+    expected = predict(trained_digits_cnn.module, digits.test)
+    assert np.allclose(outputs, expected, atol=1e-4)
+    assert _accuracy(artifact) == pytest.approx(torch_accuracy)
+    assert artifact.manifest.inputs[0].dtype == "float32"
+    assert artifact.manifest.inputs[0].shape == [1, 1, 8, 8]
+
+
+def test_full_int8_tflite_is_int8_in_and_out_3x_smaller_and_loses_at_most_one_point(
+    digits_export: ExportFn, torch_accuracy: float
+) -> None:
+    fp32, int8 = digits_export("tflite", "fp32"), digits_export("tflite", "int8")
+    (inp,), (out,) = int8.manifest.inputs, int8.manifest.outputs
+    assert inp.dtype == "int8" and out.dtype == "int8"
+    assert inp.quant is not None and out.quant is not None and inp.quant.scale[0] > 0
+    assert fp32.manifest.size_bytes / int8.manifest.size_bytes >= 3.0
+    assert _accuracy(int8) >= torch_accuracy - 0.01
+
+
+def test_dynamic_int8_tflite_keeps_float_io_and_is_3x_smaller(
+    digits_export: ExportFn, torch_accuracy: float
+) -> None:
+    fp32, dyn = digits_export("tflite", "fp32"), digits_export("tflite", "int8_dynamic")
+    assert dyn.manifest.inputs[0].dtype == "float32"
+    assert fp32.manifest.size_bytes / dyn.manifest.size_bytes >= 3.0
+    assert _accuracy(dyn) >= torch_accuracy - 0.01
+
+
+def test_fp16_tflite_is_about_half_size_without_accuracy_loss(
+    digits_export: ExportFn, torch_accuracy: float
+) -> None:
+    fp32, fp16 = digits_export("tflite", "fp32"), digits_export("tflite", "fp16")
+    assert 1.7 <= fp32.manifest.size_bytes / fp16.manifest.size_bytes <= 2.1
+    assert _accuracy(fp16) >= torch_accuracy - 0.005
+
+
+def test_onnx_fp32_and_int8_run_in_onnxruntime(
+    digits_export: ExportFn, digits: DataSet, trained_digits_cnn: ModelBundle, torch_accuracy: float
+) -> None:
+    fp32 = digits_export("onnx", "fp32")
+    assert np.allclose(
+        run_artifact(fp32.path, digits.test), predict(trained_digits_cnn.module, digits.test), atol=1e-4
+    )
+    for precision in ("int8", "int8_dynamic"):
+        quantized = digits_export("onnx", precision)
+        assert fp32.manifest.size_bytes / quantized.manifest.size_bytes >= 2.5, precision
+        assert _accuracy(quantized) >= torch_accuracy - 0.01, precision
+
+
+def test_artifact_is_content_addressed_with_its_manifest_beside_it(digits_export: ExportFn) -> None:
+    artifact = digits_export("tflite", "int8")
+    assert artifact.path.name == f"{sha256_file(artifact.path)}.tflite"
+    manifest = decode_manifest(artifact.manifest_path.read_bytes())
+    assert manifest == artifact.manifest
+    assert manifest.size_bytes == artifact.path.stat().st_size
+    assert manifest.precision == "int8" and manifest.format == "tflite"
+    assert manifest.recipe == [{"technique": "baseline", "version": 1}]
+    assert manifest.metrics["params"] == 40394
+    assert manifest.metrics["macs"] == 616064
+    assert manifest.metrics["size_bytes"] == manifest.size_bytes
+
+
+def test_export_leaves_the_input_module_untouched(
+    tmp_path: Path, digits: DataSet, digits_cnn_copy: ModelBundle
+) -> None:
+    digits_cnn_copy.module.train()
+    before = copy.deepcopy(digits_cnn_copy.module.state_dict())
+    export(digits_cnn_copy, None, ExportConfig("tflite", "int8"), tmp_path, calibration=digits.train.subset(64))
+    assert digits_cnn_copy.module.training
+    after = digits_cnn_copy.module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_latency_is_measured_with_the_files_own_runtime(digits_export: ExportFn, digits: DataSet) -> None:
+    for fmt in ("tflite", "onnx"):
+        stats = measure_latency(digits_export(fmt, "fp32").path, digits.test, threads=1, runs=20)
+        assert 0 < stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"]
+        assert stats["threads"] == 1 and stats["runs"] == 20
+
+
+def test_qat_graph_is_converted_to_an_int8_tflite(
+    tmp_path: Path, digits: DataSet, digits_cnn_copy: ModelBundle, torch_accuracy: float
+) -> None:
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+
+    qat = prepare_qat(digits_cnn_copy.module, digits_cnn_copy.example_inputs)
+    graph = qat.graph_module
+    move_exported_model_to_train(graph)
+    optimizer = torch.optim.Adam(graph.parameters(), lr=1e-4)
+    # The graph was traced at batch 1, so train sample by sample with gradient accumulation.
+    for step, (inputs, labels) in enumerate(digits.train.batches(1, shuffle=True)):
+        if step == 320:
+            break
+        logits = graph(torch.from_numpy(inputs[0]))
+        (nn.functional.cross_entropy(logits, torch.from_numpy(labels)) / 32).backward()
+        if step % 32 == 31:
+            optimizer.step()
+            optimizer.zero_grad()
+    move_exported_model_to_eval(graph)
+    with torch.no_grad():
+        fake_quant = np.concatenate([graph(torch.from_numpy(x[0])).numpy() for x, _ in digits.test.batches(1)])
+    fake_quant_accuracy = float(np.mean(fake_quant.argmax(1) == digits.test.labels))
+    artifact = export(
+        digits_cnn_copy,
+        None,
+        ExportConfig("tflite", "qat_int8"),
+        tmp_path,
+        quantizer_state=qat,
+        evaluate_on=digits.test,
+    )
+    assert artifact.manifest.inputs[0].dtype == "int8"
+    assert artifact.manifest.outputs[0].dtype == "int8"
+    # The file computes what the fake-quantized graph learnt, and stays close to the float model.
+    assert abs(_accuracy(artifact) - fake_quant_accuracy) <= 0.01
+    assert _accuracy(artifact) >= torch_accuracy - 0.02
+
+
+def test_qat_preparation_folds_batchnorm_so_resnet8_converts(tmp_path: Path, digits: DataSet) -> None:
+    bundle = load_model("builtin:resnet8", input_shape=(1, 8, 8))
+    qat = prepare_qat(bundle.module, bundle.example_inputs)
+    assert not any("batch_norm" in str(node.target) for node in qat.graph_module.graph.nodes)
+    qat.graph_module(torch.from_numpy(digits.train.inputs[0][:1]))  # observers see one sample
+    artifact = export(bundle, None, ExportConfig("tflite", "qat_int8"), tmp_path, quantizer_state=qat)
+    assert artifact.manifest.inputs[0].dtype == "int8"
+
+
+class TinyEncoder(nn.Module):
+    """Token ids + attention mask -> a pooled embedding, like a small text encoder."""
+
+    def __init__(self, vocab: int = 50, dim: int = 32) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.attn = nn.MultiheadAttention(dim, 4, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 64), nn.GELU(), nn.Linear(64, dim))
+        self.out = nn.Linear(dim, 16)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids)
+        attended, _ = self.attn(x, x, x, key_padding_mask=mask == 0, need_weights=False)
+        x = self.norm(x + attended)
+        x = x + self.ff(x)
+        weights = mask.unsqueeze(-1).to(x.dtype)
+        return self.out((x * weights).sum(1) / weights.sum(1).clamp(min=1.0))
+
+
+@pytest.fixture(scope="module")
+def token_data() -> Split:
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50, size=(60, 12)).astype(np.int64)
+    mask = np.ones((60, 12), np.int64)
+    mask[:, 8:] = rng.integers(0, 2, size=(60, 4))
+    return Split((ids, mask))
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_multi_input_encoder_goes_through_dynamic_int8_and_keeps_fidelity(
+    tmp_path: Path, token_data: Split, fmt: str
+) -> None:
+    torch.manual_seed(0)
+    encoder = TinyEncoder().eval()
+    examples = (torch.from_numpy(token_data.inputs[0][:1]), torch.from_numpy(token_data.inputs[1][:1]))
+    reference = predict(encoder, token_data)
+    fp32 = export(encoder, examples, ExportConfig(fmt, "fp32"), tmp_path)
+    dyn = export(
+        encoder, examples, ExportConfig(fmt, "int8_dynamic"), tmp_path,
+        task="embedding", evaluate_on=token_data, reference=reference,
+    )
+    assert len(dyn.manifest.inputs) == 2
+    assert all(spec.dtype in ("int32", "int64") for spec in dyn.manifest.inputs)
+    assert evaluate_artifact(fp32, token_data, "embedding", reference).value == pytest.approx(1.0, abs=1e-4)
+    assert dyn.manifest.metrics["host_metric"] == "cosine"
+    assert dyn.manifest.metrics["host_metric_value"] >= 0.99
+    assert dyn.manifest.size_bytes < 0.6 * fp32.manifest.size_bytes
+
+
+def test_full_int8_of_a_model_with_token_inputs_points_to_dynamic_int8(tmp_path: Path, token_data: Split) -> None:
+    examples = (torch.zeros(1, 12, dtype=torch.int64), torch.ones(1, 12, dtype=torch.int64))
+    for fmt in ("tflite", "onnx"):
+        with pytest.raises(ExportError, match="use precision 'int8_dynamic'"):
+            export(TinyEncoder(), examples, ExportConfig(fmt, "int8"), tmp_path, calibration=token_data)
+
+
+class Spectral(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.fft.fft(x).real
+
+
+class SpectralNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.spectral = Spectral()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.spectral(self.fc(x))
+
+
+def test_unexportable_op_error_names_the_op_and_the_layer(tmp_path: Path) -> None:
+    with pytest.raises(ExportError) as info:
+        export(SpectralNet(), (torch.randn(1, 8),), ExportConfig("tflite", "fp32"), tmp_path)
+    message = str(info.value)
+    assert "aten.view_as_real" in message
+    assert "layer spectral (Spectral)" in message
+    assert not list(tmp_path.glob("*.tflite"))
+
+
+class DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x)
+        if y.sum() > 0:  # Python control flow on a value: not traceable
+            return y
+        return -y
+
+
+def test_data_dependent_control_flow_error_points_at_the_source_line(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match=r"test_export\.py:\d+ in forward\(\)"):
+        export(DataDependent(), (torch.randn(1, 4),), ExportConfig("onnx", "fp32"), tmp_path)
+
+
+def test_bad_export_requests_are_rejected_with_what_to_do(
+    tmp_path: Path, trained_digits_cnn: ModelBundle
+) -> None:
+    with pytest.raises(ExportError, match="needs calibration data"):
+        export(trained_digits_cnn, None, ExportConfig("tflite", "int8"), tmp_path)
+    with pytest.raises(ExportError, match="QuantizedGraph"):
+        export(trained_digits_cnn, None, ExportConfig("tflite", "qat_int8"), tmp_path)
+    with pytest.raises(ExportError, match="does not produce precision 'fp16'; it supports fp32"):
+        export(trained_digits_cnn, None, ExportConfig("onnx", "fp16"), tmp_path)
+    with pytest.raises(ExportError, match="unknown export format 'coreml'"):
+        ExportConfig("coreml", "fp32")  # type: ignore[arg-type]
