@@ -1,5 +1,420 @@
-"""CLI commands (filled in by their feature)."""
+"""``edgetailor campaign``, ``status``, ``report`` and ``demo``.
+
+    edgetailor campaign --model builtin:digits_cnn --data builtin:digits --space demo \\
+        --devices all --broker mqtt://127.0.0.1:1883 --constraint "accuracy_drop<=0.02" --json
+    edgetailor campaign --resume c-20250101-120000-ab12          # after a host crash
+    edgetailor status --json
+    edgetailor report --campaign c-20250101-120000-ab12 --out report/
+    edgetailor demo --agents 3 --out demo/
+
+Progress goes to stderr (rich); tables or ``--json`` to stdout. ``deploy`` and ``rollback`` live in
+host/cli/deploy_cmds.py.
+"""
 
 from __future__ import annotations
 
-from host.cli.main import app  # noqa: F401
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from host.cli.fleet_cmds import (
+    DEFAULT_BROKER,
+    BaseTopicOpt,
+    BrokerOpt,
+    DbOpt,
+    JsonOpt,
+    SigningKeyOpt,
+    TlsCaOpt,
+    TlsCertOpt,
+    TlsKeyOpt,
+)
+from host.cli.main import app
+from shared.broker_url import TlsOptions
+from shared.errors import ConfigError
+from shared.topics import DEFAULT_BASE
+
+logger = logging.getLogger(__name__)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Live progress and tables (shared with the demo).
+
+
+class LiveProgress:
+    """Two rich progress bars on stderr: compression, then jobs across devices."""
+
+    def __init__(self, console: Console, transient: bool = False) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = console
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console, transient=transient)
+        self._compress: Any = None
+        self._jobs: Any = None
+
+    def __enter__(self) -> LiveProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, event: Any) -> None:
+        data = event.data
+        if event.kind == "compress":
+            total = max(int(data.get("total", 1)), 1)
+            if self._compress is None:
+                self._compress = self.progress.add_task("compress", total=total)
+            done = data.get("index", 0) + min(float(data.get("fraction", 0.0)), 0.999)
+            if event.message == "candidates ready":
+                done = total
+            self.progress.update(self._compress, total=total, completed=done,
+                                 description=f"compress {event.message[:60]}")
+        elif event.kind == "job" and "total" in data:
+            if self._jobs is None:
+                self._jobs = self.progress.add_task("measure", total=max(data["total"], 1))
+            self.progress.update(self._jobs, completed=data["done"],
+                                 description=f"measure {event.message[:60]}")
+        elif event.kind == "job":
+            if self._jobs is not None:
+                self.progress.update(self._jobs, description=f"measure {event.message[:60]}")
+        elif event.kind in ("stage", "candidate"):
+            self.console.log(event.message)
+
+
+def results_table(outcome: dict[str, Any]) -> Table:
+    table = Table(title=f"campaign {outcome['campaign']['id']}: results")
+    for column in ("device", "candidate", "precision", "KiB", "p50 ms", "p90 ms", "peak RSS MB",
+                   "metric", "status"):
+        table.add_column(column, justify="right" if column[0].isdigit() or "ms" in column
+                         or column in ("KiB", "peak RSS MB") else "left")
+    chosen = {(d, s["candidate"]) for d, s in outcome["selection"].items()}
+    for row in sorted(outcome["results"], key=lambda r: (r["device"], r["candidate"])):
+        lat = row.get("latency_ms") or {}
+        mark = " *" if (row["device"], row["candidate"]) in chosen else ""
+        status = row.get("job_status", row.get("status"))
+        table.add_row(
+            row["device"], row["candidate"] + mark, str(row.get("precision") or "-"),
+            _fmt((row.get("size_bytes") or 0) / 1024, 1), _fmt(lat.get("p50")),
+            _fmt(lat.get("p90")), _fmt(row.get("peak_rss_mb"), 1),
+            f"{row.get('metric') or ''} {_fmt(row.get('metric_value'), 4)}",
+            status if status == "ok" else f"[red]{status}[/]: {(row.get('error') or '')[:60]}",
+        )
+    return table
+
+
+def selection_table(outcome: dict[str, Any], labels: dict[str, str] | None = None) -> Table:
+    table = Table(title="choice per device (* in the results)")
+    table.add_column("device")
+    if labels:
+        table.add_column("profile")
+    for column in ("status", "chosen", "p90 ms", "metric", "why"):
+        table.add_column(column)
+    for device, sel in sorted(outcome["selection"].items()):
+        status = outcome.get("devices", {}).get(device, {}).get("status", "-")
+        cells = [device]
+        if labels:
+            cells.append(labels.get(device, "-"))
+        cells += [
+            status if status != "offline" else "[red]offline[/]",
+            sel["candidate"] or "[red]none[/]",
+            _fmt(sel.get("latency_p90_ms")),
+            f"{sel.get('metric') or ''} {_fmt(sel.get('metric_value'), 4)}",
+            sel["reason"],
+        ]
+        table.add_row(*cells)
+    return table
+
+
+def candidates_table(outcome: dict[str, Any]) -> Table:
+    table = Table(title="candidates (host side)")
+    for column in ("id", "precision", "KiB", "params", "MACs", "host metric", "status"):
+        table.add_column(column)
+    for cand in outcome["candidates"]:
+        status = cand["status"] if cand["status"] == "ok" else f"{cand['status']}: {cand.get('reason') or ''}"
+        table.add_row(cand["id"], cand["precision"], _fmt(cand["size_bytes"] / 1024, 1),
+                      _fmt(cand.get("params")), _fmt(cand.get("macs")),
+                      _fmt(cand.get("host_metric_value"), 4), status[:90])
+    return table
+
+
+# --------------------------------------------------------------------------------------------------
+# campaign
+
+
+@app.command("campaign")
+def campaign_cmd(
+    model: Annotated[Optional[str], typer.Option("--model", help="builtin:NAME, file.py:factory, pkg.mod:factory")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="builtin:digits, file.npz, image folder, module:factory")] = None,
+    space: Annotated[str, typer.Option("--space", help="named search space (see `compress --list`) or a JSON file")] = "default",
+    devices: Annotated[str, typer.Option("--devices", help="all, or comma-separated device ids")] = "all",
+    broker: BrokerOpt = DEFAULT_BROKER,
+    constraint: Annotated[Optional[list[str]], typer.Option(
+        "--constraint", help='e.g. "latency_p90_ms<=5", "accuracy_drop<=0.02" (repeatable)')] = None,
+    objective: Annotated[str, typer.Option("--objective", help="max_metric, min_latency, min_size, min_memory")] = "max_metric",
+    db: DbOpt = None,
+    base_topic: BaseTopicOpt = DEFAULT_BASE,
+    campaign_id: Annotated[Optional[str], typer.Option("--campaign-id", help="name the campaign (same spec + id resumes it)")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="continue the stored campaign with this id")] = None,
+    formats: Annotated[str, typer.Option("--formats", help="comma-separated: tflite,onnx")] = "tflite",
+    runs: Annotated[int, typer.Option("--runs", min=1, help="timed runs per benchmark")] = 50,
+    min_s: Annotated[float, typer.Option("--min-s", min=0, help="at least this many seconds of timed runs")] = 1.0,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="runtime threads (default: the agent's)")] = None,
+    job_timeout: Annotated[float, typer.Option("--job-timeout", help="seconds one benchmark may take")] = 300.0,
+    retries: Annotated[int, typer.Option("--retries", min=0, help="extra attempts of a failed job")] = 1,
+    offline_deadline: Annotated[float, typer.Option("--offline-deadline", help="seconds to wait for an offline device")] = 120.0,
+    screen_margin: Annotated[float, typer.Option("--screen-margin", help="host-metric margin that counts as dominated")] = 0.02,
+    pretrain_epochs: Annotated[int, typer.Option("--pretrain-epochs", min=0, help="train the model on the data first")] = 15,
+    weights: Annotated[Optional[str], typer.Option("--weights", help="state_dict file of the model")] = None,
+    eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", min=1, help="eval samples shipped to devices")] = None,
+    work_dir: Annotated[Optional[Path], typer.Option("--work-dir", help="artifacts (default ~/.edgetailor/campaigns/ID)")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="also write the HTML report here")] = None,
+    as_json: JsonOpt = False,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    signing_key: SigningKeyOpt = None,
+) -> None:
+    """Compress a model into candidates, benchmark each on every target device, choose per device."""
+    from host.campaign import CampaignSpec, parse_devices, run_campaign
+    from host.fleet import Fleet
+    from host.store import Store
+    from host.store.campaigns import CampaignStore
+
+    err = Console(stderr=True)
+    tls = TlsOptions(tls_ca, tls_cert, tls_key)
+    with Store(db) as store:
+        if resume is not None:
+            from host.campaign import load_campaign
+
+            stored = load_campaign(CampaignStore(store), resume)
+            spec = CampaignSpec.from_dict(stored.spec)
+            campaign_id = resume
+        else:
+            if model is None or data is None:
+                raise ConfigError("campaign needs --model and --data (or --resume ID)")
+            spec = CampaignSpec(
+                model=model, data=data, space=space, devices=parse_devices(devices),
+                constraints=tuple(constraint or ()), objective=objective,
+                formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
+                pretrain_epochs=pretrain_epochs, weights=weights, runs=runs, min_s=min_s,
+                threads=threads, eval_limit=eval_limit, job_timeout_s=job_timeout,
+                retries=retries, offline_deadline_s=offline_deadline, screen_margin=screen_margin,
+            )
+        with Fleet(broker, base_topic, store=store, tls=tls, signing_key=signing_key) as fleet:
+            with LiveProgress(err, transient=as_json) as live:
+                outcome = run_campaign(spec, store, fleet, campaign_id=campaign_id,
+                                       work_dir=work_dir, progress=live)
+        if report is not None:
+            from host.campaign import write_campaign_report
+
+            path = write_campaign_report(CampaignStore(store), outcome["campaign"]["id"], report)
+            outcome["campaign"]["report"] = str(path)
+            err.print(f"report: {path}")
+    if as_json:
+        sys.stdout.write(json.dumps(outcome, indent=2, default=str) + "\n")
+        return
+    console = Console()
+    console.print(candidates_table(outcome))
+    console.print(results_table(outcome))
+    console.print(selection_table(outcome))
+    console.print(f"campaign {outcome['campaign']['id']} took {outcome['campaign']['seconds']} s; "
+                  f"resume or report it with --resume / `edgetailor report --campaign ID`")
+
+
+# --------------------------------------------------------------------------------------------------
+# status
+
+
+def fleet_status(store: Any, fleet: Any | None, last: int = 3) -> list[dict[str, Any]]:
+    """Per device: online, active model, the last benchmark results (newest first)."""
+    from host.store.campaigns import CampaignStore
+
+    live = fleet.devices() if fleet is not None else {}
+    known = {d.device_id: d for d in store.list_devices()}
+    names: dict[str, str] = {}
+    cstore = CampaignStore(store)
+    for campaign in cstore.list_campaigns():
+        for cand in cstore.candidates(campaign.campaign_id):
+            if cand.sha256:
+                names[cand.sha256] = cand.candidate_id
+    rows = []
+    for device_id in sorted(set(live) | set(known)):
+        record = live.get(device_id)
+        stored = known.get(device_id)
+        birth = (_struct(record.birth) if record is not None and record.birth is not None
+                 else (stored.birth if stored is not None else None)) or {}
+        telemetry = (_struct(record.telemetry) if record is not None and record.telemetry is not None
+                     else (stored.telemetry if stored is not None else None)) or {}
+        active = telemetry.get("active_sha256") or birth.get("active_sha256")
+        results = []
+        for result in reversed(store.list_results(device_id)[-last:]):
+            job = store.get_job(result.job_id)
+            data = result.data or {}
+            sha = job.model_sha256 if job else data.get("model_sha256")
+            results.append({
+                "job_id": result.job_id,
+                "model_sha256": sha,
+                "candidate": names.get(sha or ""),
+                "status": result.status,
+                "latency_p90_ms": (data.get("latency_ms") or {}).get("p90"),
+                "metric": data.get("metric"),
+                "metric_value": data.get("metric_value"),
+                "error": result.error_message,
+                "received": result.received,
+            })
+        rows.append({
+            "device_id": device_id,
+            "online": bool(record.online) if record is not None else False,
+            "seen_on_broker": record is not None,
+            "last_seen": (record.last_seen if record else None) or (stored.last_seen if stored else None),
+            "tags": birth.get("tags") or {},
+            "active_model": {"sha256": active, "candidate": names.get(active or "")} if active else None,
+            "last_results": results,
+        })
+    return rows
+
+
+def _struct(obj: Any) -> dict[str, Any]:
+    import msgspec
+
+    return msgspec.to_builtins(obj)
+
+
+@app.command("status")
+def status_cmd(
+    broker: BrokerOpt = DEFAULT_BROKER,
+    base_topic: BaseTopicOpt = DEFAULT_BASE,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+    wait: Annotated[float, typer.Option("--wait", help="seconds to collect retained messages")] = 1.0,
+    offline_ok: Annotated[bool, typer.Option("--db-only", help="do not contact the broker")] = False,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+) -> None:
+    """Fleet status: which devices are online, their active model and their last results."""
+    from host.fleet import Fleet, FleetConnectionError
+    from host.store import Store
+
+    err = Console(stderr=True)
+    with Store(db) as store:
+        fleet = None
+        if not offline_ok:
+            fleet = Fleet(broker, base_topic, store=store, tls=TlsOptions(tls_ca, tls_cert, tls_key))
+            try:
+                fleet.connect()
+                fleet.wait_synced(settle_s=wait)
+            except FleetConnectionError as exc:
+                err.print(f"[yellow]broker not reachable, showing the database only:[/] {exc}")
+                fleet = None
+        try:
+            rows = fleet_status(store, fleet)
+        finally:
+            if fleet is not None:
+                fleet.close()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table(title=f"fleet on {broker} ({base_topic})")
+    for column in ("device", "online", "tags", "active model", "last results"):
+        table.add_column(column)
+    for row in rows:
+        active = row["active_model"]
+        table.add_row(
+            row["device_id"],
+            "[green]yes[/]" if row["online"] else "[red]no[/]",
+            ", ".join(f"{k}={v}" for k, v in row["tags"].items()) or "-",
+            "-" if not active else (active["candidate"] or active["sha256"][:12]),
+            "\n".join(
+                f"{r['candidate'] or (r['model_sha256'] or '?')[:12]}: "
+                + (f"p90 {_fmt(r['latency_p90_ms'])} ms, {r['metric']} {_fmt(r['metric_value'], 4)}"
+                   if r["status"] == "ok" else f"error {r['error'] or ''}"[:60])
+                for r in row["last_results"]
+            ) or "-",
+        )
+    Console().print(table)
+
+
+# --------------------------------------------------------------------------------------------------
+# report
+
+
+@app.command("report")
+def report_cmd(
+    campaign: Annotated[str, typer.Option("--campaign", help="campaign id")],
+    out: Annotated[Path, typer.Option("--out", help="directory for index.html and results.json")],
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a campaign's HTML report: choice per device, Pareto plot per device, results table."""
+    from host.campaign import write_campaign_report
+    from host.store import Store
+    from host.store.campaigns import CampaignStore
+
+    with Store(db) as store:
+        path = write_campaign_report(CampaignStore(store), campaign, out)
+    if as_json:
+        typer.echo(json.dumps({"campaign": campaign, "report": str(path),
+                               "results": str(path.parent / "results.json")}))
+    else:
+        typer.echo(str(path))
+
+
+# --------------------------------------------------------------------------------------------------
+# demo
+
+
+@app.command("demo")
+def demo_cmd(
+    agents: Annotated[int, typer.Option("--agents", min=1, max=8, help="local agents to start")] = 3,
+    out: Annotated[Path, typer.Option("--out", help="work dir: database, artifacts, agents, report")] = Path("edgetailor-demo"),
+    space: Annotated[str, typer.Option("--space", help="search space")] = "demo",
+    constraint: Annotated[Optional[list[str]], typer.Option("--constraint", help="override the default constraint")] = None,
+    objective: Annotated[str, typer.Option("--objective")] = "min_latency",
+    as_json: JsonOpt = False,
+) -> None:
+    """The whole loop on this machine: embedded broker, SQLite, local agents with different CPU
+    profiles, the digits CNN, a campaign, a choice per device, deploy, HTML report."""
+    from host.demo import DEFAULT_CONSTRAINTS, run_demo
+
+    started = time.monotonic()
+    err = Console(stderr=True)
+    summary = run_demo(
+        agents=agents, out_dir=out, space=space,
+        constraints=tuple(constraint) if constraint else DEFAULT_CONSTRAINTS,
+        objective=objective, console=err, quiet=as_json,
+    )
+    summary["seconds"] = round(time.monotonic() - started, 1)
+    if as_json:
+        sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
+        return
+    console = Console()
+    outcome = summary["outcome"]
+    console.print(results_table(outcome))
+    console.print(selection_table(outcome, {p["device"]: p["label"] for p in summary["profiles"]}))
+    for line in summary.get("deploy", {}).get("lines", []):
+        console.print(line)
+    console.print(f"report: {summary['report']}")
+    console.print(f"demo finished in {summary['seconds']:.0f} s "
+                  f"(compress {summary['timings']['candidates_s']:.0f} s, "
+                  f"measure {summary['timings']['measure_s']:.0f} s)")
+
+
+# --------------------------------------------------------------------------------------------------
+# deploy / rollback: see host/cli/deploy_cmds.py (registered through COMMAND_MODULES in main.py).

@@ -1,0 +1,124 @@
+"""Campaigns in-process: search spaces from files, host-side screening, and a real campaign against
+one real agent (real Mosquitto, real TFLite runtime) while a second target device stays offline."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from host.campaign import CampaignSpec, resolve_space, run_campaign, screen_candidates
+from host.errors import ConfigError
+from host.store.campaigns import CandidateInfo
+from tests.agents import AgentProcess
+
+TWO_RECIPES = [
+    {"name": "fp32", "steps": []},
+    {"name": "int8dyn", "steps": [{"technique": "int8_dynamic"}]},
+]
+
+
+def _candidate(cid: str, size: int, metric: float, macs: int = 1000, fmt: str = "tflite") -> CandidateInfo:
+    return CandidateInfo(
+        campaign_id="c1", candidate_id=cid, position=0, recipe_name=cid, recipe=[], format=fmt,
+        precision="fp32", status="ok", reason=None, sha256=None, path=None, size_bytes=size,
+        host_metrics={"host_metric": "accuracy", "host_metric_value": metric, "macs": macs},
+        created=0.0,
+    )
+
+
+def test_search_space_file_lists_recipes_or_stages_and_rejects_duplicates(tmp_path: Path) -> None:
+    listed = tmp_path / "listed.json"
+    listed.write_text(json.dumps({"recipes": TWO_RECIPES}))
+    assert [r.name for r in resolve_space(str(listed))] == ["fp32", "int8dyn"]
+
+    staged = tmp_path / "staged.json"
+    staged.write_text(json.dumps({"stages": [
+        [{"label": "dense"}, {"label": "prune", "steps": [{"technique": "prune_channels", "ratio": 0.5}]}],
+        [{"label": "fp32"}, {"label": "int8", "steps": [{"technique": "int8"}]}],
+    ]}))
+    names = [r.name for r in resolve_space(str(staged))]
+    assert names == ["baseline", "int8", "prune", "prune+int8"]
+
+    duplicated = tmp_path / "dup.json"
+    duplicated.write_text(json.dumps([TWO_RECIPES[0], TWO_RECIPES[0]]))
+    with pytest.raises(ConfigError, match="unique"):
+        resolve_space(str(duplicated))
+    with pytest.raises(ConfigError, match="neither a known name"):
+        resolve_space(str(tmp_path / "missing.json"))
+
+
+def test_named_demo_space_has_all_four_technique_families() -> None:
+    techniques = {step.name for recipe in resolve_space("demo") for step in recipe.steps}
+    assert {"prune_channels", "distill", "lowrank", "int8"} <= techniques
+    assert any(len({s.name for s in r.steps} & {"prune_channels", "int8"}) == 2 for r in resolve_space("demo"))
+
+
+def test_candidate_dominated_on_host_by_more_than_the_margin_is_screened_out() -> None:
+    big_bad = _candidate("big_bad", size=1000, metric=0.80)
+    small_good = _candidate("small_good", size=500, metric=0.95)
+    small_close = _candidate("small_close", size=400, metric=0.94)  # within margin of small_good
+    onnx_twin = _candidate("onnx_bad", size=2000, metric=0.5, fmt="onnx")  # other format: kept
+    dropped = screen_candidates([big_bad, small_good, small_close, onnx_twin], margin=0.02)
+    assert set(dropped) == {"big_bad"}
+    assert "small_good" in dropped["big_bad"] or "small_close" in dropped["big_bad"]
+
+
+def test_campaign_spec_rejects_a_bad_constraint_and_empty_devices() -> None:
+    with pytest.raises(ConfigError):
+        CampaignSpec(model="builtin:digits_cnn", data="builtin:digits", constraints=("latency<<3",))
+    with pytest.raises(ConfigError, match="devices"):
+        CampaignSpec(model="builtin:digits_cnn", data="builtin:digits", devices=())
+
+
+@pytest.mark.slow
+def test_campaign_with_one_device_offline_finishes_with_that_device_marked(
+    shared_broker_url: str, base_topic: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    from host.fleet import Fleet
+    from host.store import Store
+
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps(TWO_RECIPES))
+    agent = AgentProcess(shared_broker_url, "bench-1", tmp_path / "agent", base_topic,
+                         extra_args=["--telemetry-interval", "1", "--threads", "1"])
+    spec = CampaignSpec(
+        model="builtin:digits_cnn", data="builtin:digits", space=str(space),
+        devices=("bench-1", "ghost-2"), constraints=("accuracy_drop<=0.05",), pretrain_epochs=4,
+        runs=10, min_s=0.2, warmup_s=0.1, offline_deadline_s=4.0, job_timeout_s=60.0,
+    )
+    with agent, Store(f"sqlite:///{tmp_path / 'host.db'}") as store, \
+            Fleet(shared_broker_url, base_topic, store=store) as fleet:
+        agent.wait_online(timeout=60)
+        outcome = run_campaign(spec, store, fleet, campaign_id="offline-case",
+                               work_dir=tmp_path / "work")
+
+    assert outcome["devices"]["ghost-2"]["status"] == "offline"
+    assert outcome["devices"]["bench-1"]["status"] == "measured"
+    assert outcome["selection"]["ghost-2"]["candidate"] is None
+    ghost_rows = [r for r in outcome["results"] if r["device"] == "ghost-2"]
+    assert len(ghost_rows) == 2
+    assert all(r["job_status"] == "offline" and "offline" in r["error"] for r in ghost_rows)
+    assert all(r["job_ids"] == [] for r in ghost_rows)  # nothing was ever sent to it
+
+    measured = sorted((r for r in outcome["results"] if r["device"] == "bench-1"),
+                      key=lambda r: r["job_ids"])
+    assert {r["candidate"] for r in measured} == {"fp32", "int8dyn"}
+    for row in measured:
+        assert 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p90"]
+        assert row["metric"] == "accuracy" and row["metric_value"] > 0.8
+        assert row["peak_rss_mb"] > 0
+    chosen = outcome["selection"]["bench-1"]
+    assert chosen["candidate"] in {"fp32", "int8dyn"}
+    sizes = {c["id"]: c["size_bytes"] for c in outcome["candidates"]}
+    assert sizes["int8dyn"] < sizes["fp32"]
+
+    # The eval set goes with every job but reaches the device once: later jobs find it stored.
+    eval_transfers = [t for r in measured for t in r["transfers"]
+                      if t["sha256"] not in {c["sha256"] for c in outcome["candidates"]}]
+    assert len(eval_transfers) == 2
+    assert sum(1 for t in eval_transfers if not t["already_stored"]) == 1
+    assert outcome["transfers"]["already_stored"] >= 1
+    assert all(math.isfinite(r["latency_ms"]["p90"]) for r in measured)
