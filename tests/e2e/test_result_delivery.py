@@ -44,6 +44,7 @@ def test_an_agent_killed_after_persisting_a_result_delivers_it_exactly_once_afte
 
     assert result.job_id == job.job_id and result.accuracy is not None
     assert delivered == [job.job_id]
+    assert job.stages == ["accepted", "fetching", "running"]
     assert [r.job_id for r in store.list_results()] == [job.job_id]
     stored = store.get_job(job.job_id)
     assert stored is not None and stored.status == "ok"
