@@ -144,7 +144,9 @@ class Agent:
         client.on_message = self._on_message
         return client
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
         if reason_code.is_failure:
             logger.error("broker refused the connection: %s", reason_code)
             return
@@ -166,7 +168,9 @@ class Agent:
             fetch.on_reconnect()
         self._republish_outbox()
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
         self._connected.clear()
         if not self._stopping.is_set():
             logger.warning("disconnected from the broker (%s); paho reconnects", reason_code)
@@ -271,7 +275,11 @@ class Agent:
             return
         if isinstance(body, CancelCmd):
             found = self._cancel(body.job_id)
-            self._respond(name, message.msg_id, Response(status="ok", data={"job_id": body.job_id, "cancelled": found}))
+            self._respond(
+                name,
+                message.msg_id,
+                Response(status="ok", data={"job_id": body.job_id, "cancelled": found}),
+            )
             return
         if isinstance(body, BenchmarkCmd):
             self._accept_benchmark(name, message, body, payload)
@@ -279,7 +287,13 @@ class Agent:
         self._respond(
             name,
             message.msg_id,
-            Response(status="error", error=ErrorInfo(code="unsupported_command", message=f"this agent does not handle {message.schema}")),
+            Response(
+                status="error",
+                error=ErrorInfo(
+                    code="unsupported_command",
+                    message=f"this agent does not handle {message.schema}",
+                ),
+            ),
         )
 
     def _answer_bad_message(self, payload: bytes, exc: ValidationError) -> None:
@@ -291,9 +305,15 @@ class Agent:
             code = "bad_message"
         _, corr_id = peek_ids(payload)
         logger.warning("rejected a command (%s): %s", code, exc)
-        self._respond("error", corr_id, Response(status="error", error=ErrorInfo(code=code, message=str(exc)[:4000])))
+        self._respond(
+            "error",
+            corr_id,
+            Response(status="error", error=ErrorInfo(code=code, message=str(exc)[:4000])),
+        )
 
-    def _accept_benchmark(self, name: str, message: Message, body: BenchmarkCmd, payload: bytes) -> None:
+    def _accept_benchmark(
+        self, name: str, message: Message, body: BenchmarkCmd, payload: bytes
+    ) -> None:
         seen = self.journal.get(message.msg_id)
         if seen is not None:
             self._answer_duplicate(name, message.msg_id, seen)
@@ -318,12 +338,18 @@ class Agent:
             logger.info("command %s was done; re-publishing its unacknowledged result", cmd_id)
             self.client.publish(pending.topic, pending.payload.encode("utf-8"), qos=QOS)
             return
-        self._respond(name, cmd_id, Response(status="ok", data={"duplicate": True, "job_id": seen.job_id}))
+        self._respond(
+            name, cmd_id, Response(status="ok", data={"duplicate": True, "job_id": seen.job_id})
+        )
 
     def _enqueue(self, job: Job) -> None:
         with self._lock:
             self._queued[job.cmd.job_id] = job
-        self._respond("benchmark", job.cmd_id, Response(status="progress", data={"stage": "accepted", "job_id": job.cmd.job_id}))
+        self._respond(
+            "benchmark",
+            job.cmd_id,
+            Response(status="progress", data={"stage": "accepted", "job_id": job.cmd.job_id}),
+        )
         self._queue.put(job)
 
     def _cancel(self, job_id: str) -> bool:
@@ -359,7 +385,9 @@ class Agent:
         payload = encode(response, device_id=self.device_id, corr_id=job.cmd_id, msg_id=msg_id)
         self.outbox.put(msg_id, topic, payload, corr_id=job.cmd_id, job_id=job.cmd.job_id)
         if os.environ.get(CRASH_HOOK_ENV) == "after_result_persisted":
-            logger.warning("test hook %s: exiting right after persisting %s", CRASH_HOOK_ENV, msg_id)
+            logger.warning(
+                "test hook %s: exiting right after persisting %s", CRASH_HOOK_ENV, msg_id
+            )
             os._exit(137)
         self.journal.mark_done(job.cmd_id, msg_id)
         self.client.publish(topic, payload, qos=QOS)
@@ -388,7 +416,11 @@ class Agent:
                 next_telemetry = now + self.config.telemetry_interval
                 try:
                     body: Body = self.sampler.sample()
-                    self.client.publish(self.topics.telemetry(self.device_id), encode(body, device_id=self.device_id), qos=QOS)
+                    self.client.publish(
+                        self.topics.telemetry(self.device_id),
+                        encode(body, device_id=self.device_id),
+                        qos=QOS,
+                    )
                 except (OSError, EdgeTailorError) as exc:
                     logger.warning("telemetry failed: %s", exc)
             if now >= next_outbox:
@@ -406,7 +438,9 @@ class Agent:
             try:
                 response = self._run_job(job)
             except _Interrupted:
-                logger.info("job %s interrupted by shutdown; it runs again after restart", job.cmd.job_id)
+                logger.info(
+                    "job %s interrupted by shutdown; it runs again after restart", job.cmd.job_id
+                )
                 return
             finally:
                 with self._lock:
@@ -428,7 +462,9 @@ class Agent:
             transfers = [model_stats]
             eval_path = None
             if cmd.eval_data is not None:
-                eval_path, eval_stats = self._obtain(cmd.eval_data, cmd.chunk_size, job, runnable=False)
+                eval_path, eval_stats = self._obtain(
+                    cmd.eval_data, cmd.chunk_size, job, runnable=False
+                )
                 transfers.append(eval_stats)
             self._progress(job, "running")
             worker_job = {
@@ -470,7 +506,11 @@ class Agent:
             shutil.rmtree(work_dir, ignore_errors=True)
 
     def _progress(self, job: Job, stage: str) -> None:
-        self._respond("benchmark", job.cmd_id, Response(status="progress", data={"stage": stage, "job_id": job.cmd.job_id}))
+        self._respond(
+            "benchmark",
+            job.cmd_id,
+            Response(status="progress", data={"stage": stage, "job_id": job.cmd.job_id}),
+        )
 
     def _worker_limits(self) -> WorkerLimits:
         memory = self.config.worker_memory_mb
@@ -485,7 +525,9 @@ class Agent:
             cpu_affinity=self.config.cpu_affinity,
         )
 
-    def _obtain(self, manifest: ArtifactManifest, chunk_size: int, job: Job, *, runnable: bool) -> tuple[Path, TransferStats]:
+    def _obtain(
+        self, manifest: ArtifactManifest, chunk_size: int, job: Job, *, runnable: bool
+    ) -> tuple[Path, TransferStats]:
         """The verified local path of an artifact: from the store, or fetched chunk by chunk."""
         if runnable and manifest.format not in self.backends:
             raise JobError(
@@ -534,4 +576,6 @@ class _Interrupted(Exception):
 
 
 def _error(job_id: str, code: str, message: str) -> Response:
-    return Response(status="error", data={"job_id": job_id}, error=ErrorInfo(code=code, message=message[:4000]))
+    return Response(
+        status="error", data={"job_id": job_id}, error=ErrorInfo(code=code, message=message[:4000])
+    )

@@ -24,7 +24,12 @@ _DELEGATE_LIBS = {
     "gpu": ("libtensorflowlite_gpu_delegate.so",),
     "hexagon": ("libhexagon_interface.so",),
 }
-_LIB_DIRS = ("/usr/lib", "/usr/lib/aarch64-linux-gnu", "/usr/lib/arm-linux-gnueabihf", "/usr/local/lib")
+_LIB_DIRS = (
+    "/usr/lib",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib/arm-linux-gnueabihf",
+    "/usr/local/lib",
+)
 
 
 def _short(text: str) -> str:

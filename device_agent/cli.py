@@ -26,7 +26,9 @@ logger = logging.getLogger(__name__)
 def _tag(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key or len(key) > 128 or len(value) > 128:
-        raise argparse.ArgumentTypeError(f"tag {text!r} must look like KEY=VALUE (each at most 128 chars)")
+        raise argparse.ArgumentTypeError(
+            f"tag {text!r} must look like KEY=VALUE (each at most 128 chars)"
+        )
     return key, value
 
 
@@ -34,7 +36,9 @@ def _cpu_list(text: str) -> tuple[int, ...]:
     try:
         cpus = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--cpu-affinity {text!r}: give CPU numbers like 0,1") from None
+        raise argparse.ArgumentTypeError(
+            f"--cpu-affinity {text!r}: give CPU numbers like 0,1"
+        ) from None
     if not cpus or min(cpus) < 0:
         raise argparse.ArgumentTypeError(f"--cpu-affinity {text!r}: give CPU numbers like 0,1")
     return cpus
@@ -52,27 +56,60 @@ def _positive(kind: type) -> object:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="edgetailor-agent", description="edgetailor device agent: benchmark models sent over MQTT."
+        prog="edgetailor-agent",
+        description="edgetailor device agent: benchmark models sent over MQTT.",
     )
-    parser.add_argument("--broker", required=True, help="mqtt://[user:pass@]host[:port] or mqtts://...")
-    parser.add_argument("--id", required=True, dest="device_id", help="device id (letters, digits, _ . -)")
-    parser.add_argument("--data-dir", required=True, type=Path, help="store, outbox and journal live here")
-    parser.add_argument("--threads", type=_positive(int), default=None, help="runtime threads when a job does not say")
+    parser.add_argument(
+        "--broker", required=True, help="mqtt://[user:pass@]host[:port] or mqtts://..."
+    )
+    parser.add_argument(
+        "--id", required=True, dest="device_id", help="device id (letters, digits, _ . -)"
+    )
+    parser.add_argument(
+        "--data-dir", required=True, type=Path, help="store, outbox and journal live here"
+    )
+    parser.add_argument(
+        "--threads",
+        type=_positive(int),
+        default=None,
+        help="runtime threads when a job does not say",
+    )
     parser.add_argument("--base-topic", default=DEFAULT_BASE)
-    parser.add_argument("--keepalive", type=_positive(int), default=30, help="MQTT keepalive in seconds")
+    parser.add_argument(
+        "--keepalive", type=_positive(int), default=30, help="MQTT keepalive in seconds"
+    )
     parser.add_argument("--telemetry-interval", type=_positive(float), default=10.0, help="seconds")
-    parser.add_argument("--trust-key", type=Path, default=None, help="host's Ed25519 public key (PEM); manifests must be signed by it")
+    parser.add_argument(
+        "--trust-key",
+        type=Path,
+        default=None,
+        help="host's Ed25519 public key (PEM); manifests must be signed by it",
+    )
     parser.add_argument("--tls-ca", default=None)
     parser.add_argument("--tls-cert", default=None)
     parser.add_argument("--tls-key", default=None)
     parser.add_argument("--tag", action="append", type=_tag, default=[], metavar="KEY=VALUE")
-    parser.add_argument("--cpu-affinity", type=_cpu_list, default=None, help="CPUs for the benchmark worker, e.g. 2,3")
-    parser.add_argument("--worker-memory-mb", type=_positive(int), default=None, help="RLIMIT_AS of the benchmark worker")
-    parser.add_argument("--xfer-window", type=_positive(int), default=16, help="chunks requested at a time")
+    parser.add_argument(
+        "--cpu-affinity",
+        type=_cpu_list,
+        default=None,
+        help="CPUs for the benchmark worker, e.g. 2,3",
+    )
+    parser.add_argument(
+        "--worker-memory-mb",
+        type=_positive(int),
+        default=None,
+        help="RLIMIT_AS of the benchmark worker",
+    )
+    parser.add_argument(
+        "--xfer-window", type=_positive(int), default=16, help="chunks requested at a time"
+    )
     parser.add_argument("--xfer-retry-s", type=_positive(float), default=3.0)
     parser.add_argument("--xfer-timeout-s", type=_positive(float), default=60.0)
     parser.add_argument("--outbox-retry-s", type=_positive(float), default=15.0)
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
     parser.add_argument("--version", action="version", version=f"edgetailor-agent {AGENT_VERSION}")
     return parser
 
@@ -106,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             worker_memory_mb=args.worker_memory_mb,
         )
         if args.trust_key is not None and not args.trust_key.is_file():
-            raise ConfigError(f"--trust-key {args.trust_key} does not exist; copy the host's public key there")
+            raise ConfigError(
+                f"--trust-key {args.trust_key} does not exist; copy the host's public key there"
+            )
         agent = Agent(config)
     except EdgeTailorError as exc:
         print(f"edgetailor-agent: {exc}", file=sys.stderr)

@@ -87,7 +87,9 @@ class ArtifactFetch:
             except (OSError, EdgeTailorError) as exc:
                 self.rejected += 1
                 self._outstanding.discard(chunk.index)
-                logger.warning("could not write chunk %d of %s: %s", chunk.index, self.sha256[:12], exc)
+                logger.warning(
+                    "could not write chunk %d of %s: %s", chunk.index, self.sha256[:12], exc
+                )
                 self._cond.notify_all()
                 return
             self.written += 1
@@ -109,11 +111,14 @@ class ArtifactFetch:
             raise JobError("bad_chunk", f"chunk belongs to artifact {sha256[:12]}")
         if total != self.partial.total:
             raise JobError(
-                "bad_chunk", f"chunk says {total} chunks, manifest and chunk size give {self.partial.total}"
+                "bad_chunk",
+                f"chunk says {total} chunks, manifest and chunk size give {self.partial.total}",
             )
         expected_offset, _ = self.partial.bounds(index)
         if offset != expected_offset:
-            raise JobError("bad_chunk", f"chunk {index} at offset {offset}, expected {expected_offset}")
+            raise JobError(
+                "bad_chunk", f"chunk {index} at offset {offset}, expected {expected_offset}"
+            )
 
     def on_reconnect(self) -> None:
         """Requests in flight may be lost with the connection: ask again for what is missing."""

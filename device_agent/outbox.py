@@ -41,7 +41,9 @@ class Outbox:
             raise ValueError(f"invalid msg_id {msg_id!r}")
         return self.directory / f"{msg_id}.json"
 
-    def put(self, msg_id: str, topic: str, payload: bytes, *, corr_id: str | None, job_id: str | None) -> OutboxEntry:
+    def put(
+        self, msg_id: str, topic: str, payload: bytes, *, corr_id: str | None, job_id: str | None
+    ) -> OutboxEntry:
         entry = OutboxEntry(msg_id, topic, payload.decode("utf-8"), corr_id, job_id, time.time())
         with self._lock:
             atomic_write(self._path(msg_id), json.dumps(asdict(entry)).encode("utf-8"))

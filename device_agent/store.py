@@ -104,7 +104,9 @@ class PartialFile:
         os.fdatasync(self._part_fd)
         self._bits[index >> 3] |= 1 << (index & 7)
         byte_at = index >> 3
-        os.pwrite(self._have_fd, bytes(self._bits[byte_at : byte_at + 1]), _HAVE_HEADER.size + byte_at)
+        os.pwrite(
+            self._have_fd, bytes(self._bits[byte_at : byte_at + 1]), _HAVE_HEADER.size + byte_at
+        )
 
     def close(self) -> None:
         for fd in (self._part_fd, self._have_fd):

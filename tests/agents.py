@@ -126,11 +126,15 @@ class AgentProcess:
                 if msg.payload == STATUS_ONLINE and fresh_birth.is_set():
                     online.set()
 
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"wait-{uuid.uuid4().hex[:8]}")
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"wait-{uuid.uuid4().hex[:8]}"
+        )
         client.on_message = on_message
         tls = self._tls_files()
         if address.tls or tls["--tls-ca"]:
-            client.tls_set(ca_certs=tls["--tls-ca"], certfile=tls["--tls-cert"], keyfile=tls["--tls-key"])
+            client.tls_set(
+                ca_certs=tls["--tls-ca"], certfile=tls["--tls-cert"], keyfile=tls["--tls-key"]
+            )
         client.connect(address.host, address.port)
         client.subscribe([(topics.birth(self.device_id), 1), (topics.status(self.device_id), 1)])
         client.loop_start()
@@ -140,7 +144,9 @@ class AgentProcess:
                 if not self.running:
                     raise RuntimeError(f"agent {self.device_id} exited:\n{self.log()[-3000:]}")
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"agent {self.device_id} not online after {timeout}s:\n{self.log()[-3000:]}")
+                    raise TimeoutError(
+                        f"agent {self.device_id} not online after {timeout}s:\n{self.log()[-3000:]}"
+                    )
                 if fresh_birth.is_set():
                     # The status message may have been consumed before the birth: re-subscribe
                     # to receive the retained status again.
@@ -154,7 +160,7 @@ class AgentProcess:
     def _tls_files(self) -> dict[str, str | None]:
         """The agent's own TLS files, so the waiting client can reach a TLS-only broker too."""
         files: dict[str, str | None] = {"--tls-ca": None, "--tls-cert": None, "--tls-key": None}
-        for flag, value in zip(self.extra_args, self.extra_args[1:]):
+        for flag, value in zip(self.extra_args, self.extra_args[1:], strict=False):
             if flag in files:
                 files[flag] = value
         return files

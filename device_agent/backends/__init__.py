@@ -85,7 +85,11 @@ def discover() -> Registry[str, Backend]:
             continue
         for fmt in backend.formats:
             if fmt in registry:
-                logger.info("format %s already served by another backend; %s not used for it", fmt, info.name)
+                logger.info(
+                    "format %s already served by another backend; %s not used for it",
+                    fmt,
+                    info.name,
+                )
                 continue
             registry.add(fmt, backend)
     return registry

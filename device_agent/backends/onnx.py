@@ -33,7 +33,9 @@ class OnnxBackend:
         version = installed_version("onnxruntime", _DISTRIBUTIONS)
         if version is None:
             return None
-        return RuntimeInfo(name=self.name, module="onnxruntime", version=version, formats=list(self.formats))
+        return RuntimeInfo(
+            name=self.name, module="onnxruntime", version=version, formats=list(self.formats)
+        )
 
     def load(self, path: str, threads: int | None) -> LoadedModel:
         import onnxruntime as ort

@@ -22,7 +22,9 @@ def _tensor_info(detail: dict[str, Any]) -> TensorInfo:
     return TensorInfo(
         name=str(detail["name"]),
         shape=tuple(int(d) for d in detail["shape"]),
-        dtype=detail["dtype"].__name__ if hasattr(detail["dtype"], "__name__") else str(detail["dtype"]),
+        dtype=detail["dtype"].__name__
+        if hasattr(detail["dtype"], "__name__")
+        else str(detail["dtype"]),
         scale=float(scale),
         zero_point=int(zero_point),
     )
@@ -36,7 +38,9 @@ class TfliteBackend:
         for module, dists in _CANDIDATES:
             version = installed_version(module, dists)
             if version is not None:
-                return RuntimeInfo(name=self.name, module=module, version=version, formats=list(self.formats))
+                return RuntimeInfo(
+                    name=self.name, module=module, version=version, formats=list(self.formats)
+                )
         return None
 
     def load(self, path: str, threads: int | None) -> LoadedModel:

@@ -131,7 +131,9 @@ def run_worker(
         raise JobError(str(error.get("code", "bench_failed")), str(error.get("message", ""))[:3000])
     tail = _tail(stderr_path)
     if code == -signal.SIGXCPU:
-        raise JobError("timeout", f"the benchmark worker exceeded its CPU time limit ({cpu_seconds} s)")
+        raise JobError(
+            "timeout", f"the benchmark worker exceeded its CPU time limit ({cpu_seconds} s)"
+        )
     raise JobError(
         "worker_crashed",
         f"the benchmark worker {_describe_exit(code)} without a result; stderr tail: {tail[-1500:]}",

@@ -84,7 +84,9 @@ def _load_eval(path: str) -> tuple[list[Any], Any, Any]:
             while f"x{count}" in names:
                 count += 1
             if count == 0:
-                raise JobError("eval_data_invalid", "eval npz has neither 'x' nor 'x0', 'x1', ... arrays")
+                raise JobError(
+                    "eval_data_invalid", "eval npz has neither 'x' nor 'x0', 'x1', ... arrays"
+                )
             inputs = [data[f"x{i}"] for i in range(count)]
         labels = data["y"] if "y" in names else None
         ref = data["ref"] if "ref" in names else None
@@ -92,7 +94,9 @@ def _load_eval(path: str) -> tuple[list[Any], Any, Any]:
     if ref is not None:
         lengths.add(len(ref))
     if len(lengths) != 1:
-        raise JobError("eval_data_invalid", f"eval arrays disagree on the sample count: {sorted(lengths)}")
+        raise JobError(
+            "eval_data_invalid", f"eval arrays disagree on the sample count: {sorted(lengths)}"
+        )
     return inputs, labels, ref
 
 
@@ -141,7 +145,9 @@ def _evaluate(model: LoadedModel, path: str, limit: int | None) -> dict[str, Any
     count = len(inputs[0]) if limit is None else min(limit, len(inputs[0]))
     correct = agree = 0
     for i in range(count):
-        feeds = [_to_model_input(arr[i], spec) for arr, spec in zip(inputs, model.inputs, strict=True)]
+        feeds = [
+            _to_model_input(arr[i], spec) for arr, spec in zip(inputs, model.inputs, strict=True)
+        ]
         output = _to_float(model.run(feeds)[0], model.outputs[0]).reshape(-1)
         predicted = int(np.argmax(output))
         if labels is not None:
@@ -170,7 +176,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     except EdgeTailorError:
         raise
     except Exception as exc:
-        raise JobError("model_load_failed", f"{backend.name} could not load the model: {exc}") from exc
+        raise JobError(
+            "model_load_failed", f"{backend.name} could not load the model: {exc}"
+        ) from exc
     load_ms = (time.perf_counter() - started) * 1000.0
 
     metrics: dict[str, Any] = {"eval_samples": 0}
@@ -229,9 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeTailorError as exc:
         outcome = {"ok": False, "error": {"code": "bench_failed", "message": str(exc)}}
     except MemoryError as exc:
-        outcome = {"ok": False, "error": {"code": "out_of_memory", "message": f"worker ran out of memory: {exc}"}}
+        outcome = {
+            "ok": False,
+            "error": {"code": "out_of_memory", "message": f"worker ran out of memory: {exc}"},
+        }
     except Exception as exc:
-        outcome = {"ok": False, "error": {"code": "bench_failed", "message": f"{type(exc).__name__}: {exc}"}}
+        outcome = {
+            "ok": False,
+            "error": {"code": "bench_failed", "message": f"{type(exc).__name__}: {exc}"},
+        }
     result_path.write_text(json.dumps(outcome), "utf-8")
     return 0 if outcome["ok"] else 1
 

@@ -38,7 +38,10 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny CNN as float and full-int8 .tflite (litert-torch) and as .onnx, plus eval data."""
     import litert_torch
     import torch
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.pt2e_quantizer import (
+        PT2EQuantizer,
+        get_symmetric_quantization_config,
+    )
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -95,8 +98,12 @@ def start_agent(
     """Start an agent on the shared broker (waits until it is online); stopped after the test."""
     started: list[AgentProcess] = []
 
-    def start(extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> AgentProcess:
-        agent = AgentProcess(shared_broker_url, device_id, data_dir, base_topic, extra_args or [], env or {})
+    def start(
+        extra_args: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> AgentProcess:
+        agent = AgentProcess(
+            shared_broker_url, device_id, data_dir, base_topic, extra_args or [], env or {}
+        )
         agent.start()
         started.append(agent)
         agent.wait_online()

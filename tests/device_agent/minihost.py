@@ -22,7 +22,16 @@ from shared.broker_url import parse_broker_url
 from shared.errors import ValidationError
 from shared.hashing import sha256_file
 from shared.manifest import ArtifactManifest
-from shared.messages import AckCmd, Body, ChunkRequest, Message, Response, decode, encode, new_msg_id
+from shared.messages import (
+    AckCmd,
+    Body,
+    ChunkRequest,
+    Message,
+    Response,
+    decode,
+    encode,
+    new_msg_id,
+)
 from shared.topics import Topics
 from shared.transfer import chunk_bounds, chunk_count, encode_chunk
 
@@ -82,7 +91,14 @@ class MiniHost:
         time.sleep(0.2)  # let the SUBACK land before the test publishes commands
         return self
 
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason_code: object, properties: object) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: object,
+        reason_code: object,
+        properties: object,
+    ) -> None:
         # Subscribing on every connect: a clean session loses subscriptions with the connection.
         client.subscribe([(t, 1) for t in self.topics.host_subscriptions()])
         with self._cond:
@@ -101,24 +117,34 @@ class MiniHost:
         self.stop()
 
     # -- artifacts -------------------------------------------------------------------------------
-    def offer(self, path: Path, fmt: str, precision: str = "fp32", *, sha256: str | None = None) -> ArtifactManifest:
+    def offer(
+        self, path: Path, fmt: str, precision: str = "fp32", *, sha256: str | None = None
+    ) -> ArtifactManifest:
         """Serve ``path`` and return its manifest (``sha256`` overrides the real digest, for lies)."""
         path = Path(path)
         digest = sha256 or sha256_file(path)
         self.offers[digest] = Offer(path, path.stat().st_size)
         return ArtifactManifest(
-            sha256=digest, size_bytes=path.stat().st_size, format=fmt, precision=precision, name=path.name
+            sha256=digest,
+            size_bytes=path.stat().st_size,
+            format=fmt,
+            precision=precision,
+            name=path.name,
         )
 
     def corrupt_once(self, sha256: str, index: int) -> None:
         self.offers[sha256].corrupt_once.add(index)
 
-    def requested_indices(self, sha256: str, device_id: str | None = None, since: float = 0.0) -> list[int]:
+    def requested_indices(
+        self, sha256: str, device_id: str | None = None, since: float = 0.0
+    ) -> list[int]:
         with self._cond:
             return [
                 i
                 for r in self.chunk_requests
-                if r.sha256 == sha256 and r.at >= since and (device_id is None or r.device_id == device_id)
+                if r.sha256 == sha256
+                and r.at >= since
+                and (device_id is None or r.device_id == device_id)
                 for i in r.indices
             ]
 
@@ -129,7 +155,9 @@ class MiniHost:
         total = chunk_count(offer.size, log.chunk_size)
         with open(offer.path, "rb") as handle:
             for index in log.indices:
-                if index >= total or (self.chunk_filter is not None and not self.chunk_filter(log.sha256, index)):
+                if index >= total or (
+                    self.chunk_filter is not None and not self.chunk_filter(log.sha256, index)
+                ):
                     continue
                 offset, length = chunk_bounds(offer.size, log.chunk_size, index)
                 handle.seek(offset)
@@ -155,7 +183,9 @@ class MiniHost:
         self.send(device_id, "ack", AckCmd(msg_ids=msg_ids))
 
     # -- waiting ---------------------------------------------------------------------------------
-    def wait_for(self, predicate: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> object:
+    def wait_for(
+        self, predicate: Callable[[], object], timeout: float = 30.0, what: str = "condition"
+    ) -> object:
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
@@ -176,7 +206,8 @@ class MiniHost:
             return [
                 r
                 for r in self.responses
-                if r.message.corr_id == corr_id and getattr(r.message.body, "status", None) in ("ok", "error")
+                if r.message.corr_id == corr_id
+                and getattr(r.message.body, "status", None) in ("ok", "error")
             ]
 
     def wait_final(self, corr_id: str, timeout: float = 60.0) -> Response:
@@ -202,7 +233,13 @@ class MiniHost:
             return
         if parsed.kind == "xfer_req" and isinstance(message.body, ChunkRequest):
             body = message.body
-            log = ChunkRequestLog(parsed.device_id or "", body.sha256, body.chunk_size, list(body.indices), time.time())
+            log = ChunkRequestLog(
+                parsed.device_id or "",
+                body.sha256,
+                body.chunk_size,
+                list(body.indices),
+                time.time(),
+            )
             with self._cond:
                 self.chunk_requests.append(log)
                 self._cond.notify_all()
@@ -214,9 +251,16 @@ class MiniHost:
                 self.responses.append(Received(msg.topic, parsed.name, message))
                 self._cond.notify_all()
             body = message.body
-            if self.auto_ack and isinstance(body, Response) and body.status in ("ok", "error") and parsed.name == "benchmark":
+            if (
+                self.auto_ack
+                and isinstance(body, Response)
+                and body.status in ("ok", "error")
+                and parsed.name == "benchmark"
+            ):
                 self.client.publish(
-                    self.topics.cmd(parsed.device_id or "", "ack"), encode(AckCmd(msg_ids=[message.msg_id])), qos=1
+                    self.topics.cmd(parsed.device_id or "", "ack"),
+                    encode(AckCmd(msg_ids=[message.msg_id])),
+                    qos=1,
                 )
 
 

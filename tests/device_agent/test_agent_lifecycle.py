@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import importlib.metadata
 import os
+from collections.abc import Callable
 
 from shared.messages import Birth, PingCmd, decode
 from shared.topics import Topics
@@ -22,7 +21,9 @@ def test_birth_is_retained_with_real_capabilities_and_status_goes_offline_via_wi
     late = MiniHost(agent.broker_url, base_topic).start()
     try:
         late.wait_for(lambda: topics.birth(device_id) in late.retained, 10, "retained birth")
-        late.wait_for(lambda: late.retained.get(topics.status(device_id)) == b"online", 10, "online")
+        late.wait_for(
+            lambda: late.retained.get(topics.status(device_id)) == b"online", 10, "online"
+        )
         birth = decode(late.retained[topics.birth(device_id)]).body
     finally:
         late.stop()
@@ -36,7 +37,9 @@ def test_birth_is_retained_with_real_capabilities_and_status_goes_offline_via_wi
     assert birth.arch and birth.cpu_model and birth.python
 
     agent.kill()
-    minihost.wait_for(lambda: minihost.retained.get(topics.status(device_id)) == b"offline", 90, "Last Will")
+    minihost.wait_for(
+        lambda: minihost.retained.get(topics.status(device_id)) == b"offline", 90, "Last Will"
+    )
 
 
 def test_clean_shutdown_publishes_offline_and_ping_is_answered(
@@ -48,4 +51,6 @@ def test_clean_shutdown_publishes_offline_and_ping_is_answered(
     assert response.status == "ok" and response.data["agent_version"]
     assert agent.terminate() == 0
     topics = Topics(base_topic)
-    minihost.wait_for(lambda: minihost.retained.get(topics.status(device_id)) == b"offline", 5, "offline")
+    minihost.wait_for(
+        lambda: minihost.retained.get(topics.status(device_id)) == b"offline", 5, "offline"
+    )

@@ -20,17 +20,35 @@ def _ping_envelope(msg_id: str, **changes: object) -> dict:
 
 CASES = {
     "malformed_json": (b'{"schema": "cmd.ping", "msg_id": "m-json", ', "bad_message", None),
-    "unsupported_version": (json.dumps(_ping_envelope("m-v2", v=2)).encode(), "unsupported_version", "m-v2"),
-    "unknown_field": (json.dumps(_ping_envelope("m-field", surprise=1)).encode(), "bad_message", "m-field"),
-    "unknown_body_field": (
-        json.dumps(_ping_envelope("m-body", body={"extra": True})).encode(), "bad_message", "m-body"
+    "unsupported_version": (
+        json.dumps(_ping_envelope("m-v2", v=2)).encode(),
+        "unsupported_version",
+        "m-v2",
     ),
-    "unknown_schema": (json.dumps(_ping_envelope("m-schema", schema="cmd.explode")).encode(), "bad_message", "m-schema"),
+    "unknown_field": (
+        json.dumps(_ping_envelope("m-field", surprise=1)).encode(),
+        "bad_message",
+        "m-field",
+    ),
+    "unknown_body_field": (
+        json.dumps(_ping_envelope("m-body", body={"extra": True})).encode(),
+        "bad_message",
+        "m-body",
+    ),
+    "unknown_schema": (
+        json.dumps(_ping_envelope("m-schema", schema="cmd.explode")).encode(),
+        "bad_message",
+        "m-schema",
+    ),
     "schema_not_matching_topic": (
-        json.dumps(_ping_envelope("m-topic", schema="cmd.ack", body={"msg_ids": []})).encode(), "bad_message", "m-topic"
+        json.dumps(_ping_envelope("m-topic", schema="cmd.ack", body={"msg_ids": []})).encode(),
+        "bad_message",
+        "m-topic",
     ),
     "oversized": (
-        json.dumps(_ping_envelope("m-big", pad="x" * (MAX_MESSAGE_BYTES + 10))).encode(), "too_large", None
+        json.dumps(_ping_envelope("m-big", pad="x" * (MAX_MESSAGE_BYTES + 10))).encode(),
+        "too_large",
+        None,
     ),
 }
 

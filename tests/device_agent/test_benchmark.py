@@ -37,7 +37,9 @@ def host_accuracy(model_path: Path, eval_path: Path) -> float:
     return correct / len(data["y"])
 
 
-@pytest.mark.parametrize("model_file,precision", [("float.tflite", "fp32"), ("int8.tflite", "int8")])
+@pytest.mark.parametrize(
+    "model_file,precision", [("float.tflite", "fp32"), ("int8.tflite", "int8")]
+)
 def test_tflite_model_is_fetched_in_chunks_stored_by_sha_and_benchmarked_with_host_equal_accuracy(
     model_file: str,
     precision: str,
@@ -57,7 +59,9 @@ def test_tflite_model_is_fetched_in_chunks_stored_by_sha_and_benchmarked_with_ho
     cmd_id = minihost.send(
         device_id,
         "benchmark",
-        BenchmarkCmd(job_id="job-1", model=model, eval_data=eval_data, chunk_size=chunk_size, **FAST),
+        BenchmarkCmd(
+            job_id="job-1", model=model, eval_data=eval_data, chunk_size=chunk_size, **FAST
+        ),
     )
     result = from_data(result_of(minihost.wait_final(cmd_id, 90)), BenchmarkResult)
 
@@ -71,7 +75,9 @@ def test_tflite_model_is_fetched_in_chunks_stored_by_sha_and_benchmarked_with_ho
     lat = result.latency_ms
     assert 0 < lat.min <= lat.p50 <= lat.p90 <= lat.p95 <= lat.p99 <= lat.max
     assert result.metric == "accuracy" and result.eval_samples == 40
-    assert result.accuracy == pytest.approx(host_accuracy(model_path, model_dir / "eval.npz"), abs=1e-9)
+    assert result.accuracy == pytest.approx(
+        host_accuracy(model_path, model_dir / "eval.npz"), abs=1e-9
+    )
     assert 0.0 < result.accuracy < 1.0
     assert "before" in result.board and "after" in result.board
 
@@ -81,7 +87,9 @@ def test_tflite_model_is_fetched_in_chunks_stored_by_sha_and_benchmarked_with_ho
     assert model_transfer.chunks_written == model_transfer.chunks_total
     stored = data_dir / "store" / f"{model.sha256}.tflite"
     assert stored.read_bytes() == model_path.read_bytes()
-    assert sorted(minihost.requested_indices(model.sha256)) == list(range(model_transfer.chunks_total))
+    assert sorted(minihost.requested_indices(model.sha256)) == list(
+        range(model_transfer.chunks_total)
+    )
     assert not list((data_dir / "partial").iterdir())
 
     # The same artifact again comes from the store: no chunk is asked for.
@@ -93,7 +101,11 @@ def test_tflite_model_is_fetched_in_chunks_stored_by_sha_and_benchmarked_with_ho
 
 
 def test_onnx_model_is_benchmarked_with_onnxruntime_and_agrees_with_reference_outputs(
-    model_dir: Path, tmp_path: Path, start_agent: Callable[..., AgentProcess], minihost: MiniHost, device_id: str
+    model_dir: Path,
+    tmp_path: Path,
+    start_agent: Callable[..., AgentProcess],
+    minihost: MiniHost,
+    device_id: str,
 ) -> None:
     import onnxruntime as ort
 
@@ -120,6 +132,10 @@ def test_onnx_model_is_benchmarked_with_onnxruntime_and_agrees_with_reference_ou
         ),
     )
     result = from_data(result_of(minihost.wait_final(cmd, 60)), BenchmarkResult)
-    assert result.backend == "onnx" and result.runtime.startswith("onnxruntime") and result.threads == 1
+    assert (
+        result.backend == "onnx"
+        and result.runtime.startswith("onnxruntime")
+        and result.threads == 1
+    )
     assert result.metric == "agreement" and result.accuracy is None
     assert result.metric_value == pytest.approx(1 - changed / len(x))

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
-
-import time
 
 import msgspec
 import paho.mqtt.client as mqtt
@@ -23,9 +22,16 @@ def test_running_job_is_cancelled_its_worker_killed_and_the_agent_serves_on(
 ) -> None:
     agent = start_agent()
     model = minihost.offer(model_dir / "float.tflite", "tflite")
-    slow = minihost.send(device_id, "benchmark", BenchmarkCmd(job_id="long", model=model, min_s=3600.0, timeout_s=600.0))
+    slow = minihost.send(
+        device_id,
+        "benchmark",
+        BenchmarkCmd(job_id="long", model=model, min_s=3600.0, timeout_s=600.0),
+    )
     minihost.wait_for(
-        lambda: any(r.status == "progress" and r.data["stage"] == "running" for r in minihost.responses_to(slow)),
+        lambda: any(
+            r.status == "progress" and r.data["stage"] == "running"
+            for r in minihost.responses_to(slow)
+        ),
         30,
         "running stage",
     )
@@ -41,7 +47,10 @@ def test_running_job_is_cancelled_its_worker_killed_and_the_agent_serves_on(
 
 
 def test_telemetry_is_published_at_the_configured_interval(
-    start_agent: Callable[..., AgentProcess], shared_broker_url: str, base_topic: str, device_id: str
+    start_agent: Callable[..., AgentProcess],
+    shared_broker_url: str,
+    base_topic: str,
+    device_id: str,
 ) -> None:
     start_agent(["--telemetry-interval", "0.5"])
     received: list[Telemetry] = []

@@ -19,7 +19,9 @@ def _outbox(data_dir: Path) -> list[Path]:
 
 def _stages(minihost: MiniHost, cmd_id: str, stage: str) -> int:
     return sum(
-        1 for r in minihost.responses_to(cmd_id) if r.status == "progress" and r.data["stage"] == stage
+        1
+        for r in minihost.responses_to(cmd_id)
+        if r.status == "progress" and r.data["stage"] == stage
     )
 
 
@@ -39,7 +41,9 @@ def test_result_persisted_before_a_sigkill_is_delivered_after_restart_and_not_ag
         agent.start()
         agent.wait_online()
         model = minihost.offer(model_dir / "float.tflite", "tflite")
-        cmd_id = minihost.send(device_id, "benchmark", BenchmarkCmd(job_id="crash", model=model, **FAST))
+        cmd_id = minihost.send(
+            device_id, "benchmark", BenchmarkCmd(job_id="crash", model=model, **FAST)
+        )
         assert agent.wait_exit(60) == 137
         assert minihost.finals(cmd_id) == []
         assert len(_outbox(data_dir)) == 1
@@ -63,7 +67,11 @@ def test_result_persisted_before_a_sigkill_is_delivered_after_restart_and_not_ag
 
 
 def test_command_delivered_twice_is_executed_once(
-    model_dir: Path, start_agent: Callable[..., AgentProcess], minihost: MiniHost, device_id: str, data_dir: Path
+    model_dir: Path,
+    start_agent: Callable[..., AgentProcess],
+    minihost: MiniHost,
+    device_id: str,
+    data_dir: Path,
 ) -> None:
     start_agent()
     model = minihost.offer(model_dir / "float.tflite", "tflite")
@@ -75,16 +83,27 @@ def test_command_delivered_twice_is_executed_once(
 
     minihost.send(device_id, "benchmark", cmd, msg_id=cmd_id)  # after it was acknowledged
     duplicate = minihost.wait_for(
-        lambda: [r for r in minihost.responses_to(cmd_id) if r.data and r.data.get("duplicate")], 10, "duplicate answer"
+        lambda: [r for r in minihost.responses_to(cmd_id) if r.data and r.data.get("duplicate")],
+        10,
+        "duplicate answer",
     )[0]
     assert duplicate.status == "ok" and duplicate.data == {"duplicate": True, "job_id": "twice"}
     assert _stages(minihost, cmd_id, "accepted") == 1
     assert _stages(minihost, cmd_id, "running") == 1
-    assert len([r for r in minihost.finals(cmd_id) if not (r.message.body.data or {}).get("duplicate")]) == 1
+    assert (
+        len(
+            [r for r in minihost.finals(cmd_id) if not (r.message.body.data or {}).get("duplicate")]
+        )
+        == 1
+    )
 
 
 def test_duplicate_of_a_done_but_unacknowledged_command_re_sends_the_same_result(
-    model_dir: Path, shared_broker_url: str, base_topic: str, start_agent: Callable[..., AgentProcess], device_id: str
+    model_dir: Path,
+    shared_broker_url: str,
+    base_topic: str,
+    start_agent: Callable[..., AgentProcess],
+    device_id: str,
 ) -> None:
     start_agent(["--outbox-retry-s", "600"])
     with MiniHost(shared_broker_url, base_topic, auto_ack=False) as host:

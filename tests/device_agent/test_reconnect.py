@@ -32,11 +32,17 @@ def test_broker_restart_mid_transfer_agent_reconnects_and_asks_only_for_missing_
 ) -> None:
     rng = np.random.default_rng(5)
     big_eval = tmp_path / "eval.npz"
-    np.savez(big_eval, x=rng.standard_normal((400, 1, 8, 8)).astype(np.float32), y=rng.integers(0, 10, 400))
+    np.savez(
+        big_eval,
+        x=rng.standard_normal((400, 1, 8, 8)).astype(np.float32),
+        y=rng.integers(0, 10, 400),
+    )
     device_id = f"dev-{uuid.uuid4().hex[:8]}"
     data_dir = tmp_path / "agent"
     topics = Topics(base_topic)
-    agent = AgentProcess(private_broker.url, device_id, data_dir, base_topic, ["--xfer-retry-s", "0.5"])
+    agent = AgentProcess(
+        private_broker.url, device_id, data_dir, base_topic, ["--xfer-retry-s", "0.5"]
+    )
     host = MiniHost(private_broker.url, base_topic)
     try:
         agent.start()
@@ -50,7 +56,14 @@ def test_broker_restart_mid_transfer_agent_reconnects_and_asks_only_for_missing_
         cmd_id = host.send(
             device_id,
             "benchmark",
-            BenchmarkCmd(job_id="rc", model=model, eval_data=eval_data, chunk_size=1024, eval_limit=20, **FAST),
+            BenchmarkCmd(
+                job_id="rc",
+                model=model,
+                eval_data=eval_data,
+                chunk_size=1024,
+                eval_limit=20,
+                **FAST,
+            ),
         )
         have = data_dir / "partial" / f"{eval_data.sha256}.have"
         host.wait_for(lambda: _stored_chunks(have) == kept, 30, "first chunks stored")
@@ -59,7 +72,11 @@ def test_broker_restart_mid_transfer_agent_reconnects_and_asks_only_for_missing_
         private_broker.restart()  # SIGKILL + start: no retained state survives (persistence off)
         host.chunk_filter = None
         host.wait_for(lambda: host.connections >= 2, 30, "MiniHost reconnect")
-        host.wait_for(lambda: host.retained.get(topics.status(device_id)) == b"online", 30, "agent back online")
+        host.wait_for(
+            lambda: host.retained.get(topics.status(device_id)) == b"online",
+            30,
+            "agent back online",
+        )
         assert topics.birth(device_id) in host.retained  # birth re-published on reconnect
 
         result = from_data(result_of(host.wait_final(cmd_id, 60)), BenchmarkResult)

@@ -17,28 +17,46 @@ FAST = dict(warmup_runs=1, warmup_s=0.0, runs=3, min_s=0.0, timeout_s=60.0)
 
 
 def test_corrupted_chunk_is_rejected_and_requested_again(
-    model_dir: Path, start_agent: Callable[..., AgentProcess], minihost: MiniHost, device_id: str, data_dir: Path
+    model_dir: Path,
+    start_agent: Callable[..., AgentProcess],
+    minihost: MiniHost,
+    device_id: str,
+    data_dir: Path,
 ) -> None:
     start_agent()
     model = minihost.offer(model_dir / "float.tflite", "tflite")
     minihost.corrupt_once(model.sha256, 1)
-    cmd = minihost.send(device_id, "benchmark", BenchmarkCmd(job_id="c", model=model, chunk_size=1024, **FAST))
+    cmd = minihost.send(
+        device_id, "benchmark", BenchmarkCmd(job_id="c", model=model, chunk_size=1024, **FAST)
+    )
     result = from_data(result_of(minihost.wait_final(cmd, 60)), BenchmarkResult)
     transfer = result.transfers[0]
     assert transfer.rejected_chunks == 1
     assert minihost.requested_indices(model.sha256).count(1) == 2
-    assert (data_dir / "store" / f"{model.sha256}.tflite").read_bytes() == (model_dir / "float.tflite").read_bytes()
+    assert (data_dir / "store" / f"{model.sha256}.tflite").read_bytes() == (
+        model_dir / "float.tflite"
+    ).read_bytes()
 
 
 def test_manifest_whose_sha_does_not_match_the_content_fails_with_hash_mismatch_and_stores_nothing(
-    model_dir: Path, start_agent: Callable[..., AgentProcess], minihost: MiniHost, device_id: str, data_dir: Path
+    model_dir: Path,
+    start_agent: Callable[..., AgentProcess],
+    minihost: MiniHost,
+    device_id: str,
+    data_dir: Path,
 ) -> None:
     start_agent()
     lie = "ab" * 32
     model = minihost.offer(model_dir / "float.tflite", "tflite", sha256=lie)
-    cmd = minihost.send(device_id, "benchmark", BenchmarkCmd(job_id="h", model=model, chunk_size=1024, **FAST))
+    cmd = minihost.send(
+        device_id, "benchmark", BenchmarkCmd(job_id="h", model=model, chunk_size=1024, **FAST)
+    )
     failed = minihost.wait_final(cmd, 60)
-    assert failed.status == "error" and failed.error is not None and failed.error.code == "hash_mismatch"
+    assert (
+        failed.status == "error"
+        and failed.error is not None
+        and failed.error.code == "hash_mismatch"
+    )
     assert list((data_dir / "store").iterdir()) == []
     assert list((data_dir / "partial").iterdir()) == []
 
@@ -76,7 +94,14 @@ def test_agent_restarted_mid_transfer_resumes_and_asks_only_for_missing_chunks(
     cmd_id = minihost.send(
         device_id,
         "benchmark",
-        BenchmarkCmd(job_id="resume", model=model, eval_data=eval_data, chunk_size=chunk_size, eval_limit=50, **FAST),
+        BenchmarkCmd(
+            job_id="resume",
+            model=model,
+            eval_data=eval_data,
+            chunk_size=chunk_size,
+            eval_limit=50,
+            **FAST,
+        ),
     )
     have = data_dir / "partial" / f"{eval_data.sha256}.have"
     minihost.wait_for(lambda: _stored_chunks(have) == served_before_kill, 30, "first chunks stored")
@@ -97,14 +122,24 @@ def test_agent_restarted_mid_transfer_resumes_and_asks_only_for_missing_chunks(
 
 
 def test_transfer_with_no_chunk_arriving_fails_with_transfer_timeout_and_keeps_the_partial_file(
-    model_dir: Path, start_agent: Callable[..., AgentProcess], minihost: MiniHost, device_id: str, data_dir: Path
+    model_dir: Path,
+    start_agent: Callable[..., AgentProcess],
+    minihost: MiniHost,
+    device_id: str,
+    data_dir: Path,
 ) -> None:
     start_agent(["--xfer-timeout-s", "2", "--xfer-retry-s", "0.5"])
     model = minihost.offer(model_dir / "float.tflite", "tflite")
     minihost.serving = False
-    cmd = minihost.send(device_id, "benchmark", BenchmarkCmd(job_id="t", model=model, chunk_size=1024, **FAST))
+    cmd = minihost.send(
+        device_id, "benchmark", BenchmarkCmd(job_id="t", model=model, chunk_size=1024, **FAST)
+    )
     failed = minihost.wait_final(cmd, 30)
-    assert failed.status == "error" and failed.error is not None and failed.error.code == "transfer_timeout"
+    assert (
+        failed.status == "error"
+        and failed.error is not None
+        and failed.error.code == "transfer_timeout"
+    )
     # It asked again while waiting, and only for the chunks of its window.
     asked = minihost.requested_indices(model.sha256, device_id)
     total = -(-model.size_bytes // 1024)

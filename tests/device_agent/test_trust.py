@@ -42,16 +42,24 @@ def test_manifest_not_signed_by_the_trusted_key_is_refused_before_download(
     model = minihost.offer(model_dir / "float.tflite", "tflite")
     if signer == "other_key":
         model = sign_manifest(model, generate_key())
-    cmd = minihost.send(device_id, "benchmark", BenchmarkCmd(job_id="untrusted", model=model, **FAST))
+    cmd = minihost.send(
+        device_id, "benchmark", BenchmarkCmd(job_id="untrusted", model=model, **FAST)
+    )
     failed = minihost.wait_final(cmd, 30)
     assert failed.status == "error" and failed.error is not None
     assert failed.error.code == "untrusted_manifest"
     assert minihost.chunk_requests == []
-    assert list((data_dir / "partial").iterdir()) == [] and list((data_dir / "store").iterdir()) == []
+    assert (
+        list((data_dir / "partial").iterdir()) == [] and list((data_dir / "store").iterdir()) == []
+    )
 
 
 def test_manifest_signed_by_the_trusted_key_is_fetched_and_benchmarked(
-    trusting_agent: AgentProcess, host_key: object, model_dir: Path, minihost: MiniHost, device_id: str
+    trusting_agent: AgentProcess,
+    host_key: object,
+    model_dir: Path,
+    minihost: MiniHost,
+    device_id: str,
 ) -> None:
     model = sign_manifest(minihost.offer(model_dir / "float.tflite", "tflite"), host_key)  # type: ignore[arg-type]
     cmd = minihost.send(device_id, "benchmark", BenchmarkCmd(job_id="trusted", model=model, **FAST))

@@ -27,7 +27,13 @@ def test_random_bytes_model_fails_in_the_worker_and_the_next_job_runs_fine(
     agent = start_agent()
     garbage = tmp_path / "garbage.tflite"
     garbage.write_bytes(os.urandom(3000))
-    bad = minihost.send(device_id, "benchmark", BenchmarkCmd(job_id="bad", model=minihost.offer(garbage, "tflite"), chunk_size=1024, **FAST))
+    bad = minihost.send(
+        device_id,
+        "benchmark",
+        BenchmarkCmd(
+            job_id="bad", model=minihost.offer(garbage, "tflite"), chunk_size=1024, **FAST
+        ),
+    )
     failed = minihost.wait_final(bad, 60)
     assert failed.status == "error" and failed.error is not None
     assert failed.error.code == "model_load_failed"
@@ -35,7 +41,16 @@ def test_random_bytes_model_fails_in_the_worker_and_the_next_job_runs_fine(
     assert failed.data == {"job_id": "bad"}
     assert agent.running
 
-    good = minihost.send(device_id, "benchmark", BenchmarkCmd(job_id="good", model=minihost.offer(model_dir / "float.tflite", "tflite"), chunk_size=1024, **FAST))
+    good = minihost.send(
+        device_id,
+        "benchmark",
+        BenchmarkCmd(
+            job_id="good",
+            model=minihost.offer(model_dir / "float.tflite", "tflite"),
+            chunk_size=1024,
+            **FAST,
+        ),
+    )
     result = from_data(result_of(minihost.wait_final(good, 60)), BenchmarkResult)
     assert result.job_id == "good" and result.runs >= 5
 
@@ -48,7 +63,9 @@ def test_job_past_its_timeout_is_killed_and_reported_and_the_next_job_runs_fine(
     slow = minihost.send(
         device_id,
         "benchmark",
-        BenchmarkCmd(job_id="slow", model=model, runs=1_000_000, min_s=3600.0, warmup_s=0.0, timeout_s=2.0),
+        BenchmarkCmd(
+            job_id="slow", model=model, runs=1_000_000, min_s=3600.0, warmup_s=0.0, timeout_s=2.0
+        ),
     )
     failed = minihost.wait_final(slow, 30)
     assert failed.status == "error" and failed.error is not None and failed.error.code == "timeout"
