@@ -70,5 +70,6 @@ def encode_manifest(manifest: ArtifactManifest) -> bytes:
 def decode_manifest(data: bytes) -> ArtifactManifest:
     try:
         return msgspec.json.decode(data, type=ArtifactManifest)
-    except msgspec.DecodeError as exc:
+    # msgspec raises UnicodeDecodeError, not DecodeError, for invalid UTF-8 inside a string.
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ValidationError(f"invalid artifact manifest: {exc}") from exc

@@ -218,7 +218,7 @@ def peek_ids(data: bytes) -> tuple[str | None, str | None]:
         return None, None
     try:
         raw = msgspec.json.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return None, None
     if not isinstance(raw, dict):
         return None, None
@@ -234,7 +234,8 @@ def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
         raise MessageTooLargeError(f"message of {len(data)} bytes exceeds the limit of {max_bytes}")
     try:
         env = msgspec.json.decode(data, type=Envelope)
-    except msgspec.DecodeError as exc:
+    # msgspec raises UnicodeDecodeError, not DecodeError, for invalid UTF-8 inside a string.
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ValidationError(f"malformed envelope: {exc}") from exc
     if env.v != PROTOCOL_VERSION:
         raise UnsupportedVersionError(
@@ -244,7 +245,7 @@ def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
         raise ValidationError(f"unknown message schema {env.schema!r}")
     try:
         body = msgspec.json.decode(env.body, type=SCHEMAS.get(env.schema))
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ValidationError(f"invalid {env.schema} body: {exc}") from exc
     return Message(
         schema=env.schema,
