@@ -3,8 +3,11 @@
 * fp32: ``litert_torch.convert``.
 * fp16: fp32 file, then ai-edge-quantizer float casting of weights to float16 (float compute).
 * int8_dynamic: fp32 file, then ai-edge-quantizer ``dynamic_wi8_afp32`` (int8 per-channel weights,
-  activations quantized on the fly; float input/output). Works for models with integer inputs
-  (token ids) too, which PT2E static quantization would try to quantize.
+  activations quantized on the fly; float input/output), or ``weight_only_wi8_afp32`` with
+  ``ExportConfig(dynamic_scheme="weight_only")`` for boards on tflite-runtime 2.14, which computes
+  wrong outputs for the dynamic scheme (checked: every sample mapped to one class). Works for
+  models with integer inputs (token ids) too. PT2E ``is_dynamic=True`` was not chosen: its
+  FULLY_CONNECTED v12 does not even load in tflite-runtime 2.14.
 * int8: PT2E static per-channel quantization calibrated on real samples; int8 input and output.
 * qat_int8: the same conversion from a QAT-trained :class:`host.export.QuantizedGraph`.
 """
@@ -36,7 +39,8 @@ class TfliteExporter(Exporter):
             with tempfile.TemporaryDirectory() as tmp:
                 float_path = Path(tmp) / "float.tflite"
                 self._convert(request.module, request.examples_for_litert(), float_path)
-                _post_quantize(float_path, path, precision)
+                scheme = precision if precision == "fp16" else request.config.dynamic_scheme
+                _post_quantize(float_path, path, scheme)
         elif precision == "int8":
             graph, quantizer = _prepare_static(request)
             self._finish_pt2e(graph, quantizer, request, path)
@@ -105,13 +109,17 @@ def _prepare_static(request: ExportRequest) -> tuple[Any, Any]:
     logger.debug("calibrated int8 ranges on %d samples", len(calib))
     return graph, quantizer
 
-def _post_quantize(float_path: Path, out_path: Path, precision: str) -> None:
+def _post_quantize(float_path: Path, out_path: Path, scheme: str) -> None:
+    """Quantize a float .tflite with ai-edge-quantizer: ``dynamic``, ``weight_only`` or ``fp16``."""
     from ai_edge_quantizer import qtyping, quantizer, recipe
 
+    precision = "fp16" if scheme == "fp16" else f"int8_dynamic ({scheme})"
     try:
         q = quantizer.Quantizer(str(float_path))
-        if precision == "int8_dynamic":
+        if scheme == "dynamic":
             q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+        elif scheme == "weight_only":
+            q.load_quantization_recipe(recipe.weight_only_wi8_afp32())
         else:
             q.update_quantization_recipe(
                 regex=".*",
