@@ -14,10 +14,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[host,device,dev]'
 	touch $(STAMP)
 
+# tflite-runtime 2.14 (what older boards run) needs numpy<2, so it lives in its own folder; the
+# tests put it first on PYTHONPATH in a subprocess to check our .tflite files run there unchanged.
+TFLRT := $(VENV)/tflite-runtime-2.14
+$(TFLRT)/.stamp: $(STAMP)
+	$(PY) -m pip install -q --target $(TFLRT) tflite-runtime==2.14.0 'numpy<2'
+	touch $@
+
 install: $(STAMP)
 
-test: $(STAMP)
-	$(PY) -m pytest -q
+test: $(STAMP) $(TFLRT)/.stamp
+	EDGETAILOR_TFLITE_RUNTIME_PATH=$(abspath $(TFLRT)) $(PY) -m pytest -q
 
 demo: $(STAMP)
 	$(VENV)/bin/edgetailor demo
