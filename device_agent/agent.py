@@ -8,7 +8,12 @@ loaded by the benchmark worker process.
 
 Test hook: the environment variable ``EDGETAILOR_AGENT_CRASH_AT=after_result_persisted`` makes the
 agent ``os._exit(137)`` right after a final result is written to the outbox and before it is
-published, to simulate a SIGKILL at that exact point. It exists for tests only.
+published, to simulate a SIGKILL at that exact point. It exists for tests only. Deploys add the
+points ``before_switch`` and ``after_switch_before_commit`` (see device_agent.deploy).
+
+Deploy and rollback commands run on the same job thread as benchmarks (a health check must not
+share the board with a benchmark), through device_agent.deploy; their final responses go through
+the same outbox and journal.
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import paho.mqtt.client as mqtt
 
 from device_agent import capabilities
 from device_agent.backends import discover
 from device_agent.bench.runner import WorkerLimits, run_worker
+from device_agent.deploy import CRASH_HOOK_ENV, Deployer, Releases
 from device_agent.errors import JobError
 from device_agent.fetch import DEFAULT_WINDOW, ArtifactFetch
 from device_agent.journal import DONE, PENDING, Journal, JournalEntry
@@ -49,10 +56,12 @@ from shared.messages import (
     Body,
     CancelCmd,
     ChunkRequest,
+    DeployCmd,
     ErrorInfo,
     Message,
     PingCmd,
     Response,
+    RollbackCmd,
     decode,
     encode,
     new_msg_id,
@@ -63,7 +72,6 @@ from shared.topics import STATUS_OFFLINE, STATUS_ONLINE, Topics
 
 logger = logging.getLogger(__name__)
 
-CRASH_HOOK_ENV = "EDGETAILOR_AGENT_CRASH_AT"
 QOS = 1
 
 
@@ -90,8 +98,23 @@ class AgentConfig:
 @dataclass
 class Job:
     cmd_id: str
-    cmd: BenchmarkCmd
+    cmd: BenchmarkCmd | DeployCmd | RollbackCmd
     cancelled: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def job_id(self) -> str:
+        if isinstance(self.cmd, BenchmarkCmd):
+            return self.cmd.job_id
+        if isinstance(self.cmd, DeployCmd):
+            return self.cmd.deploy_id
+        return self.cmd_id
+
+    @property
+    def name(self) -> str:
+        """The command (and response topic) name: benchmark, deploy or rollback."""
+        if isinstance(self.cmd, BenchmarkCmd):
+            return "benchmark"
+        return "deploy" if isinstance(self.cmd, DeployCmd) else "rollback"
 
 
 class Agent:
@@ -113,6 +136,8 @@ class Agent:
             from shared.signing import load_public_key
 
             self.trust_key = load_public_key(config.trust_key)
+        self.releases = Releases(data_dir)
+        self.deployer = Deployer(self.releases, self.device_id, self.trust_key, config.threads)
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._queued: dict[str, Job] = {}  # job_id -> job, queued or running
         self._current: Job | None = None
@@ -156,17 +181,21 @@ class Agent:
             fetches = list(self._fetches.items())
         subscriptions += [self.topics.artifact_chunks(sha) for sha, _ in fetches]
         client.subscribe([(topic, QOS) for topic in subscriptions])
-        client.publish(
-            self.topics.birth(self.device_id),
-            encode(self.birth, device_id=self.device_id),
-            qos=QOS,
-            retain=True,
-        )
+        self._publish_birth()
         client.publish(self.topics.status(self.device_id), STATUS_ONLINE, qos=QOS, retain=True)
         self._connected.set()
         for _, fetch in fetches:
             fetch.on_reconnect()
         self._republish_outbox()
+
+    def _publish_birth(self) -> None:
+        birth = msgspec.structs.replace(self.birth, active_sha256=self.releases.active())
+        self.client.publish(
+            self.topics.birth(self.device_id),
+            encode(birth, device_id=self.device_id),
+            qos=QOS,
+            retain=True,
+        )
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
@@ -215,6 +244,16 @@ class Agent:
     # -- recovery after a restart ----------------------------------------------------------------
     def _recover(self) -> None:
         """Reconcile journal and outbox, then queue again the jobs a restart interrupted."""
+        recovered = self.releases.recover()
+        if recovered is not None:
+            journaled = self.journal.get(recovered.cmd_id)
+            if journaled is not None and journaled.state == PENDING and journaled.command:
+                try:
+                    message = decode(journaled.command.encode("utf-8"))
+                    if isinstance(message.body, DeployCmd | RollbackCmd):
+                        self._publish_final(Job(message.msg_id, message.body), recovered.response)
+                except (ValidationError, OSError) as exc:
+                    logger.error("could not report the interrupted %s: %s", recovered.kind, exc)
         unacked = self.outbox.entries()
         for entry in unacked:
             if entry.corr_id:
@@ -230,9 +269,10 @@ class Agent:
             except ValidationError as exc:
                 logger.error("journaled command %s unreadable, dropped: %s", journaled.cmd_id, exc)
                 continue
-            if isinstance(message.body, BenchmarkCmd):
-                logger.info("re-queueing job %s interrupted by a restart", message.body.job_id)
-                self._enqueue(Job(message.msg_id, message.body))
+            if isinstance(message.body, BenchmarkCmd | DeployCmd | RollbackCmd):
+                job = Job(message.msg_id, message.body)
+                logger.info("re-queueing %s %s interrupted by a restart", job.name, job.job_id)
+                self._enqueue(job)
 
     # -- inbound ---------------------------------------------------------------------------------
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
@@ -281,7 +321,7 @@ class Agent:
                 Response(status="ok", data={"job_id": body.job_id, "cancelled": found}),
             )
             return
-        if isinstance(body, BenchmarkCmd):
+        if isinstance(body, BenchmarkCmd | DeployCmd | RollbackCmd):
             self._accept_benchmark(name, message, body, payload)
             return
         self._respond(
@@ -312,22 +352,27 @@ class Agent:
         )
 
     def _accept_benchmark(
-        self, name: str, message: Message, body: BenchmarkCmd, payload: bytes
+        self,
+        name: str,
+        message: Message,
+        body: BenchmarkCmd | DeployCmd | RollbackCmd,
+        payload: bytes,
     ) -> None:
         seen = self.journal.get(message.msg_id)
         if seen is not None:
             self._answer_duplicate(name, message.msg_id, seen)
             return
+        job = Job(message.msg_id, body)
         self.journal.put(
             JournalEntry(
                 cmd_id=message.msg_id,
                 schema=message.schema,
                 state=PENDING,
-                job_id=body.job_id,
+                job_id=job.job_id,
                 command=payload.decode("utf-8"),
             )
         )
-        self._enqueue(Job(message.msg_id, body))
+        self._enqueue(job)
 
     def _answer_duplicate(self, name: str, cmd_id: str, seen: JournalEntry) -> None:
         if seen.state != DONE:
@@ -344,11 +389,11 @@ class Agent:
 
     def _enqueue(self, job: Job) -> None:
         with self._lock:
-            self._queued[job.cmd.job_id] = job
+            self._queued[job.job_id] = job
         self._respond(
-            "benchmark",
+            job.name,
             job.cmd_id,
-            Response(status="progress", data={"stage": "accepted", "job_id": job.cmd.job_id}),
+            Response(status="progress", data={"stage": "accepted", "job_id": job.job_id}),
         )
         self._queue.put(job)
 
@@ -362,7 +407,7 @@ class Agent:
 
     def _ping_data(self) -> dict[str, Any]:
         with self._lock:
-            current = self._current.cmd.job_id if self._current else None
+            current = self._current.job_id if self._current else None
             queued = len(self._queued)
         return {
             "agent_version": self.birth.agent_version,
@@ -381,9 +426,9 @@ class Agent:
     def _publish_final(self, job: Job, response: Response) -> None:
         """Outbox first (atomic + fsync), journal second, broker last: a crash loses nothing."""
         msg_id = new_msg_id()
-        topic = self.topics.resp(self.device_id, "benchmark")
+        topic = self.topics.resp(self.device_id, job.name)
         payload = encode(response, device_id=self.device_id, corr_id=job.cmd_id, msg_id=msg_id)
-        self.outbox.put(msg_id, topic, payload, corr_id=job.cmd_id, job_id=job.cmd.job_id)
+        self.outbox.put(msg_id, topic, payload, corr_id=job.cmd_id, job_id=job.job_id)
         if os.environ.get(CRASH_HOOK_ENV) == "after_result_persisted":
             logger.warning(
                 "test hook %s: exiting right after persisting %s", CRASH_HOOK_ENV, msg_id
@@ -415,7 +460,7 @@ class Agent:
             if now >= next_telemetry:
                 next_telemetry = now + self.config.telemetry_interval
                 try:
-                    body: Body = self.sampler.sample()
+                    body: Body = self.sampler.sample(active_sha256=self.releases.active())
                     self.client.publish(
                         self.topics.telemetry(self.device_id),
                         encode(body, device_id=self.device_id),
@@ -436,20 +481,72 @@ class Agent:
             with self._lock:
                 self._current = job
             try:
-                response = self._run_job(job)
+                if isinstance(job.cmd, BenchmarkCmd):
+                    response = self._run_job(job)
+                else:
+                    response = self._run_deploy(job)
             except _Interrupted:
                 logger.info(
-                    "job %s interrupted by shutdown; it runs again after restart", job.cmd.job_id
+                    "job %s interrupted by shutdown; it runs again after restart", job.job_id
                 )
                 return
             finally:
                 with self._lock:
                     self._current = None
-                    self._queued.pop(job.cmd.job_id, None)
+                    self._queued.pop(job.job_id, None)
             try:
                 self._publish_final(job, response)
             except (OSError, EdgeTailorError):
-                logger.exception("could not persist the result of job %s", job.cmd.job_id)
+                logger.exception("could not persist the result of job %s", job.job_id)
+            if not isinstance(job.cmd, BenchmarkCmd) and self._connected.is_set():
+                self._publish_birth()  # the retained birth carries the active model
+
+    def _run_deploy(self, job: Job) -> Response:
+        """cmd.deploy / cmd.rollback through device_agent.deploy, reusing fetch and worker."""
+        cmd = job.cmd
+        if isinstance(cmd, BenchmarkCmd):
+            raise TypeError("benchmarks run through _run_job")
+        work_dir = self.jobs_dir / job.cmd_id
+
+        def obtain(manifest: ArtifactManifest, chunk_size: int) -> Path:
+            path, _stats = self._obtain(
+                manifest, chunk_size, job, runnable=manifest.format != "npz"
+            )
+            return path
+
+        def run_health(worker_job: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+            return run_worker(
+                worker_job,
+                work_dir,
+                timeout_s=timeout_s,
+                limits=self._worker_limits(),
+                cancelled=job.cancelled,
+            )
+
+        try:
+            if job.cancelled.is_set():
+                raise JobError("cancelled", "the deploy was cancelled before it started")
+            if isinstance(cmd, RollbackCmd):
+                return self.deployer.rollback(job.cmd_id, cmd)
+            return self.deployer.deploy(
+                job.cmd_id,
+                cmd,
+                obtain=obtain,
+                run_health=run_health,
+                progress=lambda stage: self._progress(job, stage),
+            )
+        except JobError as exc:
+            if exc.code == "cancelled" and self._stopping.is_set():
+                raise _Interrupted from exc
+            return self.deployer.failed(cmd, exc.code, exc.message)
+        except EdgeTailorError as exc:
+            logger.warning("%s %s failed: %s", job.name, job.job_id, exc)
+            return self.deployer.failed(cmd, "deploy_failed", str(exc))
+        except Exception as exc:
+            logger.exception("%s %s failed unexpectedly", job.name, job.job_id)
+            return self.deployer.failed(cmd, "internal_error", f"{type(exc).__name__}: {exc}")
+        finally:
+            shutil.rmtree(work_dir, ignore_errors=True)
 
     def _run_job(self, job: Job) -> Response:
         cmd = job.cmd
@@ -507,9 +604,9 @@ class Agent:
 
     def _progress(self, job: Job, stage: str) -> None:
         self._respond(
-            "benchmark",
+            job.name,
             job.cmd_id,
-            Response(status="progress", data={"stage": stage, "job_id": job.cmd.job_id}),
+            Response(status="progress", data={"stage": stage, "job_id": job.job_id}),
         )
 
     def _worker_limits(self) -> WorkerLimits:

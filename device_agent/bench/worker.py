@@ -9,6 +9,10 @@ Measured: load time (construct + allocate), warm-up (at least ``warmup_runs`` an
 timed runs (at least ``runs`` and ``min_s``), latency statistics, peak RSS and RSS growth of this
 process, and with eval data top-1 accuracy against labels ``y`` or top-1 agreement with reference
 outputs ``ref``. Board state is recorded before loading and after the timed runs.
+
+With ``"mode": "health"`` in the job it runs a deploy's health check instead (:func:`run_health`):
+the model loads, every output on the eval inputs (or synthetic ones) is finite, the p90 latency of
+``health_runs`` runs is within ``latency_budget_ms``, and the metric is at least ``min_metric``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +138,12 @@ def _synthetic_inputs(model: LoadedModel) -> list[Any]:
     return feeds
 
 
-def _evaluate(model: LoadedModel, path: str, limit: int | None) -> dict[str, Any]:
+def _evaluate(
+    model: LoadedModel,
+    path: str,
+    limit: int | None,
+    on_outputs: Callable[[list[Any]], None] | None = None,
+) -> dict[str, Any]:
     import numpy as np
 
     inputs, labels, ref = _load_eval(path)
@@ -148,7 +158,10 @@ def _evaluate(model: LoadedModel, path: str, limit: int | None) -> dict[str, Any
         feeds = [
             _to_model_input(arr[i], spec) for arr, spec in zip(inputs, model.inputs, strict=True)
         ]
-        output = _to_float(model.run(feeds)[0], model.outputs[0]).reshape(-1)
+        outputs = model.run(feeds)
+        if on_outputs is not None:
+            on_outputs(outputs)
+        output = _to_float(outputs[0], model.outputs[0]).reshape(-1)
         predicted = int(np.argmax(output))
         if labels is not None:
             correct += int(predicted == int(np.asarray(labels[i]).reshape(-1)[0]))
@@ -222,6 +235,76 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def run_health(job: dict[str, Any]) -> dict[str, Any]:
+    """A deploy's health check of one staged model; returns a HealthReport as a dict."""
+    import numpy as np
+
+    backend = discover().get(job["model_format"])
+    checks: dict[str, bool] = {}
+    problems: list[str] = []
+    try:
+        model = backend.load(job["model_path"], job.get("threads"))
+    except Exception as exc:
+        return {
+            "passed": False,
+            "checks": {"loads": False},
+            "detail": f"{backend.name} could not load the model: {exc}"[:3000],
+        }
+    checks["loads"] = True
+
+    nonfinite = {"outputs": 0, "runs": 0}
+
+    def count_nonfinite(outputs: list[Any]) -> None:
+        nonfinite["runs"] += 1
+        bad = sum(
+            int(np.count_nonzero(~np.isfinite(_to_float(out, spec))))
+            for out, spec in zip(outputs, model.outputs, strict=False)
+        )
+        nonfinite["outputs"] += int(bad > 0)
+
+    metrics: dict[str, Any] = {}
+    if job.get("eval_path"):
+        metrics = _evaluate(model, job["eval_path"], job.get("eval_limit"), count_nonfinite)
+    feeds = _synthetic_inputs(model)
+    count_nonfinite(model.run(feeds))  # also the warm-up run
+    checks["finite_outputs"] = nonfinite["outputs"] == 0
+    if not checks["finite_outputs"]:
+        problems.append(
+            f"{nonfinite['outputs']} of {nonfinite['runs']} runs produced NaN or infinite outputs"
+        )
+
+    samples: list[float] = []
+    for _ in range(int(job.get("health_runs") or 1)):
+        t0 = time.perf_counter()
+        model.run(feeds)
+        samples.append((time.perf_counter() - t0) * 1000.0)
+    p90 = _latency_stats(samples)["p90"]
+    budget = job.get("latency_budget_ms")
+    if budget is not None:
+        checks["latency_within_budget"] = p90 <= float(budget)
+        if not checks["latency_within_budget"]:
+            problems.append(f"p90 latency {p90:.3f} ms exceeds the budget of {float(budget):g} ms")
+
+    metric, value = metrics.get("metric"), metrics.get("metric_value")
+    floor = job.get("min_metric")
+    if floor is not None:
+        checks["metric_at_least"] = value is not None and value >= float(floor)
+        if not checks["metric_at_least"]:
+            problems.append(
+                f"{metric or 'metric'} {value} is below the minimum {float(floor):g}"
+                if value is not None
+                else "no metric: the deploy asks for min_metric but ships no labelled eval data"
+            )
+    return {
+        "passed": all(checks.values()),
+        "checks": checks,
+        "latency_p90_ms": p90,
+        "metric": metric,
+        "metric_value": value,
+        "detail": "; ".join(problems) or "all checks passed",
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
@@ -231,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     job_path, result_path = Path(args[0]), Path(args[1])
     job = json.loads(job_path.read_text("utf-8"))
     try:
-        outcome: dict[str, Any] = {"ok": True, "result": run_job(job)}
+        run = run_health if job.get("mode") == "health" else run_job
+        outcome: dict[str, Any] = {"ok": True, "result": run(job)}
     except JobError as exc:
         outcome = {"ok": False, "error": {"code": exc.code, "message": exc.message}}
     except EdgeTailorError as exc:
