@@ -33,6 +33,7 @@ import logging
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,3 +283,190 @@ def run_tamper(data: bytes, flips: int, seed: int = 0) -> dict[str, Any]:
         results["active_unchanged"] = sha256_file(active) == active_sha == signed.sha256
         results["flip_store_files"] = sorted(p.name for p in flip_store.store_dir.iterdir())
     return results
+
+
+# -- fuzzing the message handlers ----------------------------------------------------------------
+class RecordingClient:
+    """Stands in for the agent's paho client in the fuzz loop: records what the agent publishes."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+        self.published.append((topic, payload))
+
+    def subscribe(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def unsubscribe(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class ExceptionLog(logging.Handler):
+    """Collects log records that carry a traceback: a handler's catch-all fired."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info:
+            self.records.append(record)
+
+
+def _json_values() -> Any:
+    from hypothesis import strategies as st
+
+    scalars = st.one_of(
+        st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+        st.floats(allow_nan=False), st.text(max_size=40),
+    )  # fmt: skip
+    return st.recursive(
+        scalars,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=12), inner, max_size=5)
+        ),
+        max_leaves=20,
+    )
+
+
+def message_strategy(base_topic: str, device_ids: list[str]) -> Any:
+    """(topic, payload) pairs: valid topics with hostile payloads, envelopes with hostile bodies,
+    valid messages with one byte changed, and topics outside the contract."""
+    from hypothesis import strategies as st
+
+    from shared.messages import SCHEMAS, encode
+    from shared.messages import AckCmd, CancelCmd, PingCmd
+    from shared.topics import Topics
+
+    topics = Topics(base_topic)
+    names = st.sampled_from(["benchmark", "deploy", "rollback", "ack", "cancel", "ping", "error"])
+    devices = st.sampled_from(device_ids)
+    sha = st.text("0123456789abcdef", min_size=64, max_size=64)
+    topic = st.one_of(
+        st.builds(topics.cmd, devices, names),
+        st.builds(topics.resp, devices, names),
+        st.builds(topics.status, devices),
+        st.builds(topics.birth, devices),
+        st.builds(topics.telemetry, devices),
+        st.builds(topics.xfer_request, devices),
+        st.builds(topics.artifact_chunks, sha),
+        st.just(topics.host_status()),
+        st.text(max_size=80).map(lambda t: f"{topics.root}/{t}"),
+    )
+
+    def body_for(schema: str) -> Any:
+        cls = SCHEMAS.get(schema) if schema in SCHEMAS else None
+        if cls is None:
+            return _json_values()
+        fields = [f.encode_name for f in msgspec.structs.fields(cls)]
+        return st.dictionaries(st.sampled_from(fields or ["x"]), _json_values(), max_size=8)
+
+    schema = st.one_of(st.sampled_from(sorted(name for name, _cls in SCHEMAS.items())), st.text(max_size=20))
+    msg_id = st.one_of(st.text(max_size=70), st.uuids().map(lambda u: u.hex))
+    envelope = schema.flatmap(
+        lambda name: st.fixed_dictionaries(
+            {"schema": st.just(name), "v": st.one_of(st.just(1), st.integers()), "msg_id": msg_id,
+             "ts": st.floats(allow_nan=False, allow_infinity=False), "body": body_for(name)},
+            optional={"corr_id": msg_id, "device_id": st.text(max_size=70), "extra": _json_values()},
+        )  # fmt: skip
+    ).map(lambda d: msgspec.json.encode(d))
+    valid = st.sampled_from(
+        [encode(PingCmd()), encode(CancelCmd(job_id="j1")), encode(AckCmd(msg_ids=["a", "b"]))]
+    )
+    mutated = st.tuples(valid, st.integers(min_value=0), st.integers(0, 255)).map(
+        lambda t: t[0][: t[1] % len(t[0])] + bytes([t[2]]) + t[0][t[1] % len(t[0]) + 1 :]
+    )
+    payload = st.one_of(st.binary(max_size=600), envelope, mutated, valid)
+    return st.tuples(topic, payload)
+
+
+def deliver(handler: Callable[..., None], client: Any, topic: str, payload: bytes) -> None:
+    """Hand one message to a paho on_message callback, as paho's network thread would."""
+    import paho.mqtt.client as mqtt
+
+    msg = mqtt.MQTTMessage(mid=1, topic=topic.encode("utf-8"))
+    msg.payload = payload
+    msg.qos = 1
+    handler(client, None, msg)
+
+
+def fuzz_agent_once(agent: Any, recorder: RecordingClient, topic: str, payload: bytes) -> None:
+    """One input to the agent; a malformed command on its own topic must get an error response."""
+    from shared.messages import decode
+    from shared.topics import Topics
+
+    before = len(recorder.published)
+    deliver(agent._on_message, recorder, topic, payload)
+    try:
+        parsed = Topics(agent.config.base_topic).parse(topic)
+    except ValidationError:
+        return
+    if parsed.kind != "cmd" or parsed.device_id != agent.device_id:
+        return
+    try:
+        message = decode(payload)
+        malformed = message.schema != f"cmd.{parsed.name}"
+    except ValidationError:
+        malformed = True
+    if malformed:
+        answers = [decode(p).body for _t, p in recorder.published[before:]]
+        if not any(getattr(a, "status", None) == "error" for a in answers):
+            raise AssertionError(f"malformed command on {topic} was not answered: {payload[:80]!r}")
+
+
+def run_fuzz(examples: int, broker_url: str, seed: int = 0) -> dict[str, Any]:
+    """Fuzz the agent's and the host's on_message handlers with ``examples`` inputs each."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import seed as hypothesis_seed
+
+    from device_agent.agent import Agent, AgentConfig
+    from host.fleet import Fleet
+    from shared.broker_url import parse_broker_url
+
+    counts = {"agent_inputs": 0, "host_inputs": 0, "agent_tracebacks": 0, "host_tracebacks": 0}
+    base = f"etfuzz-{random.Random(seed).getrandbits(40):x}"
+    device_id = "fuzz-dev"
+    fuzz_settings = settings(
+        max_examples=examples, deadline=None, database=None,
+        suppress_health_check=list(HealthCheck),
+    )  # fmt: skip
+    agent_log, host_log = ExceptionLog(), ExceptionLog()
+    logging.getLogger("device_agent").addHandler(agent_log)
+    logging.getLogger("host").addHandler(host_log)
+    try:
+        with tempfile.TemporaryDirectory(prefix="et-fuzz-") as tmp:
+            agent = Agent(AgentConfig(parse_broker_url(broker_url), device_id, Path(tmp), base))
+            recorder = RecordingClient()
+            agent.client = recorder  # type: ignore[assignment]
+
+            @hypothesis_seed(seed)
+            @fuzz_settings
+            @given(message_strategy(base, [device_id, "other-dev"]))
+            def agent_target(message: tuple[str, bytes]) -> None:
+                counts["agent_inputs"] += 1
+                fuzz_agent_once(agent, recorder, *message)
+
+            agent_target()
+            with Fleet(broker_url, base, store=f"sqlite:///{tmp}/host.db") as fleet:
+
+                @hypothesis_seed(seed)
+                @fuzz_settings
+                @given(message_strategy(base, [device_id, "other-dev"]))
+                def host_target(message: tuple[str, bytes]) -> None:
+                    counts["host_inputs"] += 1
+                    deliver(fleet._on_message, None, *message)
+
+                host_target()
+                counts["host_devices_seen"] = len(fleet.devices())
+    finally:
+        logging.getLogger("device_agent").removeHandler(agent_log)
+        logging.getLogger("host").removeHandler(host_log)
+    counts["agent_tracebacks"] = len(agent_log.records)
+    counts["host_tracebacks"] = len(host_log.records)
+    counts["first_traceback"] = next(
+        (r.getMessage() + "\n" + logging.Formatter().formatException(r.exc_info)  # type: ignore[arg-type]
+         for r in agent_log.records + host_log.records),
+        None,
+    )  # fmt: skip
+    return counts
