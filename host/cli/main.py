@@ -22,8 +22,9 @@ app = typer.Typer(
 COMMAND_MODULES = (
     "host.cli.fleet_cmds",  # broker, devices, bench
     "host.cli.compress_cmds",  # compress
-    "host.cli.campaign_cmds",  # campaign, deploy, rollback, status, report, demo
+    "host.cli.campaign_cmds",  # campaign, status, report, demo
     "host.cli.security_cmds",  # certs, keys
+    "host.cli.deploy_cmds",  # deploy, rollback
 )
 
 

@@ -1,0 +1,204 @@
+"""``edgetailor deploy`` and ``edgetailor rollback``: make a model the active one on devices, or undo it.
+
+``deploy --campaign ID`` deploys each device's choice from a finished campaign; ``deploy --model
+FILE --devices a,b`` deploys one file to the named devices. Both run as a staged rollout
+(``--waves 1,25%,100%``, ``--max-failures N``; see host.deploy). ``rollback --device ID`` restores the
+device's previous model. Progress goes to stderr; ``--json`` prints the outcome document on stdout.
+The exit code is 0 when every device committed (or the rollback restored), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from host.cli.fleet_cmds import (
+    DEFAULT_BROKER,
+    BaseTopicOpt,
+    BrokerOpt,
+    DbOpt,
+    JsonOpt,
+    SigningKeyOpt,
+    TlsCaOpt,
+    TlsCertOpt,
+    TlsKeyOpt,
+    _fleet,
+)
+from host.cli.main import app
+from shared.broker_url import TlsOptions
+from shared.topics import DEFAULT_BASE
+
+logger = logging.getLogger(__name__)
+
+_COLOURS = {"committed": "green", "restored": "green", "wave_rolled_back": "yellow"}
+
+
+def _devices(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    return [d.strip() for d in text.split(",") if d.strip()] or None
+
+
+def _print_rollout(doc: dict[str, Any]) -> None:
+    table = Table(title=f"rollout {doc['rollout_id']}")
+    for column in ("wave", "device", "model", "outcome", "health", "detail"):
+        table.add_column(column)
+    for row in doc["devices"]:
+        colour = _COLOURS.get(row["outcome"], "red")
+        health = row.get("health") or {}
+        p90 = health.get("latency_p90_ms")
+        table.add_row(
+            str(row["wave"]),
+            row["device_id"],
+            (row.get("label") or "") + f" {row['sha256'][:12]}",
+            f"[{colour}]{row['outcome']}[/]",
+            f"p90 {p90:.2f} ms" if isinstance(p90, float) else "-",
+            row.get("detail") or "",
+        )
+    for device in doc["skipped"]:
+        table.add_row("-", device, "", "[dim]skipped[/]", "-", "the rollout stopped before")
+    Console().print(table)
+    if doc["aborted"]:
+        Console().print(f"[red]aborted:[/] {doc['reason']}")
+
+
+@app.command("deploy")
+def deploy_cmd(
+    campaign: Annotated[
+        Optional[str], typer.Option("--campaign", help="deploy each device's choice of this campaign")
+    ] = None,
+    model: Annotated[
+        Optional[Path],
+        typer.Option("--model", help="deploy this .tflite/.onnx instead", exists=True, dir_okay=False),
+    ] = None,
+    eval_file: Annotated[
+        Optional[Path],
+        typer.Option("--eval", help="eval .npz for the health check (with --model)", exists=True,
+                     dir_okay=False),
+    ] = None,
+    devices: Annotated[
+        Optional[str], typer.Option("--devices", help="comma-separated device ids (default: all selected)")
+    ] = None,
+    waves: Annotated[str, typer.Option("--waves", help="devices per wave: counts or percentages")] = "1,25%,100%",
+    max_failures: Annotated[
+        int, typer.Option("--max-failures", min=0, help="failures a wave may have before the rollout aborts")
+    ] = 0,
+    latency_budget_ms: Annotated[
+        Optional[float],
+        typer.Option("--latency-budget-ms", help="health check: p90 latency bound (default: the "
+                     "campaign's latency_p90_ms constraint)"),
+    ] = None,
+    min_metric: Annotated[
+        Optional[float], typer.Option("--min-metric", help="health check: lowest accuracy/agreement")
+    ] = None,
+    health_runs: Annotated[int, typer.Option("--health-runs", min=1)] = 20,
+    timeout: Annotated[float, typer.Option("--timeout", help="health check timeout on a device, s")] = 300.0,
+    device_timeout: Annotated[float, typer.Option("--device-timeout", help="s to wait for a device")] = 30.0,
+    broker: BrokerOpt = DEFAULT_BROKER,
+    base_topic: BaseTopicOpt = DEFAULT_BASE,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    signing_key: SigningKeyOpt = None,
+) -> None:
+    """Make a model the active one on devices: health check, atomic switch, staged waves."""
+    from host.deploy import Deployer, DeployTarget, parse_waves, targets_from_campaign
+    from host.store import Store
+
+    if (campaign is None) == (model is None):
+        raise typer.BadParameter("give either --campaign ID or --model FILE", param_hint="--campaign")
+    wanted = _devices(devices)
+    if model is not None and not wanted:
+        raise typer.BadParameter("--model needs --devices ID[,ID...]", param_hint="--devices")
+    wave_spec = parse_waves(waves)
+    err = Console(stderr=True)
+    tls = TlsOptions(tls_ca, tls_cert, tls_key)
+    with Store(db) as store:
+        if campaign is not None:
+            targets = targets_from_campaign(
+                store, campaign, devices=wanted, latency_budget_ms=latency_budget_ms,
+                min_metric=min_metric,
+            )  # fmt: skip
+        else:
+            targets = [
+                DeployTarget(device_id=d, artifact=model, eval_path=eval_file,  # type: ignore[arg-type]
+                             latency_budget_ms=latency_budget_ms, min_metric=min_metric,
+                             label=model.name if model else "")
+                for d in wanted or []
+            ]
+        with _fleet(broker, base_topic, store, tls, signing_key) as fleet, err.status("deploying") as status:
+
+            def progress(event: str, data: dict[str, Any]) -> None:
+                if event == "wave":
+                    err.log(f"wave {data['wave']}: {', '.join(data['devices'])}")
+                elif event == "stage":
+                    status.update(f"{data['device']}: {data['stage']}")
+                elif event == "outcome":
+                    err.log(f"{data['device']}: {data['outcome']} {data.get('detail') or ''}")
+                elif event == "abort":
+                    err.log(f"[red]abort:[/] {data['reason']}")
+
+            deployer = Deployer(
+                fleet, health_runs=health_runs, timeout_s=timeout, device_timeout_s=device_timeout,
+                progress=progress,
+            )  # fmt: skip
+            result = deployer.rollout(targets, wave_spec, max_failures)
+    doc = result.to_dict()
+    if as_json:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        _print_rollout(doc)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command("rollback")
+def rollback_cmd(
+    device: Annotated[str, typer.Option("--device", help="device id")],
+    deploy_id: Annotated[
+        Optional[str], typer.Option("--deploy-id", help="only if this deploy is still the active one")
+    ] = None,
+    reason: Annotated[str, typer.Option("--reason", help="recorded on the device")] = "",
+    timeout: Annotated[float, typer.Option("--timeout", help="s to wait for the answer")] = 60.0,
+    device_timeout: Annotated[float, typer.Option("--device-timeout", help="s to wait for the device")] = 30.0,
+    broker: BrokerOpt = DEFAULT_BROKER,
+    base_topic: BaseTopicOpt = DEFAULT_BASE,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+) -> None:
+    """Restore the model a device ran before its last deploy."""
+    from dataclasses import asdict
+
+    from host.deploy import Deployer
+    from host.store import Store
+
+    tls = TlsOptions(tls_ca, tls_cert, tls_key)
+    with Store(db) as store, _fleet(broker, base_topic, store, tls, None) as fleet:
+        deployer = Deployer(fleet, device_timeout_s=device_timeout)
+        outcome = deployer.rollback(device, deploy_id=deploy_id, reason=reason, timeout=timeout)
+    doc = asdict(outcome)
+    if as_json:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    elif outcome.outcome == "restored":
+        Console().print(
+            f"[green]{device}: restored[/] {outcome.active_sha256 or '-'} "
+            f"(was {outcome.previous_sha256 or '-'})"
+        )
+    else:
+        Console(stderr=True).print(
+            f"[red]{device}: {outcome.outcome}[/] [{outcome.error_code}] {outcome.detail}"
+        )
+    if outcome.outcome != "restored":
+        raise typer.Exit(1)
