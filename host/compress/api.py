@@ -114,7 +114,9 @@ def prepare_baseline(
                      progress=(lambda label, frac: progress(f"pretrain {label}", frac))
                      if progress else None)
         module = module.cpu().eval()
-    return module is bundle.module and bundle or dataclasses.replace(bundle, module=module)
+    if module is bundle.module:
+        return bundle
+    return dataclasses.replace(bundle, module=module)
 
 
 def apply_recipe(
