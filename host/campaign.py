@@ -433,6 +433,7 @@ class CampaignRunner:
         recipes = resolve_space(self.spec.space)
         stored = {c.candidate_id: c for c in self.cstore.candidates(self.campaign_id)}
         out = self.work_dir / "artifacts"
+        cache: dict[str, tuple[ModelBundle, float]] = {}
         for index, recipe in enumerate(recipes):
             ids = [self._candidate_id(recipe, fmt) for fmt in self.spec.formats]
             have = [stored.get(i) for i in ids]
@@ -442,14 +443,17 @@ class CampaignRunner:
             label = f"[{index + 1}/{len(recipes)}] {recipe.name}"
             self._emit("compress", label, fraction=0.0, index=index, total=len(recipes))
             now = time.time()
+
+            def report(step: str, frac: float, label: str = label, index: int = index) -> None:
+                self._emit("compress", f"{label} {step}", fraction=frac, index=index,
+                           total=len(recipes))
+
             try:
-                result = compress(
-                    prepared.bundle, prepared.dataset, recipe, out, formats=self.spec.formats,
-                    seed=self.spec.seed,
-                    progress=lambda step, frac, label=label: self._emit(
-                        "compress", f"{label} {step}", fraction=frac, index=index,
-                        total=len(recipes)),
-                )
+                start_from, rest, reused_s = self._shared_prefix(prepared, recipe, cache, report)
+                result = compress(start_from, prepared.dataset, rest, out,
+                                  formats=self.spec.formats, seed=self.spec.seed, progress=report)
+                result.metrics["compress_seconds"] = round(
+                    result.metrics.get("compress_seconds", 0.0) + reused_s, 2)
             except (CompressionError, ExportError, ConfigError) as exc:
                 logger.warning("candidate %s failed: %s", recipe.name, exc)
                 for position, (cid, fmt) in enumerate(zip(ids, self.spec.formats, strict=True)):
@@ -483,6 +487,36 @@ class CampaignRunner:
                            candidate=cid, status="ok")
         self._emit("compress", "candidates ready", fraction=1.0, index=len(recipes),
                    total=len(recipes))
+
+    def _shared_prefix(
+        self, prepared: _Prepared, recipe: Recipe, cache: dict[str, tuple[ModelBundle, float]],
+        report: Callable[[str, float], None],
+    ) -> tuple[ModelBundle, Recipe, float]:
+        """(model to export from, steps left, seconds of the reused part).
+
+        A search space pairs every pruning/distillation/low-rank choice with every precision, so
+        the same weight-changing steps recur; they run once and each precision exports from their
+        result (same seed, same weights: the precisions are compared on the same model). Recipes
+        with QAT, and data without labels (whose reference outputs must come from the original
+        model), run whole.
+        """
+        from host.compress import QuantAwareTraining
+        from host.compress.api import apply_recipe
+
+        split = next((i for i, step in enumerate(recipe.steps) if not step.changes_weights),
+                     len(recipe.steps))
+        prefix, rest = recipe.steps[:split], recipe.steps[split:]
+        if (not prefix or any(isinstance(s, QuantAwareTraining) for s in recipe.steps)
+                or any(s.changes_weights for s in rest) or not prepared.dataset.has_labels):
+            return prepared.bundle, recipe, 0.0
+        key = json.dumps([step.to_dict() for step in prefix], sort_keys=True)
+        if key not in cache:
+            started = time.perf_counter()
+            bundle, _ctx = apply_recipe(prepared.bundle, prepared.dataset, Recipe(steps=prefix),
+                                        progress=report, seed=self.spec.seed)
+            cache[key] = (bundle, time.perf_counter() - started)
+        bundle, seconds = cache[key]
+        return bundle, Recipe(steps=rest, name=recipe.name), seconds
 
     # -- 3. screening --------------------------------------------------------------------------
     def _screen(self) -> list[CandidateInfo]:

@@ -99,9 +99,9 @@ class LiveProgress:
 
 def results_table(outcome: dict[str, Any]) -> Table:
     table = Table(title=f"campaign {outcome['campaign']['id']}: results")
-    for column in ("device", "candidate", "precision", "KiB", "p50 ms", "p90 ms", "peak RSS MB",
-                   "metric", "status"):
-        table.add_column(column, justify="right" if column[0].isdigit() or "ms" in column
+    for column in ("device", "candidate", "precision", "KiB", "mean ms", "p50 ms", "p90 ms",
+                   "peak RSS MB", "metric", "status"):
+        table.add_column(column, justify="right" if "ms" in column
                          or column in ("KiB", "peak RSS MB") else "left")
     chosen = {(d, s["candidate"]) for d, s in outcome["selection"].items()}
     for row in sorted(outcome["results"], key=lambda r: (r["device"], r["candidate"])):
@@ -110,7 +110,7 @@ def results_table(outcome: dict[str, Any]) -> Table:
         status = row.get("job_status", row.get("status"))
         table.add_row(
             row["device"], row["candidate"] + mark, str(row.get("precision") or "-"),
-            _fmt((row.get("size_bytes") or 0) / 1024, 1), _fmt(lat.get("p50")),
+            _fmt((row.get("size_bytes") or 0) / 1024, 1), _fmt(lat.get("mean")), _fmt(lat.get("p50")),
             _fmt(lat.get("p90")), _fmt(row.get("peak_rss_mb"), 1),
             f"{row.get('metric') or ''} {_fmt(row.get('metric_value'), 4)}",
             status if status == "ok" else f"[red]{status}[/]: {(row.get('error') or '')[:60]}",
@@ -123,7 +123,7 @@ def selection_table(outcome: dict[str, Any], labels: dict[str, str] | None = Non
     table.add_column("device")
     if labels:
         table.add_column("profile")
-    for column in ("status", "chosen", "p90 ms", "metric", "why"):
+    for column in ("status", "chosen", "p90 ms", "metric"):
         table.add_column(column)
     for device, sel in sorted(outcome["selection"].items()):
         status = outcome.get("devices", {}).get(device, {}).get("status", "-")
@@ -135,10 +135,22 @@ def selection_table(outcome: dict[str, Any], labels: dict[str, str] | None = Non
             sel["candidate"] or "[red]none[/]",
             _fmt(sel.get("latency_p90_ms")),
             f"{sel.get('metric') or ''} {_fmt(sel.get('metric_value'), 4)}",
-            sel["reason"],
         ]
         table.add_row(*cells)
     return table
+
+
+def print_choices(console: Console, outcome: dict[str, Any], labels: dict[str, str] | None = None) -> None:
+    """The choice table, then each device's reason in full (too long for a table cell)."""
+    console.print(selection_table(outcome, labels))
+    for device, sel in sorted(outcome["selection"].items()):
+        console.print(f"[bold]{device}[/]: {sel['reason']}")
+
+
+def wide_console() -> Console:
+    """stdout; at least 150 columns when it is not a terminal, so piped tables stay readable."""
+    console = Console()
+    return console if console.is_terminal else Console(width=max(console.width, 150))
 
 
 def candidates_table(outcome: dict[str, Any]) -> Table:
@@ -229,10 +241,10 @@ def campaign_cmd(
     if as_json:
         sys.stdout.write(json.dumps(outcome, indent=2, default=str) + "\n")
         return
-    console = Console()
+    console = wide_console()
     console.print(candidates_table(outcome))
     console.print(results_table(outcome))
-    console.print(selection_table(outcome))
+    print_choices(console, outcome)
     console.print(f"campaign {outcome['campaign']['id']} took {outcome['campaign']['seconds']} s; "
                   f"resume or report it with --resume / `edgetailor report --campaign ID`")
 
@@ -404,10 +416,11 @@ def demo_cmd(
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
         return
-    console = Console()
+    console = wide_console()
     outcome = summary["outcome"]
+    console.print(candidates_table(outcome))
     console.print(results_table(outcome))
-    console.print(selection_table(outcome, {p["device"]: p["label"] for p in summary["profiles"]}))
+    print_choices(console, outcome, {p["device"]: p["label"] for p in summary["profiles"]})
     for line in summary.get("deploy", {}).get("lines", []):
         console.print(line)
     console.print(f"report: {summary['report']}")

@@ -40,14 +40,16 @@ def test_demo_measures_each_profile_chooses_per_device_and_cleans_up(tmp_path: P
         assert choice["candidate"] in {"fp32", "int8"}, choice
         row = next(r for r in outcome["results"]
                    if r["device"] == device and r["candidate"] == choice["candidate"])
-        assert row["metric_value"] >= outcome["campaign"]["baseline_metric"] - 0.03  # the constraint
+        assert row["metric_value"] >= outcome["campaign"]["baseline_metric"] - 0.02 - 1e-9  # the constraint
 
     means = {(r["device"], r["candidate"]): r["latency_ms"]["mean"] for r in outcome["results"]}
     assert len({round(v, 4) for v in means.values()}) > 1
+    unthrottled_1core = next(p["device"] for p in summary["profiles"]
+                             if p["threads"] == 1 and p["cpu_quota_requested"] is None)
     throttled = [p for p in summary["profiles"] if p["cgroup"]]
     for profile in throttled:  # where a quota really applied, it must show in the figures
         for cand in ("fp32", "int8"):
-            assert means[(profile["device"], cand)] > means[(devices[0], cand)], means
+            assert means[(profile["device"], cand)] > means[(unthrottled_1core, cand)], means
         assert not Path(profile["cgroup_path"]).exists()
 
     assert Path(summary["report"]).is_file()
