@@ -326,9 +326,12 @@ def main(argv: list[str] | None = None) -> int:
             "error": {"code": "out_of_memory", "message": f"worker ran out of memory: {exc}"},
         }
     except Exception as exc:
+        # Runtimes turn a failed allocation (RLIMIT_AS) into their own exception types.
+        text = str(exc)
+        code = "out_of_memory" if "Failed to allocate" in text or "bad_alloc" in text else ""
         outcome = {
             "ok": False,
-            "error": {"code": "bench_failed", "message": f"{type(exc).__name__}: {exc}"},
+            "error": {"code": code or "bench_failed", "message": f"{type(exc).__name__}: {text}"},
         }
     result_path.write_text(json.dumps(outcome), "utf-8")
     return 0 if outcome["ok"] else 1
