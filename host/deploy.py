@@ -229,7 +229,8 @@ def parse_waves(text: str) -> list[tuple[float, bool]]:
         value, percent = float(match.group(1)), bool(match.group(2))
         if value <= 0 or (percent and value > 100) or (not percent and value != int(value)):
             raise ConfigError(
-                f"--waves item {item.strip()!r} must be a whole count >= 1 or a percentage in (0, 100]"
+                f"--waves item {item.strip()!r} must be a whole count >= 1 or a percentage in "
+                "(0, 100]; give e.g. 1,25%,100%"
             )
         waves.append((value, percent))
     return waves
