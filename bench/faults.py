@@ -470,3 +470,199 @@ def run_fuzz(examples: int, broker_url: str, seed: int = 0) -> dict[str, Any]:
         None,
     )  # fmt: skip
     return counts
+
+
+# -- broker and agent kills, end to end ----------------------------------------------------------
+JOB_TIMEOUT_S = 90.0
+
+
+def model_variant(model: Path, out_dir: Path, index: int, rng: random.Random) -> Path:
+    """A distinct artifact of the same model: TFLite ignores bytes after the flatbuffer, and a new
+    sha256 makes the agent fetch it again instead of finding it stored."""
+    path = out_dir / f"variant-{index}.tflite"
+    path.write_bytes(model.read_bytes() + rng.randbytes(16))
+    return path
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def _outcome(job: Any, timeout: float) -> str:
+    from host.errors import JobFailedError, JobTimeoutError
+
+    try:
+        job.result(timeout=timeout)
+        return "ok"
+    except JobFailedError as exc:
+        return f"error:{exc.code}"
+    except JobTimeoutError:
+        return "no_answer"
+
+
+def run_broker_kills(model: Path, transfers: int, workdir: Path, seed: int = 0) -> dict[str, Any]:
+    """SIGKILL the broker at a random point of each transfer of ``model`` and restart it."""
+    from host.fleet import Fleet
+    from tests.agents import AgentProcess
+    from tests.brokers import MosquittoProcess, free_port
+
+    rng = random.Random(seed)
+    chunk_size = 16 * 1024
+    total = chunk_count(model.stat().st_size, chunk_size)
+    base = f"etfault-{rng.getrandbits(40):x}"
+    broker = MosquittoProcess(workdir / "mosquitto", port=free_port())
+    broker.start()
+    agent = AgentProcess(
+        broker.url, "fault-broker", workdir / "agent", base,
+        ["--xfer-retry-s", "1", "--outbox-retry-s", "1", "--xfer-timeout-s", "30",
+         "--telemetry-interval", "1"],
+    )  # fmt: skip
+    outcomes: dict[str, int] = {}
+    killed_mid_transfer = 0
+    invalid: list[str] = []
+    started = time.monotonic()
+    try:
+        agent.start()
+        agent.wait_online(timeout=60)
+        with Fleet(broker.url, base, chunk_size=chunk_size) as fleet:
+            for index in range(transfers):
+                variant = model_variant(model, workdir, index, rng)
+                published = fleet.chunks.chunks_published
+                job = fleet.submit_benchmark(
+                    "fault-broker", variant, runs=1, warmup_s=0.0, min_s=0.0, timeout_s=60,
+                    device_timeout_s=60,
+                )  # fmt: skip
+                target = published + int(rng.uniform(0.05, 0.95) * total)
+                _wait_until(lambda: fleet.chunks.chunks_published >= target or job.done(), 30)
+                killed_mid_transfer += int(not job.done())
+                broker.kill()
+                time.sleep(rng.uniform(0.0, 1.5))
+                broker.start()
+                outcome = _outcome(job, JOB_TIMEOUT_S)
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+                invalid += invalid_store_entries(agent.data_dir / "store")
+                variant.unlink()
+    finally:
+        agent.terminate(timeout=10)
+        broker.stop()
+    return {
+        "transfers": transfers,
+        "chunks_per_transfer": total,
+        "model_bytes": model.stat().st_size,
+        "killed_mid_transfer": killed_mid_transfer,
+        "outcomes": outcomes,
+        "invalid_stored_artifacts": len(invalid),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+KILL_POINTS = ("download", "verify", "report", "activate_before_switch", "activate_after_switch")
+
+
+def run_agent_kills(
+    model: Path, kills: int, workdir: Path, broker_url: str, seed: int = 0
+) -> dict[str, Any]:
+    """SIGKILL the agent at random points of download, verify, activate and report, restart it, and
+    count how often each finished job's result reached the host."""
+    from host.fleet import Fleet
+    from host.store import Store
+    from shared.messages import DeployCmd
+    from tests.agents import AgentProcess
+
+    rng = random.Random(seed)
+    chunk_size = 16 * 1024
+    total = chunk_count(model.stat().st_size, chunk_size)
+    base = f"etfault-{rng.getrandbits(40):x}"
+    agent = AgentProcess(
+        broker_url, "fault-agent", workdir / "agent", base,
+        ["--xfer-retry-s", "1", "--outbox-retry-s", "1", "--telemetry-interval", "1"],
+    )  # fmt: skip
+    deliveries: dict[str, int] = {}
+    outcomes: dict[str, int] = {}
+    points: dict[str, int] = {}
+    active_ok = active_checks = 0
+    invalid: list[str] = []
+    store = Store(f"sqlite:///{workdir / 'host.db'}")
+    started = time.monotonic()
+
+    def delivered(handle: Any, _response: Any) -> None:
+        deliveries[handle.job_id] = deliveries.get(handle.job_id, 0) + 1
+
+    def active_sha() -> str | None:
+        link = agent.data_dir / "active"
+        return link.resolve().name if link.is_symlink() else None
+
+    try:
+        agent.start()
+        agent.wait_online(timeout=60)
+        with Fleet(broker_url, base, store=store, chunk_size=chunk_size) as fleet:
+            fleet.on_result(delivered)
+            for index in range(kills):
+                point = KILL_POINTS[index % len(KILL_POINTS)]
+                points[point] = points.get(point, 0) + 1
+                variant = model_variant(model, workdir, index, rng)
+                if point.startswith("activate"):
+                    hook = "before_switch" if point.endswith("before_switch") else "after_switch_before_commit"
+                    agent.restart(env={"EDGETAILOR_AGENT_CRASH_AT": hook})
+                    agent.wait_online(timeout=60)
+                    old = active_sha()
+                    manifest = fleet.offer(variant)
+                    job = fleet.send_command(
+                        "fault-agent",
+                        DeployCmd(deploy_id=f"d{index}", model=manifest, chunk_size=chunk_size,
+                                  health_runs=2, timeout_s=60),
+                    )  # fmt: skip
+                    agent.wait_exit(timeout=60)
+                    agent.restart(env={})
+                    agent.wait_online(timeout=60)
+                    response = job.wait(timeout=JOB_TIMEOUT_S)
+                    outcome = response.status + (f":{response.error.code}" if response.error else "")
+                    active_checks += 1
+                    active_ok += int(active_sha() in (old, manifest.sha256))
+                elif point == "report":
+                    agent.restart(env={"EDGETAILOR_AGENT_CRASH_AT": "after_result_persisted"})
+                    agent.wait_online(timeout=60)
+                    job = fleet.submit_benchmark(
+                        "fault-agent", variant, runs=1, warmup_s=0.0, min_s=0.0, timeout_s=60
+                    )
+                    agent.wait_exit(timeout=60)
+                    agent.restart(env={})
+                    agent.wait_online(timeout=60)
+                    outcome = _outcome(job, JOB_TIMEOUT_S)
+                else:
+                    published = fleet.chunks.chunks_published
+                    job = fleet.submit_benchmark(
+                        "fault-agent", variant, runs=1, warmup_s=0.0, min_s=0.0, timeout_s=60
+                    )
+                    fraction = rng.uniform(0.05, 0.95) if point == "download" else 1.0
+                    target = published + int(fraction * total)
+                    _wait_until(lambda: fleet.chunks.chunks_published >= target or job.done(), 30)
+                    if point == "verify":
+                        time.sleep(rng.uniform(0.0, 0.3))
+                    agent.kill()
+                    agent.start()
+                    agent.wait_online(timeout=60)
+                    outcome = _outcome(job, JOB_TIMEOUT_S)
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+                invalid += invalid_store_entries(agent.data_dir / "store")
+            time.sleep(3)  # several outbox re-send periods: a duplicate would show up now
+            stored_results = len(store.list_results())
+    finally:
+        agent.terminate(timeout=10)
+        store.close()
+    return {
+        "kills": kills,
+        "kill_points": points,
+        "outcomes": outcomes,
+        "results_delivered_once": sum(1 for n in deliveries.values() if n == 1),
+        "results_delivered_twice_or_more": sum(1 for n in deliveries.values() if n > 1),
+        "results_stored": stored_results,
+        "active_old_or_new": f"{active_ok}/{active_checks}",
+        "invalid_stored_artifacts": len(invalid),
+        "seconds": round(time.monotonic() - started, 1),
+    }
