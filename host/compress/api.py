@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from host.compress.config import QuantAwareTraining, Recipe, TechniqueConfig
+from host.compress.config import Recipe, TechniqueConfig
 from host.compress.context import CompressContext, ProgressFn, StepRecord
 from host.compress.handlers import HANDLERS
 from host.compress.recipes import resolve_recipe
@@ -245,6 +245,3 @@ def _with_metrics(artifact: Artifact, extra: dict[str, Any]) -> Artifact:
     updated.manifest_path.write_bytes(encode_manifest(updated.manifest))
     return updated
 
-
-def is_qat(recipe: Recipe) -> bool:
-    return any(isinstance(s, QuantAwareTraining) for s in recipe.steps)

@@ -390,7 +390,10 @@ class Recipe:
 
 
 def _describe_step(step: TechniqueConfig) -> str:
-    fields = [f for f in dataclasses.fields(step) if getattr(step, f.name) != f.default]
+    all_fields = dataclasses.fields(step)
+    # The first field is each technique's main knob (amount, ratio, student, ...): always shown.
+    fields = [f for i, f in enumerate(all_fields)
+              if i == 0 or getattr(step, f.name) != f.default]
     if not fields:
         return step.name
     args = ", ".join(f"{f.name}={getattr(step, f.name)!r}" for f in fields)
