@@ -173,7 +173,12 @@ class Releases:
         tmp.mkdir()
         try:
             model = tmp / f"model.{manifest.format}"
-            shutil.copyfile(artifact, model)
+            try:
+                # Store files are never modified in place, so sharing the inode costs no safety
+                # and saves a second copy of the model on a small board's disk.
+                os.link(artifact, model)
+            except OSError:
+                shutil.copyfile(artifact, model)
             with open(model, "rb") as handle:
                 os.fsync(handle.fileno())
             if sha256_file(model) != sha:

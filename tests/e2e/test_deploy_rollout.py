@@ -184,3 +184,29 @@ def test_deploy_campaign_cli_deploys_the_selection_and_rollback_cli_restores_the
 
     done = _run_cli("deploy", "--campaign", "no-such", *common)
     assert done.returncode == 2 and "no campaign 'no-such'" in done.stderr
+
+
+def test_demo_deploys_each_device_choice_from_a_campaign_outcome_document(
+    shared_broker_url: str, base_topic: str, start_agent: AgentFactory,
+    digits_model: DigitsArtifacts, new_model: Path, tmp_path: Path,
+) -> None:  # fmt: skip
+    from host.deploy import deploy_selection
+
+    agents = {d: start_agent(d, shared_broker_url) for d in ("demo-a", "demo-b")}
+    outcome = {
+        "campaign": {"work_dir": str(tmp_path / "missing"), "constraints": []},
+        "candidates": [
+            {"id": "orig", "path": str(digits_model.tflite)},
+            {"id": "linear", "path": str(new_model)},
+        ],
+        "selection": {
+            "demo-a": {"candidate": "orig"},
+            "demo-b": {"candidate": "linear"},
+            "demo-c": {"candidate": None, "reason": "nothing feasible"},
+        },
+    }
+    with Fleet(shared_broker_url, base_topic, store=f"sqlite:///{tmp_path / 'host.db'}") as fleet:
+        summary = deploy_selection(outcome, fleet=fleet)
+    assert summary == {"demo-a": "committed (orig)", "demo-b": "committed (linear)"}
+    assert active_sha(agents["demo-a"]) == sha256_file(digits_model.tflite)
+    assert active_sha(agents["demo-b"]) == sha256_file(new_model)
