@@ -666,3 +666,113 @@ def run_agent_kills(
         "invalid_stored_artifacts": len(invalid),
         "seconds": round(time.monotonic() - started, 1),
     }
+
+
+# -- the run ---------------------------------------------------------------------------------------
+def _wide_model(out_dir: Path) -> Path:
+    """The multi-MB MLP of tests/e2e (~5 MB of float32 weights) as .tflite."""
+    import litert_torch
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 4096), nn.ReLU(), nn.Linear(4096, 256), nn.ReLU(),
+        nn.Linear(256, 10),
+    ).eval()  # fmt: skip
+    path = out_dir / "wide_mlp.tflite"
+    litert_torch.convert(model, (torch.zeros(1, 1, 8, 8),)).export(str(path))
+    return path
+
+
+def render(report: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="edgetailor fault run")
+    table.add_column("loop")
+    table.add_column("tried", justify="right")
+    table.add_column("outcome")
+    tamper = report.get("tamper")
+    if tamper:
+        for name in ("artifact_flips", "chunk_flips", "manifest_flips"):
+            row = tamper[name]
+            table.add_row(
+                name, str(row["tried"]),
+                f"rejected {row['rejected']} {row['reasons']}, unchanged {row['unchanged']}, "
+                f"accepted {row['accepted']}, store changed {row['store_changed']}",
+            )  # fmt: skip
+        refused = sum(1 for v in tamper["policy"].values() if v)
+        table.add_row("named attacks", str(len(tamper["policy"])), f"refused {refused}")
+    broker = report.get("broker")
+    if broker:
+        table.add_row(
+            "broker SIGKILL", str(broker["transfers"]),
+            f"{broker['outcomes']}, killed mid-transfer {broker['killed_mid_transfer']}, "
+            f"invalid stored {broker['invalid_stored_artifacts']}, {broker['seconds']} s",
+        )  # fmt: skip
+    agent = report.get("agent")
+    if agent:
+        table.add_row(
+            "agent SIGKILL", str(agent["kills"]),
+            f"{agent['kill_points']} -> {agent['outcomes']}; delivered once "
+            f"{agent['results_delivered_once']}, twice+ {agent['results_delivered_twice_or_more']}, "
+            f"active old/new {agent['active_old_or_new']}, invalid stored "
+            f"{agent['invalid_stored_artifacts']}, {agent['seconds']} s",
+        )  # fmt: skip
+    fuzz = report.get("fuzz")
+    if fuzz:
+        table.add_row(
+            "fuzz (hypothesis)", str(fuzz["agent_inputs"] + fuzz["host_inputs"]),
+            f"agent {fuzz['agent_inputs']} inputs / {fuzz['agent_tracebacks']} tracebacks, "
+            f"host {fuzz['host_inputs']} inputs / {fuzz['host_tracebacks']} tracebacks",
+        )  # fmt: skip
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__.split("\n")[0])
+    parser.add_argument("--flips", type=int, default=1000)
+    parser.add_argument("--transfers", type=int, default=20)
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--fuzz-examples", type=int, default=2000)
+    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="for agent kills and fuzz")
+    parser.add_argument("--skip", default="", help="comma list of: tamper,broker,agent,fuzz")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.CRITICAL)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    from rich.console import Console
+
+    console = Console()
+    report: dict[str, Any] = {"seed": args.seed, "started": time.time()}
+    with tempfile.TemporaryDirectory(prefix="et-faults-") as tmp:
+        workdir = Path(tmp)
+        model = _wide_model(workdir)
+        if "tamper" not in skip:
+            console.print("tamper: bit flips and named attacks ...")
+            # The first 200 KB stand for the artifact: verification cost grows with size, its path
+            # does not, and 1,000 flips of all 5 MB would mostly measure disk writes.
+            report["tamper"] = run_tamper(model.read_bytes()[:200_000], args.flips, args.seed)
+        if "broker" not in skip:
+            console.print(f"broker: {args.transfers} transfers with a SIGKILL each ...")
+            (workdir / "broker").mkdir()
+            report["broker"] = run_broker_kills(model, args.transfers, workdir / "broker", args.seed)
+        if "agent" not in skip:
+            console.print(f"agent: {args.kills} SIGKILLs ...")
+            (workdir / "agent").mkdir()
+            report["agent"] = run_agent_kills(
+                model, args.kills, workdir / "agent", args.broker, args.seed
+            )
+        if "fuzz" not in skip:
+            console.print(f"fuzz: {args.fuzz_examples} inputs per handler ...")
+            report["fuzz"] = run_fuzz(args.fuzz_examples, args.broker, args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    console.print(render(report))
+    console.print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
