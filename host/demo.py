@@ -249,7 +249,7 @@ def _deploy(outcome: dict[str, Any], fleet: Any, store: Any) -> dict[str, Any]:
 def run_demo(
     *,
     agents: int = 3,
-    out_dir: str | Path = "edgetailor-demo",
+    out_dir: str | Path = "demo-out",
     space: str = "demo",
     constraints: tuple[str, ...] = DEFAULT_CONSTRAINTS,
     objective: str = "min_latency",

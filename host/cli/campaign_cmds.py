@@ -395,7 +395,7 @@ def report_cmd(
 @app.command("demo")
 def demo_cmd(
     agents: Annotated[int, typer.Option("--agents", min=1, max=8, help="local agents to start")] = 3,
-    out: Annotated[Path, typer.Option("--out", help="work dir: database, artifacts, agents, report")] = Path("edgetailor-demo"),
+    out: Annotated[Path, typer.Option("--out", help="work dir: database, artifacts, agents, report")] = Path("demo-out"),
     space: Annotated[str, typer.Option("--space", help="search space")] = "demo",
     constraint: Annotated[Optional[list[str]], typer.Option("--constraint", help="override the default constraint")] = None,
     objective: Annotated[str, typer.Option("--objective")] = "min_latency",
