@@ -188,7 +188,7 @@ def parse_devices(text: str) -> tuple[str, ...]:
     return items
 
 
-_CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 
 def _check_campaign_id(campaign_id: str) -> str:

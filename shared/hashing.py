@@ -6,7 +6,7 @@ import hashlib
 import re
 from pathlib import Path
 
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}\Z")
 _READ_BLOCK = 1 << 20
 
 

@@ -12,7 +12,7 @@ import msgspec
 
 from shared.errors import ValidationError
 
-Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
 ShortStr = Annotated[str, msgspec.Meta(max_length=128)]
 # 2 GiB: larger than any model a board of this class can run; bounds what a device will allocate.
 MAX_ARTIFACT_BYTES = 2 * 1024**3

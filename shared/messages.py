@@ -25,7 +25,7 @@ from shared.manifest import ArtifactManifest, Sha256, ShortStr
 from shared.registry import Registry
 
 MAX_MESSAGE_BYTES = 256 * 1024
-MSG_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+MSG_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
 MsgId = Annotated[str, msgspec.Meta(pattern=MSG_ID_PATTERN.pattern)]
 Text = Annotated[str, msgspec.Meta(max_length=4096)]
 

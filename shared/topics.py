@@ -23,8 +23,8 @@ from shared.errors import ConfigError, ValidationError
 from shared.hashing import is_sha256_hex
 
 DEFAULT_BASE = "edgetailor"
-DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}\Z")
 STATUS_ONLINE = b"online"
 STATUS_OFFLINE = b"offline"
 

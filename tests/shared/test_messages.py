@@ -77,6 +77,18 @@ def test_message_ids_with_path_characters_are_rejected() -> None:
         messages.decode(json.dumps(raw).encode())
 
 
+def test_ids_and_digests_with_a_trailing_newline_are_rejected() -> None:
+    # "$" in a pattern also matches before a final newline; ids end up in file names and topics.
+    raw = json.loads(messages.encode(messages.BenchmarkCmd(job_id="j1", model=MANIFEST)))
+    raw["msg_id"] = "abc\n"
+    with pytest.raises(ValidationError):
+        messages.decode(json.dumps(raw).encode())
+    raw = json.loads(messages.encode(messages.BenchmarkCmd(job_id="j1", model=MANIFEST)))
+    raw["body"]["model"]["sha256"] = "ab" * 32 + "\n"
+    with pytest.raises(ValidationError):
+        messages.decode(json.dumps(raw).encode())
+
+
 def test_peek_ids_reads_what_it_can_from_an_invalid_message() -> None:
     assert messages.peek_ids(b'{"schema": "cmd.x", "msg_id": "abc", "v": 9}') == ("cmd.x", "abc")
     assert messages.peek_ids(b'{"msg_id": "../x"}') == (None, None)

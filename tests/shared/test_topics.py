@@ -18,7 +18,7 @@ def test_topics_carry_the_protocol_version_and_round_trip_through_parse() -> Non
     assert t.parse(t.host_status()) == ParsedTopic("host_status")
 
 
-@pytest.mark.parametrize("device_id", ["", "a/b", "+", "#", "../x", "x" * 65, ".hidden"])
+@pytest.mark.parametrize("device_id", ["", "a/b", "+", "#", "../x", "x" * 65, ".hidden", "pi-1\n"])
 def test_device_ids_that_could_escape_a_topic_or_a_path_are_refused(device_id: str) -> None:
     with pytest.raises(ConfigError):
         Topics().status(device_id)
@@ -27,7 +27,8 @@ def test_device_ids_that_could_escape_a_topic_or_a_path_are_refused(device_id: s
 @pytest.mark.parametrize(
     "topic",
     ["other/v1/dev/a/status", "edgetailor/v2/dev/a/status", "edgetailor/v1/dev/a/cmd/Bad",
-     "edgetailor/v1/dev/a/cmd", "edgetailor/v1/art/xyz", "edgetailor/v1/dev/a/status/extra"],
+     "edgetailor/v1/dev/a/cmd", "edgetailor/v1/art/xyz", "edgetailor/v1/dev/a/status/extra",
+     f"edgetailor/v1/art/{SHA}\n", "edgetailor/v1/dev/a\n/status"],
 )
 def test_topics_outside_the_contract_are_rejected(topic: str) -> None:
     with pytest.raises(ValidationError):
