@@ -659,7 +659,7 @@ class Agent:
         try:
             stats = fetch.run()
         except BaseException:
-            partial.close()
+            fetch.close()
             raise
         finally:
             with self._lock:

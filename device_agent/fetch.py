@@ -127,6 +127,15 @@ class ArtifactFetch:
             self._cond.notify_all()
 
     # -- job thread ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the partial file under the lock :meth:`on_chunk` writes under.
+
+        The network thread may still hold this fetch; closing outside the lock could let its write
+        land on a file descriptor number the process has meanwhile reused for another file.
+        """
+        with self._cond:
+            self.partial.close()
+
     def run(self) -> TransferStats:
         started = time.monotonic()
         with self._cond:
