@@ -36,7 +36,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from host.artifacts import manifest_for_file
 from host.errors import ConfigError, DeviceUnavailableError, HostError, JobTimeoutError
 from host.store.models import Base
-from shared.errors import ValidationError
+from shared.errors import EdgeTailorError, ValidationError
 from shared.manifest import ArtifactManifest
 from shared.messages import DeployCmd, Response, RollbackCmd
 from shared.results import DeployResult, from_data
@@ -397,7 +397,7 @@ class Deployer:
         self._rollout_id = result.rollout_id
         for index, wave in enumerate(plan, start=1):
             self._emit("wave", wave=index, devices=wave)
-            sent = [self.send(by_device[device], index) for device in wave]
+            sent = [self._send_in_wave(by_device[device], index) for device in wave]
             deadline = time.monotonic() + self.timeout_s + TRANSFER_ALLOWANCE_S
             outcomes = [
                 self.collect(outcome, handle, max(1.0, deadline - time.monotonic()))
@@ -417,6 +417,25 @@ class Deployer:
                 result.skipped = [d for later in plan[index:] for d in later]
                 break
         return result
+
+    def _send_in_wave(
+        self, target: DeployTarget, wave: int
+    ) -> tuple[DeviceOutcome, JobHandle | None]:
+        """:meth:`send`, with a refusal turned into this device's failure.
+
+        Earlier devices of the wave already have their command: an exception escaping here would
+        lose their handles, so their outcomes would never be collected nor their wave rolled back.
+        """
+        try:
+            return self.send(target, wave)
+        except EdgeTailorError as exc:
+            logger.warning("deploy to %s not sent: %s", target.device_id, exc)
+            outcome = DeviceOutcome(
+                device_id=target.device_id, deploy_id=f"dep-{uuid.uuid4().hex[:20]}", wave=wave,
+                sha256=target.manifest.sha256 if target.manifest else "", sequence=0,
+                outcome="failed", error_code="not_sent", detail=str(exc), label=target.label,
+            )  # fmt: skip
+            return outcome, None
 
     def _roll_back_wave(self, outcomes: list[DeviceOutcome]) -> None:
         # A device that timed out may still have committed: the named rollback is refused by a

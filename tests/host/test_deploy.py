@@ -94,3 +94,24 @@ def test_campaign_without_a_selection_yet_says_to_finish_it_first(tmp_path: Path
         campaign = _campaign(store, tmp_path, selection=None)
         with pytest.raises(DeployError, match="--resume camp-1"):
             targets_from_campaign(store, campaign)
+
+
+def test_a_device_whose_deploy_cannot_be_sent_fails_alone_and_the_wave_is_still_collected(
+    tmp_path: Path,
+) -> None:
+    from host.deploy import Deployer, DeployTarget
+    from host.fleet import Fleet
+    from shared.manifest import ArtifactManifest
+
+    manifest = ArtifactManifest(sha256="ab" * 32, size_bytes=10, format="tflite", precision="fp32")
+    fleet = Fleet("mqtt://127.0.0.1:1")  # never connected: every device reads as offline
+    deployer = Deployer(fleet, device_timeout_s=0.05)
+    targets = [
+        DeployTarget("pi-1", tmp_path / "model.tflite", manifest=manifest),
+        DeployTarget("pi-2", tmp_path / "missing.tflite"),
+    ]
+    result = deployer.rollout(targets, "100%", max_failures=5)
+    outcomes = {o.device_id: o for o in result.outcomes}
+    assert outcomes["pi-1"].outcome == "offline"
+    assert outcomes["pi-2"].outcome == "failed" and outcomes["pi-2"].error_code == "not_sent"
+    assert "missing.tflite" in outcomes["pi-2"].detail
