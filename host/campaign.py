@@ -57,6 +57,7 @@ from host.errors import (
     JobFailedError,
     JobTimeoutError,
 )
+from host.report import json_safe
 from host.store.campaigns import (
     FINAL_JOB_STATES,
     JOB_FAILED,
@@ -907,21 +908,11 @@ def campaign_outcome(cstore: CampaignStore, campaign_id: str) -> dict[str, Any]:
             "spec": spec.to_dict(),
         },
         "candidates": candidates,
-        "results": _json_safe(results),
+        "results": json_safe(results),
         "devices": devices,
         "transfers": transfers,
-        "selection": _json_safe(selection),
+        "selection": json_safe(selection),
     }
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def write_campaign_report(cstore: CampaignStore, campaign_id: str, out_dir: str | Path) -> Path:

@@ -719,7 +719,7 @@ def report_data(
 ) -> dict[str, Any]:
     """What results.json holds: the campaign, every row and every device's selection."""
     return {
-        "campaign": _json_safe(campaign),
+        "campaign": json_safe(campaign),
         "rows": [r.to_dict() for r in rows],
         "selections": {device: sel.to_dict() for device, sel in selections.items()},
     }
@@ -747,14 +747,14 @@ def load_results(path: Path | str) -> tuple[dict[str, Any], list[ResultRow]]:
     return campaign, rows
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """Non-finite floats become null (JSON has no NaN); other odd objects become their text."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if value is None or isinstance(value, (str, int, bool)):
         return value
     return str(value)
