@@ -92,7 +92,9 @@ class FlipCounts:
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
 
-def _receive_file(store: ArtifactStore, data: bytes, manifest: ArtifactManifest, chunk_size: int) -> Path:
+def _receive_file(
+    store: ArtifactStore, data: bytes, manifest: ArtifactManifest, chunk_size: int
+) -> Path:
     """Receive ``data`` into the store under ``manifest`` as the agent does, chunk by chunk."""
     partial = store.open_partial(manifest.sha256, manifest.format, manifest.size_bytes, chunk_size)
     try:
@@ -228,7 +230,9 @@ def policy_cases(
     outcomes: dict[str, str] = {}
     for case, manifest in manifests.items():
         try:
-            verify_manifest(manifest, key.public_key(), device_id=device_id, min_sequence=current_sequence)
+            verify_manifest(
+                manifest, key.public_key(), device_id=device_id, min_sequence=current_sequence
+            )
             outcomes[case] = ""
         except SignatureError as exc:
             outcomes[case] = f"SignatureError: {exc}"
@@ -241,7 +245,8 @@ def policy_cases(
             complete = fetch.partial.complete()
         finally:
             fetch.partial.discard()
-        outcomes[case] = "" if complete else f"{fetch.rejected} chunks rejected, transfer incomplete"
+        rejected = f"{fetch.rejected} chunks rejected, transfer incomplete"
+        outcomes[case] = "" if complete else rejected
     too_big = encode_manifest(good).replace(
         f'"size_bytes":{good.size_bytes}'.encode(), b'"size_bytes":3000000000'
     )
@@ -362,7 +367,8 @@ def message_strategy(base_topic: str, device_ids: list[str]) -> Any:
         fields = [f.encode_name for f in msgspec.structs.fields(cls)]
         return st.dictionaries(st.sampled_from(fields or ["x"]), _json_values(), max_size=8)
 
-    schema = st.one_of(st.sampled_from(sorted(name for name, _cls in SCHEMAS.items())), st.text(max_size=20))
+    known = sorted(name for name, _cls in SCHEMAS.items())
+    schema = st.one_of(st.sampled_from(known), st.text(max_size=20))
     msg_id = st.one_of(st.text(max_size=70), st.uuids().map(lambda u: u.hex))
     envelope = schema.flatmap(
         lambda name: st.fixed_dictionaries(
@@ -607,7 +613,11 @@ def run_agent_kills(
                 points[point] = points.get(point, 0) + 1
                 variant = model_variant(model, workdir, index, rng)
                 if point.startswith("activate"):
-                    hook = "before_switch" if point.endswith("before_switch") else "after_switch_before_commit"
+                    hook = (
+                        "before_switch"
+                        if point.endswith("before_switch")
+                        else "after_switch_before_commit"
+                    )
                     agent.restart(env={"EDGETAILOR_AGENT_CRASH_AT": hook})
                     agent.wait_online(timeout=60)
                     old = active_sha()
@@ -621,7 +631,8 @@ def run_agent_kills(
                     agent.restart(env={})
                     agent.wait_online(timeout=60)
                     response = job.wait(timeout=JOB_TIMEOUT_S)
-                    outcome = response.status + (f":{response.error.code}" if response.error else "")
+                    code = f":{response.error.code}" if response.error else ""
+                    outcome = response.status + code
                     active_checks += 1
                     active_ok += int(active_sha() in (old, manifest.sha256))
                 elif point == "report":
@@ -730,12 +741,16 @@ def render(report: dict[str, Any]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.faults", description=(__doc__ or "").split("\n")[0]
+    )
     parser.add_argument("--flips", type=int, default=1000)
     parser.add_argument("--transfers", type=int, default=20)
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--fuzz-examples", type=int, default=2000)
-    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="for agent kills and fuzz")
+    parser.add_argument(
+        "--broker", default="mqtt://127.0.0.1:1883", help="for agent kills and fuzz"
+    )
     parser.add_argument("--skip", default="", help="comma list of: tamper,broker,agent,fuzz")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--seed", type=int, default=0)
@@ -757,7 +772,9 @@ def main(argv: list[str] | None = None) -> int:
         if "broker" not in skip:
             console.print(f"broker: {args.transfers} transfers with a SIGKILL each ...")
             (workdir / "broker").mkdir()
-            report["broker"] = run_broker_kills(model, args.transfers, workdir / "broker", args.seed)
+            report["broker"] = run_broker_kills(
+                model, args.transfers, workdir / "broker", args.seed
+            )
         if "agent" not in skip:
             console.print(f"agent: {args.kills} SIGKILLs ...")
             (workdir / "agent").mkdir()

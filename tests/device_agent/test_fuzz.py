@@ -35,9 +35,11 @@ FUZZ = settings(
 
 
 @pytest.fixture(scope="module")
-def fuzzed_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Agent, RecordingClient, ExceptionLog]]:
+def fuzzed_agent(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Agent, RecordingClient, ExceptionLog]]:
     data_dir = tmp_path_factory.mktemp("fuzz-agent")
-    # The broker is never contacted: the agent's handlers are driven directly, its publishes recorded.
+    # No broker is contacted: the handlers are driven directly and the publishes recorded.
     agent = Agent(AgentConfig(parse_broker_url("mqtt://127.0.0.1:1"), DEVICE, data_dir, BASE))
     recorder = RecordingClient()
     agent.client = recorder  # type: ignore[assignment]
@@ -80,7 +82,9 @@ def test_the_chunk_receiver_keeps_only_chunks_whose_bytes_match_the_artifact(
     from shared.manifest import ArtifactManifest
 
     sha = sha256_bytes(artifact)
-    manifest = ArtifactManifest(sha256=sha, size_bytes=len(artifact), format="npz", precision="data")
+    manifest = ArtifactManifest(
+        sha256=sha, size_bytes=len(artifact), format="npz", precision="data"
+    )
     store = ArtifactStore(tmp_path / f"s{data.draw(st.integers(0, 10**9))}")
     partial = store.open_partial(sha, "npz", manifest.size_bytes, 1024)
     requests: list[ChunkRequest] = []
@@ -91,7 +95,8 @@ def test_the_chunk_receiver_keeps_only_chunks_whose_bytes_match_the_artifact(
         lambda t: t[0][: t[1] % len(t[0])] + bytes([t[2]]) + t[0][t[1] % len(t[0]) + 1 :]
     )
     try:
-        for payload in data.draw(st.lists(st.one_of(st.binary(max_size=1200), damaged, frame), max_size=20)):
+        inputs = st.lists(st.one_of(st.binary(max_size=1200), damaged, frame), max_size=20)
+        for payload in data.draw(inputs):
             fetch.on_chunk(payload)
         for index in range(partial.total):
             if partial.has(index):

@@ -41,6 +41,7 @@ def test_an_agent_killed_at_download_verify_activate_and_report_delivers_each_re
     assert report["results_delivered_once"] == AGENT_KILLS
     assert report["results_delivered_twice_or_more"] == 0
     assert report["results_stored"] == AGENT_KILLS
-    checks = report["kill_points"]["activate_before_switch"] + report["kill_points"]["activate_after_switch"]
+    points = report["kill_points"]
+    checks = points["activate_before_switch"] + points["activate_after_switch"]
     assert report["active_old_or_new"] == f"{checks}/{checks}"
     assert report["invalid_stored_artifacts"] == 0

@@ -49,6 +49,7 @@ def test_no_message_makes_the_fleet_handler_raise(
     fleet, tracebacks = fuzzed_fleet
     topic, payload = message
     # The strategy builds topics under its own base; move them under the fleet's.
-    deliver(fleet._on_message, None, topic.replace("etfuzz-host/", f"{fleet.topics.base}/", 1), payload)
+    topic = topic.replace("etfuzz-host/", f"{fleet.topics.base}/", 1)
+    deliver(fleet._on_message, None, topic, payload)
     assert fleet.connected
     assert tracebacks.records == [], tracebacks.records[0].getMessage()
