@@ -332,8 +332,12 @@ def write_eval_npz(
         arrays["ref"] = ref[: len(split)].astype(np.float32)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "wb") as handle:
+    # Temporary sibling, then rename: a campaign resumes with an existing eval.npz as it is, so an
+    # interrupted write must never leave a truncated one under the final name.
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
+    tmp.replace(out)
     return out
 
 
