@@ -103,7 +103,7 @@ def compress_cmd(
         "--data", help="builtin:digits, file.npz, an image folder or module:factory")] = None,
     recipe: Annotated[Optional[str], typer.Option(
         "--recipe", help="a named recipe (see --list) or a recipe .json file")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="directory for artifacts and manifests")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="directory for artifacts, manifests and eval.npz")] = None,
     formats: Annotated[str, typer.Option("--formats", help="comma-separated: tflite,onnx")] = "tflite",
     latency_runs: Annotated[int, typer.Option(
         "--latency-runs", help="measure host latency of each file with this many runs (0: skip)")] = 0,

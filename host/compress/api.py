@@ -169,11 +169,15 @@ def compress(
 ) -> CompressResult:
     """Compress ``model`` with ``recipe``, export it in each format to ``out_dir`` and measure it.
 
+    ``out_dir`` also gets ``eval.npz``, the test split (with labels, or the uncompressed model's
+    outputs as ``ref``) to benchmark the files on a device with.
+
     ``model``/``data`` are specs (``builtin:digits_cnn``, ``builtin:digits``) or already loaded
     objects (notebooks, tests). With ``latency_runs > 0`` each file's host latency is measured with
     its runtime on ``threads`` threads. ``weights`` (a state_dict file) or ``pretrain_epochs``
     (train the model on ``data`` first) give zoo models something worth compressing.
     """
+    from host.data import write_eval_npz
     from host.export import ExportConfig, evaluate_artifact, export, measure_latency
     from host.metrics import count_macs, count_params, evaluate_module
 
@@ -230,6 +234,8 @@ def compress(
                             steps=ctx.log, precision=ctx.precision,
                             artifact_metrics=artifact_metrics)
     (out / f"{name}.result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    # The eval set a device benchmark needs (`edgetailor bench FILE --eval out/eval.npz`).
+    write_eval_npz(dataset.test, out / "eval.npz", reference)
     return result
 
 

@@ -32,6 +32,8 @@ def test_compress_with_a_recipe_file_writes_artifacts_manifests_and_prints_json(
     (artifact,) = result["artifacts"]
     assert Path(artifact["path"]).is_file()
     assert (out / f"{artifact['sha256']}.json").is_file()
+    with np.load(out / "eval.npz", allow_pickle=False) as eval_data:  # for `bench --eval`
+        assert len(eval_data["x"]) == len(eval_data["y"]) > 0
     assert artifact["metric"] == "accuracy" and artifact["metric_value"] > 0.5
     assert result["steps"][0]["params_after"] < result["steps"][0]["params_before"]
 
