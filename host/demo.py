@@ -9,7 +9,7 @@ affinity and its label says so: every figure is a real measurement of that const
 labelled with the constraint that was really applied.
 
 Then it trains the digits CNN, runs a campaign (host.campaign) over a small search space with all
-four technique families, selects per device, deploys the choice where host.deploy is available,
+four technique families, selects per device, deploys each device's choice,
 writes the HTML report and prints the choice per device. Agents, cgroups and the broker are always
 cleaned up, whatever happens.
 """
@@ -232,16 +232,10 @@ def _quiet_logs() -> Iterator[None]:
 
 
 def _deploy(outcome: dict[str, Any], fleet: Any, store: Any) -> dict[str, Any]:
-    """Deploy each device's choice when host.deploy exists (built by another feature)."""
-    try:
-        from host import deploy as deploy_mod
-    except ImportError:
-        return {"available": False, "lines": [
-            "deploy: host/deploy.py is not part of this build yet; choices were not deployed"]}
-    deploy_choice = getattr(deploy_mod, "deploy_selection", None)
-    if deploy_choice is None:
-        return {"available": False, "lines": ["deploy: host.deploy has no deploy_selection(); skipped"]}
-    results = deploy_choice(outcome, fleet=fleet, store=store)
+    """Deploy each device's choice (host.deploy.deploy_selection)."""
+    from host.deploy import deploy_selection
+
+    results = deploy_selection(outcome, fleet=fleet, store=store)
     lines = [f"deploy {device}: {info}" for device, info in sorted(dict(results).items())]
     return {"available": True, "results": results, "lines": lines}
 
