@@ -319,7 +319,15 @@ class Fleet:
             decode(payload)  # struct constructors skip the wire constraints; check them here
         except ValidationError as exc:
             raise ConfigError(f"invalid {schema} command: {exc}") from exc
-        handle = JobHandle(job_id=job_id, device_id=device_id, command_msg_id=msg_id, kind=name)
+        topic = self.topics.cmd(device_id, name)
+        handle = JobHandle(
+            job_id=job_id,
+            device_id=device_id,
+            command_msg_id=msg_id,
+            kind=name,
+            command_topic=topic,
+            command_payload=payload,
+        )
         if on_progress is not None:
             handle.on_progress(on_progress)  # before publishing: progress may come back at once
         if name != "ack":
@@ -341,7 +349,7 @@ class Fleet:
                     eval_sha256=eval_data.sha256 if eval_data is not None else None,
                     params=params,
                 )
-        self._publish(self.topics.cmd(device_id, name), payload)
+        self._publish(topic, payload)
         logger.info("sent cmd.%s %s to %s (job %s)", name, msg_id, device_id, job_id)
         return handle
 
@@ -421,10 +429,29 @@ class Fleet:
         if payload not in (STATUS_ONLINE, STATUS_OFFLINE):
             return  # an empty payload clears the retained status; nothing to learn
         online = payload == STATUS_ONLINE
+        known = self.registry.get(device_id)
+        came_back = online and known is not None and not known.online
         # Store first: whoever wakes up on the registry may read the database next.
         if self.store is not None:
             self.store.upsert_device(device_id, online=online)
         self.registry.set_status(device_id, online)
+        if came_back:
+            self._resend_pending(device_id)
+
+    def _resend_pending(self, device_id: str) -> None:
+        """Send again the unfinished commands of a device that was offline.
+
+        A command published while the device was away (its Will not yet fired, or a clean session
+        after a reconnect) is lost by the broker; the agent journals command ids, so one it did get
+        is not executed twice, and one already done has its result re-sent.
+        """
+        for handle in self.jobs.pending():
+            if handle.device_id == device_id and handle.command_payload:
+                logger.info(
+                    "device %s is back: re-sending cmd.%s %s", device_id, handle.kind,
+                    handle.command_msg_id,
+                )
+                self._publish(handle.command_topic, handle.command_payload)
 
     def _on_envelope(self, kind: str, device_id: str, message: Message) -> None:
         body = message.body

@@ -37,6 +37,9 @@ class JobHandle:
     stages: list[str] = field(default_factory=list)
     response: Response | None = None
     response_msg_id: str | None = None
+    # The command as sent, so it can be sent again (same msg_id) when the device comes back.
+    command_topic: str = field(default="", repr=False)
+    command_payload: bytes = field(default=b"", repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _callbacks: list[ProgressCallback] = field(default_factory=list, repr=False)
 
