@@ -93,6 +93,8 @@ class AgentConfig:
     xfer_timeout_s: float = 60.0
     outbox_retry_s: float = 15.0
     worker_memory_mb: int | None = None
+    # Bounds memory and disk when commands arrive faster than jobs finish.
+    max_queued_jobs: int = 32
 
 
 @dataclass
@@ -361,6 +363,23 @@ class Agent:
         seen = self.journal.get(message.msg_id)
         if seen is not None:
             self._answer_duplicate(name, message.msg_id, seen)
+            return
+        with self._lock:
+            queued = len(self._queued)
+        if queued >= self.config.max_queued_jobs:
+            # Not journaled: the host may send the same command again later and it will run.
+            logger.warning("refused %s %s: %d jobs already queued", name, message.msg_id, queued)
+            self._respond(
+                name,
+                message.msg_id,
+                Response(
+                    status="error",
+                    error=ErrorInfo(
+                        code="busy",
+                        message=f"{queued} jobs are already queued on this device; retry later",
+                    ),
+                ),
+            )
             return
         job = Job(message.msg_id, body)
         self.journal.put(

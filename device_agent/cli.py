@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--xfer-timeout-s", type=_positive(float), default=60.0)
     parser.add_argument("--outbox-retry-s", type=_positive(float), default=15.0)
     parser.add_argument(
+        "--max-queued-jobs",
+        type=_positive(int),
+        default=32,
+        help="jobs waiting or running at most; more are refused with code 'busy'",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     parser.add_argument("--version", action="version", version=f"edgetailor-agent {AGENT_VERSION}")
@@ -140,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             xfer_retry_s=args.xfer_retry_s,
             xfer_timeout_s=args.xfer_timeout_s,
             outbox_retry_s=args.outbox_retry_s,
+            max_queued_jobs=args.max_queued_jobs,
             worker_memory_mb=args.worker_memory_mb,
         )
         if args.trust_key is not None and not args.trust_key.is_file():
@@ -149,6 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         agent = Agent(config)
     except EdgeTailorError as exc:
         print(f"edgetailor-agent: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. a --data-dir this user may not create or write
+        print(
+            f"edgetailor-agent: cannot prepare --data-dir {args.data_dir}: {exc}; give a "
+            "directory the agent's user can write",
+            file=sys.stderr,
+        )
         return 2
     stop = threading.Event()
 

@@ -74,3 +74,33 @@ def test_telemetry_is_published_at_the_configured_interval(
     assert 5 < sample.agent_rss_mb < 200
     assert 0 <= sample.cpu_percent <= 100 * (psutil.cpu_count() or 1)
     assert msgspec.to_builtins(sample).keys() >= {"load_avg_1m", "cpu_freq_mhz", "temperature_c"}
+
+
+def test_commands_beyond_the_queue_bound_are_refused_as_busy_and_run_when_sent_again(
+    model_dir: Path, start_agent: Callable[..., AgentProcess], minihost: MiniHost, device_id: str
+) -> None:
+    start_agent(extra_args=["--max-queued-jobs", "2"])
+    model = minihost.offer(model_dir / "float.tflite", "tflite")
+    slow = [
+        minihost.send(
+            device_id, "benchmark",
+            BenchmarkCmd(job_id=f"slow-{i}", model=model, min_s=3600.0, timeout_s=600.0),
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    extra = BenchmarkCmd(job_id="one-too-many", model=model, runs=3, min_s=0.0)
+    refused_id = minihost.send(device_id, "benchmark", extra, msg_id="cmd-one-too-many")
+    refused = minihost.wait_final(refused_id, 15)
+    assert refused.status == "error" and refused.error is not None
+    assert refused.error.code == "busy"
+
+    for i, cmd_id in enumerate(slow):
+        minihost.send(device_id, "cancel", CancelCmd(job_id=f"slow-{i}"))
+        assert minihost.wait_final(cmd_id, 30).error.code == "cancelled"
+    # The refused command was not journaled: the same command id runs once room is back.
+    again = minihost.send(device_id, "benchmark", extra, msg_id="cmd-one-too-many")
+    minihost.wait_for(
+        lambda: any(r.status == "ok" for r in minihost.responses_to(again)), 60, "the re-sent job"
+    )
+    finals = [r for r in minihost.responses_to(again) if r.status == "ok"]
+    assert finals[0].data["job_id"] == "one-too-many"
