@@ -74,21 +74,30 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="runtime threads when a job does not say",
     )
-    parser.add_argument("--base-topic", default=DEFAULT_BASE)
+    parser.add_argument("--base-topic", default=DEFAULT_BASE, help="MQTT base topic of the fleet")
     parser.add_argument(
         "--keepalive", type=_positive(int), default=30, help="MQTT keepalive in seconds"
     )
-    parser.add_argument("--telemetry-interval", type=_positive(float), default=10.0, help="seconds")
+    parser.add_argument(
+        "--telemetry-interval", type=_positive(float), default=10.0, help="seconds between telemetry"
+    )
     parser.add_argument(
         "--trust-key",
         type=Path,
         default=None,
         help="host's Ed25519 public key (PEM); manifests must be signed by it",
     )
-    parser.add_argument("--tls-ca", default=None)
-    parser.add_argument("--tls-cert", default=None)
-    parser.add_argument("--tls-key", default=None)
-    parser.add_argument("--tag", action="append", type=_tag, default=[], metavar="KEY=VALUE")
+    parser.add_argument("--tls-ca", default=None, help="CA certificate (PEM) of the broker")
+    parser.add_argument("--tls-cert", default=None, help="this device's certificate (PEM), for mTLS")
+    parser.add_argument("--tls-key", default=None, help="this device's private key (PEM)")
+    parser.add_argument(
+        "--tag",
+        action="append",
+        type=_tag,
+        default=[],
+        metavar="KEY=VALUE",
+        help="announced in the birth message (repeatable), e.g. site=lab",
+    )
     parser.add_argument(
         "--cpu-affinity",
         type=_cpu_list,
@@ -104,9 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--xfer-window", type=_positive(int), default=16, help="chunks requested at a time"
     )
-    parser.add_argument("--xfer-retry-s", type=_positive(float), default=3.0)
-    parser.add_argument("--xfer-timeout-s", type=_positive(float), default=60.0)
-    parser.add_argument("--outbox-retry-s", type=_positive(float), default=15.0)
+    parser.add_argument(
+        "--xfer-retry-s",
+        type=_positive(float),
+        default=3.0,
+        help="ask again for missing chunks after this long without one arriving",
+    )
+    parser.add_argument(
+        "--xfer-timeout-s",
+        type=_positive(float),
+        default=60.0,
+        help="fail a transfer after this long without progress",
+    )
+    parser.add_argument(
+        "--outbox-retry-s",
+        type=_positive(float),
+        default=15.0,
+        help="re-publish unacknowledged results this often",
+    )
     parser.add_argument(
         "--max-queued-jobs",
         type=_positive(int),
@@ -114,7 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="jobs waiting or running at most; more are refused with code 'busy'",
     )
     parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="debug, info, warning or error",
     )
     parser.add_argument("--version", action="version", version=f"edgetailor-agent {AGENT_VERSION}")
     return parser
