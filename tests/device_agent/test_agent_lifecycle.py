@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib.metadata
 import os
 from collections.abc import Callable
+from pathlib import Path
+
+import pytest
 
 from shared.messages import Birth, PingCmd, decode
 from shared.topics import Topics
@@ -54,3 +57,15 @@ def test_clean_shutdown_publishes_offline_and_ping_is_answered(
     minihost.wait_for(
         lambda: minihost.retained.get(topics.status(device_id)) == b"offline", 5, "offline"
     )
+
+
+def test_a_data_dir_that_cannot_be_created_is_a_clear_error_with_exit_code_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from device_agent.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    code = main(["--broker", "mqtt://127.0.0.1:1", "--id", "pi-1", "--data-dir", str(blocker / "d")])
+    assert code == 2
+    assert "cannot prepare --data-dir" in capsys.readouterr().err
