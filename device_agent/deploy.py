@@ -325,9 +325,16 @@ class Deployer:
         if self.trust_key is not None:
             from shared.signing import verify_manifest
 
+            # A new deploy must be newer than every committed one; an equal sequence is only the
+            # same committed deploy run again (journal replay after a crash before its report).
+            # Otherwise replaying the last signed deploy would undo a rollback.
+            rerun = state.active_deploy_id == cmd.deploy_id and old_active == cmd.model.sha256
             try:
                 verify_manifest(
-                    cmd.model, self.trust_key, device_id=self.device_id, min_sequence=state.sequence
+                    cmd.model,
+                    self.trust_key,
+                    device_id=self.device_id,
+                    min_sequence=state.sequence if rerun else state.sequence + 1,
                 )
             except SignatureError as exc:
                 detail = f"{exc}; refused before download"
@@ -430,7 +437,6 @@ class Deployer:
             return _failure(result(FAILED, detail), "switch_failed", detail)
         logger.info("rolled back to %s (%s)", old_previous[:12], cmd.reason or "no reason given")
         return Response(status="ok", data=to_data(result(RESTORED, cmd.reason)))
-
 
     def failed(self, cmd: DeployCmd | RollbackCmd, code: str, message: str) -> Response:
         """The final answer to a deploy or rollback that stopped on an error; nothing switched."""

@@ -246,3 +246,37 @@ def test_replayed_signed_deploy_with_a_lower_sequence_is_refused(
     assert result is not None and result.outcome == "failed"
     assert active_sha(data_dir) == current.sha256
     assert minihost.requested_indices(old.sha256) == []
+
+
+def test_replaying_the_last_signed_deploy_after_a_rollback_is_refused(
+    model_dir: Path,
+    tmp_path: Path,
+    start_agent: Callable[..., AgentProcess],
+    minihost: MiniHost,
+    device_id: str,
+    data_dir: Path,
+) -> None:
+    key = generate_key()
+    public = tmp_path / "host.pub"
+    save_public_key(key.public_key(), public)
+    start_agent(["--trust-key", str(public)])
+
+    def signed(path: Path, precision: str, sequence: int) -> ArtifactManifest:
+        manifest = minihost.offer(path, "tflite", precision)
+        manifest = msgspec.structs.replace(manifest, target_device=device_id, sequence=sequence)
+        return sign_manifest(manifest, key)
+
+    first = signed(model_dir / "float.tflite", "fp32", 1)
+    second = signed(model_dir / "int8.tflite", "int8", 2)
+    assert deploy(minihost, device_id, first, "d-first")[2].outcome == "committed"
+    assert deploy(minihost, device_id, second, "d-second")[2].outcome == "committed"
+    rolled = minihost.wait_final(
+        minihost.send(device_id, "rollback", RollbackCmd(deploy_id="d-second")), 30
+    )
+    assert rolled.status == "ok" and active_sha(data_dir) == first.sha256
+
+    # A stranger on the broker replays the captured, validly signed deploy of `second`.
+    _, response, result = deploy(minihost, device_id, second, "d-second")
+    assert response is not None and response.error is not None
+    assert response.error.code == "untrusted_manifest" and "sequence 2" in response.error.message
+    assert active_sha(data_dir) == first.sha256
