@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_COALESCE_S = 1.0
 # Enough history to check whole multi-MB transfers in tests; a deque keeps memory bounded.
-REQUEST_HISTORY = 100_000
+REQUEST_HISTORY = 10_000
+PRUNE_ABOVE = 4096  # entries of _last_sent before old ones are dropped
 
 Publish = Callable[[str, bytes], None]  # (sha256, frame) -> publish on topics.artifact_chunks(sha)
 
@@ -119,6 +120,11 @@ class ChunkServer:
         now = self._clock()
         to_send: list[int] = []
         with self._lock:
+            if len(self._last_sent) > PRUNE_ABOVE:
+                # Only sends within coalesce_s matter; forget the rest so memory stays bounded.
+                self._last_sent = {
+                    k: t for k, t in self._last_sent.items() if now - t < self.coalesce_s
+                }
             for index in dict.fromkeys(request.indices):  # keeps order, drops repeats
                 key = (request.sha256, request.chunk_size, index)
                 last = self._last_sent.get(key)
@@ -127,7 +133,14 @@ class ChunkServer:
                     continue
                 self._last_sent[key] = now
                 to_send.append(index)
-        with open(offered.path, "rb") as handle:
+        try:
+            handle = open(offered.path, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise UnknownArtifactError(
+                f"artifact {request.sha256[:12]} was offered but its file {offered.path} cannot be "
+                f"read ({exc.strerror}); re-offer it"
+            ) from exc
+        with handle:
             for index in to_send:
                 offset, length = chunk_bounds(offered.size, request.chunk_size, index)
                 handle.seek(offset)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,10 @@ from shared.messages import Response
 from shared.results import BenchmarkResult, from_data
 
 logger = logging.getLogger(__name__)
+
+# Jobs remembered in memory; beyond this the oldest finished ones are forgotten (the store, when the
+# Fleet has one, still refuses a result it has already recorded).
+MAX_TRACKED = 10_000
 
 ProgressCallback = Callable[["JobHandle", str, dict[str, Any]], None]
 
@@ -108,12 +113,22 @@ class JobTracker:
         self._by_job: dict[str, JobHandle] = {}
         self._final_msg_ids: set[str] = set()
         self._final_jobs: set[str] = set()
+        self._final_order: deque[tuple[str, str]] = deque()
         self._lock = threading.Lock()
 
     def add(self, handle: JobHandle) -> None:
         with self._lock:
             self._by_command[handle.command_msg_id] = handle
             self._by_job[handle.job_id] = handle
+            if len(self._by_job) > MAX_TRACKED:
+                self._forget_oldest_finished()
+
+    def _forget_oldest_finished(self) -> None:
+        """Keep memory bounded in a long-running host; the store still dedups old results."""
+        finished = [h for h in self._by_job.values() if h.done()]
+        for old in finished[: len(finished) // 2]:
+            self._by_job.pop(old.job_id, None)
+            self._by_command.pop(old.command_msg_id, None)
 
     def by_command(self, command_msg_id: str | None) -> JobHandle | None:
         if command_msg_id is None:
@@ -132,6 +147,11 @@ class JobTracker:
                 return False
             self._final_jobs.add(job_id)
             self._final_msg_ids.add(response_msg_id)
+            self._final_order.append((job_id, response_msg_id))
+            while len(self._final_order) > MAX_TRACKED:
+                old_job, old_msg = self._final_order.popleft()
+                self._final_jobs.discard(old_job)
+                self._final_msg_ids.discard(old_msg)
             return True
 
     def pending(self) -> list[JobHandle]:

@@ -121,3 +121,33 @@ def test_a_request_past_the_last_chunk_publishes_nothing_and_says_bad_request(
     answer = device.responses.get(timeout=5)
     assert answer.body.error.code == "bad_request"
     assert fleet.chunks.chunks_published == 0
+
+
+def test_an_offered_file_deleted_since_is_answered_with_unknown_artifact(
+    fleet: Fleet, devices: list[ScriptedDevice], artifact: Path
+) -> None:
+    sha = _offer_raw(fleet, artifact)
+    artifact.unlink()
+    device = devices[0]
+    device.send(
+        fleet.topics.xfer_request(device.device_id),
+        ChunkRequest(sha256=sha, chunk_size=CHUNK, indices=[0]),
+        msg_id="req-gone-1",
+    )
+    answer = device.responses.get(timeout=5)
+    assert answer.corr_id == "req-gone-1"
+    assert answer.body.error.code == "unknown_artifact" and "re-offer" in answer.body.error.message
+
+
+def test_the_coalescing_memory_forgets_sends_older_than_the_window(artifact: Path) -> None:
+    from host.fleet.chunk_server import PRUNE_ABOVE, ChunkServer
+
+    now = [0.0]
+    server = ChunkServer(lambda _sha, _frame: None, coalesce_s=1.0, clock=lambda: now[0])
+    sha = sha256_file(artifact)
+    server.offer(sha, artifact)
+    for step in range(PRUNE_ABOVE // 6 + 2):
+        now[0] = float(step) * 2.0  # every request is past the window of the previous ones
+        server.handle("dev", ChunkRequest(sha256=sha, chunk_size=1024, indices=list(range(6))))
+    assert len(server._last_sent) <= PRUNE_ABOVE
+    assert server.chunks_coalesced == 0

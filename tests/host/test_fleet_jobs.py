@@ -187,3 +187,24 @@ def test_a_final_response_for_a_job_of_another_host_is_neither_stored_nor_acked(
     with pytest.raises(queue.Empty):
         device.next_command(timeout=1.0)
     assert store.list_results() == []
+
+
+def test_the_job_tracker_forgets_old_finished_jobs_but_not_pending_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from host.fleet import jobs as jobs_module
+    from host.fleet.jobs import JobHandle, JobTracker
+    from shared.messages import Response
+
+    monkeypatch.setattr(jobs_module, "MAX_TRACKED", 10)
+    tracker = JobTracker()
+    pending = JobHandle(job_id="keep", device_id="d", command_msg_id="c-keep", kind="benchmark")
+    tracker.add(pending)
+    for i in range(30):
+        handle = JobHandle(job_id=f"j{i}", device_id="d", command_msg_id=f"c{i}", kind="benchmark")
+        tracker.add(handle)
+        assert tracker.claim_final(handle.job_id, f"r{i}")
+        handle._finish(Response(status="ok", data={}), f"r{i}")
+    assert len(tracker._by_job) <= 12 and tracker.by_job("keep") is pending
+    assert tracker.by_command("c29") is not None  # the newest are still routed
+    assert len(tracker._final_jobs) <= 10
