@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from device_agent.errors import JobError
-from device_agent.fsutil import atomic_write, fsync_dir
+from shared.fsutil import atomic_write, fsync_dir
 from shared.errors import SignatureError, ValidationError
 from shared.hashing import is_sha256_hex, sha256_file
 from shared.manifest import ArtifactManifest, decode_manifest, encode_manifest

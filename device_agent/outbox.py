@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from device_agent.fsutil import atomic_write, fsync_dir
+from shared.fsutil import atomic_write, fsync_dir
 from shared.messages import MSG_ID_PATTERN
 
 logger = logging.getLogger(__name__)

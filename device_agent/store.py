@@ -19,7 +19,7 @@ import struct
 from pathlib import Path
 
 from device_agent.errors import JobError
-from device_agent.fsutil import fsync_dir
+from shared.fsutil import fsync_dir
 from shared.errors import ValidationError
 from shared.hashing import is_sha256_hex, sha256_file
 from shared.transfer import chunk_bounds, chunk_count

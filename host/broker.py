@@ -72,8 +72,10 @@ class EmbeddedBroker:
         self._thread = threading.Thread(target=self._run, name="edgetailor-broker", daemon=True)
         self._thread.start()
         if not self._started.wait(_START_TIMEOUT_S):
+            self._thread = None  # so that a later start() tries again instead of claiming success
             raise BrokerError(f"the embedded broker did not start within {_START_TIMEOUT_S:.0f} s")
         if self._error is not None:
+            self._thread = None
             raise BrokerError(
                 f"the embedded broker failed to start on {self.host}:{self.port}: {self._error}"
             ) from self._error

@@ -14,7 +14,6 @@ import html
 import json
 import logging
 import math
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from host.select import (
     figure_value,
     format_value,
 )
+from shared.fsutil import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -760,12 +760,6 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_report(
     out_dir: Path | str,
     campaign: dict[str, Any],
@@ -838,10 +832,11 @@ def write_report(
     )
 
     index = out / "index.html"
-    _write_atomic(index, "\n".join(parts))
-    _write_atomic(
+    atomic_write(index, "\n".join(parts).encode("utf-8"))
+    results = report_data(campaign, rows, selections)
+    atomic_write(
         out / "results.json",
-        json.dumps(report_data(campaign, rows, selections), indent=2, default=str, allow_nan=False),
+        json.dumps(results, indent=2, default=str, allow_nan=False).encode("utf-8"),
     )
     logger.info("report for campaign %s written to %s", campaign_id, index)
     return index

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Literal
 
 from shared.errors import ConfigError
 from shared.topics import DEFAULT_BASE, Topics, check_device_id
+from shared.fsutil import atomic_write
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -91,20 +92,12 @@ class SigningKeyPair:
 def _write_private(path: Path, data: bytes) -> None:
     """Create ``path`` with mode 0600 from the start, so the key is never world-readable."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    atomic_write(path, data, mode=0o600)
 
 
 def _write_public(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write(path, data, mode=0o644)
 
 
 def _new_key() -> EllipticCurvePrivateKey:

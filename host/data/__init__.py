@@ -11,6 +11,7 @@ train/val/test with the seed (70/15/15). A file may instead hold ready splits as
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from host.errors import DataError
+from shared.fsutil import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -334,10 +336,9 @@ def write_eval_npz(
     out.parent.mkdir(parents=True, exist_ok=True)
     # Temporary sibling, then rename: a campaign resumes with an existing eval.npz as it is, so an
     # interrupted write must never leave a truncated one under the final name.
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
-    tmp.replace(out)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write(out, buffer.getvalue())
     return out
 
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from host.errors import ExportError
 from shared.hashing import sha256_file
+from shared.fsutil import atomic_write
 from shared.manifest import ArtifactManifest, encode_manifest
 from shared.registry import Registry
 
@@ -237,7 +238,7 @@ def export(
         metrics["host_metric_value"] = result.value
         manifest = ArtifactManifest(**{**_fields(manifest), "metrics": metrics})
         artifact = Artifact(final, manifest)
-    artifact.manifest_path.write_bytes(encode_manifest(manifest))
+    atomic_write(artifact.manifest_path, encode_manifest(manifest))
     return artifact
 
 
