@@ -13,14 +13,16 @@ export move it back (exporters deepcopy to the CPU anyway).
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from host.data import DataSet
+from host.data import DataSet, Split
 from host.errors import CompressionError
 from host.metrics import to_tensor
 
@@ -47,8 +49,14 @@ def fit(
     progress: Progress | None = None,
     task: str = "classification",
     weight_decay: float = 0.0,
+    keep_best: bool = True,
 ) -> nn.Module:
-    """Train ``module`` on ``data.train``; ``progress(message, fraction_done)`` after each epoch."""
+    """Train ``module`` on ``data.train``; ``progress(message, fraction_done)`` after each epoch.
+
+    With ``keep_best`` the weights of the epoch that scored best on ``data.val`` are the ones
+    returned (accuracy with labels, agreement with the teacher without them): a short fine-tune of
+    a freshly pruned network can otherwise end on a worse epoch than one it passed through.
+    """
     if epochs < 0:
         raise CompressionError(f"epochs must be >= 0, got {epochs}")
     if not lr > 0:
@@ -74,6 +82,7 @@ def fit(
         [p for p in module.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay
     )
     steps_per_epoch = max(1, -(-len(data.train) // batch_size))
+    best: tuple[float, int, dict[str, Any]] | None = None
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     for epoch in range(epochs):
         total, count = 0.0, 0
@@ -90,10 +99,51 @@ def fit(
             count += len(tensors[0])
         mean = total / max(count, 1)
         logger.debug("epoch %d/%d loss %.4f", epoch + 1, epochs, mean)
+        if keep_best and len(data.val) > 0:
+            score = _val_score(module, data.val, teacher, task, device, batch_size)
+            if best is None or score > best[0]:
+                best = (score, epoch, copy.deepcopy(module.state_dict()))
+            module.train()
         if progress is not None:
             progress(f"epoch {epoch + 1}/{epochs} loss {mean:.4f}", (epoch + 1) / epochs)
+    if best is not None and best[1] != epochs - 1:
+        logger.info("keeping epoch %d of %d (best on the validation split)", best[1] + 1, epochs)
+        module.load_state_dict(best[2])
     module.eval()
     return module
+
+
+@torch.no_grad()
+def _val_score(
+    module: nn.Module,
+    split: Split,
+    teacher: nn.Module | None,
+    task: str,
+    device: torch.device,
+    batch_size: int,
+) -> float:
+    """Higher is better: accuracy, agreement with the teacher, or negative mean squared error."""
+    module.eval()
+    hits, count, sq_error = 0, 0, 0.0
+    for inputs, labels in split.batches(batch_size):
+        tensors = [to_tensor(a, device) for a in inputs]
+        out = _first(module(*tensors)).float()
+        if labels is not None:
+            target = torch.from_numpy(labels).to(device)
+        elif teacher is not None:
+            target = _first(teacher(*tensors)).float()
+            if task == "classification":
+                target = target.argmax(dim=-1)
+        else:
+            return 0.0
+        if task == "classification":
+            hits += int((out.argmax(dim=-1) == target).sum())
+        else:
+            sq_error += float(F.mse_loss(out, target.float().view_as(out), reduction="sum"))
+        count += len(tensors[0])
+    if count == 0:
+        return 0.0
+    return hits / count if task == "classification" else -sq_error / count
 
 
 def _first(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:

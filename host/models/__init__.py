@@ -47,6 +47,9 @@ class ModelBundle:
 MODELS: Registry[str, Callable[..., ModelBundle]] = Registry("builtin model")
 
 
+INIT_SEED = 0
+
+
 def load_model(spec: str, **kwargs: Any) -> ModelBundle:
     """Resolve a model spec; errors are :class:`host.errors.ModelSpecError` saying what to fix."""
     from host.models import zoo  # noqa: F401 - registers the builtins
@@ -115,8 +118,14 @@ def _call(factory: Callable[..., Any], kwargs: dict[str, Any], spec: str) -> Any
     ignored = sorted(set(kwargs) - set(accepted))
     if ignored:
         logger.debug("factory for %s does not take %s; ignored", spec, ", ".join(ignored))
+    import torch
+
     try:
-        return factory(**accepted)
+        # Initial weights from a fixed seed: otherwise they depend on whatever consumed the global
+        # RNG before (imports included), and so does every accuracy figure built on them.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(INIT_SEED)
+            return factory(**accepted)
     except (ModelSpecError, TypeError, ValueError) as exc:
         if isinstance(exc, ModelSpecError):
             raise

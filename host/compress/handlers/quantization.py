@@ -159,6 +159,9 @@ def apply_qat(bundle: ModelBundle, cfg: QuantAwareTraining, ctx: CompressContext
     teacher = ctx.teacher.module if ctx.data.train.labels is None else None
     trained = fit(wrapped, ctx.data, cfg.epochs, cfg.lr, teacher=teacher,
                   batch_size=cfg.batch_size, seed=ctx.seed, task=bundle.task,
+                  # eval() does not switch an exported graph's fake-quant/BN behaviour, so a
+                  # per-epoch validation score would not mean what it says.
+                  keep_best=False,
                   progress=lambda label, frac: ctx.report(f"qat {label}", frac))
     trained = trained.cpu().eval()
     ctx.precision = "qat_int8"
