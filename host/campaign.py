@@ -645,10 +645,17 @@ class CampaignRunner:
             # agent's outbox (re-sent until acknowledged); do not benchmark it twice.
             self._emit("job", f"{device}: waiting for {cand.candidate_id} sent before the restart",
                        device=device, candidate=cand.candidate_id, status="adopted")
+            # The agent may still be fetching from the host run that died: serve its files again.
+            self.fleet.offer(cand.path)
+            if prepared.eval_path is not None:
+                self.fleet.offer(prepared.eval_path)
             outcome = self._await_stored(job.fleet_job_id, device)
-            if outcome is not None:
+            if outcome is not None and outcome[0] == JOB_OK:
                 return self._record(job, cand, prepared, *outcome)
-            last_error = f"job {job.fleet_job_id} was sent before a restart and never answered"
+            last_error = (outcome[2] or "failed") if outcome is not None else (
+                f"job {job.fleet_job_id} was sent before a restart and never answered")
+            # A failure of the adopted job (e.g. its transfer starved while no host served it)
+            # gets the same retries as any other.
             self.cstore.job_retry(self.campaign_id, cand.candidate_id, device, last_error)
         while attempts <= self.spec.retries:
             if not self._wait_online(device):
