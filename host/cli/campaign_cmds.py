@@ -398,7 +398,9 @@ def demo_cmd(
     out: Annotated[Path, typer.Option("--out", help="work dir: database, artifacts, agents, report")] = Path("demo-out"),
     space: Annotated[str, typer.Option("--space", help="search space")] = "demo",
     constraint: Annotated[Optional[list[str]], typer.Option("--constraint", help="override the default constraint")] = None,
-    objective: Annotated[str, typer.Option("--objective")] = "min_latency",
+    objective: Annotated[
+        str, typer.Option("--objective", help="max_metric, min_latency, min_size, min_memory")
+    ] = "min_latency",
     as_json: JsonOpt = False,
 ) -> None:
     """The whole loop on this machine: embedded broker, SQLite, local agents with different CPU

@@ -98,7 +98,9 @@ def deploy_cmd(
     min_metric: Annotated[
         Optional[float], typer.Option("--min-metric", help="health check: lowest accuracy/agreement")
     ] = None,
-    health_runs: Annotated[int, typer.Option("--health-runs", min=1)] = 20,
+    health_runs: Annotated[
+        int, typer.Option("--health-runs", min=1, help="health check: timed runs of the staged model")
+    ] = 20,
     timeout: Annotated[float, typer.Option("--timeout", help="health check timeout on a device, s")] = 300.0,
     device_timeout: Annotated[float, typer.Option("--device-timeout", help="s to wait for a device")] = 30.0,
     broker: BrokerOpt = DEFAULT_BROKER,

@@ -171,8 +171,13 @@ def bench_cmd(
         Optional[Path],
         typer.Option("--eval", help=".npz with x (and y labels or ref outputs)", exists=True, dir_okay=False),
     ] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1)] = None,
-    runs: Annotated[int, typer.Option("--runs", min=1)] = 50,
+    threads: Annotated[
+        Optional[int],
+        typer.Option("--threads", min=1, help="runtime threads on the device (default: the agent's)"),
+    ] = None,
+    runs: Annotated[
+        int, typer.Option("--runs", min=1, help="timed runs (at least this many, and at least 1 s)")
+    ] = 50,
     timeout: Annotated[float, typer.Option("--timeout", help="benchmark timeout on the device, s")] = 300.0,
     base_topic: BaseTopicOpt = DEFAULT_BASE,
     db: DbOpt = None,
