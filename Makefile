@@ -14,17 +14,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[host,device,dev]'
 	touch $(STAMP)
 
-# tflite-runtime 2.14 (what older boards run) needs numpy<2, so it lives in its own folder; the
-# tests put it first on PYTHONPATH in a subprocess to check our .tflite files run there unchanged.
-TFLRT := $(VENV)/tflite-runtime-2.14
-$(TFLRT)/.stamp: $(STAMP)
-	$(PY) -m pip install -q --target $(TFLRT) tflite-runtime==2.14.0 'numpy<2'
-	touch $@
+# A second, board-like environment: what `deploy/install-agent.sh` puts on a board without an
+# ai-edge-litert wheel -- tflite-runtime 2.14 with numpy<2, paho-mqtt, psutil, no torch. The tests run
+# real agents in it, and check that our .tflite files run there unchanged.
+BOARD_VENV := .venv-board
+BOARD_STAMP := $(BOARD_VENV)/.installed-stamp
+$(BOARD_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(BOARD_VENV)
+	$(BOARD_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BOARD_VENV)/bin/python -m pip install -q 'numpy<2' tflite-runtime==2.14.0 'paho-mqtt>=2,<3' \
+		psutil msgspec cryptography
+	touch $(BOARD_STAMP)
 
 install: $(STAMP)
 
-test: $(STAMP) $(TFLRT)/.stamp
-	EDGETAILOR_TFLITE_RUNTIME_PATH=$(abspath $(TFLRT)) $(PY) -m pytest -q
+test: $(STAMP) $(BOARD_STAMP)
+	EDGETAILOR_BOARD_PYTHON=$(abspath $(BOARD_VENV))/bin/python $(PY) -m pytest -q
 
 demo: $(STAMP)
 	$(VENV)/bin/edgetailor demo
@@ -33,4 +38,4 @@ bench: $(STAMP)
 	$(PY) -m bench.compression
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(BOARD_VENV) .pytest_cache build *.egg-info

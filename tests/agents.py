@@ -32,7 +32,9 @@ class AgentProcess:
         base_topic: str,
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        python: str = sys.executable,
     ) -> None:
+        self.python = python  # e.g. a board-like venv without torch or ai-edge-litert
         self.broker_url = broker_url
         self.device_id = device_id
         self.data_dir = Path(data_dir)
@@ -48,7 +50,7 @@ class AgentProcess:
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "device_agent.cli",
+            self.python, "-m", "device_agent.cli",
             "--broker", self.broker_url,
             "--id", self.device_id,
             "--data-dir", str(self.data_dir),

@@ -7,7 +7,6 @@ import copy
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -303,7 +302,8 @@ def test_bad_export_requests_are_rejected_with_what_to_do(
         ExportConfig("coreml", "fp32")  # type: ignore[arg-type]
 
 
-TFLITE_RUNTIME_PATH = os.environ.get("EDGETAILOR_TFLITE_RUNTIME_PATH", "")
+# A Python with tflite-runtime 2.14 and numpy<2 (the board environment `make test` builds).
+BOARD_PYTHON = os.environ.get("EDGETAILOR_BOARD_PYTHON", "")
 OLD_RUNTIME_SCRIPT = """
 import json, sys
 import numpy as np
@@ -329,9 +329,9 @@ print(json.dumps(result))
 
 
 @pytest.mark.skipif(
-    not TFLITE_RUNTIME_PATH,
-    reason="set EDGETAILOR_TFLITE_RUNTIME_PATH to a `pip install --target DIR tflite-runtime==2.14.0 "
-    "'numpy<2'` folder to check old-board compatibility",
+    not BOARD_PYTHON,
+    reason="set EDGETAILOR_BOARD_PYTHON to a Python with tflite-runtime==2.14.0 and numpy<2 "
+    "(`make test` builds one in .venv-board) to check old-board compatibility",
 )
 def test_every_tflite_precision_runs_unchanged_in_tflite_runtime_2_14(
     tmp_path: Path, digits_export: ExportFn, digits: DataSet
@@ -345,10 +345,9 @@ def test_every_tflite_precision_runs_unchanged_in_tflite_runtime_2_14(
         digits_export("tflite", "int8_dynamic", "weight_only"),
         digits_export("tflite", "int8"),
     ]
-    env = {**os.environ, "PYTHONPATH": TFLITE_RUNTIME_PATH}
     proc = subprocess.run(
-        [sys.executable, "-c", OLD_RUNTIME_SCRIPT, str(eval_path), *(str(a.path) for a in artifacts)],
-        env=env, capture_output=True, text=True, timeout=300, check=False,
+        [BOARD_PYTHON, "-c", OLD_RUNTIME_SCRIPT, str(eval_path), *(str(a.path) for a in artifacts)],
+        capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     old = json.loads(proc.stdout.strip().splitlines()[-1])
