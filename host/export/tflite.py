@@ -74,6 +74,10 @@ class TfliteExporter(Exporter):
         try:
             to_eval(graph)
             converted = quantize_pt2e.convert_pt2e(graph, fold_quantize=False)
+            # An exported graph refuses .eval(); its ops are already in eval form (to_eval), so only
+            # the flag litert-torch checks is left to clear.
+            for submodule in converted.modules():
+                submodule.training = False
         except Exception as exc:
             raise export_error(exc, request.module, request.example_inputs, "int8 conversion") from exc
         self._convert(converted, request.examples_for_litert(), path, QuantConfig(pt2e_quantizer=quantizer))
