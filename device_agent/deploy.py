@@ -372,11 +372,7 @@ class Deployer:
             releases.switch(record, previous=old_active)
         except (OSError, ValidationError) as exc:
             logger.exception("switch of deploy %s failed; switching back", cmd.deploy_id)
-            try:
-                releases.undo(record)
-            except OSError:
-                logger.exception("could not switch back after a failed switch")
-            detail = f"the switch failed ({exc}); the earlier model is active again"
+            detail = f"the switch failed ({exc}); {_switch_back(releases, record)}"
             return _failure(result(ROLLED_BACK, health, detail), "switch_failed", detail)
         logger.info("deploy %s committed: active %s", cmd.deploy_id, cmd.model.sha256[:12])
         return Response(status="ok", data=to_data(result(COMMITTED, health)))
@@ -432,8 +428,8 @@ class Deployer:
         try:
             releases.switch(record, previous=old_active)
         except (OSError, ValidationError) as exc:
-            releases.undo(record)
-            detail = f"the switch failed ({exc}); nothing was changed"
+            logger.exception("switch of the rollback failed; switching back")
+            detail = f"the switch failed ({exc}); {_switch_back(releases, record)}"
             return _failure(result(FAILED, detail), "switch_failed", detail)
         logger.info("rolled back to %s (%s)", old_previous[:12], cmd.reason or "no reason given")
         return Response(status="ok", data=to_data(result(RESTORED, cmd.reason)))
@@ -445,6 +441,17 @@ class Deployer:
             previous_sha256=self.releases.previous(), detail=message,
         )  # fmt: skip
         return _failure(result, code, message)
+
+
+def _switch_back(releases: Releases, record: InFlight) -> str:
+    """Undo a switch that failed half-way; says in words where that left the device."""
+    try:
+        releases.undo(record)
+    except OSError:
+        logger.exception("could not switch back after a failed switch")
+        # The in-flight record is still on disk: recovery at the next start restores the links.
+        return "switching back failed too; the agent restores the earlier model when it restarts"
+    return "the earlier model is active again"
 
 
 def _failure(result: DeployResult, code: str, message: str) -> Response:
