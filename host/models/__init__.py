@@ -9,9 +9,11 @@ factory when its signature accepts them (``width``, ``num_classes``, ``input_sha
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import inspect
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -57,16 +59,57 @@ def load_model(spec: str, **kwargs: Any) -> ModelBundle:
     if not isinstance(spec, str) or not spec.strip():
         raise ModelSpecError("empty model spec: use builtin:NAME, path/file.py:factory or pkg.module:factory")
     spec = spec.strip()
-    if spec.startswith("builtin:"):
-        name = spec.removeprefix("builtin:")
+    base, params = split_spec_params(spec)
+    merged = {**params, **kwargs}  # explicit keyword arguments win over the spec's own
+    if base.startswith("builtin:"):
+        name = base.removeprefix("builtin:")
         if name not in MODELS:
             known = ", ".join(f"builtin:{n}" for n in MODELS)
             raise ModelSpecError(f"unknown builtin model {name!r}; known: {known}")
-        bundle = _call(MODELS.get(name), kwargs, spec)
-        return _check_bundle(bundle, spec)
-    factory = resolve_factory(spec, what="model")
-    result = _call(factory, kwargs, spec)
-    return _check_bundle(_to_bundle(result, spec, kwargs), spec)
+        factory = MODELS.get(name)
+        _check_params(factory, params, spec)
+        bundle = _call(factory, merged, spec)
+    else:
+        factory = resolve_factory(base, what="model")
+        _check_params(factory, params, spec)
+        bundle = _to_bundle(_call(factory, merged, spec), spec, merged)
+    if params:
+        bundle = dataclasses.replace(bundle, factory=spec)  # so the same model can be built again
+    return _check_bundle(bundle, spec)
+
+
+def split_spec_params(spec: str) -> tuple[str, dict[str, Any]]:
+    """``builtin:mobilenetv2?width=0.5&num_classes=4`` -> ("builtin:mobilenetv2", {...}).
+
+    Values are read as JSON where they parse (numbers, true/false, lists), else kept as text.
+    """
+    base, sep, query = spec.partition("?")
+    if not sep:
+        return spec, {}
+    params: dict[str, Any] = {}
+    for item in filter(None, query.split("&")):
+        key, eq, raw = item.partition("=")
+        if not eq or not key.isidentifier():
+            raise ModelSpecError(
+                f"model spec {spec!r}: {item!r} is not KEY=VALUE (e.g. builtin:digits_cnn?width=2)"
+            )
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return base, params
+
+
+def _check_params(factory: Callable[..., Any], params: dict[str, Any], spec: str) -> None:
+    accepted = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        return
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ModelSpecError(
+            f"model spec {spec!r}: the factory takes no {', '.join(unknown)}; it takes "
+            f"{', '.join(accepted) or 'no arguments'}"
+        )
 
 
 def resolve_factory(spec: str, *, what: str) -> Callable[..., Any]:

@@ -132,3 +132,35 @@ def test_loaded_models_are_in_eval_mode() -> None:
         a = bundle.module(*bundle.example_inputs)
         b = bundle.module(*bundle.example_inputs)
     assert torch.equal(a, b)
+
+
+def test_spec_parameters_set_factory_arguments_and_the_bundle_remembers_them() -> None:
+    wide = load_model("builtin:digits_cnn?width=2&num_classes=4")
+    assert (wide.width, wide.num_classes) == (2.0, 4)
+    assert wide.module(*wide.example_inputs).shape == (1, 4)
+    assert count_params(wide.module) > count_params(load_model("builtin:digits_cnn").module)
+    again = load_model(wide.factory)
+    assert count_params(again.module) == count_params(wide.module)
+    # Explicit keyword arguments win over the spec's own, as a distillation student needs.
+    assert load_model(wide.factory, width=0.5).width == 0.5
+
+
+def test_builtin_initial_weights_do_not_depend_on_the_global_random_state() -> None:
+    torch.manual_seed(1)
+    first = load_model("builtin:resnet8").module.state_dict()
+    torch.randn(100)  # consume global RNG state, as imports and other code do
+    second = load_model("builtin:resnet8").module.state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("builtin:digits_cnn?depth=3", "takes no depth; it takes width, num_classes, input_shape"),
+        ("builtin:digits_cnn?width", "is not KEY=VALUE"),
+        ("builtin:digits_cnn?width=-1", "width"),
+    ],
+)
+def test_bad_spec_parameters_are_clear_errors(spec: str, match: str) -> None:
+    with pytest.raises(ModelSpecError, match=match):
+        load_model(spec)
