@@ -38,8 +38,8 @@ def _host_commands() -> list[tuple[str, list[str]]]:
 
 @pytest.mark.parametrize(("command", "options"), _host_commands(), ids=lambda v: str(v))
 def test_every_host_command_and_option_is_in_the_readme(command: str, options: list[str]) -> None:
-    assert f"`{command}`" in README, f"README has no section for `{command}`"
-    section = README.split(f"`{command}`", 1)[1]
+    assert f"### `{command}`" in README, f"README has no section for `{command}`"
+    section = README.split(f"### `{command}`", 1)[1].split("\n### ", 1)[0]
     missing = [opt for opt in options if f"`{opt}" not in section]
     assert not missing, f"README does not document {missing} of `{command}`"
 

@@ -397,6 +397,9 @@ def demo_cmd(
     agents: Annotated[int, typer.Option("--agents", min=1, max=8, help="local agents to start")] = 3,
     out: Annotated[Path, typer.Option("--out", help="work dir: database, artifacts, agents, report")] = Path("demo-out"),
     space: Annotated[str, typer.Option("--space", help="search space")] = "demo",
+    model: Annotated[
+        Optional[str], typer.Option("--model", help="model spec (default: builtin:digits_cnn?width=4)")
+    ] = None,
     constraint: Annotated[Optional[list[str]], typer.Option("--constraint", help="override the default constraint")] = None,
     objective: Annotated[
         str, typer.Option("--objective", help="max_metric, min_latency, min_size, min_memory")
@@ -405,12 +408,12 @@ def demo_cmd(
 ) -> None:
     """The whole loop on this machine: embedded broker, SQLite, local agents with different CPU
     profiles, the digits CNN, a campaign, a choice per device, deploy, HTML report."""
-    from host.demo import DEFAULT_CONSTRAINTS, run_demo
+    from host.demo import DEFAULT_CONSTRAINTS, DEFAULT_MODEL, run_demo
 
     started = time.monotonic()
     err = Console(stderr=True)
     summary = run_demo(
-        agents=agents, out_dir=out, space=space,
+        agents=agents, out_dir=out, space=space, model=model or DEFAULT_MODEL,
         constraints=tuple(constraint) if constraint else DEFAULT_CONSTRAINTS,
         objective=objective, console=err, quiet=as_json,
     )

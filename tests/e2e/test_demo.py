@@ -26,7 +26,8 @@ def test_demo_measures_each_profile_chooses_per_device_and_cleans_up(tmp_path: P
     ]))
     out = tmp_path / "demo"
     done = subprocess.run(
-        [*CLI, "demo", "--agents", "3", "--out", str(out), "--space", str(space), "--json"],
+        [*CLI, "demo", "--agents", "3", "--out", str(out), "--space", str(space), "--json",
+         "--model", "builtin:digits_cnn"],
         capture_output=True, text=True, timeout=900, env=cli_env(),
     )
     assert done.returncode == 0, done.stderr[-4000:]
