@@ -217,24 +217,34 @@ def test_rollback_restores_the_previous_model_and_refuses_a_deploy_that_is_not_a
     assert active_sha(data_dir) == first.sha256
 
 
-def test_replayed_signed_deploy_with_a_lower_sequence_is_refused(
-    model_dir: Path,
+SignFn = Callable[[Path, str, int], ArtifactManifest]
+
+
+@pytest.fixture
+def signed(
     tmp_path: Path,
     start_agent: Callable[..., AgentProcess],
     minihost: MiniHost,
     device_id: str,
-    data_dir: Path,
-) -> None:
+) -> SignFn:
+    """Start an agent that trusts a fresh host key; returns (file, precision, sequence) -> manifest
+    offered by the MiniHost, addressed to that agent and signed with the key."""
     key = generate_key()
     public = tmp_path / "host.pub"
     save_public_key(key.public_key(), public)
     start_agent(["--trust-key", str(public)])
 
-    def signed(path: Path, precision: str, sequence: int) -> ArtifactManifest:
+    def sign(path: Path, precision: str, sequence: int) -> ArtifactManifest:
         manifest = minihost.offer(path, "tflite", precision)
         manifest = msgspec.structs.replace(manifest, target_device=device_id, sequence=sequence)
         return sign_manifest(manifest, key)
 
+    return sign
+
+
+def test_replayed_signed_deploy_with_a_lower_sequence_is_refused(
+    model_dir: Path, signed: SignFn, minihost: MiniHost, device_id: str, data_dir: Path
+) -> None:
     old = signed(model_dir / "int8.tflite", "int8", 1)
     current = signed(model_dir / "float.tflite", "fp32", 2)
     _, _, result = deploy(minihost, device_id, current, "d-seq2")
@@ -249,23 +259,8 @@ def test_replayed_signed_deploy_with_a_lower_sequence_is_refused(
 
 
 def test_replaying_the_last_signed_deploy_after_a_rollback_is_refused(
-    model_dir: Path,
-    tmp_path: Path,
-    start_agent: Callable[..., AgentProcess],
-    minihost: MiniHost,
-    device_id: str,
-    data_dir: Path,
+    model_dir: Path, signed: SignFn, minihost: MiniHost, device_id: str, data_dir: Path
 ) -> None:
-    key = generate_key()
-    public = tmp_path / "host.pub"
-    save_public_key(key.public_key(), public)
-    start_agent(["--trust-key", str(public)])
-
-    def signed(path: Path, precision: str, sequence: int) -> ArtifactManifest:
-        manifest = minihost.offer(path, "tflite", precision)
-        manifest = msgspec.structs.replace(manifest, target_device=device_id, sequence=sequence)
-        return sign_manifest(manifest, key)
-
     first = signed(model_dir / "float.tflite", "fp32", 1)
     second = signed(model_dir / "int8.tflite", "int8", 2)
     assert deploy(minihost, device_id, first, "d-first")[2].outcome == "committed"
