@@ -122,7 +122,7 @@ class CampaignSpec:
     constraints: tuple[str, ...] = ()
     objective: str = "max_metric"
     formats: tuple[str, ...] = ("tflite",)
-    pretrain_epochs: int = 15
+    pretrain_epochs: int = 0  # zoo models start untrained: campaigns on them pass e.g. 15
     weights: str | None = None
     seed: int = 0
     runs: int = 50
@@ -416,6 +416,13 @@ class CampaignRunner:
             tmp.replace(weights)
         reference = reference_outputs(bundle, dataset)
         baseline = evaluate_module(bundle.module, dataset.test, bundle.task, reference)
+        chance = 1.0 / bundle.num_classes if bundle.num_classes else 0.0
+        if baseline.name == "accuracy" and baseline.value < 2 * chance:
+            # Every candidate is measured against this baseline: an untrained one makes the whole
+            # campaign meaningless, so say so loudly rather than let a 10 % model be "chosen".
+            self._emit("stage", f"warning: the baseline scores {baseline.value:.3f} accuracy, near "
+                       "chance: is the model trained? Give --weights FILE or --pretrain-epochs N")
+            logger.warning("baseline accuracy %.3f is near chance (%.3f)", baseline.value, chance)
         eval_path = self.work_dir / "eval.npz"
         if not eval_path.is_file():
             write_eval_npz(dataset.test, eval_path, reference, limit=self.spec.eval_limit)

@@ -191,7 +191,9 @@ def campaign_cmd(
     retries: Annotated[int, typer.Option("--retries", min=0, help="extra attempts of a failed job")] = 1,
     offline_deadline: Annotated[float, typer.Option("--offline-deadline", help="seconds to wait for an offline device")] = 120.0,
     screen_margin: Annotated[float, typer.Option("--screen-margin", help="host-metric margin that counts as dominated")] = 0.02,
-    pretrain_epochs: Annotated[int, typer.Option("--pretrain-epochs", min=0, help="train the model on the data first")] = 15,
+    pretrain_epochs: Annotated[int, typer.Option(
+        "--pretrain-epochs", min=0,
+        help="train the model on --data first (zoo models start untrained)")] = 0,
     weights: Annotated[Optional[str], typer.Option("--weights", help="state_dict file of the model")] = None,
     eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", min=1, help="eval samples shipped to devices")] = None,
     work_dir: Annotated[Optional[Path], typer.Option("--work-dir", help="artifacts (default ~/.edgetailor/campaigns/ID)")] = None,
