@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test demo bench clean
+.PHONY: install lint test demo bench clean
 
 # torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -28,7 +28,11 @@ $(BOARD_STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP) $(BOARD_STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: $(STAMP) $(BOARD_STAMP) lint
 	EDGETAILOR_BOARD_PYTHON=$(abspath $(BOARD_VENV))/bin/python $(PY) -m pytest -q
 
 demo: $(STAMP)

@@ -55,7 +55,9 @@ def bench_recipes(scale: float) -> list[Recipe]:
         Recipe.of(UnstructuredPrune(amount=0.5), FineTune(epochs=ep(5)), name="sparse50_ft"),
         Recipe.of(ChannelPrune(ratio=0.5), name="prune50"),
         Recipe.of(ChannelPrune(ratio=0.5), FineTune(epochs=ep(10)), name="prune50_ft"),
-        Recipe.of(ChannelPrune(ratio=0.5), FineTune(epochs=ep(10)), Int8Full(), name="prune50_ft_int8"),
+        Recipe.of(
+            ChannelPrune(ratio=0.5), FineTune(epochs=ep(10)), Int8Full(), name="prune50_ft_int8"
+        ),
         Recipe.of(LowRank(ratio=0.5), FineTune(epochs=ep(8)), name="lowrank50_ft"),
         Recipe.of(LowRank(ratio=0.5), FineTune(epochs=ep(8)), Fp16(), name="lowrank50_ft_fp16"),
         Recipe.of(LowRank(method="tucker2", ratio=0.5), FineTune(epochs=ep(8)), name="tucker50_ft"),
@@ -101,17 +103,25 @@ def run_bench(
 
     data = load_data("builtin:digits", seed=0)
     started = time.perf_counter()
-    teacher = prepare_baseline(load_model("builtin:digits_cnn"), data,
-                               epochs=max(1, round(baseline_epochs)), lr=3e-3, seed=0)
-    recipes = [r for r in bench_recipes(scale) if only is None or r.name in only or r.name == "baseline"]
+    teacher = prepare_baseline(
+        load_model("builtin:digits_cnn"),
+        data,
+        epochs=max(1, baseline_epochs),
+        lr=3e-3,
+        seed=0,
+    )
+    recipes = [
+        r for r in bench_recipes(scale) if only is None or r.name in only or r.name == "baseline"
+    ]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         artifacts_dir = work_dir or Path(tmp)
         for recipe in recipes:
             if progress is not None:
                 progress(recipe.name)
-            result = compress(teacher, data, recipe, artifacts_dir, latency_runs=latency_runs,
-                              threads=threads)
+            result = compress(
+                teacher, data, recipe, artifacts_dir, latency_runs=latency_runs, threads=threads
+            )
             rows.append(_row(recipe.name, recipe.describe(), result))
         distill = next((r for r in recipes if r.name == "distill_half"), None)
         if distill is not None:
@@ -119,11 +129,19 @@ def run_bench(
             step = distill.steps[0]
             student = load_model("builtin:digits_cnn", width=0.5)
             fit(student.module, data, epochs=step.epochs, lr=step.lr, seed=0)
-            student = dataclasses.replace(student, module=copy.deepcopy(student.module).cpu().eval())
-            result = compress(student, data, "baseline", artifacts_dir, latency_runs=latency_runs,
-                              threads=threads)
-            rows.append(_row("student_no_teacher", f"half-width student, {step.epochs} epochs, labels "
-                             "only", result))
+            student = dataclasses.replace(
+                student, module=copy.deepcopy(student.module).cpu().eval()
+            )
+            result = compress(
+                student, data, "baseline", artifacts_dir, latency_runs=latency_runs, threads=threads
+            )
+            rows.append(
+                _row(
+                    "student_no_teacher",
+                    f"half-width student, {step.epochs} epochs, labels only",
+                    result,
+                )
+            )
     base = rows[0]
     for row in rows:
         row["size_ratio"] = base["size_bytes"] / row["size_bytes"]
@@ -140,8 +158,13 @@ def run_bench(
     report = {
         "model": "builtin:digits_cnn",
         "data": "builtin:digits",
-        "host": {"machine": platform.machine(), "python": platform.python_version(),
-                 "threads": threads, "latency_runs": latency_runs, "runtime": "ai_edge_litert"},
+        "host": {
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "threads": threads,
+            "latency_runs": latency_runs,
+            "runtime": "ai_edge_litert",
+        },
         "epoch_scale": scale,
         "baseline_epochs": baseline_epochs,
         "seconds": round(time.perf_counter() - started, 1),
@@ -157,20 +180,42 @@ def run_bench(
 def render(report: dict[str, Any]) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"compression of {report['model']} on {report['data']} "
-                        f"(latency: {report['host']['runtime']}, {report['host']['threads']} thread)")
-    for column in ("technique", "prec", "params", "MACs", "file B", "size x", "MACs x",
-                   "latency ms", "speedup", "accuracy", "d pts"):
+    table = Table(
+        title=f"compression of {report['model']} on {report['data']} "
+        f"(latency: {report['host']['runtime']}, {report['host']['threads']} thread)"
+    )
+    for column in (
+        "technique",
+        "prec",
+        "params",
+        "MACs",
+        "file B",
+        "size x",
+        "MACs x",
+        "latency ms",
+        "speedup",
+        "accuracy",
+        "d pts",
+    ):
         table.add_column(column, justify="left" if column == "technique" else "right")
 
     def x(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}x"
 
     for row in report["rows"]:
-        table.add_row(row["name"], row["precision"], str(row["params"]), str(row["macs"]),
-                      str(row["size_bytes"]), x(row["size_ratio"]), x(row["macs_ratio"]),
-                      f"{row['latency_ms']:.4f}", x(row["speedup"]), f"{row['accuracy']:.4f}",
-                      f"{row['accuracy_delta_points']:+.1f}")
+        table.add_row(
+            row["name"],
+            row["precision"],
+            str(row["params"]),
+            str(row["macs"]),
+            str(row["size_bytes"]),
+            x(row["size_ratio"]),
+            x(row["macs_ratio"]),
+            f"{row['latency_ms']:.4f}",
+            x(row["speedup"]),
+            f"{row['accuracy']:.4f}",
+            f"{row['accuracy_delta_points']:+.1f}",
+        )
     return table
 
 
@@ -186,14 +231,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     console = Console(stderr=True)
-    report = run_bench(args.out, scale=0.2 if args.quick else 1.0,
-                       baseline_epochs=5 if args.quick else 20, only=args.only,
-                       threads=args.threads, latency_runs=args.latency_runs,
-                       progress=lambda name: console.log(f"running {name}"))
+    report = run_bench(
+        args.out,
+        scale=0.2 if args.quick else 1.0,
+        baseline_epochs=5 if args.quick else 20,
+        only=args.only,
+        threads=args.threads,
+        latency_runs=args.latency_runs,
+        progress=lambda name: console.log(f"running {name}"),
+    )
     Console(width=160).print(render(report))
     if "distillation_gain_points" in report["summary"]:
-        Console().print(f"distillation vs same student without teacher: "
-                        f"{report['summary']['distillation_gain_points']:+.1f} points")
+        Console().print(
+            f"distillation vs same student without teacher: "
+            f"{report['summary']['distillation_gain_points']:+.1f} points"
+        )
     Console().print(f"written to {args.out}")
 
 

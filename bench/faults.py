@@ -340,8 +340,7 @@ def message_strategy(base_topic: str, device_ids: list[str]) -> Any:
     valid messages with one byte changed, and topics outside the contract."""
     from hypothesis import strategies as st
 
-    from shared.messages import SCHEMAS, encode
-    from shared.messages import AckCmd, CancelCmd, PingCmd
+    from shared.messages import SCHEMAS, AckCmd, CancelCmd, PingCmd, encode
     from shared.topics import Topics
 
     topics = Topics(base_topic)
@@ -372,10 +371,19 @@ def message_strategy(base_topic: str, device_ids: list[str]) -> Any:
     msg_id = st.one_of(st.text(max_size=70), st.uuids().map(lambda u: u.hex))
     envelope = schema.flatmap(
         lambda name: st.fixed_dictionaries(
-            {"schema": st.just(name), "v": st.one_of(st.just(1), st.integers()), "msg_id": msg_id,
-             "ts": st.floats(allow_nan=False, allow_infinity=False), "body": body_for(name)},
-            optional={"corr_id": msg_id, "device_id": st.text(max_size=70), "extra": _json_values()},
-        )  # fmt: skip
+            {
+                "schema": st.just(name),
+                "v": st.one_of(st.just(1), st.integers()),
+                "msg_id": msg_id,
+                "ts": st.floats(allow_nan=False, allow_infinity=False),
+                "body": body_for(name),
+            },
+            optional={
+                "corr_id": msg_id,
+                "device_id": st.text(max_size=70),
+                "extra": _json_values(),
+            },
+        )
     ).map(lambda d: msgspec.json.encode(d))
     valid = st.sampled_from(
         [encode(PingCmd()), encode(CancelCmd(job_id="j1")), encode(AckCmd(msg_ids=["a", "b"]))]
@@ -544,7 +552,9 @@ def run_broker_kills(model: Path, transfers: int, workdir: Path, seed: int = 0) 
                     device_timeout_s=60,
                 )  # fmt: skip
                 target = published + int(rng.uniform(0.05, 0.95) * total)
-                _wait_until(lambda: fleet.chunks.chunks_published >= target or job.done(), 30)
+                _wait_until(
+                    lambda t=target, j=job: fleet.chunks.chunks_published >= t or j.done(), 30
+                )
                 killed_mid_transfer += int(not job.done())
                 broker.kill()
                 time.sleep(rng.uniform(0.0, 1.5))
@@ -652,7 +662,9 @@ def run_agent_kills(
                     )
                     fraction = rng.uniform(0.05, 0.95) if point == "download" else 1.0
                     target = published + int(fraction * total)
-                    _wait_until(lambda: fleet.chunks.chunks_published >= target or job.done(), 30)
+                    _wait_until(
+                        lambda t=target, j=job: fleet.chunks.chunks_published >= t or j.done(), 30
+                    )
                     if point == "verify":
                         time.sleep(rng.uniform(0.0, 0.3))
                     agent.kill()

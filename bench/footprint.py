@@ -56,8 +56,21 @@ def measure(broker: str, settle_s: float = 4.0, samples: int = 12) -> dict[str, 
             [sys.executable, "-c", BARE_CLIENT, address.host, str(address.port), f"bare-{tag}"]
         )
         agent = subprocess.Popen(
-            [sys.executable, "-m", "device_agent.cli", "--broker", broker, "--id", f"fp-{tag}",
-             "--data-dir", data_dir, "--base-topic", f"etbench-{tag}", "--log-level", "warning"]
+            [
+                sys.executable,
+                "-m",
+                "device_agent.cli",
+                "--broker",
+                broker,
+                "--id",
+                f"fp-{tag}",
+                "--data-dir",
+                data_dir,
+                "--base-topic",
+                f"etbench-{tag}",
+                "--log-level",
+                "warning",
+            ]
         )
         try:
             bare_mb = _sample_rss(bare, settle_s, samples)

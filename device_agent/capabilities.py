@@ -62,7 +62,7 @@ def delegates() -> list[str]:
 
 def runtimes() -> list[RuntimeInfo]:
     seen: dict[str, RuntimeInfo] = {}
-    for _, backend in discover().items():
+    for backend in discover().values():
         info = backend.probe()
         if info is not None:
             seen[info.name] = info

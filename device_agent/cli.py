@@ -79,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--keepalive", type=_positive(int), default=30, help="MQTT keepalive in seconds"
     )
     parser.add_argument(
-        "--telemetry-interval", type=_positive(float), default=10.0, help="seconds between telemetry"
+        "--telemetry-interval",
+        type=_positive(float),
+        default=10.0,
+        help="seconds between telemetry",
     )
     parser.add_argument(
         "--trust-key",
@@ -88,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="host's Ed25519 public key (PEM); manifests must be signed by it",
     )
     parser.add_argument("--tls-ca", default=None, help="CA certificate (PEM) of the broker")
-    parser.add_argument("--tls-cert", default=None, help="this device's certificate (PEM), for mTLS")
+    parser.add_argument(
+        "--tls-cert", default=None, help="this device's certificate (PEM), for mTLS"
+    )
     parser.add_argument("--tls-key", default=None, help="this device's private key (PEM)")
     parser.add_argument(
         "--tag",

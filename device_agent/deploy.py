@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from device_agent.errors import JobError
-from shared.fsutil import atomic_write, fsync_dir
 from shared.errors import SignatureError, ValidationError
+from shared.fsutil import atomic_write, fsync_dir
 from shared.hashing import is_sha256_hex, sha256_file
 from shared.manifest import ArtifactManifest, decode_manifest, encode_manifest
 from shared.messages import DeployCmd, ErrorInfo, Response, RollbackCmd
@@ -316,7 +316,9 @@ class Deployer:
         old_active, old_previous = releases.active(), releases.previous()
         state = releases.state()
 
-        def result(outcome: str, health: HealthReport | None = None, detail: str = "") -> DeployResult:
+        def result(
+            outcome: str, health: HealthReport | None = None, detail: str = ""
+        ) -> DeployResult:
             return DeployResult(
                 deploy_id=cmd.deploy_id, outcome=outcome, active_sha256=releases.active(),
                 previous_sha256=releases.previous(), health=health, detail=detail,

@@ -101,7 +101,7 @@ class ArtifactFetch:
         """The index a damaged frame claims, when its header is intact and names this artifact."""
         if len(payload) < HEADER.size:
             return None
-        magic, sha, index, total, _, _, _ = HEADER.unpack_from(payload)
+        magic, sha, index, _total, _, _, _ = HEADER.unpack_from(payload)
         if magic != MAGIC or sha.hex() != self.sha256 or not 0 <= index < self.partial.total:
             return None
         return int(index)

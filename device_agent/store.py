@@ -19,8 +19,8 @@ import struct
 from pathlib import Path
 
 from device_agent.errors import JobError
-from shared.fsutil import fsync_dir
 from shared.errors import ValidationError
+from shared.fsutil import fsync_dir
 from shared.hashing import is_sha256_hex, sha256_file
 from shared.transfer import chunk_bounds, chunk_count
 
@@ -85,7 +85,7 @@ class PartialFile:
         return bool(self._bits[index >> 3] & (1 << (index & 7)))
 
     def stored_count(self) -> int:
-        return sum(bin(byte).count("1") for byte in self._bits)
+        return sum(byte.bit_count() for byte in self._bits)
 
     def missing(self) -> list[int]:
         return [i for i in range(self.total) if not self.has(i)]

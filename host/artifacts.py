@@ -48,9 +48,9 @@ class ArtifactError(HostError):
     """An artifact file cannot be read, inspected or stored."""
 
 
-
-
-def resolve_signing_key(key: Ed25519PrivateKey | str | os.PathLike[str] | None) -> Ed25519PrivateKey | None:
+def resolve_signing_key(
+    key: Ed25519PrivateKey | str | os.PathLike[str] | None,
+) -> Ed25519PrivateKey | None:
     """A loaded key, or the key read from a PEM path, or None."""
     if key is None or not isinstance(key, (str, os.PathLike)):
         return key
@@ -135,9 +135,11 @@ def _npz_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
         raise ArtifactError(f"{path} is not a readable .npz of plain arrays: {exc}") from exc
     inputs = sorted(n for n in arrays if n == "x" or (n.startswith("x") and n[1:].isdigit()))
     if not inputs:
-        raise ArtifactError(f"{path}: an eval .npz needs an array 'x' (or x0..xN); has {sorted(arrays)}")
+        raise ArtifactError(
+            f"{path}: an eval .npz needs an array 'x' (or x0..xN); has {sorted(arrays)}"
+        )
     outputs = [n for n in ("y", "ref") if n in arrays]
-    make = lambda n: TensorSpec(name=n, shape=arrays[n][0], dtype=_dtype_name(arrays[n][1]))  # noqa: E731
+    make = lambda n: TensorSpec(name=n, shape=arrays[n][0], dtype=_dtype_name(arrays[n][1]))
     return [make(n) for n in inputs], [make(n) for n in outputs]
 
 
@@ -176,7 +178,9 @@ def manifest_for_file(
     except OSError as exc:
         raise ArtifactError(f"cannot read artifact {path}: {exc}") from exc
     if not 0 < size <= MAX_ARTIFACT_BYTES:
-        raise ArtifactError(f"{path} has {size} bytes; an artifact must have 1..{MAX_ARTIFACT_BYTES}")
+        raise ArtifactError(
+            f"{path} has {size} bytes; an artifact must have 1..{MAX_ARTIFACT_BYTES}"
+        )
     inspect = {"tflite": _tflite_specs, "onnx": _onnx_specs, "npz": _npz_specs}[fmt]
     inputs, outputs = inspect(path)
     try:

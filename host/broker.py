@@ -13,7 +13,7 @@ import logging
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Self
 
 from host.errors import ConfigError, HostError
 
@@ -88,7 +88,7 @@ class EmbeddedBroker:
         asyncio.set_event_loop(loop)
         try:
             loop.run_until_complete(self._start_broker())
-        except BaseException as exc:  # reported to the starting thread
+        except BaseException as exc:  # noqa: BLE001 -- reported to the starting thread
             self._error = exc
             self._started.set()
             loop.close()
@@ -113,7 +113,7 @@ class EmbeddedBroker:
             future = asyncio.run_coroutine_threadsafe(self._broker.shutdown(), loop)
             try:
                 future.result(timeout=10)
-            except Exception as exc:  # shutting down anyway; report, don't mask the caller's error
+            except Exception as exc:  # noqa: BLE001 -- shutting down anyway; report, don't mask the caller's error
                 logger.warning("embedded broker shutdown: %s", exc)
             loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
@@ -121,7 +121,7 @@ class EmbeddedBroker:
         self._loop = None
         self._broker = None
 
-    def __enter__(self) -> EmbeddedBroker:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

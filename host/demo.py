@@ -169,8 +169,9 @@ def start_agent(profile: AgentProfile, broker_url: str, base_topic: str, root: P
     group: CpuQuotaGroup | None = None
     note = ""
     if profile.cpu_quota is not None:
-        group, note = make_cpu_quota(f"edgetailor-demo-{os.getpid()}-{profile.device}",
-                                     profile.cpu_quota)
+        group, note = make_cpu_quota(
+            f"edgetailor-demo-{os.getpid()}-{profile.device}", profile.cpu_quota
+        )
     command = [
         sys.executable, "-m", "device_agent.cli", "--broker", broker_url, "--id", profile.device,
         "--data-dir", str(data_dir), "--base-topic", base_topic, "--threads", str(profile.threads),
@@ -179,11 +180,16 @@ def start_agent(profile: AgentProfile, broker_url: str, base_topic: str, root: P
     ]  # fmt: skip
     if profile.cpus is not None:
         command += ["--cpu-affinity", ",".join(map(str, profile.cpus))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
+        ),
+    }
     with open(data_dir / "agent.log", "ab") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
     label = profile.describe()
     if profile.cpu_quota is not None:
         if group is not None:
@@ -260,7 +266,7 @@ def run_demo(
     from rich.console import Console
 
     from host.broker import EmbeddedBroker
-    from host.campaign import CampaignSpec, CampaignRunner, new_campaign_id, write_campaign_report
+    from host.campaign import CampaignRunner, CampaignSpec, new_campaign_id, write_campaign_report
     from host.cli.campaign_cmds import LiveProgress
     from host.fleet import Fleet
     from host.store import Store
@@ -282,8 +288,10 @@ def run_demo(
                 agent = start_agent(profile, broker.url, base_topic, out)
                 started_agents.append(agent)
                 console.log(f"agent {profile.device} (pid {agent.proc.pid}): {agent.label}")
-            with Store(f"sqlite:///{out / 'edgetailor.db'}") as store, \
-                    Fleet(broker.url, base_topic, store=store) as fleet:
+            with (
+                Store(f"sqlite:///{out / 'edgetailor.db'}") as store,
+                Fleet(broker.url, base_topic, store=store) as fleet,
+            ):
                 for agent in started_agents:
                     try:
                         fleet.wait_for_device(agent.profile.device, timeout=90)
@@ -291,15 +299,28 @@ def run_demo(
                         log = (agent.data_dir / "agent.log").read_text(errors="replace")[-2000:]
                         raise DemoError(f"{exc}\nits log ends with:\n{log}") from exc
                 spec = CampaignSpec(
-                    model=model, data="builtin:digits", space=space,
-                    devices=tuple(p.device for p in profiles), constraints=constraints,
-                    objective=objective, pretrain_epochs=15, runs=runs, min_s=min_s,
-                    warmup_s=0.2, job_timeout_s=180.0, offline_deadline_s=60.0, retries=1,
+                    model=model,
+                    data="builtin:digits",
+                    space=space,
+                    devices=tuple(p.device for p in profiles),
+                    constraints=constraints,
+                    objective=objective,
+                    pretrain_epochs=15,
+                    runs=runs,
+                    min_s=min_s,
+                    warmup_s=0.2,
+                    job_timeout_s=180.0,
+                    offline_deadline_s=60.0,
+                    retries=1,
                 )
                 with LiveProgress(console, transient=quiet) as live:
                     outcome = CampaignRunner(
-                        spec, store, fleet, campaign_id=campaign_id,
-                        work_dir=out / "campaigns" / campaign_id, progress=live,
+                        spec,
+                        store,
+                        fleet,
+                        campaign_id=campaign_id,
+                        work_dir=out / "campaigns" / campaign_id,
+                        progress=live,
                     ).run()
                 deploy = _deploy(outcome, fleet, store)
                 report = write_campaign_report(CampaignStore(store), campaign_id, out / "report")
@@ -314,16 +335,31 @@ def run_demo(
         "campaign": campaign_id,
         "out_dir": str(out),
         "report": str(report),
-        "profiles": [{"device": a.profile.device, "label": a.label, "threads": a.profile.threads,
-                      "cpus": a.profile.cpus, "cpu_quota_requested": a.profile.cpu_quota,
-                      "cgroup": a.group.label() if a.group else None,
-                      "cgroup_path": str(a.group.path) if a.group else None}
-                     for a in started_agents],
+        "profiles": [
+            {
+                "device": a.profile.device,
+                "label": a.label,
+                "threads": a.profile.threads,
+                "cpus": a.profile.cpus,
+                "cpu_quota_requested": a.profile.cpu_quota,
+                "cgroup": a.group.label() if a.group else None,
+                "cgroup_path": str(a.group.path) if a.group else None,
+            }
+            for a in started_agents
+        ],
         "timings": outcome["campaign"]["timings"],
         "deploy": deploy,
         "outcome": outcome,
     }
 
 
-__all__ = ["DEFAULT_CONSTRAINTS", "AgentProfile", "CpuQuotaGroup", "DemoError", "default_profiles",
-           "make_cpu_quota", "run_demo", "start_agent"]
+__all__ = [
+    "DEFAULT_CONSTRAINTS",
+    "AgentProfile",
+    "CpuQuotaGroup",
+    "DemoError",
+    "default_profiles",
+    "make_cpu_quota",
+    "run_demo",
+    "start_agent",
+]

@@ -128,7 +128,9 @@ class DeployStore:
             row.health = outcome.health
             row.updated = now
 
-    def deployments(self, rollout_id: str | None = None, device_id: str | None = None) -> list[dict[str, Any]]:
+    def deployments(
+        self, rollout_id: str | None = None, device_id: str | None = None
+    ) -> list[dict[str, Any]]:
         with self.store._session() as session:
             query = select(DeploymentRow).order_by(DeploymentRow.created)
             if rollout_id is not None:
@@ -340,7 +342,9 @@ class Deployer:
         self._emit("sent", device=device, deploy_id=deploy_id, sha256=manifest.sha256, wave=wave)
         return outcome, handle
 
-    def collect(self, outcome: DeviceOutcome, handle: JobHandle | None, timeout: float) -> DeviceOutcome:
+    def collect(
+        self, outcome: DeviceOutcome, handle: JobHandle | None, timeout: float
+    ) -> DeviceOutcome:
         """Wait for the device's final answer and fill ``outcome`` from its DeployResult."""
         if handle is not None:
             try:
@@ -361,12 +365,19 @@ class Deployer:
         return self.collect(outcome, handle, self.timeout_s + TRANSFER_ALLOWANCE_S)
 
     def rollback(
-        self, device_id: str, *, deploy_id: str | None = None, reason: str = "", timeout: float = 60.0
+        self,
+        device_id: str,
+        *,
+        deploy_id: str | None = None,
+        reason: str = "",
+        timeout: float = 60.0,
     ) -> DeviceOutcome:
         """Restore the device's previous model (only if ``deploy_id`` is still active, when given)."""
         device = check_device_id(device_id)
         self.fleet.wait_for_device(device, self.device_timeout_s)
-        handle = self.fleet.send_command(device, RollbackCmd(deploy_id=deploy_id, reason=reason[:4000]))
+        handle = self.fleet.send_command(
+            device, RollbackCmd(deploy_id=deploy_id, reason=reason[:4000])
+        )
         outcome = DeviceOutcome(
             device_id=device, deploy_id=deploy_id or handle.job_id, wave=0, sha256="",
             sequence=0, outcome="sent",

@@ -5,15 +5,15 @@ from __future__ import annotations
 from shared.errors import ConfigError, EdgeTailorError
 
 __all__ = [
+    "CompressionError",
     "ConfigError",
-    "EdgeTailorError",
-    "HostError",
+    "DataError",
     "DeviceUnavailableError",
+    "EdgeTailorError",
+    "ExportError",
+    "HostError",
     "JobFailedError",
     "JobTimeoutError",
-    "CompressionError",
-    "ExportError",
-    "DataError",
     "ModelSpecError",
 ]
 

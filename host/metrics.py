@@ -52,7 +52,9 @@ def score_outputs(
     name = pick_metric(task, labels is not None)
     if name == "accuracy":
         _check_len(outputs, labels, "labels")
-        return MetricResult(name, float(np.mean(outputs.reshape(len(outputs), -1).argmax(1) == labels)))
+        return MetricResult(
+            name, float(np.mean(outputs.reshape(len(outputs), -1).argmax(1) == labels))
+        )
     target = reference
     if target is None and task != "classification" and labels is not None:
         target = labels

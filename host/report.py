@@ -76,9 +76,7 @@ def nice_ticks(lo: float, hi: float, target: int = 6) -> list[float]:
     return ticks
 
 
-def _padded_range(
-    values: Sequence[float], *, from_zero: bool
-) -> tuple[float, float, list[float]]:
+def _padded_range(values: Sequence[float], *, from_zero: bool) -> tuple[float, float, list[float]]:
     """A range a little wider than the values, widened to whole ticks.
 
     With ``from_zero`` (latency) the axis starts at 0 whenever the data sit closer to 0 than to
@@ -118,9 +116,7 @@ class _Line:
     label: str
 
 
-def _constraint_lines(
-    constraints: Iterable[Constraint], rows: Sequence[ResultRow]
-) -> list[_Line]:
+def _constraint_lines(constraints: Iterable[Constraint], rows: Sequence[ResultRow]) -> list[_Line]:
     """Constraints that are a vertical (p90 latency) or horizontal (the metric) line on the plot."""
     metric_names = {r.metric for r in rows}
     baselines = {r.baseline_metric for r in rows if r.baseline_metric is not None}
@@ -130,11 +126,12 @@ def _constraint_lines(
             lines.append(_Line("x", c.bound, str(c)))
         elif c.name == "metric" or (c.name in metric_names and c.name in ("accuracy", "agreement")):
             lines.append(_Line("y", c.bound, str(c)))
-        elif c.name == "metric_drop" or c.name.removesuffix("_drop") in metric_names:
+        elif (c.name == "metric_drop" or c.name.removesuffix("_drop") in metric_names) and (
             # A drop is a metric line only when every row shares one baseline.
-            if c.name.endswith("_drop") and len(baselines) == 1:
-                (baseline,) = baselines
-                lines.append(_Line("y", baseline - c.bound, str(c)))
+            c.name.endswith("_drop") and len(baselines) == 1
+        ):
+            (baseline,) = baselines
+            lines.append(_Line("y", baseline - c.bound, str(c)))
     return lines
 
 
@@ -270,8 +267,7 @@ def pareto_svg(device: str, rows: Sequence[ResultRow], selection: DeviceSelectio
             else "no successful measurements to plot"
         )
         return (
-            head
-            + f'<rect x="0.5" y="0.5" width="{_W - 1}" height="{_H - 1}" fill="#fafafa" '
+            head + f'<rect x="0.5" y="0.5" width="{_W - 1}" height="{_H - 1}" fill="#fafafa" '
             f'stroke="{_COLORS["grid"]}"/>'
             f'<text x="{_W / 2}" y="{_H / 2}" text-anchor="middle" fill="#666" font-size="14">'
             f"{_e(empty)}</text></svg>"
@@ -501,9 +497,7 @@ def pareto_svg(device: str, rows: Sequence[ResultRow], selection: DeviceSelectio
                 f'<circle class="closest-miss" cx="{x:.1f}" cy="{y:.1f}" r="9" fill="none" '
                 f'stroke="{_COLORS["constraint"]}" stroke-width="1.8" stroke-dasharray="3 2"/>'
             )
-        out.append(
-            f'<g class="point" data-candidate="{_e(r.candidate)}">{tip}{marker}</g>'
-        )
+        out.append(f'<g class="point" data-candidate="{_e(r.candidate)}">{tip}{marker}</g>')
 
     # Labels: chosen first, then the front, then the rest, so crowding hides the least useful ones.
     hidden: list[str] = []
@@ -583,13 +577,11 @@ def _date_text(campaign: dict[str, Any]) -> str:
         if value is None:
             continue
         if isinstance(value, (int, float)):
-            return dt.datetime.fromtimestamp(value, tz=dt.timezone.utc).strftime(
-                "%Y-%m-%d %H:%M UTC"
-            )
+            return dt.datetime.fromtimestamp(value, tz=dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         if isinstance(value, dt.datetime):
             return value.isoformat(timespec="minutes")
         return str(value)
-    return dt.datetime.now(tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return dt.datetime.now(tz=dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _constraint_texts(
@@ -678,9 +670,7 @@ def _row_table(rows: Sequence[ResultRow], selection: DeviceSelection | None) -> 
     return head + "".join(body) + "</tbody></table>"
 
 
-def _summary_table(
-    devices: Sequence[str], selections: dict[str, DeviceSelection]
-) -> str:
+def _summary_table(devices: Sequence[str], selections: dict[str, DeviceSelection]) -> str:
     body: list[str] = []
     for device in devices:
         sel = selections.get(device)
@@ -704,7 +694,7 @@ def _summary_table(
             f'{figures}<td class="reason-cell">{reason}</td></tr>'
         )
     return (
-        "<table><thead><tr><th>device</th><th>choice</th><th class=\"num\">metric</th>"
+        '<table><thead><tr><th>device</th><th>choice</th><th class="num">metric</th>'
         '<th class="num">p90</th><th class="num">peak RSS</th><th class="num">size</th>'
         "<th>reason</th></tr></thead><tbody>" + "".join(body) + "</tbody></table>"
     )
@@ -802,7 +792,7 @@ def write_report(
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>edgetailor campaign {_e(campaign_id)}</title>",
         f"<style>{_CSS}</style></head><body>",
-        f"<header><h1>edgetailor campaign {_e(campaign_id)}</h1><dl class=\"meta\">",
+        f'<header><h1>edgetailor campaign {_e(campaign_id)}</h1><dl class="meta">',
         "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in meta),
         "</dl></header>",
         "<section><h2>Choice per device</h2>",

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from shared.errors import ConfigError
-from shared.topics import DEFAULT_BASE, Topics, check_device_id
 from shared.fsutil import atomic_write
+from shared.topics import DEFAULT_BASE, Topics, check_device_id
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -133,9 +133,7 @@ def load_ca(pki_dir: str | Path) -> tuple[x509.Certificate, EllipticCurvePrivate
 
     paths = _ca_paths(Path(pki_dir))
     if not paths.cert_path.exists() or not paths.key_path.exists():
-        raise ConfigError(
-            f"no CA in {pki_dir}: run `edgetailor certs init --dir {pki_dir}` first"
-        )
+        raise ConfigError(f"no CA in {pki_dir}: run `edgetailor certs init --dir {pki_dir}` first")
     try:
         cert = x509.load_pem_x509_certificate(paths.cert_path.read_bytes())
         key = serialization.load_pem_private_key(paths.key_path.read_bytes(), password=None)
@@ -174,7 +172,7 @@ def init_ca(
         )
     key = _new_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -217,7 +215,7 @@ def _write_crl(
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca_cert.subject)
@@ -299,7 +297,7 @@ def issue_cert(
         )
     ca_cert, ca_key = load_ca(pki_dir)
     key = _new_key()
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     not_after = min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
     usage = ExtendedKeyUsageOID.SERVER_AUTH if kind == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
     builder = (
@@ -386,7 +384,7 @@ def revoke_cert(pki_dir: str | Path, common_name: str, kind: CertKind = "device"
     revoked.append(
         x509.RevokedCertificateBuilder()
         .serial_number(cert.serial_number)
-        .revocation_date(dt.datetime.now(dt.timezone.utc) - BACKDATE)
+        .revocation_date(dt.datetime.now(dt.UTC) - BACKDATE)
         .build()
     )
     logger.info("revoked %s certificate %r (serial %x)", kind, common_name, cert.serial_number)

@@ -621,9 +621,7 @@ def _plural(n: int, word: str = "candidate") -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _exclusion_phrase(
-    constraint: Constraint, violations: list[tuple[ResultRow, Violation]]
-) -> str:
+def _exclusion_phrase(constraint: Constraint, violations: list[tuple[ResultRow, Violation]]) -> str:
     closest_row, closest = min(violations, key=lambda rv: (rv[1].normalized, rv[0].candidate))
     head = f"{_plural(len(violations))} excluded by {constraint}"
     if closest.value is None:
@@ -632,9 +630,7 @@ def _exclusion_phrase(
 
 
 def _failed_phrase(failed: list[ResultRow]) -> str:
-    shown = ", ".join(
-        f"{r.candidate} ({_short(r.error or 'no error given')})" for r in failed[:5]
-    )
+    shown = ", ".join(f"{r.candidate} ({_short(r.error or 'no error given')})" for r in failed[:5])
     more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
     return f"{_plural(len(failed))} failed: {shown}{more}"
 

@@ -83,7 +83,9 @@ def fit(
     )
     steps_per_epoch = max(1, -(-len(data.train) // batch_size))
     best: tuple[float, int, dict[str, Any]] | None = None
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=epochs * steps_per_epoch
+    )
     for epoch in range(epochs):
         total, count = 0.0, 0
         for inputs, labels in data.train.batches(batch_size, shuffle=True, seed=seed + epoch):
@@ -162,7 +164,11 @@ def _loss(
     classification = task == "classification"
     hard: torch.Tensor | None = None
     if labels is not None:
-        hard = F.cross_entropy(out, labels) if classification else F.mse_loss(out, labels.float().view_as(out))
+        hard = (
+            F.cross_entropy(out, labels)
+            if classification
+            else F.mse_loss(out, labels.float().view_as(out))
+        )
     if teacher is None:
         if hard is None:
             raise CompressionError("no labels and no teacher: nothing to train towards")
@@ -170,11 +176,14 @@ def _loss(
     with torch.no_grad():
         teacher_out = _first(teacher(*inputs))
     if classification:
-        soft = F.kl_div(
-            F.log_softmax(out / temperature, dim=-1),
-            F.softmax(teacher_out / temperature, dim=-1),
-            reduction="batchmean",
-        ) * temperature**2
+        soft = (
+            F.kl_div(
+                F.log_softmax(out / temperature, dim=-1),
+                F.softmax(teacher_out / temperature, dim=-1),
+                reduction="batchmean",
+            )
+            * temperature**2
+        )
     else:
         soft = F.mse_loss(out, teacher_out)
     return soft if hard is None else alpha * soft + (1.0 - alpha) * hard

@@ -50,3 +50,6 @@ class Registry(Generic[K, V]):
 
     def items(self) -> list[tuple[K, V]]:
         return list(self._entries.items())
+
+    def values(self) -> list[V]:
+        return list(self._entries.values())

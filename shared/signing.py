@@ -19,7 +19,10 @@ from shared.errors import ConfigError, SignatureError
 from shared.manifest import ArtifactManifest, signing_bytes
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 
 def key_id_of(public_key: Ed25519PublicKey) -> str:
@@ -50,7 +53,9 @@ def save_private_key(key: Ed25519PrivateKey, path: str | Path) -> None:
 def save_public_key(key: Ed25519PublicKey, path: str | Path) -> None:
     from cryptography.hazmat.primitives import serialization
 
-    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     Path(path).write_bytes(pem)
 
 

@@ -80,5 +80,7 @@ def decode_chunk(data: bytes, *, max_payload: int = MAX_CHUNK_SIZE) -> Chunk:
         raise ValidationError(f"chunk index {index} outside 0..{total - 1}")
     payload = data[HEADER.size :]
     if hashlib.sha256(payload).digest() != payload_sha:
-        raise IntegrityError(f"chunk {index} payload does not match its hash (corrupted in transit)")
+        raise IntegrityError(
+            f"chunk {index} payload does not match its hash (corrupted in transit)"
+        )
     return Chunk(sha.hex(), index, total, offset, payload)

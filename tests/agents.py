@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Self
 
 import paho.mqtt.client as mqtt
 
@@ -124,9 +125,12 @@ class AgentProcess:
                         fresh_birth.set()
                 except ValidationError:
                     pass
-            elif msg.topic == topics.status(self.device_id):
-                if msg.payload == STATUS_ONLINE and fresh_birth.is_set():
-                    online.set()
+            elif (
+                msg.topic == topics.status(self.device_id)
+                and msg.payload == STATUS_ONLINE
+                and fresh_birth.is_set()
+            ):
+                online.set()
 
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=f"wait-{uuid.uuid4().hex[:8]}"
@@ -167,7 +171,7 @@ class AgentProcess:
                 files[flag] = value
         return files
 
-    def __enter__(self) -> AgentProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

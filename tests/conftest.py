@@ -42,4 +42,4 @@ def private_broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
     broker.stop()
 
 
-__all__ = ["free_port", "wait_for_port", "MosquittoProcess", "os"]
+__all__ = ["MosquittoProcess", "free_port", "os", "wait_for_port"]

@@ -77,7 +77,7 @@ def discover() -> Registry[str, Backend]:
             module = importlib.import_module(f"{__name__}.{info.name}")
             backend: Backend = module.BACKEND
             runtime = backend.probe()
-        except Exception as exc:  # a broken plugin must not take the agent down
+        except Exception as exc:  # noqa: BLE001 -- a broken plugin must not take the agent down
             logger.warning("backend module %s skipped: %s", info.name, exc)
             continue
         if runtime is None:

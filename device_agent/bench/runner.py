@@ -94,7 +94,8 @@ def run_worker(
             stderr=stderr,
             cwd=str(work_dir),
             env=env,
-            preexec_fn=_preexec(limits, cpu_seconds),
+            # rlimits must be set in the child before exec; the hook only calls setrlimit/sched_setaffinity.
+            preexec_fn=_preexec(limits, cpu_seconds),  # noqa: PLW1509
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s

@@ -244,7 +244,7 @@ def run_health(job: dict[str, Any]) -> dict[str, Any]:
     problems: list[str] = []
     try:
         model = backend.load(job["model_path"], job.get("threads"))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 -- any load failure is a failed health check
         return {
             "passed": False,
             "checks": {"loads": False},
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             "ok": False,
             "error": {"code": "out_of_memory", "message": f"worker ran out of memory: {exc}"},
         }
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 -- every runtime failure becomes a typed error
         # Runtimes turn a failed allocation (RLIMIT_AS) into their own exception types.
         text = str(exc)
         code = "out_of_memory" if "Failed to allocate" in text or "bad_alloc" in text else ""

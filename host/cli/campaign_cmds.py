@@ -18,7 +18,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Self
 
 import typer
 from rich.console import Console
@@ -59,15 +59,27 @@ class LiveProgress:
     """Two rich progress bars on stderr: compression, then jobs across devices."""
 
     def __init__(self, console: Console, transient: bool = False) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self.console = console
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=console, transient=transient)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=transient,
+        )
         self._compress: Any = None
         self._jobs: Any = None
 
-    def __enter__(self) -> LiveProgress:
+    def __enter__(self) -> Self:
         self.progress.start()
         return self
 
@@ -83,13 +95,18 @@ class LiveProgress:
             done = data.get("index", 0) + min(float(data.get("fraction", 0.0)), 0.999)
             if event.message == "candidates ready":
                 done = total
-            self.progress.update(self._compress, total=total, completed=done,
-                                 description=f"compress {event.message[:60]}")
+            self.progress.update(
+                self._compress,
+                total=total,
+                completed=done,
+                description=f"compress {event.message[:60]}",
+            )
         elif event.kind == "job" and "total" in data:
             if self._jobs is None:
                 self._jobs = self.progress.add_task("measure", total=max(data["total"], 1))
-            self.progress.update(self._jobs, completed=data["done"],
-                                 description=f"measure {event.message[:60]}")
+            self.progress.update(
+                self._jobs, completed=data["done"], description=f"measure {event.message[:60]}"
+            )
         elif event.kind == "job":
             if self._jobs is not None:
                 self.progress.update(self._jobs, description=f"measure {event.message[:60]}")
@@ -99,19 +116,36 @@ class LiveProgress:
 
 def results_table(outcome: dict[str, Any]) -> Table:
     table = Table(title=f"campaign {outcome['campaign']['id']}: results")
-    for column in ("device", "candidate", "precision", "KiB", "mean ms", "p50 ms", "p90 ms",
-                   "peak RSS MB", "metric", "status"):
-        table.add_column(column, justify="right" if "ms" in column
-                         or column in ("KiB", "peak RSS MB") else "left")
+    for column in (
+        "device",
+        "candidate",
+        "precision",
+        "KiB",
+        "mean ms",
+        "p50 ms",
+        "p90 ms",
+        "peak RSS MB",
+        "metric",
+        "status",
+    ):
+        table.add_column(
+            column,
+            justify="right" if "ms" in column or column in ("KiB", "peak RSS MB") else "left",
+        )
     chosen = {(d, s["candidate"]) for d, s in outcome["selection"].items()}
     for row in sorted(outcome["results"], key=lambda r: (r["device"], r["candidate"])):
         lat = row.get("latency_ms") or {}
         mark = " *" if (row["device"], row["candidate"]) in chosen else ""
         status = row.get("job_status", row.get("status"))
         table.add_row(
-            row["device"], row["candidate"] + mark, str(row.get("precision") or "-"),
-            _fmt((row.get("size_bytes") or 0) / 1024, 1), _fmt(lat.get("mean")), _fmt(lat.get("p50")),
-            _fmt(lat.get("p90")), _fmt(row.get("peak_rss_mb"), 1),
+            row["device"],
+            row["candidate"] + mark,
+            str(row.get("precision") or "-"),
+            _fmt((row.get("size_bytes") or 0) / 1024, 1),
+            _fmt(lat.get("mean")),
+            _fmt(lat.get("p50")),
+            _fmt(lat.get("p90")),
+            _fmt(row.get("peak_rss_mb"), 1),
             f"{row.get('metric') or ''} {_fmt(row.get('metric_value'), 4)}",
             status if status == "ok" else f"[red]{status}[/]: {(row.get('error') or '')[:60]}",
         )
@@ -140,7 +174,9 @@ def selection_table(outcome: dict[str, Any], labels: dict[str, str] | None = Non
     return table
 
 
-def print_choices(console: Console, outcome: dict[str, Any], labels: dict[str, str] | None = None) -> None:
+def print_choices(
+    console: Console, outcome: dict[str, Any], labels: dict[str, str] | None = None
+) -> None:
     """The choice table, then each device's reason in full (too long for a table cell)."""
     console.print(selection_table(outcome, labels))
     for device, sel in sorted(outcome["selection"].items()):
@@ -158,10 +194,20 @@ def candidates_table(outcome: dict[str, Any]) -> Table:
     for column in ("id", "precision", "KiB", "params", "MACs", "host metric", "status"):
         table.add_column(column)
     for cand in outcome["candidates"]:
-        status = cand["status"] if cand["status"] == "ok" else f"{cand['status']}: {cand.get('reason') or ''}"
-        table.add_row(cand["id"], cand["precision"], _fmt(cand["size_bytes"] / 1024, 1),
-                      _fmt(cand.get("params")), _fmt(cand.get("macs")),
-                      _fmt(cand.get("host_metric_value"), 4), status[:90])
+        status = (
+            cand["status"]
+            if cand["status"] == "ok"
+            else f"{cand['status']}: {cand.get('reason') or ''}"
+        )
+        table.add_row(
+            cand["id"],
+            cand["precision"],
+            _fmt(cand["size_bytes"] / 1024, 1),
+            _fmt(cand.get("params")),
+            _fmt(cand.get("macs")),
+            _fmt(cand.get("host_metric_value"), 4),
+            status[:90],
+        )
     return table
 
 
@@ -171,33 +217,84 @@ def candidates_table(outcome: dict[str, Any]) -> Table:
 
 @app.command("campaign")
 def campaign_cmd(
-    model: Annotated[Optional[str], typer.Option("--model", help="builtin:NAME, file.py:factory, pkg.mod:factory")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="builtin:digits, file.npz, image folder, module:factory")] = None,
-    space: Annotated[str, typer.Option("--space", help="named search space (see `compress --list`) or a JSON file")] = "default",
-    devices: Annotated[str, typer.Option("--devices", help="all, or comma-separated device ids")] = "all",
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="builtin:NAME, file.py:factory, pkg.mod:factory"),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="builtin:digits, file.npz, image folder, module:factory"),
+    ] = None,
+    space: Annotated[
+        str,
+        typer.Option("--space", help="named search space (see `compress --list`) or a JSON file"),
+    ] = "default",
+    devices: Annotated[
+        str, typer.Option("--devices", help="all, or comma-separated device ids")
+    ] = "all",
     broker: BrokerOpt = DEFAULT_BROKER,
-    constraint: Annotated[Optional[list[str]], typer.Option(
-        "--constraint", help='e.g. "latency_p90_ms<=5", "accuracy_drop<=0.02" (repeatable)')] = None,
-    objective: Annotated[str, typer.Option("--objective", help="max_metric, min_latency, min_size, min_memory")] = "max_metric",
+    constraint: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--constraint", help='e.g. "latency_p90_ms<=5", "accuracy_drop<=0.02" (repeatable)'
+        ),
+    ] = None,
+    objective: Annotated[
+        str, typer.Option("--objective", help="max_metric, min_latency, min_size, min_memory")
+    ] = "max_metric",
     db: DbOpt = None,
     base_topic: BaseTopicOpt = DEFAULT_BASE,
-    campaign_id: Annotated[Optional[str], typer.Option("--campaign-id", help="name the campaign (same spec + id resumes it)")] = None,
-    resume: Annotated[Optional[str], typer.Option("--resume", help="continue the stored campaign with this id")] = None,
-    formats: Annotated[str, typer.Option("--formats", help="comma-separated: tflite,onnx")] = "tflite",
+    campaign_id: Annotated[
+        str | None,
+        typer.Option("--campaign-id", help="name the campaign (same spec + id resumes it)"),
+    ] = None,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="continue the stored campaign with this id")
+    ] = None,
+    formats: Annotated[
+        str, typer.Option("--formats", help="comma-separated: tflite,onnx")
+    ] = "tflite",
     runs: Annotated[int, typer.Option("--runs", min=1, help="timed runs per benchmark")] = 50,
-    min_s: Annotated[float, typer.Option("--min-s", min=0, help="at least this many seconds of timed runs")] = 1.0,
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="runtime threads (default: the agent's)")] = None,
-    job_timeout: Annotated[float, typer.Option("--job-timeout", help="seconds one benchmark may take")] = 300.0,
-    retries: Annotated[int, typer.Option("--retries", min=0, help="extra attempts of a failed job")] = 1,
-    offline_deadline: Annotated[float, typer.Option("--offline-deadline", help="seconds to wait for an offline device")] = 120.0,
-    screen_margin: Annotated[float, typer.Option("--screen-margin", help="host-metric margin that counts as dominated")] = 0.02,
-    pretrain_epochs: Annotated[int, typer.Option(
-        "--pretrain-epochs", min=0,
-        help="train the model on --data first (zoo models start untrained)")] = 0,
-    weights: Annotated[Optional[str], typer.Option("--weights", help="state_dict file of the model")] = None,
-    eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", min=1, help="eval samples shipped to devices")] = None,
-    work_dir: Annotated[Optional[Path], typer.Option("--work-dir", help="artifacts (default ~/.edgetailor/campaigns/ID)")] = None,
-    report: Annotated[Optional[Path], typer.Option("--report", help="also write the HTML report here")] = None,
+    min_s: Annotated[
+        float, typer.Option("--min-s", min=0, help="at least this many seconds of timed runs")
+    ] = 1.0,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", min=1, help="runtime threads (default: the agent's)"),
+    ] = None,
+    job_timeout: Annotated[
+        float, typer.Option("--job-timeout", help="seconds one benchmark may take")
+    ] = 300.0,
+    retries: Annotated[
+        int, typer.Option("--retries", min=0, help="extra attempts of a failed job")
+    ] = 1,
+    offline_deadline: Annotated[
+        float, typer.Option("--offline-deadline", help="seconds to wait for an offline device")
+    ] = 120.0,
+    screen_margin: Annotated[
+        float, typer.Option("--screen-margin", help="host-metric margin that counts as dominated")
+    ] = 0.02,
+    pretrain_epochs: Annotated[
+        int,
+        typer.Option(
+            "--pretrain-epochs",
+            min=0,
+            help="train the model on --data first (zoo models start untrained)",
+        ),
+    ] = 0,
+    weights: Annotated[
+        str | None, typer.Option("--weights", help="state_dict file of the model")
+    ] = None,
+    eval_limit: Annotated[
+        int | None, typer.Option("--eval-limit", min=1, help="eval samples shipped to devices")
+    ] = None,
+    work_dir: Annotated[
+        Path | None,
+        typer.Option("--work-dir", help="artifacts (default ~/.edgetailor/campaigns/ID)"),
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="also write the HTML report here")
+    ] = None,
     as_json: JsonOpt = False,
     tls_ca: TlsCaOpt = None,
     tls_cert: TlsCertOpt = None,
@@ -223,17 +320,31 @@ def campaign_cmd(
             if model is None or data is None:
                 raise ConfigError("campaign needs --model and --data (or --resume ID)")
             spec = CampaignSpec(
-                model=model, data=data, space=space, devices=parse_devices(devices),
-                constraints=tuple(constraint or ()), objective=objective,
+                model=model,
+                data=data,
+                space=space,
+                devices=parse_devices(devices),
+                constraints=tuple(constraint or ()),
+                objective=objective,
                 formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
-                pretrain_epochs=pretrain_epochs, weights=weights, runs=runs, min_s=min_s,
-                threads=threads, eval_limit=eval_limit, job_timeout_s=job_timeout,
-                retries=retries, offline_deadline_s=offline_deadline, screen_margin=screen_margin,
+                pretrain_epochs=pretrain_epochs,
+                weights=weights,
+                runs=runs,
+                min_s=min_s,
+                threads=threads,
+                eval_limit=eval_limit,
+                job_timeout_s=job_timeout,
+                retries=retries,
+                offline_deadline_s=offline_deadline,
+                screen_margin=screen_margin,
             )
-        with Fleet(broker, base_topic, store=store, tls=tls, signing_key=signing_key) as fleet:
-            with LiveProgress(err, transient=as_json) as live:
-                outcome = run_campaign(spec, store, fleet, campaign_id=campaign_id,
-                                       work_dir=work_dir, progress=live)
+        with (
+            Fleet(broker, base_topic, store=store, tls=tls, signing_key=signing_key) as fleet,
+            LiveProgress(err, transient=as_json) as live,
+        ):
+            outcome = run_campaign(
+                spec, store, fleet, campaign_id=campaign_id, work_dir=work_dir, progress=live
+            )
         if report is not None:
             from host.campaign import write_campaign_report
 
@@ -247,8 +358,10 @@ def campaign_cmd(
     console.print(candidates_table(outcome))
     console.print(results_table(outcome))
     print_choices(console, outcome)
-    console.print(f"campaign {outcome['campaign']['id']} took {outcome['campaign']['seconds']} s; "
-                  f"resume or report it with --resume / `edgetailor report --campaign ID`")
+    console.print(
+        f"campaign {outcome['campaign']['id']} took {outcome['campaign']['seconds']} s; "
+        f"resume or report it with --resume / `edgetailor report --campaign ID`"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,36 +384,49 @@ def fleet_status(store: Any, fleet: Any | None, last: int = 3) -> list[dict[str,
     for device_id in sorted(set(live) | set(known)):
         record = live.get(device_id)
         stored = known.get(device_id)
-        birth = (_struct(record.birth) if record is not None and record.birth is not None
-                 else (stored.birth if stored is not None else None)) or {}
-        telemetry = (_struct(record.telemetry) if record is not None and record.telemetry is not None
-                     else (stored.telemetry if stored is not None else None)) or {}
+        birth = (
+            _struct(record.birth)
+            if record is not None and record.birth is not None
+            else (stored.birth if stored is not None else None)
+        ) or {}
+        telemetry = (
+            _struct(record.telemetry)
+            if record is not None and record.telemetry is not None
+            else (stored.telemetry if stored is not None else None)
+        ) or {}
         active = telemetry.get("active_sha256") or birth.get("active_sha256")
         results = []
         for result in reversed(store.list_results(device_id)[-last:]):
             job = store.get_job(result.job_id)
             data = result.data or {}
             sha = job.model_sha256 if job else data.get("model_sha256")
-            results.append({
-                "job_id": result.job_id,
-                "model_sha256": sha,
-                "candidate": names.get(sha or ""),
-                "status": result.status,
-                "latency_p90_ms": (data.get("latency_ms") or {}).get("p90"),
-                "metric": data.get("metric"),
-                "metric_value": data.get("metric_value"),
-                "error": result.error_message,
-                "received": result.received,
-            })
-        rows.append({
-            "device_id": device_id,
-            "online": bool(record.online) if record is not None else False,
-            "seen_on_broker": record is not None,
-            "last_seen": (record.last_seen if record else None) or (stored.last_seen if stored else None),
-            "tags": birth.get("tags") or {},
-            "active_model": {"sha256": active, "candidate": names.get(active or "")} if active else None,
-            "last_results": results,
-        })
+            results.append(
+                {
+                    "job_id": result.job_id,
+                    "model_sha256": sha,
+                    "candidate": names.get(sha or ""),
+                    "status": result.status,
+                    "latency_p90_ms": (data.get("latency_ms") or {}).get("p90"),
+                    "metric": data.get("metric"),
+                    "metric_value": data.get("metric_value"),
+                    "error": result.error_message,
+                    "received": result.received,
+                }
+            )
+        rows.append(
+            {
+                "device_id": device_id,
+                "online": bool(record.online) if record is not None else False,
+                "seen_on_broker": record is not None,
+                "last_seen": (record.last_seen if record else None)
+                or (stored.last_seen if stored else None),
+                "tags": birth.get("tags") or {},
+                "active_model": {"sha256": active, "candidate": names.get(active or "")}
+                if active
+                else None,
+                "last_results": results,
+            }
+        )
     return rows
 
 
@@ -316,8 +442,12 @@ def status_cmd(
     base_topic: BaseTopicOpt = DEFAULT_BASE,
     db: DbOpt = None,
     as_json: JsonOpt = False,
-    wait: Annotated[float, typer.Option("--wait", help="seconds to collect retained messages")] = 1.0,
-    offline_ok: Annotated[bool, typer.Option("--db-only", help="do not contact the broker")] = False,
+    wait: Annotated[
+        float, typer.Option("--wait", help="seconds to collect retained messages")
+    ] = 1.0,
+    offline_ok: Annotated[
+        bool, typer.Option("--db-only", help="do not contact the broker")
+    ] = False,
     tls_ca: TlsCaOpt = None,
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
@@ -330,7 +460,9 @@ def status_cmd(
     with Store(db) as store:
         fleet = None
         if not offline_ok:
-            fleet = Fleet(broker, base_topic, store=store, tls=TlsOptions(tls_ca, tls_cert, tls_key))
+            fleet = Fleet(
+                broker, base_topic, store=store, tls=TlsOptions(tls_ca, tls_cert, tls_key)
+            )
             try:
                 fleet.connect()
                 fleet.wait_synced(settle_s=wait)
@@ -357,10 +489,14 @@ def status_cmd(
             "-" if not active else (active["candidate"] or active["sha256"][:12]),
             "\n".join(
                 f"{r['candidate'] or (r['model_sha256'] or '?')[:12]}: "
-                + (f"p90 {_fmt(r['latency_p90_ms'])} ms, {r['metric']} {_fmt(r['metric_value'], 4)}"
-                   if r["status"] == "ok" else f"error {r['error'] or ''}"[:60])
+                + (
+                    f"p90 {_fmt(r['latency_p90_ms'])} ms, {r['metric']} {_fmt(r['metric_value'], 4)}"
+                    if r["status"] == "ok"
+                    else f"error {r['error'] or ''}"[:60]
+                )
                 for r in row["last_results"]
-            ) or "-",
+            )
+            or "-",
         )
     Console().print(table)
 
@@ -384,8 +520,15 @@ def report_cmd(
     with Store(db) as store:
         path = write_campaign_report(CampaignStore(store), campaign, out)
     if as_json:
-        typer.echo(json.dumps({"campaign": campaign, "report": str(path),
-                               "results": str(path.parent / "results.json")}))
+        typer.echo(
+            json.dumps(
+                {
+                    "campaign": campaign,
+                    "report": str(path),
+                    "results": str(path.parent / "results.json"),
+                }
+            )
+        )
     else:
         typer.echo(str(path))
 
@@ -396,13 +539,20 @@ def report_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    agents: Annotated[int, typer.Option("--agents", min=1, max=8, help="local agents to start")] = 3,
-    out: Annotated[Path, typer.Option("--out", help="work dir: database, artifacts, agents, report")] = Path("demo-out"),
+    agents: Annotated[
+        int, typer.Option("--agents", min=1, max=8, help="local agents to start")
+    ] = 3,
+    out: Annotated[
+        Path, typer.Option("--out", help="work dir: database, artifacts, agents, report")
+    ] = Path("demo-out"),
     space: Annotated[str, typer.Option("--space", help="search space")] = "demo",
     model: Annotated[
-        Optional[str], typer.Option("--model", help="model spec (default: builtin:digits_cnn?width=4)")
+        str | None,
+        typer.Option("--model", help="model spec (default: builtin:digits_cnn?width=4)"),
     ] = None,
-    constraint: Annotated[Optional[list[str]], typer.Option("--constraint", help="override the default constraint")] = None,
+    constraint: Annotated[
+        list[str] | None, typer.Option("--constraint", help="override the default constraint")
+    ] = None,
     objective: Annotated[
         str, typer.Option("--objective", help="max_metric, min_latency, min_size, min_memory")
     ] = "min_latency",
@@ -415,9 +565,14 @@ def demo_cmd(
     started = time.monotonic()
     err = Console(stderr=True)
     summary = run_demo(
-        agents=agents, out_dir=out, space=space, model=model or DEFAULT_MODEL,
+        agents=agents,
+        out_dir=out,
+        space=space,
+        model=model or DEFAULT_MODEL,
         constraints=tuple(constraint) if constraint else DEFAULT_CONSTRAINTS,
-        objective=objective, console=err, quiet=as_json,
+        objective=objective,
+        console=err,
+        quiet=as_json,
     )
     summary["seconds"] = round(time.monotonic() - started, 1)
     if as_json:
@@ -431,9 +586,11 @@ def demo_cmd(
     for line in summary.get("deploy", {}).get("lines", []):
         console.print(line)
     console.print(f"report: {summary['report']}")
-    console.print(f"demo finished in {summary['seconds']:.0f} s "
-                  f"(compress {summary['timings']['candidates_s']:.0f} s, "
-                  f"measure {summary['timings']['measure_s']:.0f} s)")
+    console.print(
+        f"demo finished in {summary['seconds']:.0f} s "
+        f"(compress {summary['timings']['candidates_s']:.0f} s, "
+        f"measure {summary['timings']['measure_s']:.0f} s)"
+    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -68,7 +68,16 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def result_table(result: Any) -> Table:
     table = Table(title=f"{result.bundle.name}: {result.recipe.describe()}")
-    for column in ("format", "precision", "file", "bytes", "params", "MACs", "metric", "latency ms"):
+    for column in (
+        "format",
+        "precision",
+        "file",
+        "bytes",
+        "params",
+        "MACs",
+        "metric",
+        "latency ms",
+    ):
         table.add_column(column)
     for artifact, entry in zip(result.artifacts, result.artifact_metrics, strict=True):
         latency = entry.get("latency", {})
@@ -90,30 +99,59 @@ def steps_table(result: Any) -> Table:
     for column in ("step", "params", "seconds", "notes"):
         table.add_column(column)
     for record in result.steps:
-        table.add_row(record.technique, f"{_fmt(record.params_before)} -> {_fmt(record.params_after)}",
-                      f"{record.seconds:.1f}", "\n".join(record.notes))
+        table.add_row(
+            record.technique,
+            f"{_fmt(record.params_before)} -> {_fmt(record.params_after)}",
+            f"{record.seconds:.1f}",
+            "\n".join(record.notes),
+        )
     return table
 
 
 @app.command("compress")
 def compress_cmd(
-    model: Annotated[Optional[str], typer.Option(
-        "--model", help="builtin:NAME, path/file.py:factory or pkg.module:factory")] = None,
-    data: Annotated[Optional[str], typer.Option(
-        "--data", help="builtin:digits, file.npz, an image folder or module:factory")] = None,
-    recipe: Annotated[Optional[str], typer.Option(
-        "--recipe", help="a named recipe (see --list) or a recipe .json file")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="directory for artifacts, manifests and eval.npz")] = None,
-    formats: Annotated[str, typer.Option("--formats", help="comma-separated: tflite,onnx")] = "tflite",
-    latency_runs: Annotated[int, typer.Option(
-        "--latency-runs", help="measure host latency of each file with this many runs (0: skip)")] = 0,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="builtin:NAME, path/file.py:factory or pkg.module:factory"),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="builtin:digits, file.npz, an image folder or module:factory"),
+    ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option("--recipe", help="a named recipe (see --list) or a recipe .json file"),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="directory for artifacts, manifests and eval.npz"),
+    ] = None,
+    formats: Annotated[
+        str, typer.Option("--formats", help="comma-separated: tflite,onnx")
+    ] = "tflite",
+    latency_runs: Annotated[
+        int,
+        typer.Option(
+            "--latency-runs", help="measure host latency of each file with this many runs (0: skip)"
+        ),
+    ] = 0,
     threads: Annotated[int, typer.Option("--threads", help="runtime threads for latency")] = 1,
-    weights: Annotated[Optional[Path], typer.Option(
-        "--weights", help="state_dict (.pt) to load into the model before compressing")] = None,
-    pretrain_epochs: Annotated[int, typer.Option(
-        "--pretrain-epochs", help="train the model on --data first (zoo models start untrained)")] = 0,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--weights", help="state_dict (.pt) to load into the model before compressing"
+        ),
+    ] = None,
+    pretrain_epochs: Annotated[
+        int,
+        typer.Option(
+            "--pretrain-epochs", help="train the model on --data first (zoo models start untrained)"
+        ),
+    ] = 0,
     seed: Annotated[int, typer.Option("--seed", help="seed for training steps")] = 0,
-    list_all: Annotated[bool, typer.Option("--list", help="list techniques, named recipes, search spaces")] = False,
+    list_all: Annotated[
+        bool, typer.Option("--list", help="list techniques, named recipes, search spaces")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
 ) -> None:
     """Compress a model with a recipe, export it, and measure the exported file on this host."""
@@ -125,26 +163,51 @@ def compress_cmd(
             for table in _list_table():
                 out_console.print(table)
         return
-    missing = [flag for flag, value in (("--model", model), ("--data", data), ("--recipe", recipe),
-                                        ("--out", out)) if value is None]
+    missing = [
+        flag
+        for flag, value in (
+            ("--model", model),
+            ("--data", data),
+            ("--recipe", recipe),
+            ("--out", out),
+        )
+        if value is None
+    ]
     if missing:
-        raise ConfigError(f"compress needs {', '.join(missing)} (or --list to see what is available)")
+        raise ConfigError(
+            f"compress needs {', '.join(missing)} (or --list to see what is available)"
+        )
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from host.compress import compress
 
     chosen = [f.strip() for f in formats.split(",") if f.strip()]
     err_console = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=as_json) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=as_json,
+    ) as progress:
         task = progress.add_task("compressing", total=1.0)
 
         def report(label: str, fraction: float) -> None:
             progress.update(task, description=label, completed=fraction)
 
-        result = compress(model, data, recipe, out, formats=chosen, progress=report, seed=seed,
-                          latency_runs=latency_runs, threads=threads, weights=weights,
-                          pretrain_epochs=pretrain_epochs)
+        result = compress(
+            model,
+            data,
+            recipe,
+            out,
+            formats=chosen,
+            progress=report,
+            seed=seed,
+            latency_runs=latency_runs,
+            threads=threads,
+            weights=weights,
+            pretrain_epochs=pretrain_epochs,
+        )
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
         return

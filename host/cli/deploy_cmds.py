@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -72,37 +72,59 @@ def _print_rollout(doc: dict[str, Any]) -> None:
 @app.command("deploy")
 def deploy_cmd(
     campaign: Annotated[
-        Optional[str], typer.Option("--campaign", help="deploy each device's choice of this campaign")
+        str | None,
+        typer.Option("--campaign", help="deploy each device's choice of this campaign"),
     ] = None,
     model: Annotated[
-        Optional[Path],
-        typer.Option("--model", help="deploy this .tflite/.onnx instead", exists=True, dir_okay=False),
+        Path | None,
+        typer.Option(
+            "--model", help="deploy this .tflite/.onnx instead", exists=True, dir_okay=False
+        ),
     ] = None,
     eval_file: Annotated[
-        Optional[Path],
-        typer.Option("--eval", help="eval .npz for the health check (with --model)", exists=True,
-                     dir_okay=False),
+        Path | None,
+        typer.Option(
+            "--eval",
+            help="eval .npz for the health check (with --model)",
+            exists=True,
+            dir_okay=False,
+        ),
     ] = None,
     devices: Annotated[
-        Optional[str], typer.Option("--devices", help="comma-separated device ids (default: all selected)")
+        str | None,
+        typer.Option("--devices", help="comma-separated device ids (default: all selected)"),
     ] = None,
-    waves: Annotated[str, typer.Option("--waves", help="devices per wave: counts or percentages")] = "1,25%,100%",
+    waves: Annotated[
+        str, typer.Option("--waves", help="devices per wave: counts or percentages")
+    ] = "1,25%,100%",
     max_failures: Annotated[
-        int, typer.Option("--max-failures", min=0, help="failures a wave may have before the rollout aborts")
+        int,
+        typer.Option(
+            "--max-failures", min=0, help="failures a wave may have before the rollout aborts"
+        ),
     ] = 0,
     latency_budget_ms: Annotated[
-        Optional[float],
-        typer.Option("--latency-budget-ms", help="health check: p90 latency bound (default: the "
-                     "campaign's latency_p90_ms constraint)"),
+        float | None,
+        typer.Option(
+            "--latency-budget-ms",
+            help="health check: p90 latency bound (default: the "
+            "campaign's latency_p90_ms constraint)",
+        ),
     ] = None,
     min_metric: Annotated[
-        Optional[float], typer.Option("--min-metric", help="health check: lowest accuracy/agreement")
+        float | None,
+        typer.Option("--min-metric", help="health check: lowest accuracy/agreement"),
     ] = None,
     health_runs: Annotated[
-        int, typer.Option("--health-runs", min=1, help="health check: timed runs of the staged model")
+        int,
+        typer.Option("--health-runs", min=1, help="health check: timed runs of the staged model"),
     ] = 20,
-    timeout: Annotated[float, typer.Option("--timeout", help="health check timeout on a device, s")] = 300.0,
-    device_timeout: Annotated[float, typer.Option("--device-timeout", help="s to wait for a device")] = 30.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="health check timeout on a device, s")
+    ] = 300.0,
+    device_timeout: Annotated[
+        float, typer.Option("--device-timeout", help="s to wait for a device")
+    ] = 30.0,
     broker: BrokerOpt = DEFAULT_BROKER,
     base_topic: BaseTopicOpt = DEFAULT_BASE,
     db: DbOpt = None,
@@ -117,7 +139,9 @@ def deploy_cmd(
     from host.store import Store
 
     if (campaign is None) == (model is None):
-        raise typer.BadParameter("give either --campaign ID or --model FILE", param_hint="--campaign")
+        raise typer.BadParameter(
+            "give either --campaign ID or --model FILE", param_hint="--campaign"
+        )
     wanted = _devices(devices)
     if model is not None and not wanted:
         raise typer.BadParameter("--model needs --devices ID[,ID...]", param_hint="--devices")
@@ -132,12 +156,20 @@ def deploy_cmd(
             )  # fmt: skip
         else:
             targets = [
-                DeployTarget(device_id=d, artifact=model, eval_path=eval_file,  # type: ignore[arg-type]
-                             latency_budget_ms=latency_budget_ms, min_metric=min_metric,
-                             label=model.name if model else "")
+                DeployTarget(
+                    device_id=d,
+                    artifact=model,
+                    eval_path=eval_file,  # type: ignore[arg-type]
+                    latency_budget_ms=latency_budget_ms,
+                    min_metric=min_metric,
+                    label=model.name if model else "",
+                )
                 for d in wanted or []
             ]
-        with _fleet(broker, base_topic, store, tls, signing_key) as fleet, err.status("deploying") as status:
+        with (
+            _fleet(broker, base_topic, store, tls, signing_key) as fleet,
+            err.status("deploying") as status,
+        ):
 
             def progress(event: str, data: dict[str, Any]) -> None:
                 if event == "wave":
@@ -167,11 +199,14 @@ def deploy_cmd(
 def rollback_cmd(
     device: Annotated[str, typer.Option("--device", help="device id")],
     deploy_id: Annotated[
-        Optional[str], typer.Option("--deploy-id", help="only if this deploy is still the active one")
+        str | None,
+        typer.Option("--deploy-id", help="only if this deploy is still the active one"),
     ] = None,
     reason: Annotated[str, typer.Option("--reason", help="recorded on the device")] = "",
     timeout: Annotated[float, typer.Option("--timeout", help="s to wait for the answer")] = 60.0,
-    device_timeout: Annotated[float, typer.Option("--device-timeout", help="s to wait for the device")] = 30.0,
+    device_timeout: Annotated[
+        float, typer.Option("--device-timeout", help="s to wait for the device")
+    ] = 30.0,
     broker: BrokerOpt = DEFAULT_BROKER,
     base_topic: BaseTopicOpt = DEFAULT_BASE,
     db: DbOpt = None,

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -31,18 +31,23 @@ DEFAULT_BROKER = os.environ.get("EDGETAILOR_BROKER", "mqtt://127.0.0.1:1883")
 # Time on top of the benchmark's own timeout for the transfer and the queue on the device.
 TRANSFER_ALLOWANCE_S = 300.0
 
-BrokerOpt = Annotated[str, typer.Option("--broker", help="mqtt://[user:pass@]host[:port] or mqtts://...")]
+BrokerOpt = Annotated[
+    str, typer.Option("--broker", help="mqtt://[user:pass@]host[:port] or mqtts://...")
+]
 BaseTopicOpt = Annotated[str, typer.Option("--base-topic", help="MQTT base topic of the fleet")]
 DbOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--db", help="SQLAlchemy URL (default sqlite:///~/.edgetailor/edgetailor.db)"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
-TlsCaOpt = Annotated[Optional[str], typer.Option("--tls-ca", help="CA certificate (PEM) of the broker")]
-TlsCertOpt = Annotated[Optional[str], typer.Option("--tls-cert", help="client certificate (PEM)")]
-TlsKeyOpt = Annotated[Optional[str], typer.Option("--tls-key", help="client key (PEM)")]
+TlsCaOpt = Annotated[
+    str | None, typer.Option("--tls-ca", help="CA certificate (PEM) of the broker")
+]
+TlsCertOpt = Annotated[str | None, typer.Option("--tls-cert", help="client certificate (PEM)")]
+TlsKeyOpt = Annotated[str | None, typer.Option("--tls-key", help="client key (PEM)")]
 SigningKeyOpt = Annotated[
-    Optional[Path], typer.Option("--signing-key", help="Ed25519 private key (PEM) to sign manifests")
+    Path | None,
+    typer.Option("--signing-key", help="Ed25519 private key (PEM) to sign manifests"),
 ]
 
 
@@ -80,7 +85,9 @@ def devices_cmd(
     base_topic: BaseTopicOpt = DEFAULT_BASE,
     db: DbOpt = None,
     as_json: JsonOpt = False,
-    wait: Annotated[float, typer.Option("--wait", help="seconds to collect retained messages")] = 1.0,
+    wait: Annotated[
+        float, typer.Option("--wait", help="seconds to collect retained messages")
+    ] = 1.0,
     tls_ca: TlsCaOpt = None,
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
@@ -153,8 +160,10 @@ def _print_result(result: BenchmarkResult, device_id: str) -> None:
     if result.metric is not None and result.metric_value is not None:
         rows.append((result.metric, f"{result.metric_value:.4f} on {result.eval_samples} samples"))
     for transfer in result.transfers:
-        how = "already stored" if transfer.already_stored else (
-            f"{transfer.chunks_written} chunks in {transfer.seconds:.2f} s"
+        how = (
+            "already stored"
+            if transfer.already_stored
+            else (f"{transfer.chunks_written} chunks in {transfer.seconds:.2f} s")
         )
         rows.append((f"transfer {transfer.sha256[:12]}", how))
     for name, value in rows:
@@ -164,26 +173,38 @@ def _print_result(result: BenchmarkResult, device_id: str) -> None:
 
 @app.command("bench")
 def bench_cmd(
-    model: Annotated[Path, typer.Argument(help="model file: .tflite or .onnx", exists=True, dir_okay=False)],
+    model: Annotated[
+        Path, typer.Argument(help="model file: .tflite or .onnx", exists=True, dir_okay=False)
+    ],
     device: Annotated[str, typer.Option("--device", help="device id")],
     broker: BrokerOpt = DEFAULT_BROKER,
     eval_file: Annotated[
-        Optional[Path],
-        typer.Option("--eval", help=".npz with x (and y labels or ref outputs)", exists=True, dir_okay=False),
+        Path | None,
+        typer.Option(
+            "--eval", help=".npz with x (and y labels or ref outputs)", exists=True, dir_okay=False
+        ),
     ] = None,
     threads: Annotated[
-        Optional[int],
-        typer.Option("--threads", min=1, help="runtime threads on the device (default: the agent's)"),
+        int | None,
+        typer.Option(
+            "--threads", min=1, help="runtime threads on the device (default: the agent's)"
+        ),
     ] = None,
     runs: Annotated[
         int, typer.Option("--runs", min=1, help="timed runs (at least this many, and at least 1 s)")
     ] = 50,
-    timeout: Annotated[float, typer.Option("--timeout", help="benchmark timeout on the device, s")] = 300.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="benchmark timeout on the device, s")
+    ] = 300.0,
     base_topic: BaseTopicOpt = DEFAULT_BASE,
     db: DbOpt = None,
     as_json: JsonOpt = False,
-    chunk_size: Annotated[int, typer.Option("--chunk-size", help="bytes per chunk")] = DEFAULT_CHUNK_SIZE,
-    device_timeout: Annotated[float, typer.Option("--device-timeout", help="s to wait for the device")] = 15.0,
+    chunk_size: Annotated[
+        int, typer.Option("--chunk-size", help="bytes per chunk")
+    ] = DEFAULT_CHUNK_SIZE,
+    device_timeout: Annotated[
+        float, typer.Option("--device-timeout", help="s to wait for the device")
+    ] = 15.0,
     tls_ca: TlsCaOpt = None,
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
@@ -197,28 +218,29 @@ def bench_cmd(
         raise typer.BadParameter(f"{model} is not a .tflite or .onnx model", param_hint="MODEL")
     err = Console(stderr=True)
     tls = TlsOptions(tls_ca, tls_cert, tls_key)
-    with Store(db) as store, _fleet(
-        broker, base_topic, store, tls, signing_key, chunk_size=chunk_size
-    ) as fleet:
-        with err.status(f"waiting for {device}...") as status:
+    with (
+        Store(db) as store,
+        _fleet(broker, base_topic, store, tls, signing_key, chunk_size=chunk_size) as fleet,
+        err.status(f"waiting for {device}...") as status,
+    ):
 
-            def progress(_job: Any, stage: str, _data: dict[str, Any]) -> None:
-                if stage != "done":
-                    status.update(f"{device}: {stage}")
+        def progress(_job: Any, stage: str, _data: dict[str, Any]) -> None:
+            if stage != "done":
+                status.update(f"{device}: {stage}")
 
-            job = fleet.submit_benchmark(
-                device, model, eval_path=eval_file, threads=threads, runs=runs, timeout_s=timeout,
-                device_timeout_s=device_timeout, on_progress=progress,
-            )  # fmt: skip
-            status.update(f"{device}: sent job {job.job_id}")
-            try:
-                result = job.result(timeout=timeout + TRANSFER_ALLOWANCE_S)
-            except (JobFailedError, JobTimeoutError) as exc:
-                err.print(f"[red]benchmark failed:[/] {exc}")
-                if as_json:
-                    code = getattr(exc, "code", "timeout")
-                    typer.echo(json.dumps({"error": {"code": code, "message": str(exc)}}))
-                raise typer.Exit(1) from exc
+        job = fleet.submit_benchmark(
+            device, model, eval_path=eval_file, threads=threads, runs=runs, timeout_s=timeout,
+            device_timeout_s=device_timeout, on_progress=progress,
+        )  # fmt: skip
+        status.update(f"{device}: sent job {job.job_id}")
+        try:
+            result = job.result(timeout=timeout + TRANSFER_ALLOWANCE_S)
+        except (JobFailedError, JobTimeoutError) as exc:
+            err.print(f"[red]benchmark failed:[/] {exc}")
+            if as_json:
+                code = getattr(exc, "code", "timeout")
+                typer.echo(json.dumps({"error": {"code": code, "message": str(exc)}}))
+            raise typer.Exit(1) from exc
     if as_json:
         sys.stdout.write(json.dumps(to_data(result), indent=2) + "\n")
     else:

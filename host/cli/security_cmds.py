@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import stat
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -31,12 +31,14 @@ certs_app = typer.Typer(
     help="Certificates for mutual TLS to the broker: a CA, the broker, the host and each device.",
     no_args_is_help=True,
 )
-keys_app = typer.Typer(help="The Ed25519 key the host signs artifact manifests with.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="The Ed25519 key the host signs artifact manifests with.", no_args_is_help=True
+)
 app.add_typer(certs_app, name="certs")
 app.add_typer(keys_app, name="keys")
 
 DirOption = Annotated[
-    Optional[Path],  # noqa: UP007 - typer needs Optional at runtime on 3.11
+    Path | None,
     typer.Option("--dir", help="PKI directory (default: $EDGETAILOR_HOME/pki, ~/.edgetailor/pki)."),
 ]
 ForceOption = Annotated[bool, typer.Option("--force", help="Replace existing files.")]
@@ -55,17 +57,22 @@ def certs_init(directory: DirOption = None, force: ForceOption = False) -> None:
     typer.echo(f"CA created in {pki}:")
     for path in (ca.cert_path, ca.key_path, ca.crl_path):
         _show(path)
-    typer.echo("next: `edgetailor certs server --hostname BROKER_NAME`, `edgetailor certs issue --host`")
+    typer.echo(
+        "next: `edgetailor certs server --hostname BROKER_NAME`, `edgetailor certs issue --host`"
+    )
 
 
 @certs_app.command("issue")
 def certs_issue(
     device_id: Annotated[
-        Optional[str],  # noqa: UP007
+        str | None,
         typer.Argument(help="Device id; it becomes the certificate's common name and MQTT user."),
     ] = None,
     host: Annotated[
-        bool, typer.Option("--host", help=f"Issue the host orchestrator's certificate ({HOST_IDENTITY}).")
+        bool,
+        typer.Option(
+            "--host", help=f"Issue the host orchestrator's certificate ({HOST_IDENTITY})."
+        ),
     ] = False,
     days: Annotated[int, typer.Option(help="Validity in days.")] = 825,
     directory: DirOption = None,
@@ -77,7 +84,9 @@ def certs_issue(
         issued = issue_cert(pki, device_id or HOST_IDENTITY, kind="host", days=days, force=force)
     else:
         if device_id is None:
-            raise typer.BadParameter("give a DEVICE_ID, or --host for the orchestrator's certificate")
+            raise typer.BadParameter(
+                "give a DEVICE_ID, or --host for the orchestrator's certificate"
+            )
         issued = issue_cert(pki, device_id, kind="device", days=days, force=force)
     typer.echo(f"{issued.kind} certificate for {issued.common_name!r}:")
     for path in (issued.cert_path, issued.key_path, issued.ca_path):
@@ -90,7 +99,7 @@ def certs_issue(
 @certs_app.command("server")
 def certs_server(
     hostname: Annotated[
-        Optional[list[str]],  # noqa: UP007
+        list[str] | None,
         typer.Option(
             "--hostname",
             help="DNS name or IP the boards use for the broker (repeatable); localhost and "
@@ -126,7 +135,7 @@ def certs_revoke(
 def certs_acl(
     base: Annotated[str, typer.Option(help="Base topic the fleet uses.")] = "edgetailor",
     output: Annotated[
-        Optional[Path],  # noqa: UP007
+        Path | None,
         typer.Option("--output", "-o", help="Write here instead of printing."),
     ] = None,
 ) -> None:
@@ -142,7 +151,7 @@ def certs_acl(
 @keys_app.command("init")
 def keys_init(
     directory: Annotated[
-        Optional[Path],  # noqa: UP007
+        Path | None,
         typer.Option("--dir", help="Key directory (default: $EDGETAILOR_HOME/keys)."),
     ] = None,
     force: ForceOption = False,

@@ -51,8 +51,7 @@ class CompressResult:
             "precision": self.precision,
             "metrics": dict(self.metrics),
             "artifacts": [
-                {"path": str(a.path), "format": a.manifest.format, "sha256": a.manifest.sha256,
-                 **m}
+                {"path": str(a.path), "format": a.manifest.format, "sha256": a.manifest.sha256, **m}
                 for a, m in zip(self.artifacts, self.artifact_metrics, strict=True)
             ],
             "steps": [s.to_dict() for s in self.steps],
@@ -110,9 +109,17 @@ def prepare_baseline(
                 "torch.save(model.state_dict(), path) from the same architecture"
             ) from exc
     if epochs > 0:
-        module = fit(copy.deepcopy(module), data, epochs, lr, seed=seed, task=bundle.task,
-                     progress=(lambda label, frac: progress(f"pretrain {label}", frac))
-                     if progress else None)
+        module = fit(
+            copy.deepcopy(module),
+            data,
+            epochs,
+            lr,
+            seed=seed,
+            task=bundle.task,
+            progress=(lambda label, frac: progress(f"pretrain {label}", frac))
+            if progress
+            else None,
+        )
         module = module.cpu().eval()
     if module is bundle.module:
         return bundle
@@ -185,8 +192,15 @@ def compress(
     if not formats:
         raise ConfigError("no export format given; use tflite and/or onnx")
     bundle, dataset = load_inputs(model, data)
-    bundle = prepare_baseline(bundle, dataset, weights=weights, epochs=pretrain_epochs,
-                              lr=pretrain_lr, seed=seed, progress=progress)
+    bundle = prepare_baseline(
+        bundle,
+        dataset,
+        weights=weights,
+        epochs=pretrain_epochs,
+        lr=pretrain_lr,
+        seed=seed,
+        progress=progress,
+    )
     reference = reference_outputs(bundle, dataset) if evaluate else None
     started = time.perf_counter()
     candidate, ctx = apply_recipe(bundle, dataset, recipe, progress=progress, seed=seed)
@@ -208,31 +222,49 @@ def compress(
     name = f"{bundle.name}-{recipe.name or 'custom'}"
     for index, fmt in enumerate(formats):
         ctx.report(f"export {fmt} {ctx.precision}", index / len(formats))
-        cfg = ExportConfig(format=fmt, precision=ctx.precision,
-                           calibration_samples=ctx.calibration_samples)
-        artifact = export(
-            candidate, None, cfg, out,
-            calibration=dataset.train, recipe=recipe.to_list(),
-            quantizer_state=ctx.quantizer_state, name=name, task=candidate.task,
+        cfg = ExportConfig(
+            format=fmt, precision=ctx.precision, calibration_samples=ctx.calibration_samples
         )
-        entry: dict[str, Any] = {"size_bytes": artifact.manifest.size_bytes,
-                                 "precision": artifact.manifest.precision}
+        artifact = export(
+            candidate,
+            None,
+            cfg,
+            out,
+            calibration=dataset.train,
+            recipe=recipe.to_list(),
+            quantizer_state=ctx.quantizer_state,
+            name=name,
+            task=candidate.task,
+        )
+        entry: dict[str, Any] = {
+            "size_bytes": artifact.manifest.size_bytes,
+            "precision": artifact.manifest.precision,
+        }
         if evaluate:
             result = evaluate_artifact(artifact, dataset.test, candidate.task, reference)
             entry["metric"] = result.name
             entry["metric_value"] = result.value
-            artifact = _with_metrics(artifact, {"host_metric": result.name,
-                                                "host_metric_value": result.value})
+            artifact = _with_metrics(
+                artifact, {"host_metric": result.name, "host_metric_value": result.value}
+            )
         if latency_runs > 0:
-            latency = measure_latency(artifact.path, dataset.test, threads=threads, runs=latency_runs)
+            latency = measure_latency(
+                artifact.path, dataset.test, threads=threads, runs=latency_runs
+            )
             entry["latency"] = latency
             entry["threads"] = threads
         artifacts.append(artifact)
         artifact_metrics.append(entry)
         ctx.report(f"export {fmt} {ctx.precision}", (index + 1) / len(formats))
-    result = CompressResult(recipe=recipe, bundle=candidate, artifacts=artifacts, metrics=metrics,
-                            steps=ctx.log, precision=ctx.precision,
-                            artifact_metrics=artifact_metrics)
+    result = CompressResult(
+        recipe=recipe,
+        bundle=candidate,
+        artifacts=artifacts,
+        metrics=metrics,
+        steps=ctx.log,
+        precision=ctx.precision,
+        artifact_metrics=artifact_metrics,
+    )
     (out / f"{name}.result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
     # The eval set a device benchmark needs (`edgetailor bench FILE --eval out/eval.npz`).
     write_eval_npz(dataset.test, out / "eval.npz", reference)
@@ -250,4 +282,3 @@ def _with_metrics(artifact: Artifact, extra: dict[str, Any]) -> Artifact:
     updated = ArtifactCls(artifact.path, ArtifactManifest(**fields))
     updated.manifest_path.write_bytes(encode_manifest(updated.manifest))
     return updated
-

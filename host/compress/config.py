@@ -35,8 +35,15 @@ def technique(cls: C) -> C:
     return cls
 
 
-def _check_fraction(technique_name: str, field_name: str, value: float, *, allow_zero: bool,
-                    allow_one: bool, hint: str) -> None:
+def _check_fraction(
+    technique_name: str,
+    field_name: str,
+    value: float,
+    *,
+    allow_zero: bool,
+    allow_one: bool,
+    hint: str,
+) -> None:
     low_ok = value > 0 or (allow_zero and value == 0)
     high_ok = value < 1 or (allow_one and value == 1)
     if not (low_ok and high_ok):
@@ -47,8 +54,9 @@ def _check_fraction(technique_name: str, field_name: str, value: float, *, allow
         )
 
 
-def _check_positive(technique_name: str, field_name: str, value: float, *, allow_zero: bool = False
-                    ) -> None:
+def _check_positive(
+    technique_name: str, field_name: str, value: float, *, allow_zero: bool = False
+) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{technique_name}.{field_name}={value!r} is invalid: it must be {bound}")
@@ -96,8 +104,14 @@ class UnstructuredPrune(TechniqueConfig):
     scope: Literal["global", "layer"] = "global"
 
     def __post_init__(self) -> None:
-        _check_fraction(self.name, "amount", self.amount, allow_zero=False, allow_one=False,
-                        hint="it is the fraction of weights set to zero, e.g. 0.5")
+        _check_fraction(
+            self.name,
+            "amount",
+            self.amount,
+            allow_zero=False,
+            allow_one=False,
+            hint="it is the fraction of weights set to zero, e.g. 0.5",
+        )
 
 
 @technique
@@ -115,8 +129,14 @@ class ChannelPrune(TechniqueConfig):
     round_to: int | None = None
 
     def __post_init__(self) -> None:
-        _check_fraction(self.name, "ratio", self.ratio, allow_zero=False, allow_one=False,
-                        hint="it is the fraction of channels removed, e.g. 0.5 removes half")
+        _check_fraction(
+            self.name,
+            "ratio",
+            self.ratio,
+            allow_zero=False,
+            allow_one=False,
+            hint="it is the fraction of channels removed, e.g. 0.5 removes half",
+        )
         if self.round_to is not None and self.round_to < 1:
             raise ConfigError(f"{self.name}.round_to={self.round_to} must be a positive integer")
 
@@ -206,8 +226,14 @@ class Distill(TechniqueConfig):
         _check_positive(self.name, "epochs", self.epochs)
         _check_positive(self.name, "lr", self.lr)
         _check_positive(self.name, "temperature", self.temperature)
-        _check_fraction(self.name, "alpha", self.alpha, allow_zero=True, allow_one=True,
-                        hint="it weighs the teacher's soft targets against the labels")
+        _check_fraction(
+            self.name,
+            "alpha",
+            self.alpha,
+            allow_zero=True,
+            allow_one=True,
+            hint="it weighs the teacher's soft targets against the labels",
+        )
 
 
 # ---------------------------------------------------------------- low rank
@@ -243,11 +269,23 @@ class LowRank(TechniqueConfig):
                 f"got energy={self.energy!r}, ratio={self.ratio!r}"
             )
         if self.energy is not None:
-            _check_fraction(self.name, "energy", self.energy, allow_zero=False, allow_one=False,
-                            hint="it is the retained fraction of squared singular values")
+            _check_fraction(
+                self.name,
+                "energy",
+                self.energy,
+                allow_zero=False,
+                allow_one=False,
+                hint="it is the retained fraction of squared singular values",
+            )
         if self.ratio is not None:
-            _check_fraction(self.name, "ratio", self.ratio, allow_zero=False, allow_one=False,
-                            hint="it is the fraction of a layer's parameters that remain, e.g. 0.5")
+            _check_fraction(
+                self.name,
+                "ratio",
+                self.ratio,
+                allow_zero=False,
+                allow_one=False,
+                hint="it is the fraction of a layer's parameters that remain, e.g. 0.5",
+            )
         if isinstance(self.layers, tuple) and not self.layers:
             raise ConfigError(f"{self.name}.layers is empty; use 'all' or list module names")
 
@@ -259,7 +297,9 @@ class LowRank(TechniqueConfig):
 @dataclass(frozen=True)
 class FineTune(TechniqueConfig):
     name: ClassVar[str] = "finetune"
-    summary: ClassVar[str] = "fine-tune to recover accuracy (optionally guided by the original model)"
+    summary: ClassVar[str] = (
+        "fine-tune to recover accuracy (optionally guided by the original model)"
+    )
     epochs: int = 3
     lr: float = 3e-3  # 1e-3 left 50%-pruned nets 2-4 points short on digits; 3e-3 recovers them
     batch_size: int = 64
@@ -277,7 +317,9 @@ class FineTune(TechniqueConfig):
 def technique_from_dict(data: Any) -> TechniqueConfig:
     """Build a config from its JSON form; every problem is a ConfigError naming the field."""
     if not isinstance(data, dict):
-        raise ConfigError(f"a recipe step must be an object like {{'technique': 'fp16'}}, got {data!r}")
+        raise ConfigError(
+            f"a recipe step must be an object like {{'technique': 'fp16'}}, got {data!r}"
+        )
     body = dict(data)
     name = body.pop("technique", None)
     if not isinstance(name, str):
@@ -316,8 +358,9 @@ class Recipe:
         for step in self.steps:
             if not isinstance(step, TechniqueConfig):
                 raise ConfigError(f"recipe step {step!r} is not a technique config")
-        precision_steps = [s.name for s in self.steps
-                           if not s.changes_weights or isinstance(s, QuantAwareTraining)]
+        precision_steps = [
+            s.name for s in self.steps if not s.changes_weights or isinstance(s, QuantAwareTraining)
+        ]
         if len(precision_steps) > 1:
             raise ConfigError(
                 f"recipe {self.name or '(unnamed)'} sets the export precision more than once "
@@ -325,7 +368,7 @@ class Recipe:
             )
         for i, step in enumerate(self.steps):
             if isinstance(step, QuantAwareTraining) and any(
-                later.changes_weights for later in self.steps[i + 1:]
+                later.changes_weights for later in self.steps[i + 1 :]
             ):
                 raise ConfigError(
                     "qat must be the last weight-changing step: the fake-quantized graph it trains "
@@ -392,8 +435,7 @@ class Recipe:
 def _describe_step(step: TechniqueConfig) -> str:
     all_fields = dataclasses.fields(step)
     # The first field is each technique's main knob (amount, ratio, student, ...): always shown.
-    fields = [f for i, f in enumerate(all_fields)
-              if i == 0 or getattr(step, f.name) != f.default]
+    fields = [f for i, f in enumerate(all_fields) if i == 0 or getattr(step, f.name) != f.default]
     if not fields:
         return step.name
     args = ", ".join(f"{f.name}={getattr(step, f.name)!r}" for f in fields)
@@ -409,25 +451,27 @@ def techniques_summary() -> list[tuple[str, int, str, list[str]]]:
     return rows
 
 
-def recipe_of(steps: Iterable[TechniqueConfig] | Sequence[TechniqueConfig], name: str = "") -> Recipe:
+def recipe_of(
+    steps: Iterable[TechniqueConfig] | Sequence[TechniqueConfig], name: str = ""
+) -> Recipe:
     return Recipe(steps=tuple(steps), name=name)
 
 
 __all__ = [
     "TECHNIQUES",
-    "TechniqueConfig",
-    "UnstructuredPrune",
     "ChannelPrune",
+    "Distill",
+    "FineTune",
     "Fp16",
     "Int8Dynamic",
     "Int8Full",
-    "QuantAwareTraining",
-    "Distill",
     "LowRank",
-    "FineTune",
+    "QuantAwareTraining",
     "Recipe",
+    "TechniqueConfig",
+    "UnstructuredPrune",
+    "recipe_of",
     "technique",
     "technique_from_dict",
     "techniques_summary",
-    "recipe_of",
 ]

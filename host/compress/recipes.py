@@ -49,18 +49,26 @@ _named("distill_half", Distill(student=0.5, epochs=15))
 _named("distill_half_int8", Distill(student=0.5, epochs=15), Int8Full())
 _named("lowrank_ft", LowRank(ratio=0.5), FineTune(epochs=3))
 _named("lowrank_ft_fp16", LowRank(ratio=0.5), FineTune(epochs=3), Fp16())
-_named("tucker_ft_int8_dynamic", LowRank(method="tucker2", ratio=0.5), FineTune(epochs=3),
-       Int8Dynamic())
+_named(
+    "tucker_ft_int8_dynamic",
+    LowRank(method="tucker2", ratio=0.5),
+    FineTune(epochs=3),
+    Int8Dynamic(),
+)
 
 
-def resolve_recipe(spec: Recipe | str | list[TechniqueConfig] | tuple[TechniqueConfig, ...]) -> Recipe:
+def resolve_recipe(
+    spec: Recipe | str | list[TechniqueConfig] | tuple[TechniqueConfig, ...],
+) -> Recipe:
     """A Recipe from itself, a list of configs, a named recipe, or a path to a JSON file."""
     if isinstance(spec, Recipe):
         return spec
     if isinstance(spec, (list, tuple)):
         return Recipe(steps=tuple(spec))
     if not isinstance(spec, str) or not spec.strip():
-        raise ConfigError("a recipe is a name (see `edgetailor compress --list`) or a JSON file path")
+        raise ConfigError(
+            "a recipe is a name (see `edgetailor compress --list`) or a JSON file path"
+        )
     if spec in NAMED_RECIPES:
         return NAMED_RECIPES.get(spec)
     path = Path(spec)
@@ -111,33 +119,46 @@ _PRECISIONS = (
     Choice("int8", (Int8Full(),)),
 )
 
-SEARCH_SPACES.add("quantize", SearchSpace(
-    "quantize", "every export precision of the unchanged model", (_PRECISIONS,),
-))
-SEARCH_SPACES.add("prune_quantize", SearchSpace(
-    "prune_quantize", "channel pruning at 0/25/50/70% (fine-tuned) x every precision",
-    (
-        (
-            Choice("dense"),
-            Choice("prune25", (ChannelPrune(ratio=0.25), FineTune(epochs=3))),
-            Choice("prune50", (ChannelPrune(ratio=0.5), FineTune(epochs=5))),
-            Choice("prune70", (ChannelPrune(ratio=0.7), FineTune(epochs=8))),
-        ),
-        _PRECISIONS,
+SEARCH_SPACES.add(
+    "quantize",
+    SearchSpace(
+        "quantize",
+        "every export precision of the unchanged model",
+        (_PRECISIONS,),
     ),
-))
-SEARCH_SPACES.add("default", SearchSpace(
-    "default", "one of each family (none, prune, distill, low-rank) x fp32 / dynamic int8 / int8",
-    (
+)
+SEARCH_SPACES.add(
+    "prune_quantize",
+    SearchSpace(
+        "prune_quantize",
+        "channel pruning at 0/25/50/70% (fine-tuned) x every precision",
         (
-            Choice("orig"),
-            Choice("prune50", (ChannelPrune(ratio=0.5), FineTune(epochs=5))),
-            Choice("distill50", (Distill(student=0.5, epochs=15),)),
-            Choice("lowrank50", (LowRank(ratio=0.5), FineTune(epochs=3))),
+            (
+                Choice("dense"),
+                Choice("prune25", (ChannelPrune(ratio=0.25), FineTune(epochs=3))),
+                Choice("prune50", (ChannelPrune(ratio=0.5), FineTune(epochs=5))),
+                Choice("prune70", (ChannelPrune(ratio=0.7), FineTune(epochs=8))),
+            ),
+            _PRECISIONS,
         ),
-        (Choice("fp32"), Choice("int8dyn", (Int8Dynamic(),)), Choice("int8", (Int8Full(),))),
     ),
-))
+)
+SEARCH_SPACES.add(
+    "default",
+    SearchSpace(
+        "default",
+        "one of each family (none, prune, distill, low-rank) x fp32 / dynamic int8 / int8",
+        (
+            (
+                Choice("orig"),
+                Choice("prune50", (ChannelPrune(ratio=0.5), FineTune(epochs=5))),
+                Choice("distill50", (Distill(student=0.5, epochs=15),)),
+                Choice("lowrank50", (LowRank(ratio=0.5), FineTune(epochs=3))),
+            ),
+            (Choice("fp32"), Choice("int8dyn", (Int8Dynamic(),)), Choice("int8", (Int8Full(),))),
+        ),
+    ),
+)
 
 
 __all__ = ["NAMED_RECIPES", "SEARCH_SPACES", "Choice", "SearchSpace", "resolve_recipe"]

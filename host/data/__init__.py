@@ -99,7 +99,14 @@ class DataSet:
     def num_classes(self) -> int | None:
         if self.train.labels is None:
             return None
-        return int(max(s.labels.max() for s in (self.train, self.val, self.test) if s.labels is not None and len(s)) + 1)
+        return int(
+            max(
+                s.labels.max()
+                for s in (self.train, self.val, self.test)
+                if s.labels is not None and len(s)
+            )
+            + 1
+        )
 
 
 def load_data(spec: str, seed: int = 0, input_layout: str = "NCHW") -> DataSet:
@@ -107,7 +114,9 @@ def load_data(spec: str, seed: int = 0, input_layout: str = "NCHW") -> DataSet:
     if input_layout not in ("NCHW", "NHWC"):
         raise DataError(f"input_layout must be NCHW or NHWC, got {input_layout!r}")
     if not isinstance(spec, str) or not spec.strip():
-        raise DataError("empty data spec: use builtin:digits, file.npz, an image folder or module:factory")
+        raise DataError(
+            "empty data spec: use builtin:digits, file.npz, an image folder or module:factory"
+        )
     spec = spec.strip()
     if spec.startswith("builtin:"):
         name = spec.removeprefix("builtin:")
@@ -137,8 +146,8 @@ def split_arrays(
     if n < 3:
         raise DataError(f"{name}: {n} samples is too few to split into train/val/test (need 3+)")
     order = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(n * SPLIT_FRACTIONS[1])))
-    n_test = max(1, int(round(n * SPLIT_FRACTIONS[2])))
+    n_val = max(1, round(n * SPLIT_FRACTIONS[1]))
+    n_test = max(1, round(n * SPLIT_FRACTIONS[2]))
     n_train = n - n_val - n_test
     return DataSet(
         name,
@@ -178,7 +187,9 @@ def _clean_labels(y: Any, source: str) -> np.ndarray | None:
     return y.astype(np.int64)
 
 
-def inputs_from_mapping(arrays: Any, source: str, prefix: str = "") -> tuple[np.ndarray, ...] | None:
+def inputs_from_mapping(
+    arrays: Any, source: str, prefix: str = ""
+) -> tuple[np.ndarray, ...] | None:
     keys = list(arrays.keys())
     if f"{prefix}x" in keys:
         return _clean_inputs([np.asarray(arrays[f"{prefix}x"])], source)
@@ -267,8 +278,8 @@ def _image_folder(root: Path, seed: int) -> DataSet:
 
 
 def _factory(spec: str, seed: int) -> DataSet:
-    from host.models import resolve_factory
     from host.errors import ConfigError
+    from host.models import resolve_factory
 
     try:
         factory = resolve_factory(spec, what="data")
@@ -293,7 +304,9 @@ def _factory(spec: str, seed: int) -> DataSet:
     if isinstance(result, tuple) and len(result) == 2:
         x, y = result
         inputs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
-        return split_arrays(spec, _clean_inputs([np.asarray(a) for a in inputs], spec), _clean_labels(y, spec), seed)
+        return split_arrays(
+            spec, _clean_inputs([np.asarray(a) for a in inputs], spec), _clean_labels(y, spec), seed
+        )
     raise DataError(
         f"data factory {spec!r} returned {type(result).__name__}; return a DataSet, (x, y) or a "
         "dict with x / x0, x1, ... and optional y"
@@ -305,7 +318,10 @@ def _to_layout(data: DataSet, layout: str) -> DataSet:
         return data
 
     def convert(split: Split) -> Split:
-        inputs = tuple(np.ascontiguousarray(a.transpose(0, 2, 3, 1)) if a.ndim == 4 else a for a in split.inputs)
+        inputs = tuple(
+            np.ascontiguousarray(a.transpose(0, 2, 3, 1)) if a.ndim == 4 else a
+            for a in split.inputs
+        )
         return Split(inputs, split.labels)
 
     return DataSet(data.name, convert(data.train), convert(data.val), convert(data.test))

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from host.errors import ExportError
-from shared.hashing import sha256_file
 from shared.fsutil import atomic_write
+from shared.hashing import sha256_file
 from shared.manifest import ArtifactManifest, encode_manifest
 from shared.registry import Registry
 
@@ -206,7 +206,10 @@ def export(
         final = out / f"{digest}.{EXTENSIONS[cfg.format]}"
         tmp_path.replace(final)
     logger.info(
-        "exported %s %s %s in %.1f s", name or bundle_name, cfg.format, cfg.precision,
+        "exported %s %s %s in %.1f s",
+        name or bundle_name,
+        cfg.format,
+        cfg.precision,
         time.perf_counter() - started,
     )
     from host.export.runtime import describe_io
@@ -268,7 +271,9 @@ def _unpack(
         raise ExportError(
             f"cannot export {type(bundle_or_module).__name__}: give an nn.Module or a ModelBundle"
         )
-    examples = tuple(example_inputs) if example_inputs is not None else bundle_or_module.example_inputs
+    examples = (
+        tuple(example_inputs) if example_inputs is not None else bundle_or_module.example_inputs
+    )
     return module, examples, bundle_or_module.name, bundle_or_module.task
 
 

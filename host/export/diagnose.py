@@ -108,6 +108,9 @@ def _user_frame(exc: BaseException) -> str | None:
         (f.filename, f.lineno or 0, f.name) for f in frames
     ]
     for filename, lineno, name in reversed(candidates):
-        if not any(part in filename for part in ("site-packages", "/torch/", "litert", "onnx", "host/export")):
+        if not any(
+            part in filename
+            for part in ("site-packages", "/torch/", "litert", "onnx", "host/export")
+        ):
             return f"{filename}:{lineno} in {name}()"
     return None

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from host.errors import ExportError
-from host.export import ExportRequest, Exporter
+from host.export import Exporter, ExportRequest
 from host.export.diagnose import export_error
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,9 @@ class OnnxExporter(Exporter):
             except ExportError:
                 raise
             except Exception as exc:
-                raise ExportError(f"onnxruntime could not quantize the model to {precision}: {exc}") from exc
+                raise ExportError(
+                    f"onnxruntime could not quantize the model to {precision}: {exc}"
+                ) from exc
 
 
 def _input_names(request: ExportRequest) -> list[str]:
@@ -103,7 +105,10 @@ class _Calibration:
         dtypes = [t.numpy().dtype for t in request.example_inputs]
         self._feeds = iter(
             [
-                {n: np.ascontiguousarray(a[s : s + batch].astype(d)) for n, a, d in zip(names, calib.inputs, dtypes)}
+                {
+                    n: np.ascontiguousarray(a[s : s + batch].astype(d))
+                    for n, a, d in zip(names, calib.inputs, dtypes)
+                }
                 for s in range(0, len(calib) - batch + 1, batch)
             ]
         )

@@ -24,13 +24,24 @@ from shared.manifest import QuantParams, TensorSpec
 logger = logging.getLogger(__name__)
 
 _DTYPES = {
-    "float32": "float32", "float16": "float16", "int8": "int8", "uint8": "uint8", "int16": "int16",
-    "int32": "int32", "int64": "int64", "bool": "bool",
+    "float32": "float32",
+    "float16": "float16",
+    "int8": "int8",
+    "uint8": "uint8",
+    "int16": "int16",
+    "int32": "int32",
+    "int64": "int64",
+    "bool": "bool",
 }
 _ONNX_TYPES = {
-    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8, "tensor(int32)": np.int32, "tensor(int64)": np.int64,
-    "tensor(bool)": np.bool_, "tensor(int16)": np.int16,
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(bool)": np.bool_,
+    "tensor(int16)": np.int16,
 }
 
 
@@ -108,7 +119,11 @@ class TfliteRunner(Runner):
         for detail, array in zip(self.inputs, inputs):
             dtype = detail["dtype"]
             scale, zero = detail["quantization"]
-            if np.issubdtype(dtype, np.integer) and scale and np.issubdtype(array.dtype, np.floating):
+            if (
+                np.issubdtype(dtype, np.integer)
+                and scale
+                and np.issubdtype(array.dtype, np.floating)
+            ):
                 value = _quantize(array, dtype, (scale, zero))
             else:
                 value = array.astype(dtype, copy=False)
@@ -154,7 +169,9 @@ class OnnxRunner(Runner):
 
     def run(self, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
         feed = {
-            spec.name: np.ascontiguousarray(a.astype(_ONNX_TYPES.get(spec.type, np.float32), copy=False))
+            spec.name: np.ascontiguousarray(
+                a.astype(_ONNX_TYPES.get(spec.type, np.float32), copy=False)
+            )
             for spec, a in zip(self.inputs, inputs)
         }
         return np.asarray(self.session.run(None, feed)[0]).astype(np.float32)
@@ -190,7 +207,10 @@ def _tflite_spec(detail: dict[str, Any]) -> TensorSpec:
     scale, zero = detail["quantization"]
     quant = QuantParams(scale=[float(scale)], zero_point=[int(zero)]) if scale else None
     return TensorSpec(
-        name=str(detail["name"])[:128], shape=[int(d) for d in detail["shape"]], dtype=dtype, quant=quant
+        name=str(detail["name"])[:128],
+        shape=[int(d) for d in detail["shape"]],
+        dtype=dtype,
+        quant=quant,
     )
 
 

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from host.errors import ExportError
-from host.export import EXPORTERS, ExportRequest, Exporter, QuantizedGraph
+from host.export import Exporter, ExportRequest, QuantizedGraph
 from host.export.diagnose import export_error
 
 logger = logging.getLogger(__name__)
+
 
 class TfliteExporter(Exporter):
     format: ClassVar[str] = "tflite"
@@ -53,7 +54,9 @@ class TfliteExporter(Exporter):
             raise ExportError(f"TFLite exporter cannot produce {precision!r}")
 
     @staticmethod
-    def _convert(module: Any, examples: tuple[Any, ...], path: Path, quant_config: Any = None) -> None:
+    def _convert(
+        module: Any, examples: tuple[Any, ...], path: Path, quant_config: Any = None
+    ) -> None:
         import litert_torch
 
         # Long conversions report through our own progress; keep litert's console lines out of it.
@@ -79,8 +82,13 @@ class TfliteExporter(Exporter):
             for submodule in converted.modules():
                 submodule.training = False
         except Exception as exc:
-            raise export_error(exc, request.module, request.example_inputs, "int8 conversion") from exc
-        self._convert(converted, request.examples_for_litert(), path, QuantConfig(pt2e_quantizer=quantizer))
+            raise export_error(
+                exc, request.module, request.example_inputs, "int8 conversion"
+            ) from exc
+        self._convert(
+            converted, request.examples_for_litert(), path, QuantConfig(pt2e_quantizer=quantizer)
+        )
+
 
 def _prepare_static(request: ExportRequest) -> tuple[Any, Any]:
     """PT2E per-channel symmetric quantization, calibrated on ``request.calibration``."""
@@ -113,6 +121,7 @@ def _prepare_static(request: ExportRequest) -> tuple[Any, Any]:
     logger.debug("calibrated int8 ranges on %d samples", len(calib))
     return graph, quantizer
 
+
 def _post_quantize(float_path: Path, out_path: Path, scheme: str) -> None:
     """Quantize a float .tflite with ai-edge-quantizer: ``dynamic``, ``weight_only`` or ``fp16``."""
     from ai_edge_quantizer import qtyping, quantizer, recipe
@@ -143,5 +152,6 @@ def _post_quantize(float_path: Path, out_path: Path, scheme: str) -> None:
     if not result.quantized_model:
         raise ExportError(f"ai-edge-quantizer produced no {precision} model")
     out_path.write_bytes(bytes(result.quantized_model))
+
 
 __all__ = ["TfliteExporter"]

@@ -155,12 +155,20 @@ class ChunkServer:
                 self.chunks_published += 1
         self.requests.append(
             RequestRecord(
-                device_id, request.sha256, request.chunk_size,
-                tuple(request.indices), tuple(to_send), time.time(), sent_at,
+                device_id,
+                request.sha256,
+                request.chunk_size,
+                tuple(request.indices),
+                tuple(to_send),
+                time.time(),
+                sent_at,
             )
         )
         logger.debug(
             "chunks of %s for %s: asked %d, published %d",
-            request.sha256[:12], device_id, len(request.indices), len(to_send),
+            request.sha256[:12],
+            device_id,
+            len(request.indices),
+            len(to_send),
         )
         return to_send

@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import msgspec
 import paho.mqtt.client as mqtt
@@ -81,7 +81,7 @@ class Fleet:
         broker_url: str,
         base_topic: str = DEFAULT_BASE,
         store: Store | str | None = None,
-        tls: TlsOptions = TlsOptions(),
+        tls: TlsOptions | None = None,
         signing_key: Ed25519PrivateKey | str | os.PathLike[str] | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         *,
@@ -92,7 +92,7 @@ class Fleet:
     ) -> None:
         self.address: BrokerAddress = parse_broker_url(broker_url)
         self.topics = Topics(base_topic)
-        self.tls = tls.check()
+        self.tls = (tls or TlsOptions()).check()
         self.signing_key = resolve_signing_key(signing_key)
         self.chunk_size = check_chunk_size(chunk_size)
         self.keepalive = keepalive
@@ -118,7 +118,7 @@ class Fleet:
         self._unconfirmed_acks: list[mqtt.MQTTMessageInfo] = []
 
     # -- connection ----------------------------------------------------------------------------
-    def __enter__(self) -> Fleet:
+    def __enter__(self) -> Self:
         self.connect()
         return self
 
@@ -191,7 +191,9 @@ class Fleet:
         if self._owns_store and self.store is not None:
             self.store.close()
 
-    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
+    ) -> None:
         if reason.is_failure:
             logger.error("broker %s refused the connection: %s", self.address, reason)
             self._connack_reason = str(reason)
@@ -208,12 +210,16 @@ class Fleet:
         self._connected.set()
         self._connack.set()
 
-    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+    def _on_disconnect(
+        self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
+    ) -> None:
         self._connected.clear()
         if self._client is not None:
             logger.warning("lost the broker %s (%s); reconnecting", self.address, reason)
 
-    def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, mid: int, _codes: Any, _props: Any) -> None:
+    def _on_subscribe(
+        self, _client: mqtt.Client, _userdata: Any, mid: int, _codes: Any, _props: Any
+    ) -> None:
         with self._lock:
             self._pending_subs.discard(mid)
             if not self._pending_subs:
@@ -222,7 +228,9 @@ class Fleet:
     def wait_synced(self, timeout: float = 5.0, settle_s: float = 0.5) -> None:
         """Wait until subscriptions are acknowledged and retained birth/status had time to arrive."""
         if not self._subscribed.wait(timeout):
-            raise FleetConnectionError(f"the broker at {self.address} did not confirm subscriptions")
+            raise FleetConnectionError(
+                f"the broker at {self.address} did not confirm subscriptions"
+            )
         time.sleep(settle_s)
 
     @property
@@ -231,7 +239,9 @@ class Fleet:
 
     def _require_client(self) -> mqtt.Client:
         if self._client is None:
-            raise FleetConnectionError("the fleet is not connected; use `with Fleet(...)` or connect()")
+            raise FleetConnectionError(
+                "the fleet is not connected; use `with Fleet(...)` or connect()"
+            )
         return self._client
 
     def _publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
@@ -254,7 +264,11 @@ class Fleet:
         record = self.registry.wait_for(device_id, timeout)
         if record is None:
             seen = self.registry.get(device_id)
-            state = "never seen" if seen is None else ("offline" if not seen.online else "without a birth message")
+            state = (
+                "never seen"
+                if seen is None
+                else ("offline" if not seen.online else "without a birth message")
+            )
             raise DeviceUnavailableError(
                 f"device {device_id!r} is {state} on {self.address} (base topic "
                 f"{self.topics.base!r}) after {timeout:.0f} s; check that its agent runs and uses "
@@ -448,7 +462,9 @@ class Fleet:
         for handle in self.jobs.pending():
             if handle.device_id == device_id and handle.command_payload:
                 logger.info(
-                    "device %s is back: re-sending cmd.%s %s", device_id, handle.kind,
+                    "device %s is back: re-sending cmd.%s %s",
+                    device_id,
+                    handle.kind,
                     handle.command_msg_id,
                 )
                 self._publish(handle.command_topic, handle.command_payload)
@@ -470,7 +486,9 @@ class Fleet:
         elif kind == "resp" and isinstance(body, Response):
             self._on_response(device_id, message, body)
         else:
-            logger.warning("ignored %s message from %s on a %s topic", message.schema, device_id, kind)
+            logger.warning(
+                "ignored %s message from %s on a %s topic", message.schema, device_id, kind
+            )
 
     def _on_chunk_request(self, device_id: str, message: Message, request: ChunkRequest) -> None:
         try:

@@ -85,7 +85,9 @@ class DeviceRegistry:
         with self._changed:
             return dict(self._records)
 
-    def wait_for(self, device_id: str, timeout: float, *, need_birth: bool = True) -> DeviceRecord | None:
+    def wait_for(
+        self, device_id: str, timeout: float, *, need_birth: bool = True
+    ) -> DeviceRecord | None:
         """The record once the device is online (and has announced itself), or None on timeout."""
         deadline = time.monotonic() + timeout
 

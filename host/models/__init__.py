@@ -57,7 +57,9 @@ def load_model(spec: str, **kwargs: Any) -> ModelBundle:
     from host.models import zoo  # noqa: F401 - registers the builtins
 
     if not isinstance(spec, str) or not spec.strip():
-        raise ModelSpecError("empty model spec: use builtin:NAME, path/file.py:factory or pkg.module:factory")
+        raise ModelSpecError(
+            "empty model spec: use builtin:NAME, path/file.py:factory or pkg.module:factory"
+        )
     spec = spec.strip()
     base, params = split_spec_params(spec)
     merged = {**params, **kwargs}  # explicit keyword arguments win over the spec's own

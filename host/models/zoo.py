@@ -20,10 +20,12 @@ DEFAULT_SHAPE = (1, 8, 8)
 
 
 def _ch(channels: int, width: float) -> int:
-    return max(1, int(round(channels * width)))
+    return max(1, round(channels * width))
 
 
-def _check(width: float, num_classes: int, input_shape: Sequence[int], dims: int) -> tuple[int, ...]:
+def _check(
+    width: float, num_classes: int, input_shape: Sequence[int], dims: int
+) -> tuple[int, ...]:
     if not width > 0:
         raise ModelSpecError(f"width must be > 0, got {width}")
     if num_classes < 2:
@@ -36,7 +38,9 @@ def _check(width: float, num_classes: int, input_shape: Sequence[int], dims: int
     return shape
 
 
-def _bundle(module: nn.Module, shape: tuple[int, ...], name: str, num_classes: int, width: float) -> ModelBundle:
+def _bundle(
+    module: nn.Module, shape: tuple[int, ...], name: str, num_classes: int, width: float
+) -> ModelBundle:
     return ModelBundle(
         module=module.eval(),
         example_inputs=(torch.randn(1, *shape),),
@@ -81,7 +85,9 @@ class _ResBlock(nn.Module):
         self.relu = nn.ReLU()
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.relu(self.bn1(self.conv1(x)))
@@ -95,7 +101,9 @@ class ResNet8(nn.Module):
     def __init__(self, width: float = 1.0, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
         c1, c2, c3 = _ch(16, width), _ch(32, width), _ch(64, width)
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, c1, 3, 1, 1, bias=False), nn.BatchNorm2d(c1), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, c1, 3, 1, 1, bias=False), nn.BatchNorm2d(c1), nn.ReLU()
+        )
         self.stack1 = _ResBlock(c1, c1, 1)
         self.stack2 = _ResBlock(c1, c2, 2)
         self.stack3 = _ResBlock(c2, c3, 2)
@@ -161,10 +169,16 @@ class MobileNetV2(nn.Module):
 class DSCNN(nn.Module):
     """DS-CNN (MLPerf Tiny keyword spotting): a conv stem then depthwise-separable blocks."""
 
-    def __init__(self, width: float = 1.0, num_classes: int = 10, in_channels: int = 1, blocks: int = 4) -> None:
+    def __init__(
+        self, width: float = 1.0, num_classes: int = 10, in_channels: int = 1, blocks: int = 4
+    ) -> None:
         super().__init__()
         c = _ch(64, width)
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, c, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(c),
+            nn.ReLU(),
+        ]
         for _ in range(blocks):
             layers += [
                 nn.Conv2d(c, c, 3, 1, 1, groups=c, bias=False),
@@ -188,7 +202,9 @@ class MLP(nn.Module):
     def __init__(self, in_features: int, width: float = 1.0, num_classes: int = 10) -> None:
         super().__init__()
         h1, h2 = _ch(128, width), _ch(64, width)
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_features, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU())
+        self.body = nn.Sequential(
+            nn.Flatten(), nn.Linear(in_features, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU()
+        )
         self.classifier = nn.Linear(h2, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -196,31 +212,43 @@ class MLP(nn.Module):
 
 
 @MODELS.register("digits_cnn")
-def digits_cnn(width: float = 1.0, num_classes: int = 10, input_shape: Sequence[int] = DEFAULT_SHAPE) -> ModelBundle:
+def digits_cnn(
+    width: float = 1.0, num_classes: int = 10, input_shape: Sequence[int] = DEFAULT_SHAPE
+) -> ModelBundle:
     shape = _check(width, num_classes, input_shape, 3)
     return _bundle(DigitsCNN(width, num_classes, shape[0]), shape, "digits_cnn", num_classes, width)
 
 
 @MODELS.register("resnet8")
-def resnet8(width: float = 1.0, num_classes: int = 10, input_shape: Sequence[int] = DEFAULT_SHAPE) -> ModelBundle:
+def resnet8(
+    width: float = 1.0, num_classes: int = 10, input_shape: Sequence[int] = DEFAULT_SHAPE
+) -> ModelBundle:
     shape = _check(width, num_classes, input_shape, 3)
     return _bundle(ResNet8(width, num_classes, shape[0]), shape, "resnet8", num_classes, width)
 
 
 @MODELS.register("mobilenetv2")
-def mobilenetv2(width: float = 1.0, num_classes: int = 10, input_shape: Sequence[int] = DEFAULT_SHAPE) -> ModelBundle:
+def mobilenetv2(
+    width: float = 1.0, num_classes: int = 10, input_shape: Sequence[int] = DEFAULT_SHAPE
+) -> ModelBundle:
     shape = _check(width, num_classes, input_shape, 3)
-    return _bundle(MobileNetV2(width, num_classes, shape[0]), shape, "mobilenetv2", num_classes, width)
+    return _bundle(
+        MobileNetV2(width, num_classes, shape[0]), shape, "mobilenetv2", num_classes, width
+    )
 
 
 @MODELS.register("ds_cnn")
-def ds_cnn(width: float = 1.0, num_classes: int = 10, input_shape: Sequence[int] = DEFAULT_SHAPE) -> ModelBundle:
+def ds_cnn(
+    width: float = 1.0, num_classes: int = 10, input_shape: Sequence[int] = DEFAULT_SHAPE
+) -> ModelBundle:
     shape = _check(width, num_classes, input_shape, 3)
     return _bundle(DSCNN(width, num_classes, shape[0]), shape, "ds_cnn", num_classes, width)
 
 
 @MODELS.register("mlp")
-def mlp(width: float = 1.0, num_classes: int = 10, input_shape: Sequence[int] = DEFAULT_SHAPE) -> ModelBundle:
+def mlp(
+    width: float = 1.0, num_classes: int = 10, input_shape: Sequence[int] = DEFAULT_SHAPE
+) -> ModelBundle:
     shape = _check(width, num_classes, input_shape, len(tuple(input_shape)) or 1)
     features = 1
     for d in shape:

@@ -147,8 +147,15 @@ class CampaignStore:
         with self.store._lock, self.store._session() as session:
             row = session.get(CampaignRow, campaign_id)
             if row is None:
-                row = CampaignRow(campaign_id=campaign_id, spec=spec, status="created", state={},
-                                  selection=None, created=now, updated=now)
+                row = CampaignRow(
+                    campaign_id=campaign_id,
+                    spec=spec,
+                    status="created",
+                    state={},
+                    selection=None,
+                    created=now,
+                    updated=now,
+                )
                 session.add(row)
             return _columns(row, CampaignInfo)
 
@@ -185,10 +192,13 @@ class CampaignStore:
     # -- candidates ----------------------------------------------------------------------------
     def put_candidate(self, info: CandidateInfo) -> None:
         with self.store._lock, self.store._session() as session:
-            session.merge(CandidateRow(**{k: getattr(info, k) for k in CandidateInfo.__dataclass_fields__}))
+            session.merge(
+                CandidateRow(**{k: getattr(info, k) for k in CandidateInfo.__dataclass_fields__})
+            )
 
-    def set_candidate_status(self, campaign_id: str, candidate_id: str, status: str,
-                             reason: str | None) -> None:
+    def set_candidate_status(
+        self, campaign_id: str, candidate_id: str, status: str, reason: str | None
+    ) -> None:
         with self.store._lock, self.store._session() as session:
             row = session.get(CandidateRow, (campaign_id, candidate_id))
             if row is not None:
@@ -197,20 +207,32 @@ class CampaignStore:
 
     def candidates(self, campaign_id: str) -> list[CandidateInfo]:
         with self.store._session() as session:
-            query = (select(CandidateRow).where(CandidateRow.campaign_id == campaign_id)
-                     .order_by(CandidateRow.position))
+            query = (
+                select(CandidateRow)
+                .where(CandidateRow.campaign_id == campaign_id)
+                .order_by(CandidateRow.position)
+            )
             return [_columns(row, CandidateInfo) for row in session.scalars(query)]
 
     # -- jobs ----------------------------------------------------------------------------------
-    def ensure_job(self, campaign_id: str, candidate_id: str, device_id: str, position: int) -> None:
+    def ensure_job(
+        self, campaign_id: str, candidate_id: str, device_id: str, position: int
+    ) -> None:
         """Create the (candidate, device) job as pending unless it exists (resume keeps its state)."""
         with self.store._lock, self.store._session() as session:
             if session.get(CampaignJobRow, (campaign_id, candidate_id, device_id)) is None:
-                session.add(CampaignJobRow(
-                    campaign_id=campaign_id, candidate_id=candidate_id, device_id=device_id,
-                    position=position, status=JOB_PENDING, attempts=0, job_ids=[],
-                    updated=time.time(),
-                ))
+                session.add(
+                    CampaignJobRow(
+                        campaign_id=campaign_id,
+                        candidate_id=candidate_id,
+                        device_id=device_id,
+                        position=position,
+                        status=JOB_PENDING,
+                        attempts=0,
+                        job_ids=[],
+                        updated=time.time(),
+                    )
+                )
 
     def jobs(self, campaign_id: str, device_id: str | None = None) -> list[CampaignJobInfo]:
         with self.store._session() as session:
@@ -220,7 +242,9 @@ class CampaignStore:
             query = query.order_by(CampaignJobRow.device_id, CampaignJobRow.position)
             return [_columns(row, CampaignJobInfo) for row in session.scalars(query)]
 
-    def job_sent(self, campaign_id: str, candidate_id: str, device_id: str, fleet_job_id: str) -> None:
+    def job_sent(
+        self, campaign_id: str, candidate_id: str, device_id: str, fleet_job_id: str
+    ) -> None:
         with self.store._lock, self.store._session() as session:
             row = session.get(CampaignJobRow, (campaign_id, candidate_id, device_id))
             if row is None:

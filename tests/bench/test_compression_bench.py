@@ -10,11 +10,13 @@ import pytest
 from bench.compression import render, run_bench
 
 
-def test_bench_writes_a_json_table_with_ratios_against_the_baseline_of_the_same_run(tmp_path: Path
-                                                                                    ) -> None:
+def test_bench_writes_a_json_table_with_ratios_against_the_baseline_of_the_same_run(
+    tmp_path: Path,
+) -> None:
     out = tmp_path / "compression.json"
-    report = run_bench(out, scale=0.3, baseline_epochs=6, only=["int8", "prune50_ft"],
-                       latency_runs=20)
+    report = run_bench(
+        out, scale=0.3, baseline_epochs=6, only=["int8", "prune50_ft"], latency_runs=20
+    )
     assert json.loads(out.read_text()) == report
     rows = {row["name"]: row for row in report["rows"]}
     assert list(rows) == ["baseline", "int8", "prune50_ft"]

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import msgspec
 import paho.mqtt.client as mqtt
@@ -110,7 +111,7 @@ class MiniHost:
         self.client.loop_stop()
         self.client.disconnect()
 
-    def __enter__(self) -> MiniHost:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -66,6 +66,8 @@ def test_a_data_dir_that_cannot_be_created_is_a_clear_error_with_exit_code_2(
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    code = main(["--broker", "mqtt://127.0.0.1:1", "--id", "pi-1", "--data-dir", str(blocker / "d")])
+    code = main(
+        ["--broker", "mqtt://127.0.0.1:1", "--id", "pi-1", "--data-dir", str(blocker / "d")]
+    )
     assert code == 2
     assert "cannot prepare --data-dir" in capsys.readouterr().err

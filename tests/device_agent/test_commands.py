@@ -83,9 +83,10 @@ def test_commands_beyond_the_queue_bound_are_refused_as_busy_and_run_when_sent_a
     model = minihost.offer(model_dir / "float.tflite", "tflite")
     slow = [
         minihost.send(
-            device_id, "benchmark",
+            device_id,
+            "benchmark",
             BenchmarkCmd(job_id=f"slow-{i}", model=model, min_s=3600.0, timeout_s=600.0),
-        )  # fmt: skip
+        )
         for i in range(2)
     ]
     extra = BenchmarkCmd(job_id="one-too-many", model=model, runs=3, min_s=0.0)

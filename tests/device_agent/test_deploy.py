@@ -96,8 +96,10 @@ def test_good_deploy_commits_and_the_stable_active_path_holds_the_new_model(
     # The retained birth announces what is active now.
     birth_topic = minihost.topics.birth(device_id)
     minihost.wait_for(
-        lambda: birth_topic in minihost.retained
-        and decode(minihost.retained[birth_topic]).body.active_sha256 == second.sha256,  # type: ignore[union-attr]
+        lambda: (
+            birth_topic in minihost.retained
+            and decode(minihost.retained[birth_topic]).body.active_sha256 == second.sha256
+        ),  # type: ignore[union-attr]
         10,
         "birth with the new active model",
     )
@@ -271,7 +273,7 @@ def test_replaying_the_last_signed_deploy_after_a_rollback_is_refused(
     assert rolled.status == "ok" and active_sha(data_dir) == first.sha256
 
     # A stranger on the broker replays the captured, validly signed deploy of `second`.
-    _, response, result = deploy(minihost, device_id, second, "d-second")
+    _, response, _result = deploy(minihost, device_id, second, "d-second")
     assert response is not None and response.error is not None
     assert response.error.code == "untrusted_manifest" and "sequence 2" in response.error.message
     assert active_sha(data_dir) == first.sha256

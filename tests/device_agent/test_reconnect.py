@@ -24,7 +24,7 @@ def _stored_chunks(have_file: Path) -> int:
         raw = have_file.read_bytes()
     except FileNotFoundError:
         return 0
-    return sum(bin(b).count("1") for b in raw[struct.calcsize("!4sIQ") :])
+    return sum(b.bit_count() for b in raw[struct.calcsize("!4sIQ") :])
 
 
 def test_broker_restart_mid_transfer_agent_reconnects_and_asks_only_for_missing_chunks(

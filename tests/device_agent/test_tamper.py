@@ -90,7 +90,7 @@ def test_each_named_attack_is_refused_by_the_agents_own_checks(
 
 # -- the same attacks through a running agent ----------------------------------------------------
 @pytest.fixture(scope="module")
-def host_key():  # noqa: ANN201 - an Ed25519PrivateKey
+def host_key():
     return generate_key()
 
 

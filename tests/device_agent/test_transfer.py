@@ -67,7 +67,7 @@ def _stored_chunks(have_file: Path) -> int:
     except FileNotFoundError:
         return 0
     header = struct.calcsize("!4sIQ")
-    return sum(bin(b).count("1") for b in raw[header:])
+    return sum(b.bit_count() for b in raw[header:])
 
 
 def test_agent_restarted_mid_transfer_resumes_and_asks_only_for_missing_chunks(

@@ -17,7 +17,7 @@ FAST = dict(warmup_runs=1, warmup_s=0.0, runs=3, min_s=0.0, timeout_s=60.0)
 
 
 @pytest.fixture(scope="module")
-def host_key():  # noqa: ANN201 - an Ed25519PrivateKey
+def host_key():
     return generate_key()
 
 

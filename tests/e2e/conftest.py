@@ -94,7 +94,12 @@ def wide_model(tmp_path_factory: pytest.TempPathFactory) -> WideArtifacts:
     torch.manual_seed(SEED)
     # ~1.3 M float32 weights: a ~5 MB file, hundreds of chunks at 8 KiB.
     model = nn.Sequential(
-        nn.Flatten(), nn.Linear(64, 4096), nn.ReLU(), nn.Linear(4096, 256), nn.ReLU(), nn.Linear(256, 10)
+        nn.Flatten(),
+        nn.Linear(64, 4096),
+        nn.ReLU(),
+        nn.Linear(4096, 256),
+        nn.ReLU(),
+        nn.Linear(256, 10),
     ).eval()
     path = tmp_path_factory.mktemp("wide") / "wide_mlp.tflite"
     litert_torch.convert(model, (torch.zeros(1, 1, 8, 8),)).export(str(path))

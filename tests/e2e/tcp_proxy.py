@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from typing import Self
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ class TcpProxy:
         self.connections = 0
         self._thread = threading.Thread(target=self._accept_loop, name="tcp-proxy", daemon=True)
 
-    def __enter__(self) -> TcpProxy:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

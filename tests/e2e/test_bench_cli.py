@@ -40,13 +40,32 @@ def test_bench_on_two_agents_reports_latency_memory_and_the_torch_accuracy(
     benches = {
         device_id: subprocess.Popen(
             [
-                *CLI, "bench", str(digits_model.tflite), "--device", device_id,
-                "--broker", shared_broker_url, "--base-topic", base_topic,
-                "--eval", str(digits_model.eval_npz), "--threads", "1", "--runs", "20",
-                "--timeout", "120", "--db", db, "--json",
+                *CLI,
+                "bench",
+                str(digits_model.tflite),
+                "--device",
+                device_id,
+                "--broker",
+                shared_broker_url,
+                "--base-topic",
+                base_topic,
+                "--eval",
+                str(digits_model.eval_npz),
+                "--threads",
+                "1",
+                "--runs",
+                "20",
+                "--timeout",
+                "120",
+                "--db",
+                db,
+                "--json",
             ],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+        )
         for device_id in ("board-a", "board-b")
     }
     for device_id, proc in benches.items():
@@ -61,7 +80,8 @@ def test_bench_on_two_agents_reports_latency_memory_and_the_torch_accuracy(
         assert result["eval_samples"] == digits_model.eval_samples
         assert digits_model.torch_accuracy > 0.9
         assert abs(result["accuracy"] - digits_model.torch_accuracy) <= 0.01, (
-            result["accuracy"], digits_model.torch_accuracy,
+            result["accuracy"],
+            digits_model.torch_accuracy,
         )
 
 

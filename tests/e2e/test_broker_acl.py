@@ -142,22 +142,30 @@ class Probe:
         self.client.on_publish = self._on_publish
 
     # -- callbacks (paho's network thread) -----------------------------------------------------
-    def _on_connect(self, _c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: object) -> None:
+    def _on_connect(
+        self, _c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: object
+    ) -> None:
         self.connack = rc
         self._connected.set()
 
-    def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, _rc: object, _p: object) -> None:
+    def _on_disconnect(
+        self, _c: mqtt.Client, _u: object, _f: object, _rc: object, _p: object
+    ) -> None:
         self.disconnected.set()
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
             self.messages.append((msg.topic, msg.payload))
 
-    def _on_subscribe(self, _c: mqtt.Client, _u: object, mid: int, rcs: list[ReasonCode], _p: object) -> None:
+    def _on_subscribe(
+        self, _c: mqtt.Client, _u: object, mid: int, rcs: list[ReasonCode], _p: object
+    ) -> None:
         with self._lock:
             self._subacks[mid] = rcs
 
-    def _on_publish(self, _c: mqtt.Client, _u: object, mid: int, rc: ReasonCode, _p: object) -> None:
+    def _on_publish(
+        self, _c: mqtt.Client, _u: object, mid: int, rc: ReasonCode, _p: object
+    ) -> None:
         with self._lock:
             self._pubacks[mid] = rc
 
@@ -171,7 +179,11 @@ class Probe:
             if self._connected.is_set() or self.disconnected.is_set():
                 break
             time.sleep(0.01)
-        return self.connack is not None and not self.connack.is_failure and not self.disconnected.is_set()
+        return (
+            self.connack is not None
+            and not self.connack.is_failure
+            and not self.disconnected.is_set()
+        )
 
     def subscribe(self, topic: str) -> list[ReasonCode]:
         _, mid = self.client.subscribe(topic, qos=1)
@@ -241,7 +253,9 @@ def _token() -> bytes:
 # -- who may connect -------------------------------------------------------------------------------
 
 
-def test_client_with_a_certificate_from_another_ca_cannot_connect(broker: MosquittoProcess, pki: Pki) -> None:
+def test_client_with_a_certificate_from_another_ca_cannot_connect(
+    broker: MosquittoProcess, pki: Pki
+) -> None:
     impostor = Probe(broker.port, pki.ca, pki.rogue_device_a)
     try:
         assert not impostor.connect()
@@ -250,7 +264,9 @@ def test_client_with_a_certificate_from_another_ca_cannot_connect(broker: Mosqui
         impostor.client.loop_stop()
 
 
-def test_anonymous_client_without_a_certificate_cannot_connect(broker: MosquittoProcess, pki: Pki) -> None:
+def test_anonymous_client_without_a_certificate_cannot_connect(
+    broker: MosquittoProcess, pki: Pki
+) -> None:
     anonymous = Probe(broker.port, pki.ca, None)
     try:
         assert not anonymous.connect()
@@ -271,7 +287,9 @@ def test_plain_tcp_client_gets_no_mqtt_session_on_the_tls_port(broker: Mosquitto
         plain.loop_stop()
 
 
-def test_device_that_trusts_another_ca_refuses_our_broker(broker: MosquittoProcess, pki: Pki) -> None:
+def test_device_that_trusts_another_ca_refuses_our_broker(
+    broker: MosquittoProcess, pki: Pki
+) -> None:
     misconfigured = Probe(broker.port, pki.rogue_ca, pki.device_a)
     with pytest.raises(ssl.SSLCertVerificationError):
         misconfigured.connect()
@@ -374,7 +392,9 @@ def test_device_publishing_a_command_is_refused_while_the_hosts_command_arrives(
     assert not device_a.got(self_command)
 
 
-def test_device_cannot_pose_as_the_host_or_push_artifact_chunks(clients: Callable[..., Probe]) -> None:
+def test_device_cannot_pose_as_the_host_or_push_artifact_chunks(
+    clients: Callable[..., Probe],
+) -> None:
     device_b = clients("device_b")
     device_b.subscribe(T.host_status())
     device_b.subscribe(T.artifact_chunks("a" * 64))
@@ -395,8 +415,12 @@ def test_last_will_naming_another_devices_status_is_not_delivered(
     host = clients("host")
     host.subscribe(f"{T.root}/dev/+/status")
     forged_will, own_will = _token(), _token()
-    liar = Probe(broker.port, pki.ca, pki.device_a, will_topic=T.status(DEVICE_B), will_payload=forged_will)
-    honest = Probe(broker.port, pki.ca, pki.device_b, will_topic=T.status(DEVICE_B), will_payload=own_will)
+    liar = Probe(
+        broker.port, pki.ca, pki.device_a, will_topic=T.status(DEVICE_B), will_payload=forged_will
+    )
+    honest = Probe(
+        broker.port, pki.ca, pki.device_b, will_topic=T.status(DEVICE_B), will_payload=own_will
+    )
     assert liar.connect() and honest.connect()
     liar.drop()
     honest.drop()
@@ -426,7 +450,9 @@ def test_device_a_subscribed_to_device_b_commands_receives_none_of_them(
     assert not device_a.got(for_b)
 
 
-def test_device_wildcard_subscription_sees_only_what_it_may_read(clients: Callable[..., Probe]) -> None:
+def test_device_wildcard_subscription_sees_only_what_it_may_read(
+    clients: Callable[..., Probe],
+) -> None:
     device_a = clients("device_a")
     device_a.subscribe("#")
     device_b = clients("device_b")
@@ -471,7 +497,9 @@ def test_host_reads_every_device_and_publishes_commands_chunks_and_its_status(
 # -- the real host and agent over mutual TLS -------------------------------------------------------
 
 
-def _agent(broker: MosquittoProcess, device_id: str, identity: IssuedCert, data_dir: Path) -> AgentProcess:
+def _agent(
+    broker: MosquittoProcess, device_id: str, identity: IssuedCert, data_dir: Path
+) -> AgentProcess:
     return AgentProcess(
         f"mqtts://127.0.0.1:{broker.port}",
         device_id,

@@ -58,7 +58,10 @@ def test_staged_rollout_aborts_on_a_failing_second_wave_rolls_it_back_and_skips_
     with Fleet(shared_broker_url, base_topic, store=f"sqlite:///{tmp_path / 'host.db'}") as fleet:
         deployer = Deployer(fleet, health_runs=5, timeout_s=60.0)
         baseline = deployer.rollout(
-            [DeployTarget(d, digits_model.tflite, eval_path=digits_model.eval_npz) for d in devices],
+            [
+                DeployTarget(d, digits_model.tflite, eval_path=digits_model.eval_npz)
+                for d in devices
+            ],
             "100%",
         )
         assert baseline.ok, baseline.to_dict()
@@ -99,7 +102,9 @@ def test_signed_deploys_carry_growing_per_device_sequences_and_a_replayed_one_is
     key = generate_key()
     save_private_key(key, tmp_path / "host.key")
     save_public_key(key.public_key(), tmp_path / "host.pub")
-    agent = start_agent("signed-a", shared_broker_url, extra_args=["--trust-key", str(tmp_path / "host.pub")])
+    agent = start_agent(
+        "signed-a", shared_broker_url, extra_args=["--trust-key", str(tmp_path / "host.pub")]
+    )
     with Fleet(
         shared_broker_url, base_topic, store=f"sqlite:///{tmp_path / 'host.db'}",
         signing_key=tmp_path / "host.key",
@@ -148,7 +153,9 @@ def test_deploy_campaign_cli_deploys_the_selection_and_rollback_cli_restores_the
     with Store(db) as store:
         cstore = CampaignStore(store)
         cstore.create_campaign("camp-cli", {"constraints": ["latency_p90_ms<=10000"]})
-        for position, (cid, path) in enumerate([("orig", digits_model.tflite), ("linear", new_model)]):
+        for position, (cid, path) in enumerate(
+            [("orig", digits_model.tflite), ("linear", new_model)]
+        ):
             cstore.put_candidate(CandidateInfo(
                 campaign_id="camp-cli", candidate_id=cid, position=position, recipe_name=cid,
                 recipe=[], format="tflite", precision="fp32", status="ok", reason=None,
@@ -172,7 +179,9 @@ def test_deploy_campaign_cli_deploys_the_selection_and_rollback_cli_restores_the
     assert health["metric"] == "accuracy" and health["metric_value"] > 0.5
     assert active_sha(agent) == sha256_file(digits_model.tflite)
 
-    done = _run_cli("deploy", "--model", str(new_model), "--devices", "cli-a", "--health-runs", "3", *common)
+    done = _run_cli(
+        "deploy", "--model", str(new_model), "--devices", "cli-a", "--health-runs", "3", *common
+    )
     assert done.returncode == 0, done.stderr
     assert active_sha(agent) == sha256_file(new_model)
 

@@ -54,7 +54,10 @@ def _loop_model(path: Path, *, trip_count: int, doubling: bool) -> Path:
         "hang" if not doubling else "grow",
         [info("x", T.FLOAT, [1, 4])],
         [info("y", T.FLOAT, [1, 4])],
-        [h.make_tensor("trip", T.INT64, [], [trip_count]), h.make_tensor("cond", T.BOOL, [], [True])],
+        [
+            h.make_tensor("trip", T.INT64, [], [trip_count]),
+            h.make_tensor("cond", T.BOOL, [], [True]),
+        ],
     )
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
     model.ir_version = 8

@@ -4,7 +4,6 @@ status turns online, and the agent's journal keeps it from running twice."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import msgspec
 import pytest

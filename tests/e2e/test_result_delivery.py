@@ -54,5 +54,3 @@ def test_an_agent_killed_after_persisting_a_result_delivers_it_exactly_once_afte
         time.sleep(0.2)
     assert list((agent.data_dir / "outbox").iterdir()) == []
     store.close()
-
-

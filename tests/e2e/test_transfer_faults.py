@@ -100,6 +100,8 @@ def test_offering_a_file_that_does_not_match_its_manifest_is_refused_on_the_host
     from shared.errors import IntegrityError
 
     lying = msgspec.structs.replace(manifest_for_file(digits_model.tflite), sha256="f" * 64)
-    with Fleet(shared_broker_url, base_topic) as fleet:
-        with pytest.raises(IntegrityError, match="does not match its manifest"):
-            fleet.offer(digits_model.tflite, lying)
+    with (
+        Fleet(shared_broker_url, base_topic) as fleet,
+        pytest.raises(IntegrityError, match="does not match its manifest"),
+    ):
+        fleet.offer(digits_model.tflite, lying)

@@ -19,9 +19,16 @@ from shared.transfer import Chunk, decode_chunk
 
 def sample_birth() -> Birth:
     return Birth(
-        agent_version="0.1.0", arch="aarch64", cpu_model="Cortex-A72", cores=4, ram_mb=3906.0,
-        os="Linux 6.1", python="3.11.2",
-        runtimes=[RuntimeInfo(name="tflite", module="ai_edge_litert", version="2.3.0", formats=["tflite"])],
+        agent_version="0.1.0",
+        arch="aarch64",
+        cpu_model="Cortex-A72",
+        cores=4,
+        ram_mb=3906.0,
+        os="Linux 6.1",
+        python="3.11.2",
+        runtimes=[
+            RuntimeInfo(name="tflite", module="ai_edge_litert", version="2.3.0", formats=["tflite"])
+        ],
     )
 
 
@@ -54,13 +61,19 @@ class ScriptedDevice:
             self.responses.put(decode(msg.payload))
 
     def announce(self, birth: Birth | None = None) -> None:
-        self.publish(self.topics.birth(self.device_id), encode(birth or sample_birth(), device_id=self.device_id), retain=True)
+        self.publish(
+            self.topics.birth(self.device_id),
+            encode(birth or sample_birth(), device_id=self.device_id),
+            retain=True,
+        )
         self.publish(self.topics.status(self.device_id), STATUS_ONLINE, retain=True)
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
 
-    def send(self, topic: str, body: Body, *, corr_id: str | None = None, msg_id: str | None = None) -> None:
+    def send(
+        self, topic: str, body: Body, *, corr_id: str | None = None, msg_id: str | None = None
+    ) -> None:
         self.publish(topic, encode(body, device_id=self.device_id, corr_id=corr_id, msg_id=msg_id))
 
     def watch_artifact(self, sha256: str) -> None:

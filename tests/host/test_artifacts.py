@@ -49,7 +49,9 @@ def test_a_tflite_manifest_describes_the_file_and_its_tensors(tflite_file: Path)
     assert manifest.sha256 == sha256_file(tflite_file)
     assert manifest.size_bytes == tflite_file.stat().st_size
     assert (manifest.format, manifest.precision, manifest.name) == ("tflite", "fp32", "tiny")
-    assert [(t.shape, t.dtype, t.quant) for t in manifest.inputs] == [([1, 1, 8, 8], "float32", None)]
+    assert [(t.shape, t.dtype, t.quant) for t in manifest.inputs] == [
+        ([1, 1, 8, 8], "float32", None)
+    ]
     assert [(t.shape, t.dtype) for t in manifest.outputs] == [([1, 10], "float32")]
     assert manifest.recipe == [{"technique": "none"}] and manifest.signature is None
 
@@ -57,13 +59,20 @@ def test_a_tflite_manifest_describes_the_file_and_its_tensors(tflite_file: Path)
 def test_an_onnx_manifest_reports_symbolic_dimensions_as_minus_one(onnx_file: Path) -> None:
     manifest = manifest_for_file(onnx_file)
     assert (manifest.format, manifest.precision) == ("onnx", "fp32")
-    assert [(t.name, t.shape, t.dtype) for t in manifest.inputs] == [("pixels", [-1, 10], "float32")]
+    assert [(t.name, t.shape, t.dtype) for t in manifest.inputs] == [
+        ("pixels", [-1, 10], "float32")
+    ]
     assert [t.name for t in manifest.outputs] == ["scores"]
 
 
 def test_an_eval_npz_manifest_lists_inputs_labels_and_references(tmp_path: Path) -> None:
     path = tmp_path / "eval.npz"
-    np.savez(path, x=np.zeros((5, 1, 8, 8), np.float32), y=np.zeros(5, np.int64), ref=np.zeros((5, 10), np.float32))
+    np.savez(
+        path,
+        x=np.zeros((5, 1, 8, 8), np.float32),
+        y=np.zeros(5, np.int64),
+        ref=np.zeros((5, 10), np.float32),
+    )
     manifest = manifest_for_file(path)
     assert (manifest.format, manifest.precision) == ("npz", "data")
     assert [(t.name, t.shape, t.dtype) for t in manifest.inputs] == [("x", [5, 1, 8, 8], "float32")]
@@ -90,7 +99,9 @@ def test_a_file_that_is_not_a_model_is_refused_with_its_name(tmp_path: Path) -> 
         manifest_for_file(tmp_path / "model.pt")
 
 
-def test_a_signed_manifest_verifies_with_the_public_key_and_not_with_another(tflite_file: Path) -> None:
+def test_a_signed_manifest_verifies_with_the_public_key_and_not_with_another(
+    tflite_file: Path,
+) -> None:
     key = generate_key()
     manifest = manifest_for_file(tflite_file, signing_key=key, target_device="pi-01", sequence=3)
     verify_manifest(manifest, key.public_key(), device_id="pi-01")
@@ -107,7 +118,9 @@ def test_the_signing_key_can_be_given_as_a_pem_path(tflite_file: Path, tmp_path:
     verify_manifest(manifest, key.public_key(), device_id="any")
 
 
-def test_the_artifact_directory_stores_each_content_once_under_its_hash(tflite_file: Path, tmp_path: Path) -> None:
+def test_the_artifact_directory_stores_each_content_once_under_its_hash(
+    tflite_file: Path, tmp_path: Path
+) -> None:
     store = ArtifactDir(tmp_path / "artifacts")
     sha, path = store.add(tflite_file)
     again_sha, again_path = store.add(tflite_file)

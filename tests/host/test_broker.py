@@ -35,7 +35,9 @@ def embedded_broker() -> Iterator[EmbeddedBroker]:
     broker.stop()
 
 
-def test_retained_message_reaches_a_client_that_subscribes_later(embedded_broker: EmbeddedBroker) -> None:
+def test_retained_message_reaches_a_client_that_subscribes_later(
+    embedded_broker: EmbeddedBroker,
+) -> None:
     publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pub")
     publisher.connect("127.0.0.1", embedded_broker.port)
     publisher.loop_start()
@@ -113,7 +115,14 @@ def test_the_broker_command_serves_clients_until_interrupted() -> None:
 
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from host.cli.main import main; main()", "broker", "--port", str(port)],
+        [
+            sys.executable,
+            "-c",
+            "from host.cli.main import main; main()",
+            "broker",
+            "--port",
+            str(port),
+        ],
         stderr=subprocess.PIPE,
     )
     try:

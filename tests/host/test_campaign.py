@@ -20,10 +20,22 @@ TWO_RECIPES = [
 ]
 
 
-def _candidate(cid: str, size: int, metric: float, macs: int = 1000, fmt: str = "tflite") -> CandidateInfo:
+def _candidate(
+    cid: str, size: int, metric: float, macs: int = 1000, fmt: str = "tflite"
+) -> CandidateInfo:
     return CandidateInfo(
-        campaign_id="c1", candidate_id=cid, position=0, recipe_name=cid, recipe=[], format=fmt,
-        precision="fp32", status="ok", reason=None, sha256=None, path=None, size_bytes=size,
+        campaign_id="c1",
+        candidate_id=cid,
+        position=0,
+        recipe_name=cid,
+        recipe=[],
+        format=fmt,
+        precision="fp32",
+        status="ok",
+        reason=None,
+        sha256=None,
+        path=None,
+        size_bytes=size,
         host_metrics={"host_metric": "accuracy", "host_metric_value": metric, "macs": macs},
         created=0.0,
     )
@@ -35,10 +47,22 @@ def test_search_space_file_lists_recipes_or_stages_and_rejects_duplicates(tmp_pa
     assert [r.name for r in resolve_space(str(listed))] == ["fp32", "int8dyn"]
 
     staged = tmp_path / "staged.json"
-    staged.write_text(json.dumps({"stages": [
-        [{"label": "dense"}, {"label": "prune", "steps": [{"technique": "prune_channels", "ratio": 0.5}]}],
-        [{"label": "fp32"}, {"label": "int8", "steps": [{"technique": "int8"}]}],
-    ]}))
+    staged.write_text(
+        json.dumps(
+            {
+                "stages": [
+                    [
+                        {"label": "dense"},
+                        {
+                            "label": "prune",
+                            "steps": [{"technique": "prune_channels", "ratio": 0.5}],
+                        },
+                    ],
+                    [{"label": "fp32"}, {"label": "int8", "steps": [{"technique": "int8"}]}],
+                ]
+            }
+        )
+    )
     names = [r.name for r in resolve_space(str(staged))]
     assert names == ["baseline", "int8", "prune", "prune+int8"]
 
@@ -53,7 +77,10 @@ def test_search_space_file_lists_recipes_or_stages_and_rejects_duplicates(tmp_pa
 def test_named_demo_space_has_all_four_technique_families() -> None:
     techniques = {step.name for recipe in resolve_space("demo") for step in recipe.steps}
     assert {"prune_channels", "distill", "lowrank", "int8"} <= techniques
-    assert any(len({s.name for s in r.steps} & {"prune_channels", "int8"}) == 2 for r in resolve_space("demo"))
+    assert any(
+        len({s.name for s in r.steps} & {"prune_channels", "int8"}) == 2
+        for r in resolve_space("demo")
+    )
 
 
 def test_candidate_dominated_on_host_by_more_than_the_margin_is_screened_out() -> None:
@@ -82,18 +109,35 @@ def test_campaign_with_one_device_offline_finishes_with_that_device_marked(
 
     space = tmp_path / "space.json"
     space.write_text(json.dumps(TWO_RECIPES))
-    agent = AgentProcess(shared_broker_url, "bench-1", tmp_path / "agent", base_topic,
-                         extra_args=["--telemetry-interval", "1", "--threads", "1"])
-    spec = CampaignSpec(
-        model="builtin:digits_cnn", data="builtin:digits", space=str(space),
-        devices=("bench-1", "ghost-2"), constraints=("accuracy_drop<=0.05",), pretrain_epochs=4,
-        runs=10, min_s=0.2, warmup_s=0.1, offline_deadline_s=4.0, job_timeout_s=60.0,
+    agent = AgentProcess(
+        shared_broker_url,
+        "bench-1",
+        tmp_path / "agent",
+        base_topic,
+        extra_args=["--telemetry-interval", "1", "--threads", "1"],
     )
-    with agent, Store(f"sqlite:///{tmp_path / 'host.db'}") as store, \
-            Fleet(shared_broker_url, base_topic, store=store) as fleet:
+    spec = CampaignSpec(
+        model="builtin:digits_cnn",
+        data="builtin:digits",
+        space=str(space),
+        devices=("bench-1", "ghost-2"),
+        constraints=("accuracy_drop<=0.05",),
+        pretrain_epochs=4,
+        runs=10,
+        min_s=0.2,
+        warmup_s=0.1,
+        offline_deadline_s=4.0,
+        job_timeout_s=60.0,
+    )
+    with (
+        agent,
+        Store(f"sqlite:///{tmp_path / 'host.db'}") as store,
+        Fleet(shared_broker_url, base_topic, store=store) as fleet,
+    ):
         agent.wait_online(timeout=60)
-        outcome = run_campaign(spec, store, fleet, campaign_id="offline-case",
-                               work_dir=tmp_path / "work")
+        outcome = run_campaign(
+            spec, store, fleet, campaign_id="offline-case", work_dir=tmp_path / "work"
+        )
 
     assert outcome["devices"]["ghost-2"]["status"] == "offline"
     assert outcome["devices"]["bench-1"]["status"] == "measured"
@@ -103,8 +147,9 @@ def test_campaign_with_one_device_offline_finishes_with_that_device_marked(
     assert all(r["job_status"] == "offline" and "offline" in r["error"] for r in ghost_rows)
     assert all(r["job_ids"] == [] for r in ghost_rows)  # nothing was ever sent to it
 
-    measured = sorted((r for r in outcome["results"] if r["device"] == "bench-1"),
-                      key=lambda r: r["job_ids"])
+    measured = sorted(
+        (r for r in outcome["results"] if r["device"] == "bench-1"), key=lambda r: r["job_ids"]
+    )
     assert {r["candidate"] for r in measured} == {"fp32", "int8dyn"}
     host_metric = {c["id"]: c["host_metric_value"] for c in outcome["candidates"]}
     for row in measured:
@@ -119,8 +164,12 @@ def test_campaign_with_one_device_offline_finishes_with_that_device_marked(
     assert sizes["int8dyn"] < sizes["fp32"]
 
     # The eval set goes with every job but reaches the device once: later jobs find it stored.
-    eval_transfers = [t for r in measured for t in r["transfers"]
-                      if t["sha256"] not in {c["sha256"] for c in outcome["candidates"]}]
+    eval_transfers = [
+        t
+        for r in measured
+        for t in r["transfers"]
+        if t["sha256"] not in {c["sha256"] for c in outcome["candidates"]}
+    ]
     assert len(eval_transfers) == 2
     assert sum(1 for t in eval_transfers if not t["already_stored"]) == 1
     assert outcome["transfers"]["already_stored"] >= 1

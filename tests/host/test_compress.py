@@ -38,7 +38,9 @@ def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fp32_baseline(trained_digits_cnn: ModelBundle, digits: DataSet, out_dir: Path) -> CompressResult:
+def fp32_baseline(
+    trained_digits_cnn: ModelBundle, digits: DataSet, out_dir: Path
+) -> CompressResult:
     return compress(trained_digits_cnn, digits, "baseline", out_dir)
 
 
@@ -49,9 +51,14 @@ def _file_metric(result: CompressResult) -> float:
 def test_full_int8_export_is_3x_smaller_than_fp32_and_loses_at_most_one_point(
     trained_digits_cnn: ModelBundle, digits: DataSet, out_dir: Path, fp32_baseline: CompressResult
 ) -> None:
-    int8 = compress(trained_digits_cnn, digits, Recipe.of(Int8Full(calibration_samples=128)), out_dir)
+    int8 = compress(
+        trained_digits_cnn, digits, Recipe.of(Int8Full(calibration_samples=128)), out_dir
+    )
     assert int8.artifacts[0].manifest.precision == "int8"
-    assert fp32_baseline.artifact_metrics[0]["size_bytes"] >= 3 * int8.artifact_metrics[0]["size_bytes"]
+    assert (
+        fp32_baseline.artifact_metrics[0]["size_bytes"]
+        >= 3 * int8.artifact_metrics[0]["size_bytes"]
+    )
     assert _file_metric(int8) >= _file_metric(fp32_baseline) - 0.01
     assert _file_metric(fp32_baseline) > 0.9
 
@@ -59,17 +66,25 @@ def test_full_int8_export_is_3x_smaller_than_fp32_and_loses_at_most_one_point(
 def test_structured_prune_finetune_int8_recipe_runs_end_to_end_and_is_much_smaller(
     trained_digits_cnn: ModelBundle, digits: DataSet, out_dir: Path, fp32_baseline: CompressResult
 ) -> None:
-    pruned = compress(trained_digits_cnn, digits,
-                      Recipe.of(ChannelPrune(ratio=0.5), FineTune(epochs=10), name="p50"),
-                      out_dir, formats=("tflite", "onnx"))
+    pruned = compress(
+        trained_digits_cnn,
+        digits,
+        Recipe.of(ChannelPrune(ratio=0.5), FineTune(epochs=10), name="p50"),
+        out_dir,
+        formats=("tflite", "onnx"),
+    )
     base_size = fp32_baseline.artifact_metrics[0]["size_bytes"]
     assert base_size >= 1.8 * pruned.artifact_metrics[0]["size_bytes"]
     assert fp32_baseline.metrics["macs"] >= 1.8 * pruned.metrics["macs"]
     for entry in pruned.artifact_metrics:
         assert entry["metric_value"] >= _file_metric(fp32_baseline) - 0.02
     # The same pruned-and-fine-tuned path with int8 on top: the first combined recipe.
-    combined = compress(trained_digits_cnn, digits,
-                        Recipe.of(ChannelPrune(ratio=0.5), FineTune(epochs=10), Int8Full()), out_dir)
+    combined = compress(
+        trained_digits_cnn,
+        digits,
+        Recipe.of(ChannelPrune(ratio=0.5), FineTune(epochs=10), Int8Full()),
+        out_dir,
+    )
     manifest = decode_manifest(combined.artifacts[0].manifest_path.read_bytes())
     assert manifest.precision == "int8"
     assert [s["technique"] for s in manifest.recipe] == ["prune_channels", "finetune", "int8"]
@@ -81,14 +96,21 @@ def test_structured_prune_finetune_int8_recipe_runs_end_to_end_and_is_much_small
 def test_lowrank_finetune_fp16_recipe_reduces_factorized_params_by_the_ratio_and_exports(
     trained_digits_cnn: ModelBundle, digits: DataSet, out_dir: Path, fp32_baseline: CompressResult
 ) -> None:
-    result = compress(trained_digits_cnn, digits,
-                      Recipe.of(LowRank(ratio=0.5), FineTune(epochs=5), Fp16()), out_dir)
+    result = compress(
+        trained_digits_cnn,
+        digits,
+        Recipe.of(LowRank(ratio=0.5), FineTune(epochs=5), Fp16()),
+        out_dir,
+    )
     lowrank_step = result.steps[0]
     before = lowrank_step.details["factorized_params_before"]
     after = lowrank_step.details["factorized_params_after"]
     assert after <= 0.5 * before
     assert result.artifacts[0].manifest.precision == "fp16"
-    assert result.artifact_metrics[0]["size_bytes"] < fp32_baseline.artifact_metrics[0]["size_bytes"] / 3
+    assert (
+        result.artifact_metrics[0]["size_bytes"]
+        < fp32_baseline.artifact_metrics[0]["size_bytes"] / 3
+    )
     assert _file_metric(result) >= _file_metric(fp32_baseline) - 0.05
 
 
@@ -96,8 +118,12 @@ def test_distilled_half_width_student_is_not_worse_than_the_same_student_without
     trained_digits_cnn: ModelBundle, digits: DataSet, out_dir: Path
 ) -> None:
     epochs = 10
-    distilled = compress(trained_digits_cnn, digits,
-                         Recipe.of(Distill(student=0.5, epochs=epochs), Int8Full()), out_dir)
+    distilled = compress(
+        trained_digits_cnn,
+        digits,
+        Recipe.of(Distill(student=0.5, epochs=epochs), Int8Full()),
+        out_dir,
+    )
     assert distilled.bundle.width == 0.5
     assert distilled.artifacts[0].manifest.precision == "int8"
     scratch = load_model("builtin:digits_cnn", width=0.5)
@@ -114,7 +140,9 @@ def test_compress_never_mutates_the_model_it_was_given(
     trained_digits_cnn: ModelBundle, digits: DataSet, out_dir: Path
 ) -> None:
     before = copy.deepcopy(trained_digits_cnn.module.state_dict())
-    compress(trained_digits_cnn, digits, Recipe.of(ChannelPrune(ratio=0.3)), out_dir, evaluate=False)
+    compress(
+        trained_digits_cnn, digits, Recipe.of(ChannelPrune(ratio=0.3)), out_dir, evaluate=False
+    )
     after = trained_digits_cnn.module.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -147,22 +175,26 @@ def _token_split(rng: np.random.Generator, n: int) -> Split:
 
 
 def test_multi_input_model_goes_through_dynamic_int8_export_and_fidelity_measurement(
-    out_dir: Path
+    out_dir: Path,
 ) -> None:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     data = DataSet("tokens", _token_split(rng, 128), _token_split(rng, 32), _token_split(rng, 64))
     example = tuple(torch.from_numpy(a[:1]) for a in data.test.inputs)
-    bundle = ModelBundle(TinyEncoder().eval(), example, "tiny_encoder", "embedding", None,
-                         "tests:TinyEncoder")
-    quantized = compress(bundle, data, Recipe.of(Int8Dynamic()), out_dir, formats=("tflite", "onnx"))
+    bundle = ModelBundle(
+        TinyEncoder().eval(), example, "tiny_encoder", "embedding", None, "tests:TinyEncoder"
+    )
+    quantized = compress(
+        bundle, data, Recipe.of(Int8Dynamic()), out_dir, formats=("tflite", "onnx")
+    )
     for artifact, entry in zip(quantized.artifacts, quantized.artifact_metrics, strict=True):
         assert len(artifact.manifest.inputs) == 2
         assert entry["metric"] == "cosine"
         assert entry["metric_value"] > 0.99
     # Without labels, fine-tuning after factorization matches the original model's outputs.
-    factored = compress(bundle, data,
-                        Recipe.of(LowRank(ratio=0.5, layers="linear"), FineTune(epochs=3)), out_dir)
+    factored = compress(
+        bundle, data, Recipe.of(LowRank(ratio=0.5, layers="linear"), FineTune(epochs=3)), out_dir
+    )
     assert factored.metrics["params"] < quantized.metrics["params"]
     assert any("guided by the original model" in n for n in factored.steps[1].notes)
     assert 0.5 < factored.artifact_metrics[0]["metric_value"] <= 1.0
@@ -180,14 +212,21 @@ class DataDependentShape(nn.Module):
 def test_a_model_that_cannot_be_exported_fails_with_an_error_naming_the_op(
     digits: DataSet, out_dir: Path
 ) -> None:
-    bundle = ModelBundle(DataDependentShape(), (torch.zeros(1, 1, 8, 8),), "ddshape",
-                         "classification", 10, "tests:DataDependentShape")
+    bundle = ModelBundle(
+        DataDependentShape(),
+        (torch.zeros(1, 1, 8, 8),),
+        "ddshape",
+        "classification",
+        10,
+        "tests:DataDependentShape",
+    )
     with pytest.raises(ExportError, match="nonzero"):
         compress(bundle, digits, "baseline", out_dir, evaluate=False)
 
 
-def test_compress_writes_a_result_json_beside_the_manifests(fp32_baseline: CompressResult,
-                                                            out_dir: Path) -> None:
+def test_compress_writes_a_result_json_beside_the_manifests(
+    fp32_baseline: CompressResult, out_dir: Path
+) -> None:
     summary = json.loads((out_dir / "digits_cnn-baseline.result.json").read_text())
     assert summary["precision"] == "fp32"
     assert summary["artifacts"][0]["sha256"] == fp32_baseline.artifacts[0].manifest.sha256

@@ -79,9 +79,12 @@ def test_npz_with_ready_splits_keeps_them(tmp_path: Path) -> None:
     path = tmp_path / "splits.npz"
     np.savez(
         path,
-        train_x=np.zeros((20, 3), np.float32), train_y=np.zeros(20, np.int64),
-        val_x=np.zeros((5, 3), np.float32), val_y=np.zeros(5, np.int64),
-        test_x=np.zeros((7, 3), np.float32), test_y=np.zeros(7, np.int64),
+        train_x=np.zeros((20, 3), np.float32),
+        train_y=np.zeros(20, np.int64),
+        val_x=np.zeros((5, 3), np.float32),
+        val_y=np.zeros(5, np.int64),
+        test_x=np.zeros((7, 3), np.float32),
+        test_y=np.zeros(7, np.int64),
     )
     data = load_data(str(path))
     assert (len(data.train), len(data.val), len(data.test)) == (20, 5, 7)

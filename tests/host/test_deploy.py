@@ -25,7 +25,10 @@ def test_waves_of_one_then_half_then_the_rest_split_four_devices_one_two_one() -
 
 
 def test_last_wave_takes_every_device_left_and_empty_waves_are_dropped() -> None:
-    assert plan_waves(["a", "b", "c", "d", "e"], parse_waves("1,25%")) == [["a"], ["b", "c", "d", "e"]]
+    assert plan_waves(["a", "b", "c", "d", "e"], parse_waves("1,25%")) == [
+        ["a"],
+        ["b", "c", "d", "e"],
+    ]
     assert plan_waves(["a"], parse_waves("1,25%,100%")) == [["a"]]
     assert plan_waves(["a", "b"], parse_waves("100%")) == [["a", "b"]]
 
@@ -78,9 +81,12 @@ def test_campaign_selection_becomes_targets_with_the_latency_constraint_as_budge
         assert target.artifact == tmp_path / "cand.tflite"
         assert target.eval_path == tmp_path / "eval.npz"
         assert target.latency_budget_ms == 20.0
-        assert targets_from_campaign(store, campaign, devices=["pi-1"], latency_budget_ms=5.0)[
-            0
-        ].latency_budget_ms == 5.0
+        assert (
+            targets_from_campaign(store, campaign, devices=["pi-1"], latency_budget_ms=5.0)[
+                0
+            ].latency_budget_ms
+            == 5.0
+        )
         with pytest.raises(DeployError, match="no candidate met the constraints on pi-2"):
             targets_from_campaign(store, campaign)
         with pytest.raises(DeployError, match="no selection in this campaign"):

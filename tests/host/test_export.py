@@ -127,7 +127,9 @@ def test_onnx_fp32_and_int8_run_in_onnxruntime(
 ) -> None:
     fp32 = digits_export("onnx", "fp32")
     assert np.allclose(
-        run_artifact(fp32.path, digits.test), predict(trained_digits_cnn.module, digits.test), atol=1e-4
+        run_artifact(fp32.path, digits.test),
+        predict(trained_digits_cnn.module, digits.test),
+        atol=1e-4,
     )
     for precision in ("int8", "int8_dynamic"):
         quantized = digits_export("onnx", precision)
@@ -153,13 +155,21 @@ def test_export_leaves_the_input_module_untouched(
 ) -> None:
     digits_cnn_copy.module.train()
     before = copy.deepcopy(digits_cnn_copy.module.state_dict())
-    export(digits_cnn_copy, None, ExportConfig("tflite", "int8"), tmp_path, calibration=digits.train.subset(64))
+    export(
+        digits_cnn_copy,
+        None,
+        ExportConfig("tflite", "int8"),
+        tmp_path,
+        calibration=digits.train.subset(64),
+    )
     assert digits_cnn_copy.module.training
     after = digits_cnn_copy.module.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_latency_is_measured_with_the_files_own_runtime(digits_export: ExportFn, digits: DataSet) -> None:
+def test_latency_is_measured_with_the_files_own_runtime(
+    digits_export: ExportFn, digits: DataSet
+) -> None:
     for fmt in ("tflite", "onnx"):
         stats = measure_latency(digits_export(fmt, "fp32").path, digits.test, threads=1, runs=20)
         assert 0 < stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"]
@@ -172,7 +182,9 @@ def test_qat_graph_is_converted_to_an_int8_tflite(
     # The training side of the hand-over is host.compress's; this test checks the export side.
     from host.compress.handlers.quantization import prepare_qat
 
-    fake_quant_model, quantizer, _ = prepare_qat(digits_cnn_copy.module, digits_cnn_copy.example_inputs)
+    fake_quant_model, quantizer, _ = prepare_qat(
+        digits_cnn_copy.module, digits_cnn_copy.example_inputs
+    )
     fit(fake_quant_model, digits, epochs=1, lr=1e-4, seed=0)
     fake_quant_model.cpu().eval()
     fake_quant_accuracy = evaluate_module(fake_quant_model, digits.test, "classification").value
@@ -226,26 +238,40 @@ def test_multi_input_encoder_goes_through_dynamic_int8_and_keeps_fidelity(
 ) -> None:
     torch.manual_seed(0)
     encoder = TinyEncoder().eval()
-    examples = (torch.from_numpy(token_data.inputs[0][:1]), torch.from_numpy(token_data.inputs[1][:1]))
+    examples = (
+        torch.from_numpy(token_data.inputs[0][:1]),
+        torch.from_numpy(token_data.inputs[1][:1]),
+    )
     reference = predict(encoder, token_data)
     fp32 = export(encoder, examples, ExportConfig(fmt, "fp32"), tmp_path)
     dyn = export(
-        encoder, examples, ExportConfig(fmt, "int8_dynamic"), tmp_path,
-        task="embedding", evaluate_on=token_data, reference=reference,
+        encoder,
+        examples,
+        ExportConfig(fmt, "int8_dynamic"),
+        tmp_path,
+        task="embedding",
+        evaluate_on=token_data,
+        reference=reference,
     )
     assert len(dyn.manifest.inputs) == 2
     assert all(spec.dtype in ("int32", "int64") for spec in dyn.manifest.inputs)
-    assert evaluate_artifact(fp32, token_data, "embedding", reference).value == pytest.approx(1.0, abs=1e-4)
+    assert evaluate_artifact(fp32, token_data, "embedding", reference).value == pytest.approx(
+        1.0, abs=1e-4
+    )
     assert dyn.manifest.metrics["host_metric"] == "cosine"
     assert dyn.manifest.metrics["host_metric_value"] >= 0.99
     assert dyn.manifest.size_bytes < 0.6 * fp32.manifest.size_bytes
 
 
-def test_full_int8_of_a_model_with_token_inputs_points_to_dynamic_int8(tmp_path: Path, token_data: Split) -> None:
+def test_full_int8_of_a_model_with_token_inputs_points_to_dynamic_int8(
+    tmp_path: Path, token_data: Split
+) -> None:
     examples = (torch.zeros(1, 12, dtype=torch.int64), torch.ones(1, 12, dtype=torch.int64))
     for fmt in ("tflite", "onnx"):
         with pytest.raises(ExportError, match="use precision 'int8_dynamic'"):
-            export(TinyEncoder(), examples, ExportConfig(fmt, "int8"), tmp_path, calibration=token_data)
+            export(
+                TinyEncoder(), examples, ExportConfig(fmt, "int8"), tmp_path, calibration=token_data
+            )
 
 
 class Spectral(nn.Module):
@@ -347,7 +373,10 @@ def test_every_tflite_precision_runs_unchanged_in_tflite_runtime_2_14(
     ]
     proc = subprocess.run(
         [BOARD_PYTHON, "-c", OLD_RUNTIME_SCRIPT, str(eval_path), *(str(a.path) for a in artifacts)],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     old = json.loads(proc.stdout.strip().splitlines()[-1])

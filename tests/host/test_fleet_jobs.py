@@ -52,14 +52,26 @@ def fleet(shared_broker_url: str, base_topic: str, store: Store) -> Iterator[Fle
 def _result(job_id: str, sha: str) -> BenchmarkResult:
     stats = LatencyStats(mean=1.0, std=0.1, min=0.9, p50=1.0, p90=1.1, p95=1.2, p99=1.3, max=1.4)
     return BenchmarkResult(
-        job_id=job_id, model_sha256=sha, backend="npz", runtime="none", threads=1, size_bytes=10,
-        load_ms=1.0, warmup_runs=1, runs=5, latency_ms=stats, peak_rss_mb=30.0, rss_growth_mb=1.0,
+        job_id=job_id,
+        model_sha256=sha,
+        backend="npz",
+        runtime="none",
+        threads=1,
+        size_bytes=10,
+        load_ms=1.0,
+        warmup_runs=1,
+        runs=5,
+        latency_ms=stats,
+        peak_rss_mb=30.0,
+        rss_growth_mb=1.0,
     )
 
 
 def test_an_unreachable_broker_is_reported_with_its_url() -> None:
     port = free_port()
-    with pytest.raises(FleetConnectionError, match=f"cannot reach the MQTT broker at mqtt://127.0.0.1:{port}"):
+    with pytest.raises(
+        FleetConnectionError, match=f"cannot reach the MQTT broker at mqtt://127.0.0.1:{port}"
+    ):
         Fleet(f"mqtt://127.0.0.1:{port}").connect()
 
 
@@ -70,7 +82,9 @@ def test_a_broker_that_refuses_the_client_is_reported_with_its_reason(tmp_path: 
     )
     broker.start()
     try:
-        with pytest.raises(FleetConnectionError, match=rf"mqtt://127.0.0.1:{port} refused .*Not authorized"):
+        with pytest.raises(
+            FleetConnectionError, match=rf"mqtt://127.0.0.1:{port} refused .*Not authorized"
+        ):
             Fleet(broker.url, connect_timeout=5).connect()
     finally:
         broker.stop()
@@ -131,7 +145,11 @@ def test_a_result_sent_twice_is_delivered_once_stored_once_and_acked_each_time(
     assert name == "benchmark" and isinstance(command.body, BenchmarkCmd)
     assert command.body.job_id == job.job_id and command.body.model.format == "npz"
     resp_topic = fleet.topics.resp("pi-01", "benchmark")
-    device.send(resp_topic, Response(status="progress", data={"stage": "accepted", "job_id": job.job_id}), corr_id=command.msg_id)
+    device.send(
+        resp_topic,
+        Response(status="progress", data={"stage": "accepted", "job_id": job.job_id}),
+        corr_id=command.msg_id,
+    )
     data = to_data(_result(job.job_id, command.body.model.sha256))
     final = Response(status="ok", data=data)
     device.send(resp_topic, final, corr_id=command.msg_id, msg_id="final-1")
@@ -142,7 +160,9 @@ def test_a_result_sent_twice_is_delivered_once_stored_once_and_acked_each_time(
     assert result.job_id == job.job_id and result.latency_ms.p50 == 1.0
     acks = [device.next_command() for _ in range(3)]
     assert [(n, m.body.msg_ids) for n, m in acks] == [
-        ("ack", ["final-1"]), ("ack", ["final-1"]), ("ack", ["final-2"]),
+        ("ack", ["final-1"]),
+        ("ack", ["final-1"]),
+        ("ack", ["final-2"]),
     ]
     assert all(isinstance(m.body, AckCmd) for _, m in acks)
     assert delivered == [job.job_id]

@@ -36,7 +36,7 @@ def fuzzed_fleet(
     logging.getLogger("host").removeHandler(tracebacks)
 
 
-def _strategy():  # noqa: ANN202 - a hypothesis strategy
+def _strategy():
     return message_strategy("etfuzz-host", DEVICES)
 
 

@@ -49,8 +49,12 @@ def test_agreement_compares_top1_with_the_reference_when_there_are_no_labels() -
 def test_cosine_fidelity_is_one_for_scaled_outputs_and_lower_for_noise() -> None:
     rng = np.random.default_rng(0)
     reference = rng.normal(size=(20, 8)).astype(np.float32)
-    assert score_outputs(reference * 3, None, reference, "embedding").value == pytest.approx(1.0, abs=1e-6)
-    noisy = score_outputs(reference + rng.normal(size=reference.shape), None, reference, "embedding")
+    assert score_outputs(reference * 3, None, reference, "embedding").value == pytest.approx(
+        1.0, abs=1e-6
+    )
+    noisy = score_outputs(
+        reference + rng.normal(size=reference.shape), None, reference, "embedding"
+    )
     assert noisy.name == "cosine" and noisy.value < 0.9
     assert relative_error(reference, reference) == 0.0
 
@@ -77,18 +81,25 @@ def test_trained_digits_cnn_scores_high_and_untrained_scores_low(
     digits: DataSet, trained_digits_cnn: ModelBundle
 ) -> None:
     trained = evaluate_module(trained_digits_cnn.module, digits.test, "classification")
-    untrained = evaluate_module(load_model("builtin:digits_cnn").module, digits.test, "classification")
+    untrained = evaluate_module(
+        load_model("builtin:digits_cnn").module, digits.test, "classification"
+    )
     assert trained.name == "accuracy" and trained.value >= 0.93
     assert untrained.value < 0.3
 
 
-def test_a_model_agrees_fully_with_its_own_outputs(digits: DataSet, trained_digits_cnn: ModelBundle) -> None:
+def test_a_model_agrees_fully_with_its_own_outputs(
+    digits: DataSet, trained_digits_cnn: ModelBundle
+) -> None:
     reference = predict(trained_digits_cnn.module, digits.test)
     result = evaluate_module(trained_digits_cnn.module, digits.test, "classification", reference)
     # Labels take precedence: agreement is only for unlabelled data.
     assert result.name == "accuracy"
     unlabelled = type(digits.test)(digits.test.inputs, None)
-    assert evaluate_module(trained_digits_cnn.module, unlabelled, "classification", reference).value == 1.0
+    assert (
+        evaluate_module(trained_digits_cnn.module, unlabelled, "classification", reference).value
+        == 1.0
+    )
 
 
 def test_training_uses_cuda_when_present_else_cpu() -> None:
@@ -99,7 +110,9 @@ def test_distillation_without_labels_moves_the_student_towards_the_teacher(
     digits: DataSet, trained_digits_cnn: ModelBundle
 ) -> None:
     teacher = copy.deepcopy(trained_digits_cnn.module)
-    unlabelled = DataSet("digits-unlabelled", type(digits.train)(digits.train.inputs, None), digits.val, digits.test)
+    unlabelled = DataSet(
+        "digits-unlabelled", type(digits.train)(digits.train.inputs, None), digits.val, digits.test
+    )
     student = load_model("builtin:digits_cnn", width=0.5).module
     reference = predict(teacher, digits.test)
     test = type(digits.test)(digits.test.inputs, None)
@@ -110,7 +123,9 @@ def test_distillation_without_labels_moves_the_student_towards_the_teacher(
 
 
 def test_training_without_labels_or_teacher_is_refused(digits: DataSet) -> None:
-    unlabelled = DataSet("u", type(digits.train)(digits.train.inputs, None), digits.val, digits.test)
+    unlabelled = DataSet(
+        "u", type(digits.train)(digits.train.inputs, None), digits.val, digits.test
+    )
     with pytest.raises(CompressionError, match="needs a teacher"):
         fit(load_model("builtin:mlp").module, unlabelled, epochs=1, lr=1e-3)
     with pytest.raises(CompressionError, match="alpha"):

@@ -80,7 +80,9 @@ def test_factory_info_dict_sets_task_and_name(tmp_path: Path) -> None:
     assert bundle.task == "embedding" and bundle.name == "enc"
 
 
-def test_package_module_factory_spec_is_imported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_package_module_factory_spec_is_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     package = tmp_path / "userpkg_models"
     package.mkdir()
     (package / "__init__.py").write_text("")

@@ -80,14 +80,12 @@ def svg_title(svg: ET.Element) -> str:
 
 
 def svgs(page: str) -> list[ET.Element]:
-    return [ET.fromstring(m) for m in re.findall(r"<svg\b.*?</svg>", page, flags=re.S)]
+    return [ET.fromstring(m) for m in re.findall(r"<svg\b.*?</svg>", page, flags=re.DOTALL)]
 
 
 def point_groups(svg: ET.Element) -> dict[str, ET.Element]:
     return {
-        g.get("data-candidate", ""): g
-        for g in svg.iter(f"{SVG_NS}g")
-        if g.get("class") == "point"
+        g.get("data-candidate", ""): g for g in svg.iter(f"{SVG_NS}g") if g.get("class") == "point"
     }
 
 
@@ -229,9 +227,7 @@ def test_crowded_points_keep_every_tooltip_and_name_the_unlabelled_ones() -> Non
 
 
 def test_labels_placed_on_a_crowded_plot_do_not_overlap_each_other() -> None:
-    rows = [
-        row(f"c{i}", "pi4", 0.90 + (i % 5) * 0.004, 5.0 + (i // 5) * 2.0) for i in range(25)
-    ]
+    rows = [row(f"c{i}", "pi4", 0.90 + (i % 5) * 0.004, 5.0 + (i // 5) * 2.0) for i in range(25)]
     svg = ET.fromstring(pareto_svg("pi4", rows, select(rows)["pi4"]))
     boxes = []
     for t in svg.iter(f"{SVG_NS}text"):

@@ -67,7 +67,15 @@ def test_openssl_verifies_the_certificates_the_way_mosquitto_will(pki: Path) -> 
     server = issue_cert(pki, kind="server", force=True)
     for purpose, issued in (("sslclient", device), ("sslserver", server)):
         result = subprocess.run(
-            ["openssl", "verify", "-purpose", purpose, "-CAfile", str(pki / "ca.crt"), str(issued.cert_path)],
+            [
+                "openssl",
+                "verify",
+                "-purpose",
+                purpose,
+                "-CAfile",
+                str(pki / "ca.crt"),
+                str(issued.cert_path),
+            ],
             capture_output=True,
             text=True,
         )
@@ -91,13 +99,23 @@ def test_host_certificate_carries_the_identity_the_acl_grants_commands_to(pki: P
 
 def test_server_certificate_is_valid_for_loopback_and_every_given_hostname(pki: Path) -> None:
     issued = issue_cert(pki, kind="server", hosts=["broker.lan", "10.1.2.3", "::1"], force=True)
-    san = _cert(issued.cert_path).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    san = (
+        _cert(issued.cert_path)
+        .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        .value
+    )
     assert set(san.get_values_for_type(x509.DNSName)) == {"localhost", "broker.lan"}
-    assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "10.1.2.3", "::1"}
+    assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} == {
+        "127.0.0.1",
+        "10.1.2.3",
+        "::1",
+    }
 
 
 @pytest.mark.parametrize("bad_id", ["pi/+", "#", "", "a b", HOST_IDENTITY])
-def test_device_id_unsafe_in_a_topic_or_equal_to_the_host_identity_is_refused(pki: Path, bad_id: str) -> None:
+def test_device_id_unsafe_in_a_topic_or_equal_to_the_host_identity_is_refused(
+    pki: Path, bad_id: str
+) -> None:
     with pytest.raises(ConfigError):
         issue_cert(pki, bad_id)
     assert not (pki / "devices" / f"{bad_id}.key").exists()
@@ -130,7 +148,9 @@ def test_revoked_certificate_is_listed_on_the_crl_and_others_are_not(pki: Path) 
     assert len(list(x509.load_pem_x509_crl((pki / "crl.pem").read_bytes()))) == 1
 
 
-def test_signing_key_pair_signs_manifests_that_agents_verify_with_the_public_half(tmp_path: Path) -> None:
+def test_signing_key_pair_signs_manifests_that_agents_verify_with_the_public_half(
+    tmp_path: Path,
+) -> None:
     pair = init_signing_key(tmp_path / "keys")
     assert _mode(pair.private_path) == 0o600
     manifest = ArtifactManifest(sha256="ab" * 32, size_bytes=10, format="tflite", precision="fp32")
@@ -144,7 +164,9 @@ def test_signing_key_pair_signs_manifests_that_agents_verify_with_the_public_hal
         init_signing_key(tmp_path / "keys")
 
 
-def test_cli_creates_ca_certificates_and_signing_key_and_prints_paths_and_modes(tmp_path: Path) -> None:
+def test_cli_creates_ca_certificates_and_signing_key_and_prints_paths_and_modes(
+    tmp_path: Path,
+) -> None:
     runner = CliRunner()
     pki = tmp_path / "pki"
     steps = [

@@ -43,7 +43,9 @@ def test_agent_unit_is_hardened_restarts_forever_and_bounds_memory() -> None:
 def test_systemd_accepts_every_setting_of_the_agent_unit(tmp_path: Path) -> None:
     # verify checks that ExecStart's binary exists; everything else is the shipped unit verbatim.
     unit = tmp_path / UNIT.name
-    unit.write_text(UNIT.read_text().replace("/opt/edgetailor/venv/bin/edgetailor-agent", "/bin/true"))
+    unit.write_text(
+        UNIT.read_text().replace("/opt/edgetailor/venv/bin/edgetailor-agent", "/bin/true")
+    )
     result = subprocess.run(
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
     )
@@ -69,11 +71,27 @@ def test_install_script_refuses_a_certificate_for_another_device_or_ca_before_ch
     mine = issue_cert(tmp_path / "pki", "pi-mine")
     foreign = issue_cert(other, "pi-theirs")
 
-    def install(device_id: str, ca: Path, cert: Path, key: Path) -> subprocess.CompletedProcess[str]:
+    def install(
+        device_id: str, ca: Path, cert: Path, key: Path
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(INSTALL), "--broker", "mqtts://broker.invalid:8883", "--id", device_id,
-             "--ca", str(ca), "--cert", str(cert), "--key", str(key), "--no-start"],
-            capture_output=True, text=True, timeout=60,
+            [
+                str(INSTALL),
+                "--broker",
+                "mqtts://broker.invalid:8883",
+                "--id",
+                device_id,
+                "--ca",
+                str(ca),
+                "--cert",
+                str(cert),
+                "--key",
+                str(key),
+                "--no-start",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
 
     wrong_name = install("pi-other", mine.ca_path, mine.cert_path, mine.key_path)

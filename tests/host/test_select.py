@@ -39,8 +39,14 @@ def row(
         format="tflite",
         precision="int8",
         size_bytes=size,
-        latency_ms={"mean": p90 * 0.85, "p50": p90 * 0.8, "p90": p90, "p95": p90 * 1.1,
-                    "p99": p90 * 1.2, "max": p90 * 1.5},
+        latency_ms={
+            "mean": p90 * 0.85,
+            "p50": p90 * 0.8,
+            "p90": p90,
+            "p95": p90 * 1.1,
+            "p99": p90 * 1.2,
+            "max": p90 * 1.5,
+        },
         peak_rss_mb=rss,
         metric=metric,
         metric_value=metric_value,
@@ -374,7 +380,12 @@ def test_a_row_is_built_from_the_agents_benchmark_record() -> None:
         metric_value=0.93,
     )
     r = ResultRow.from_benchmark(
-        result, candidate="c1", device="pi4", recipe="int8", format="tflite", precision="int8",
+        result,
+        candidate="c1",
+        device="pi4",
+        recipe="int8",
+        format="tflite",
+        precision="int8",
         baseline_metric=0.95,
     )
     assert figure_value(r, "latency_p90_ms") == 4.8

@@ -42,8 +42,12 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 
 def _job(store: Store, job_id: str = "job-1", command: str = "cmd-1") -> None:
     store.create_job(
-        job_id=job_id, command_msg_id=command, device_id="pi-01", kind="benchmark",
-        model_sha256="a" * 64, params={"runs": 5},
+        job_id=job_id,
+        command_msg_id=command,
+        device_id="pi-01",
+        kind="benchmark",
+        model_sha256="a" * 64,
+        params={"runs": 5},
     )
 
 
@@ -58,7 +62,9 @@ def test_device_updates_merge_birth_status_and_telemetry(store: Store) -> None:
     device = store.get_device("pi-01")
     assert device is not None
     assert (device.online, device.birth, device.telemetry) == (
-        False, {"arch": "aarch64", "cores": 4}, {"cpu_percent": 12.5},
+        False,
+        {"arch": "aarch64", "cores": 4},
+        {"cpu_percent": 12.5},
     )
     assert (device.first_seen, device.last_seen, device.last_telemetry_at) == (100.0, 110.0, 110.0)
     assert [d.device_id for d in store.list_devices()] == ["pi-01"]
@@ -80,7 +86,10 @@ def test_a_result_is_stored_once_by_msg_id_and_by_job(store: Store) -> None:
         job_id="job-2", response_msg_id="r1", device_id="pi-01", status="ok", data={}
     )
     assert (first, same_msg, same_job_new_envelope, msg_id_reused_for_other_job) == (
-        True, False, False, False,
+        True,
+        False,
+        False,
+        False,
     )
     result = store.get_result("job-1")
     assert result is not None and result.data == {"load_ms": 3.0}
@@ -93,8 +102,12 @@ def test_progress_does_not_overwrite_a_finished_job(store: Store) -> None:
     _job(store)
     store.update_job_status("job-1", "running")
     store.record_result(
-        job_id="job-1", response_msg_id="r1", device_id="pi-01", status="error",
-        error_code="hash_mismatch", error_message="bad file",
+        job_id="job-1",
+        response_msg_id="r1",
+        device_id="pi-01",
+        status="error",
+        error_code="hash_mismatch",
+        error_message="bad file",
     )
     store.update_job_status("job-1", "running")
     job = store.get_job("job-1")
@@ -127,8 +140,12 @@ def test_processes_opening_a_fresh_database_at_once_all_succeed(tmp_path: Path) 
     url = f"sqlite:///{tmp_path / 'race.db'}"
     code = f"from host.store import Store; Store({url!r}).close(); print('ok')"
     procs = [
-        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         for _ in range(4)
     ]
     outcomes = [proc.communicate(timeout=60) for proc in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0, 0], [err.decode()[-500:] for _, err in outcomes]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [
+        err.decode()[-500:] for _, err in outcomes
+    ]

@@ -42,7 +42,9 @@ def _layer_params(module: nn.Module) -> int:
 
 
 @pytest.mark.parametrize("name", ["digits_cnn", "resnet8", "mobilenetv2", "ds_cnn"])
-def test_channel_pruning_removes_channels_so_params_and_macs_drop_and_forward_still_runs(name: str) -> None:
+def test_channel_pruning_removes_channels_so_params_and_macs_drop_and_forward_still_runs(
+    name: str,
+) -> None:
     bundle = load_model(f"builtin:{name}")
     pruned = channel_prune(bundle.module, bundle.example_inputs, ChannelPrune(ratio=0.5))
     params_before, params_after = count_params(bundle.module), count_params(pruned)
@@ -86,7 +88,7 @@ def _tiny_dataset() -> DataSet:
 
 def test_unstructured_step_log_says_the_dense_export_does_not_shrink() -> None:
     bundle = load_model("builtin:digits_cnn")
-    candidate, ctx = apply_recipe(bundle, _tiny_dataset(), Recipe.of(UnstructuredPrune(0.5)))
+    _candidate, ctx = apply_recipe(bundle, _tiny_dataset(), Recipe.of(UnstructuredPrune(0.5)))
     (record,) = ctx.log
     assert record.details["sparsity"] == pytest.approx(0.5, abs=0.01)
     assert any("does not shrink the dense export" in note for note in record.notes)
@@ -95,11 +97,13 @@ def test_unstructured_step_log_says_the_dense_export_does_not_shrink() -> None:
 
 @pytest.mark.parametrize("method", ["svd", "tucker2"])
 @pytest.mark.parametrize("ratio", [0.5, 0.25])
-def test_lowrank_reduces_the_factorized_layers_params_by_the_requested_ratio(method: str, ratio: float
-                                                                              ) -> None:
+def test_lowrank_reduces_the_factorized_layers_params_by_the_requested_ratio(
+    method: str, ratio: float
+) -> None:
     bundle = load_model("builtin:resnet8")
-    factored, done, _ = factorize_module(bundle.module, bundle.example_inputs,
-                                         LowRank(method=method, ratio=ratio))
+    factored, done, _ = factorize_module(
+        bundle.module, bundle.example_inputs, LowRank(method=method, ratio=ratio)
+    )
     assert len(done) >= 5
     for layer in done:
         assert layer.params_after <= ratio * layer.params_before
@@ -115,8 +119,9 @@ def test_svd_with_high_energy_reproduces_an_exactly_low_rank_linear_and_conv() -
     linear.weight.data = torch.randn(48, 4) @ torch.randn(4, 64)
     conv = nn.Conv2d(16, 32, 3, padding=1)
     conv.weight.data = (torch.randn(32, 3) @ torch.randn(3, 16 * 9)).reshape(32, 16, 3, 3)
-    model = nn.Sequential(conv, nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), linear,
-                          nn.Linear(48, 5))
+    model = nn.Sequential(
+        conv, nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), linear, nn.Linear(48, 5)
+    )
     example = (torch.randn(2, 16, 4, 4),)
     factored, done, _ = factorize_module(model, example, LowRank(energy=0.999))
     ranks = {layer.name: layer.ranks for layer in done}
@@ -126,8 +131,9 @@ def test_svd_with_high_energy_reproduces_an_exactly_low_rank_linear_and_conv() -
 
 def test_tucker2_replaces_a_conv_by_three_convs_with_ranks_on_both_channel_modes() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(64 * 16, 10))
+    model = nn.Sequential(
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 16, 10)
+    )
     example = (torch.randn(1, 32, 4, 4),)
     factored, done, _ = factorize_module(model, example, LowRank(method="tucker2", ratio=0.3))
     (layer,) = done
@@ -206,7 +212,9 @@ def test_a_step_without_optional_fields_takes_the_defaults() -> None:
         ({"ratio": 0.5}, "lacks a 'technique' name"),
     ],
 )
-def test_bad_recipe_steps_are_config_errors_that_say_what_is_wrong(step: dict, message: str) -> None:
+def test_bad_recipe_steps_are_config_errors_that_say_what_is_wrong(
+    step: dict, message: str
+) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         Recipe.from_obj([step])
 

@@ -99,9 +99,18 @@ def test_peek_ids_reads_what_it_can_from_an_invalid_message() -> None:
 def test_a_benchmark_result_converts_to_and_from_response_data() -> None:
     stats = LatencyStats(mean=1, std=0.1, min=0.9, p50=1, p90=1.1, p95=1.2, p99=1.3, max=1.5)
     result = BenchmarkResult(
-        job_id="j", model_sha256="ab" * 32, backend="tflite", runtime="ai_edge_litert 2.3.0",
-        threads=1, size_bytes=10, load_ms=2.0, warmup_runs=1, runs=50, latency_ms=stats,
-        peak_rss_mb=30.0, rss_growth_mb=1.0,
+        job_id="j",
+        model_sha256="ab" * 32,
+        backend="tflite",
+        runtime="ai_edge_litert 2.3.0",
+        threads=1,
+        size_bytes=10,
+        load_ms=2.0,
+        warmup_runs=1,
+        runs=50,
+        latency_ms=stats,
+        peak_rss_mb=30.0,
+        rss_growth_mb=1.0,
     )
     response = messages.Response(status="ok", data=to_data(result))
     decoded = messages.decode(messages.encode(response, corr_id="c1"))
@@ -121,7 +130,9 @@ def test_decode_never_raises_anything_but_validation_errors_on_random_bytes(data
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -135,9 +146,7 @@ json_values = st.recursive(
 def test_decode_handles_structurally_plausible_envelopes_without_crashing(
     schema: str, v: object, body: dict
 ) -> None:
-    data = msgspec.json.encode(
-        {"schema": schema, "v": v, "msg_id": "m", "ts": 0.0, "body": body}
-    )
+    data = msgspec.json.encode({"schema": schema, "v": v, "msg_id": "m", "ts": 0.0, "body": body})
     try:
         messages.decode(data)
     except ValidationError:

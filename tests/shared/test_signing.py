@@ -8,15 +8,25 @@ from shared.manifest import ArtifactManifest
 from shared.signing import generate_key, sign_manifest, verify_manifest
 
 BASE = ArtifactManifest(
-    sha256="cd" * 32, size_bytes=4096, format="tflite", precision="int8", target_device="pi-1",
-    sequence=5, expires=2_000_000_000.0,
+    sha256="cd" * 32,
+    size_bytes=4096,
+    format="tflite",
+    precision="int8",
+    target_device="pi-1",
+    sequence=5,
+    expires=2_000_000_000.0,
 )
 
 
 def test_a_signed_manifest_verifies_with_the_host_key() -> None:
     key = generate_key()
-    verify_manifest(sign_manifest(BASE, key), key.public_key(), device_id="pi-1", min_sequence=5,
-                    now=1_900_000_000.0)
+    verify_manifest(
+        sign_manifest(BASE, key),
+        key.public_key(),
+        device_id="pi-1",
+        min_sequence=5,
+        now=1_900_000_000.0,
+    )
 
 
 @pytest.mark.parametrize(
@@ -37,8 +47,12 @@ def test_a_tampered_or_unsigned_manifest_is_refused(change: dict, match: str) ->
 
 def test_a_manifest_signed_by_another_key_is_refused() -> None:
     with pytest.raises(SignatureError, match="trusted host key"):
-        verify_manifest(sign_manifest(BASE, generate_key()), generate_key().public_key(),
-                        device_id="pi-1", now=1_900_000_000.0)
+        verify_manifest(
+            sign_manifest(BASE, generate_key()),
+            generate_key().public_key(),
+            device_id="pi-1",
+            now=1_900_000_000.0,
+        )
 
 
 def test_a_manifest_for_another_device_an_older_sequence_or_expired_is_refused() -> None:
@@ -47,7 +61,8 @@ def test_a_manifest_for_another_device_an_older_sequence_or_expired_is_refused()
     with pytest.raises(SignatureError, match="addressed to"):
         verify_manifest(signed, key.public_key(), device_id="pi-2", now=1_900_000_000.0)
     with pytest.raises(SignatureError, match="older"):
-        verify_manifest(signed, key.public_key(), device_id="pi-1", min_sequence=6,
-                        now=1_900_000_000.0)
+        verify_manifest(
+            signed, key.public_key(), device_id="pi-1", min_sequence=6, now=1_900_000_000.0
+        )
     with pytest.raises(SignatureError, match="expired"):
         verify_manifest(signed, key.public_key(), device_id="pi-1", now=2_000_000_001.0)

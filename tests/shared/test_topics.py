@@ -26,9 +26,16 @@ def test_device_ids_that_could_escape_a_topic_or_a_path_are_refused(device_id: s
 
 @pytest.mark.parametrize(
     "topic",
-    ["other/v1/dev/a/status", "edgetailor/v2/dev/a/status", "edgetailor/v1/dev/a/cmd/Bad",
-     "edgetailor/v1/dev/a/cmd", "edgetailor/v1/art/xyz", "edgetailor/v1/dev/a/status/extra",
-     f"edgetailor/v1/art/{SHA}\n", "edgetailor/v1/dev/a\n/status"],
+    [
+        "other/v1/dev/a/status",
+        "edgetailor/v2/dev/a/status",
+        "edgetailor/v1/dev/a/cmd/Bad",
+        "edgetailor/v1/dev/a/cmd",
+        "edgetailor/v1/art/xyz",
+        "edgetailor/v1/dev/a/status/extra",
+        f"edgetailor/v1/art/{SHA}\n",
+        "edgetailor/v1/dev/a\n/status",
+    ],
 )
 def test_topics_outside_the_contract_are_rejected(topic: str) -> None:
     with pytest.raises(ValidationError):

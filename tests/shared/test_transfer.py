@@ -15,7 +15,11 @@ def test_a_chunk_round_trips() -> None:
     frame = encode_chunk(SHA, 2, 5, 2048, b"payload")
     chunk = decode_chunk(frame)
     assert (chunk.sha256, chunk.index, chunk.total, chunk.offset, chunk.payload) == (
-        SHA, 2, 5, 2048, b"payload",
+        SHA,
+        2,
+        5,
+        2048,
+        b"payload",
     )
 
 

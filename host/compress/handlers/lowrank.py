@@ -81,7 +81,9 @@ def _svd_factors(weight_2d: torch.Tensor, rank: int) -> tuple[torch.Tensor, torc
     return first, second
 
 
-def _factorize_linear(layer: nn.Linear, cfg: LowRank) -> tuple[nn.Module | None, tuple[int, ...], str]:
+def _factorize_linear(
+    layer: nn.Linear, cfg: LowRank
+) -> tuple[nn.Module | None, tuple[int, ...], str]:
     from torch import nn
 
     weight = layer.weight.detach()
@@ -102,7 +104,9 @@ def _factorize_linear(layer: nn.Linear, cfg: LowRank) -> tuple[nn.Module | None,
     return nn.Sequential(down, up), (rank,), ""
 
 
-def _factorize_conv_svd(layer: nn.Conv2d, cfg: LowRank) -> tuple[nn.Module | None, tuple[int, ...], str]:
+def _factorize_conv_svd(
+    layer: nn.Conv2d, cfg: LowRank
+) -> tuple[nn.Module | None, tuple[int, ...], str]:
     from torch import nn
 
     weight = layer.weight.detach()
@@ -115,8 +119,16 @@ def _factorize_conv_svd(layer: nn.Conv2d, cfg: LowRank) -> tuple[nn.Module | Non
     if rank * (c_out + c_in * kh * kw) >= c_out * c_in * kh * kw:
         return None, (rank,), f"rank {rank} would not shrink conv {c_in}->{c_out} {kh}x{kw}"
     first, second = _svd_factors(flat, rank)
-    spatial = nn.Conv2d(c_in, rank, (kh, kw), stride=layer.stride, padding=layer.padding,
-                        dilation=layer.dilation, padding_mode=layer.padding_mode, bias=False)
+    spatial = nn.Conv2d(
+        c_in,
+        rank,
+        (kh, kw),
+        stride=layer.stride,
+        padding=layer.padding,
+        dilation=layer.dilation,
+        padding_mode=layer.padding_mode,
+        bias=False,
+    )
     pointwise = nn.Conv2d(rank, c_out, 1, bias=layer.bias is not None)
     spatial.weight.data.copy_(first.reshape(rank, c_in, kh, kw))
     pointwise.weight.data.copy_(second.reshape(c_out, rank, 1, 1))
@@ -150,8 +162,9 @@ def _tucker2_ranks(layer: nn.Conv2d, cfg: LowRank) -> tuple[int, int]:
     return min(r_in, c_in), min(r_out, c_out)
 
 
-def _factorize_conv_tucker2(layer: nn.Conv2d, cfg: LowRank
-                            ) -> tuple[nn.Module | None, tuple[int, ...], str]:
+def _factorize_conv_tucker2(
+    layer: nn.Conv2d, cfg: LowRank
+) -> tuple[nn.Module | None, tuple[int, ...], str]:
     import torch
     from torch import nn
 
@@ -170,11 +183,21 @@ def _factorize_conv_tucker2(layer: nn.Conv2d, cfg: LowRank
         return None, (r_in, r_out), f"ratio {cfg.ratio} is below what ranks of 1 give for this conv"
     w = weight.double()
     u_out = torch.linalg.svd(w.reshape(c_out, -1), full_matrices=False)[0][:, :r_out]
-    u_in = torch.linalg.svd(w.permute(1, 0, 2, 3).reshape(c_in, -1), full_matrices=False)[0][:, :r_in]
+    u_in = torch.linalg.svd(w.permute(1, 0, 2, 3).reshape(c_in, -1), full_matrices=False)[0][
+        :, :r_in
+    ]
     core = torch.einsum("oihw,or,is->rshw", w, u_out, u_in)
     squeeze = nn.Conv2d(c_in, r_in, 1, bias=False)
-    spatial = nn.Conv2d(r_in, r_out, (kh, kw), stride=layer.stride, padding=layer.padding,
-                        dilation=layer.dilation, padding_mode=layer.padding_mode, bias=False)
+    spatial = nn.Conv2d(
+        r_in,
+        r_out,
+        (kh, kw),
+        stride=layer.stride,
+        padding=layer.padding,
+        dilation=layer.dilation,
+        padding_mode=layer.padding_mode,
+        bias=False,
+    )
     expand = nn.Conv2d(r_out, c_out, 1, bias=layer.bias is not None)
     squeeze.weight.data.copy_(u_in.T.reshape(r_in, c_in, 1, 1).to(weight.dtype))
     spatial.weight.data.copy_(core.to(weight.dtype))
@@ -196,8 +219,9 @@ def _selected(name: str, layer: nn.Module, cfg: LowRank) -> bool:
     return True
 
 
-def factorize_module(module: nn.Module, example_inputs: tuple[torch.Tensor, ...], cfg: LowRank
-                     ) -> tuple[nn.Module, list[FactorizedLayer], list[SkippedLayer]]:
+def factorize_module(
+    module: nn.Module, example_inputs: tuple[torch.Tensor, ...], cfg: LowRank
+) -> tuple[nn.Module, list[FactorizedLayer], list[SkippedLayer]]:
     """Return a factorized copy of ``module`` plus what was and was not factorized."""
     from torch import nn
 
@@ -238,7 +262,9 @@ def factorize_module(module: nn.Module, example_inputs: tuple[torch.Tensor, ...]
         kind = "linear-svd" if isinstance(layer, nn.Linear) else f"conv-{cfg.method}"
         if kind == "conv-tucker2" and len(replacement) == 2:
             kind = "conv-svd"
-        done.append(FactorizedLayer(name, kind, ranks, param_count(layer), param_count(replacement)))
+        done.append(
+            FactorizedLayer(name, kind, ranks, param_count(layer), param_count(replacement))
+        )
     return model, done, skipped
 
 
@@ -256,8 +282,14 @@ def apply_lowrank(bundle: ModelBundle, cfg: LowRank, ctx: CompressContext) -> Mo
     ctx.detail("factorized_params_before", before)
     ctx.detail("factorized_params_after", after)
     ctx.detail("layers", [f.__dict__ for f in done])
-    ctx.note("factorized %d layer(s) with %s: their parameters %d -> %d (%.2fx of before)",
-             len(done), cfg.method, before, after, after / before)
+    ctx.note(
+        "factorized %d layer(s) with %s: their parameters %d -> %d (%.2fx of before)",
+        len(done),
+        cfg.method,
+        before,
+        after,
+        after / before,
+    )
     for s in skipped:
         ctx.note("left %s as is: %s", s.name, s.reason)
     return with_module(bundle, model)

@@ -42,13 +42,15 @@ def magnitude_prune(module: nn.Module, amount: float, scope: str) -> nn.Module:
     import torch.nn.utils.prune as torch_prune
 
     model = cpu_copy(module)
-    targets = [(layer, "weight") for layer in model.modules()
-               if type(layer).__name__ in _PRUNABLE_WEIGHTS]
+    targets = [
+        (layer, "weight") for layer in model.modules() if type(layer).__name__ in _PRUNABLE_WEIGHTS
+    ]
     if not targets:
         raise CompressionError("prune_unstructured found no Linear/Conv layers to prune")
     if scope == "global":
-        torch_prune.global_unstructured(targets, pruning_method=torch_prune.L1Unstructured,
-                                        amount=amount)
+        torch_prune.global_unstructured(
+            targets, pruning_method=torch_prune.L1Unstructured, amount=amount
+        )
     else:
         for layer, attr in targets:
             torch_prune.l1_unstructured(layer, attr, amount=amount)
@@ -59,14 +61,17 @@ def magnitude_prune(module: nn.Module, amount: float, scope: str) -> nn.Module:
 
 
 @handles(UnstructuredPrune)
-def apply_unstructured(bundle: ModelBundle, cfg: UnstructuredPrune, ctx: CompressContext
-                       ) -> ModelBundle:
+def apply_unstructured(
+    bundle: ModelBundle, cfg: UnstructuredPrune, ctx: CompressContext
+) -> ModelBundle:
     model = magnitude_prune(bundle.module, cfg.amount, cfg.scope)
     achieved = sparsity(model)
     ctx.detail("sparsity", round(achieved, 4))
     ctx.note("zeroed %.1f%% of Linear/Conv weights (%s magnitude)", 100 * achieved, cfg.scope)
-    ctx.note("unstructured sparsity does not shrink the dense export or its latency; "
-             "only a sparse-aware format or runtime (or compression of the file) would benefit")
+    ctx.note(
+        "unstructured sparsity does not shrink the dense export or its latency; "
+        "only a sparse-aware format or runtime (or compression of the file) would benefit"
+    )
     return with_module(bundle, model)
 
 
@@ -82,8 +87,12 @@ def _importance(kind: str) -> object:
     return tp.importance.MagnitudeImportance(p=2)
 
 
-def channel_prune(module: nn.Module, example_inputs: tuple[torch.Tensor, ...], cfg: ChannelPrune,
-                  ignored: list[nn.Module] | None = None) -> nn.Module:
+def channel_prune(
+    module: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    cfg: ChannelPrune,
+    ignored: list[nn.Module] | None = None,
+) -> nn.Module:
     """A copy of ``module`` with ``cfg.ratio`` of the channels of every prunable group removed.
 
     The output head is never pruned (its width is the number of classes / output features).
@@ -123,7 +132,9 @@ def channel_prune(module: nn.Module, example_inputs: tuple[torch.Tensor, ...], c
 
 
 @handles(ChannelPrune)
-def apply_channel_prune(bundle: ModelBundle, cfg: ChannelPrune, ctx: CompressContext) -> ModelBundle:
+def apply_channel_prune(
+    bundle: ModelBundle, cfg: ChannelPrune, ctx: CompressContext
+) -> ModelBundle:
     before = param_count(bundle.module)
     model = channel_prune(bundle.module, bundle.example_inputs, cfg)
     after = param_count(model)
@@ -132,6 +143,11 @@ def apply_channel_prune(bundle: ModelBundle, cfg: ChannelPrune, ctx: CompressCon
             f"prune_channels removed nothing from {bundle.name}: every prunable layer is the "
             "output head or is ignored"
         )
-    ctx.note("removed %.0f%% of channels (%s importance): parameters %d -> %d", 100 * cfg.ratio,
-             cfg.importance, before, after)
+    ctx.note(
+        "removed %.0f%% of channels (%s importance): parameters %d -> %d",
+        100 * cfg.ratio,
+        cfg.importance,
+        before,
+        after,
+    )
     return with_module(bundle, model)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from host.compress.config import Fp16, Int8Dynamic, Int8Full, QuantAwareTraining
 from host.compress.handlers.base import cpu_copy, handles, with_module
@@ -44,8 +44,10 @@ def apply_int8_dynamic(bundle: ModelBundle, cfg: Int8Dynamic, ctx: CompressConte
 def apply_int8(bundle: ModelBundle, cfg: Int8Full, ctx: CompressContext) -> ModelBundle:
     ctx.precision = "int8"
     ctx.calibration_samples = cfg.calibration_samples
-    ctx.note("export as full-integer int8 (per-channel weights), calibrated on %d samples",
-             cfg.calibration_samples)
+    ctx.note(
+        "export as full-integer int8 (per-channel weights), calibrated on %d samples",
+        cfg.calibration_samples,
+    )
     return bundle
 
 
@@ -96,7 +98,7 @@ def _qat_quantizer_class() -> type:
         batch norms are folded into their convolutions before capture instead.
         """
 
-        STATIC_QAT_ONLY_OPS: list[str] = []
+        STATIC_QAT_ONLY_OPS: ClassVar[list[str]] = []
 
     return QatPT2EQuantizer
 
@@ -122,8 +124,9 @@ def fold_batch_norms(module: nn.Module) -> tuple[nn.Module, bool]:
     return fused, has_bn(fused)
 
 
-def prepare_qat(module: nn.Module, example_inputs: tuple[torch.Tensor, ...]
-                ) -> tuple[nn.Module, Any, bool]:
+def prepare_qat(
+    module: nn.Module, example_inputs: tuple[torch.Tensor, ...]
+) -> tuple[nn.Module, Any, bool]:
     """(trainable fake-quant model, quantizer, whether BN layers remain) for int8 per-channel QAT."""
     import torch
     from litert_torch.quantize.pt2e_quantizer import get_symmetric_quantization_config
@@ -157,12 +160,20 @@ def apply_qat(bundle: ModelBundle, cfg: QuantAwareTraining, ctx: CompressContext
     if bn_left:
         ctx.note("some BatchNorm layers could not be folded into convolutions; they stay float")
     teacher = ctx.teacher.module if ctx.data.train.labels is None else None
-    trained = fit(wrapped, ctx.data, cfg.epochs, cfg.lr, teacher=teacher,
-                  batch_size=cfg.batch_size, seed=ctx.seed, task=bundle.task,
-                  # eval() does not switch an exported graph's fake-quant/BN behaviour, so a
-                  # per-epoch validation score would not mean what it says.
-                  keep_best=False,
-                  progress=lambda label, frac: ctx.report(f"qat {label}", frac))
+    trained = fit(
+        wrapped,
+        ctx.data,
+        cfg.epochs,
+        cfg.lr,
+        teacher=teacher,
+        batch_size=cfg.batch_size,
+        seed=ctx.seed,
+        task=bundle.task,
+        # eval() does not switch an exported graph's fake-quant/BN behaviour, so a
+        # per-epoch validation score would not mean what it says.
+        keep_best=False,
+        progress=lambda label, frac: ctx.report(f"qat {label}", frac),
+    )
     trained = trained.cpu().eval()
     ctx.precision = "qat_int8"
     ctx.quantizer_state = QuantizedGraph(graph_module=trained.graph_module, quantizer=quantizer)

@@ -41,7 +41,9 @@ def build_student(teacher: ModelBundle, student: float | str) -> ModelBundle:
     try:
         bundle = load_model(spec, **kwargs)
     except ModelSpecError as exc:
-        raise CompressionError(f"cannot build the distillation student from {spec!r}: {exc}") from exc
+        raise CompressionError(
+            f"cannot build the distillation student from {spec!r}: {exc}"
+        ) from exc
     if len(bundle.example_inputs) != len(teacher.example_inputs):
         raise CompressionError(
             f"student {spec!r} takes {len(bundle.example_inputs)} input(s) but the teacher takes "
@@ -56,13 +58,30 @@ def apply_distill(bundle: ModelBundle, cfg: Distill, ctx: CompressContext) -> Mo
 
     student = build_student(bundle, cfg.student)
     teacher = cpu_copy(bundle.module).eval()
-    trained = fit(cpu_copy(student.module), ctx.data, cfg.epochs, cfg.lr, teacher=teacher,
-                  temperature=cfg.temperature, alpha=cfg.alpha, batch_size=cfg.batch_size,
-                  seed=ctx.seed, task=bundle.task,
-                  progress=lambda label, frac: ctx.report(f"distill {label}", frac))
-    ctx.note("distilled %s (%d params) into %s width %.3g (%d params), %d epoch(s), T=%g, alpha=%g",
-             bundle.name, param_count(bundle.module), student.name, student.width,
-             param_count(student.module), cfg.epochs, cfg.temperature, cfg.alpha)
+    trained = fit(
+        cpu_copy(student.module),
+        ctx.data,
+        cfg.epochs,
+        cfg.lr,
+        teacher=teacher,
+        temperature=cfg.temperature,
+        alpha=cfg.alpha,
+        batch_size=cfg.batch_size,
+        seed=ctx.seed,
+        task=bundle.task,
+        progress=lambda label, frac: ctx.report(f"distill {label}", frac),
+    )
+    ctx.note(
+        "distilled %s (%d params) into %s width %.3g (%d params), %d epoch(s), T=%g, alpha=%g",
+        bundle.name,
+        param_count(bundle.module),
+        student.name,
+        student.width,
+        param_count(student.module),
+        cfg.epochs,
+        cfg.temperature,
+        cfg.alpha,
+    )
     result = dataclasses.replace(student, module=trained.cpu().eval())
     return result
 
@@ -74,9 +93,21 @@ def apply_finetune(bundle: ModelBundle, cfg: FineTune, ctx: CompressContext) -> 
     # Without labels there is nothing to fit but the original model's outputs.
     use_teacher = cfg.use_teacher or ctx.data.train.labels is None
     teacher = cpu_copy(ctx.teacher.module).eval() if use_teacher else None
-    trained = fit(cpu_copy(bundle.module), ctx.data, cfg.epochs, cfg.lr, teacher=teacher,
-                  batch_size=cfg.batch_size, seed=ctx.seed, task=bundle.task,
-                  progress=lambda label, frac: ctx.report(f"finetune {label}", frac))
-    ctx.note("fine-tuned %d epoch(s) at lr %g%s", cfg.epochs, cfg.lr,
-             " guided by the original model" if teacher is not None else "")
+    trained = fit(
+        cpu_copy(bundle.module),
+        ctx.data,
+        cfg.epochs,
+        cfg.lr,
+        teacher=teacher,
+        batch_size=cfg.batch_size,
+        seed=ctx.seed,
+        task=bundle.task,
+        progress=lambda label, frac: ctx.report(f"finetune {label}", frac),
+    )
+    ctx.note(
+        "fine-tuned %d epoch(s) at lr %g%s",
+        cfg.epochs,
+        cfg.lr,
+        " guided by the original model" if teacher is not None else "",
+    )
     return with_module(bundle, trained.cpu().eval())
