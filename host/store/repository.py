@@ -12,11 +12,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from sqlalchemy import create_engine, event, inspect, or_, select
 from sqlalchemy.engine import Engine
@@ -121,14 +121,19 @@ class Store:
                 Base.metadata.create_all(self.engine)
                 return
             except (OperationalError, ProgrammingError, IntegrityError) as exc:
-                if "exist" not in str(exc.orig).lower() and "duplicate" not in str(exc.orig).lower():
+                if (
+                    "exist" not in str(exc.orig).lower()
+                    and "duplicate" not in str(exc.orig).lower()
+                ):
                     raise
                 logger.debug("tables created concurrently (attempt %d): %s", attempt, exc.orig)
                 time.sleep(0.05 * (attempt + 1))
         Base.metadata.create_all(self.engine)
 
     def _safe_url(self) -> str:
-        return self.engine.url.render_as_string(hide_password=True) if hasattr(self, "engine") else "?"
+        return (
+            self.engine.url.render_as_string(hide_password=True) if hasattr(self, "engine") else "?"
+        )
 
     @staticmethod
     def _make_engine(url: str, echo: bool) -> Engine:
@@ -154,7 +159,7 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -178,6 +183,16 @@ class Store:
         finally:
             session.close()
 
+    @staticmethod
+    def _retry_on_conflict(write: Callable[[], None]) -> None:
+        """Run an insert-or-update once more when another process inserted the same key between
+        our read and our insert (two CLI processes registering one artifact): the second pass sees
+        the row and updates it."""
+        try:
+            write()
+        except IntegrityError:
+            write()
+
     # -- devices -------------------------------------------------------------------------------
     def upsert_device(
         self,
@@ -189,7 +204,20 @@ class Store:
         seen: float | None = None,
     ) -> None:
         now = time.time() if seen is None else seen
-        with self._lock, self._session() as session:
+        with self._lock:
+            self._retry_on_conflict(
+                lambda: self._upsert_device(device_id, online, birth, telemetry, now)
+            )
+
+    def _upsert_device(
+        self,
+        device_id: str,
+        online: bool | None,
+        birth: dict[str, Any] | None,
+        telemetry: dict[str, Any] | None,
+        now: float,
+    ) -> None:
+        with self._session() as session:
             row = session.get(DeviceRow, device_id)
             if row is None:
                 row = DeviceRow(device_id=device_id, online=False, first_seen=now, last_seen=now)
@@ -216,7 +244,11 @@ class Store:
     # -- artifacts -----------------------------------------------------------------------------
     def add_artifact(self, manifest: dict[str, Any], path: str | None = None) -> None:
         """Record an artifact by its manifest (idempotent; a later path replaces an older one)."""
-        with self._lock, self._session() as session:
+        with self._lock:
+            self._retry_on_conflict(lambda: self._add_artifact(manifest, path))
+
+    def _add_artifact(self, manifest: dict[str, Any], path: str | None) -> None:
+        with self._session() as session:
             row = session.get(ArtifactRow, manifest["sha256"])
             if row is None:
                 session.add(
