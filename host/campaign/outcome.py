@@ -1,0 +1,182 @@
+"""Reading a stored campaign back: result rows, the selection, and the document the CLI, the
+report and deploy read."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from host.campaign.spec import CampaignError, CampaignSpec
+from host.report import json_safe
+from host.store.campaigns import (
+    FINAL_JOB_STATES,
+    JOB_OFFLINE,
+    JOB_OK,
+    JOB_PENDING,
+    JOB_RUNNING,
+    CampaignStore,
+)
+
+if TYPE_CHECKING:
+    from host.select import DeviceSelection, ResultRow
+
+
+def campaign_rows(cstore: CampaignStore, campaign_id: str) -> list[ResultRow]:
+    """One select.ResultRow per (candidate, device) job that ended; offline jobs as failed rows."""
+    from host.select import ResultRow
+
+    campaign = cstore.get_campaign(campaign_id)
+    metric = (campaign.state.get("metric") if campaign else None) or "metric"
+    rows = []
+    for job in cstore.jobs(campaign_id):
+        if job.status not in FINAL_JOB_STATES:
+            continue
+        if job.row is not None:
+            rows.append(ResultRow.from_dict(job.row))
+        else:
+            rows.append(
+                ResultRow.failed(
+                    candidate=job.candidate_id,
+                    device=job.device_id,
+                    error=job.error or job.status,
+                    metric=metric,
+                )
+            )
+    return rows
+
+
+def campaign_selection(
+    cstore: CampaignStore,
+    campaign_id: str,
+    constraints: Sequence[str] | None = None,
+    objective: str | None = None,
+) -> tuple[list[ResultRow], dict[str, DeviceSelection]]:
+    from host.select import select
+
+    campaign = load_campaign(cstore, campaign_id)
+    spec = CampaignSpec.from_dict(campaign.spec)
+    rows = campaign_rows(cstore, campaign_id)
+    devices = campaign.state.get("devices") or sorted({r.device for r in rows})
+    selections = select(
+        rows,
+        constraints if constraints is not None else spec.constraints,
+        objective or spec.objective,
+        devices=devices,
+    )
+    return rows, selections
+
+
+def load_campaign(cstore: CampaignStore, campaign_id: str) -> Any:
+    campaign = cstore.get_campaign(campaign_id)
+    if campaign is None:
+        known = ", ".join(c.campaign_id for c in cstore.list_campaigns()[-5:]) or "none"
+        raise CampaignError(
+            f"no campaign {campaign_id!r} in the database {cstore.store._safe_url()}; recent "
+            f"ones: {known}; pass the same --db the campaign used"
+        )
+    return campaign
+
+
+def campaign_outcome(cstore: CampaignStore, campaign_id: str) -> dict[str, Any]:
+    """The JSON document of `edgetailor campaign --json`."""
+    campaign = load_campaign(cstore, campaign_id)
+    spec = CampaignSpec.from_dict(campaign.spec)
+    _rows, selections = campaign_selection(cstore, campaign_id)
+    jobs = cstore.jobs(campaign_id)
+    candidates = [
+        {
+            "id": c.candidate_id,
+            "recipe": c.recipe_name,
+            "steps": c.recipe,
+            "format": c.format,
+            "precision": c.precision,
+            "size_bytes": c.size_bytes,
+            "sha256": c.sha256,
+            "path": c.path,
+            "status": c.status,
+            "reason": c.reason,
+            **{k: v for k, v in c.host_metrics.items()},
+        }
+        for c in cstore.candidates(campaign_id)
+    ]
+    results = []
+    transfers = {"fetched": 0, "already_stored": 0}
+    for job in jobs:
+        if job.status not in FINAL_JOB_STATES:
+            continue
+        row = (
+            dict(job.row)
+            if job.row
+            else {
+                "candidate": job.candidate_id,
+                "device": job.device_id,
+                "latency_ms": {},
+                "peak_rss_mb": None,
+                "metric": campaign.state.get("metric"),
+                "metric_value": None,
+                "status": "failed",
+                "error": job.error,
+            }
+        )
+        row["job_status"] = job.status
+        row["job_ids"] = list(job.job_ids)
+        row["attempts"] = job.attempts
+        for transfer in row.get("transfers", []):
+            transfers["already_stored" if transfer.get("already_stored") else "fetched"] += 1
+        results.append(row)
+    devices: dict[str, dict[str, Any]] = {}
+    for device in campaign.state.get("devices") or []:
+        states = [j.status for j in jobs if j.device_id == device]
+        counts = {s: states.count(s) for s in sorted(set(states))}
+        if states and all(s == JOB_OFFLINE for s in states):
+            status = "offline"
+        elif states and all(s == JOB_OK for s in states):
+            status = "measured"
+        elif any(s in (JOB_PENDING, JOB_RUNNING) for s in states):
+            status = "incomplete"
+        else:
+            status = "partial"
+        devices[device] = {"status": status, "jobs": counts}
+    selection = {
+        device: {
+            "candidate": sel.chosen_id,
+            "reason": sel.reason,
+            "latency_p90_ms": sel.candidate.latency_ms.get("p90") if sel.candidate else None,
+            "metric": sel.candidate.metric if sel.candidate else None,
+            "metric_value": sel.candidate.metric_value if sel.candidate else None,
+        }
+        for device, sel in selections.items()
+    }
+    return {
+        "campaign": {
+            "id": campaign_id,
+            "model": spec.model,
+            "data": spec.data,
+            "space": spec.space,
+            "constraints": list(spec.constraints),
+            "objective": spec.objective,
+            "status": campaign.status,
+            "created": campaign.created,
+            "baseline_metric": campaign.state.get("baseline_metric"),
+            "metric": campaign.state.get("metric"),
+            "work_dir": campaign.state.get("work_dir"),
+            "spec": spec.to_dict(),
+        },
+        "candidates": candidates,
+        "results": json_safe(results),
+        "devices": devices,
+        "transfers": transfers,
+        "selection": json_safe(selection),
+    }
+
+
+def write_campaign_report(cstore: CampaignStore, campaign_id: str, out_dir: str | Path) -> Path:
+    """The HTML report (results table, Pareto plot per device) of a stored campaign."""
+    from host.report import write_report
+
+    outcome = campaign_outcome(cstore, campaign_id)
+    rows, selections = campaign_selection(cstore, campaign_id)
+    meta = dict(outcome["campaign"])
+    meta["date"] = meta["created"]
+    return write_report(out_dir, meta, rows, selections)

@@ -1,0 +1,399 @@
+"""The board half of a campaign: one job at a time per device, devices in parallel.
+
+Per job: wait for the device (up to ``offline_deadline_s``), send the benchmark, wait for its answer
+(time offline does not count against the job's timeout), retry a failure, and record the result.
+After a host restart a job sent by the run that died is adopted: its answer is awaited under its old
+job id (the agent keeps it in its outbox until acknowledged) before it is ever sent again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+from host.campaign.candidates import Prepared
+from host.campaign.context import CampaignContext
+from host.campaign.spec import CampaignError
+from host.errors import DeviceUnavailableError, JobFailedError, JobTimeoutError
+from host.store.campaigns import (
+    FINAL_JOB_STATES,
+    JOB_FAILED,
+    JOB_OFFLINE,
+    JOB_OK,
+    JOB_PENDING,
+    JOB_RUNNING,
+    CampaignJobInfo,
+    CandidateInfo,
+)
+from shared.errors import ValidationError
+from shared.results import BenchmarkResult, from_data, to_data
+
+logger = logging.getLogger(__name__)
+
+# On top of the benchmark's own timeout: the transfer, the worker start, the device's queue.
+TRANSFER_ALLOWANCE_S = 120.0
+POLL_S = 0.5
+
+
+class DeviceScheduler:
+    """Steps 4-5 of a campaign: which devices, and every survivor measured on each."""
+
+    def __init__(self, ctx: CampaignContext, *, device_wait_s: float = 30.0) -> None:
+        self.ctx = ctx
+        self.device_wait_s = device_wait_s
+        self._lock = threading.Lock()
+        self._done = 0
+        self._total = 0
+
+    # -- 4. devices ----------------------------------------------------------------------------
+    def resolve_devices(self) -> list[str]:
+        stored = self.ctx.cstore.get_campaign(self.ctx.campaign_id)
+        if stored is not None and stored.state.get("devices"):
+            return list(stored.state["devices"])  # a resumed "all" keeps its original targets
+        if not self.ctx.spec.all_devices:
+            return list(self.ctx.spec.devices)
+        self.ctx.fleet.wait_synced()
+        deadline = time.monotonic() + self.device_wait_s
+        while True:
+            online = sorted(
+                d for d, rec in self.ctx.fleet.devices().items() if rec.online and rec.birth
+            )
+            if online or time.monotonic() > deadline:
+                break
+            time.sleep(POLL_S)
+        if not online:
+            raise CampaignError(
+                f"--devices all found no online device on {self.ctx.fleet.address} (base topic "
+                f"{self.ctx.fleet.topics.base!r}) within {self.device_wait_s:.0f} s; start an agent "
+                "(`edgetailor-agent --broker ... --id ...`) or name the devices"
+            )
+        return online
+
+    # -- 5. measuring --------------------------------------------------------------------------
+    def measure(
+        self, survivors: list[CandidateInfo], devices: list[str], prepared: Prepared
+    ) -> None:
+        for device in devices:
+            for cand in survivors:
+                self.ctx.cstore.ensure_job(
+                    self.ctx.campaign_id, cand.candidate_id, device, cand.position
+                )
+            for job in self.ctx.cstore.jobs(self.ctx.campaign_id, device):
+                if job.status == JOB_OFFLINE:
+                    # It never ran; a resume is the user saying the device may be back.
+                    self.ctx.cstore.job_retry(
+                        self.ctx.campaign_id,
+                        job.candidate_id,
+                        device,
+                        job.error or "device was offline",
+                    )
+        by_id = {c.candidate_id: c for c in survivors}
+        total = len(survivors) * len(devices)
+        done = sum(
+            1
+            for j in self.ctx.cstore.jobs(self.ctx.campaign_id)
+            if j.status in FINAL_JOB_STATES and j.candidate_id in by_id
+        )
+        self.ctx.emit(
+            "job",
+            f"measuring {len(survivors)} candidates on {len(devices)} devices",
+            done=done,
+            total=total,
+        )
+        self._done = done
+        self._total = total
+        threads = [
+            threading.Thread(
+                target=self._device_loop,
+                args=(device, by_id, prepared),
+                name=f"campaign-{device}",
+                daemon=True,
+            )
+            for device in devices
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def _count_done(self, device: str, candidate: str, status: str) -> None:
+        with self._lock:
+            self._done += 1
+            done = self._done
+        self.ctx.emit(
+            "job",
+            f"{device}: {candidate} {status}",
+            device=device,
+            candidate=candidate,
+            status=status,
+            done=done,
+            total=self._total,
+        )
+
+    def _device_loop(
+        self, device: str, by_id: dict[str, CandidateInfo], prepared: Prepared
+    ) -> None:
+        try:
+            jobs = [
+                j
+                for j in self.ctx.cstore.jobs(self.ctx.campaign_id, device)
+                if j.candidate_id in by_id and j.status not in FINAL_JOB_STATES
+            ]
+            for index, job in enumerate(jobs):
+                status = self._run_job(job, by_id[job.candidate_id], prepared)
+                if status == JOB_OFFLINE:
+                    error = (
+                        f"device {device} stayed offline for more than "
+                        f"{self.ctx.spec.offline_deadline_s:.0f} s; start its agent and resume "
+                        f"with `edgetailor campaign --resume {self.ctx.campaign_id}`"
+                    )
+                    for rest in jobs[index:]:
+                        self.ctx.cstore.job_finished(
+                            self.ctx.campaign_id,
+                            rest.candidate_id,
+                            device,
+                            JOB_OFFLINE,
+                            error=error,
+                        )
+                        self._count_done(device, rest.candidate_id, JOB_OFFLINE)
+                    return
+                self._count_done(device, job.candidate_id, status)
+        except Exception as exc:  # one device's bug must not hang the others' campaign
+            logger.exception("campaign worker for %s failed", device)
+            for job in self.ctx.cstore.jobs(self.ctx.campaign_id, device):
+                if job.status not in FINAL_JOB_STATES:
+                    self.ctx.cstore.job_finished(
+                        self.ctx.campaign_id,
+                        job.candidate_id,
+                        device,
+                        JOB_FAILED,
+                        error=f"host error: {exc}",
+                    )
+
+    def _wait_online(self, device: str) -> bool:
+        record = self.ctx.fleet.registry.wait_for(device, self.ctx.spec.offline_deadline_s)
+        if record is None:
+            logger.warning("device %s offline past the deadline", device)
+        return record is not None
+
+    def _run_job(self, job: CampaignJobInfo, cand: CandidateInfo, prepared: Prepared) -> str:
+        device = job.device_id
+        attempts = job.attempts
+        last_error = job.error or ""
+        if job.status == JOB_PENDING and (orphan := self._unrecorded_job(device, cand)):
+            # Sent by an earlier run that died before it could note the job id here.
+            self.ctx.cstore.job_sent(self.ctx.campaign_id, cand.candidate_id, device, orphan)
+            job = replace(job, status=JOB_RUNNING, fleet_job_id=orphan, attempts=attempts + 1)
+            attempts += 1
+        if job.status == JOB_RUNNING and job.fleet_job_id:
+            # Sent by an earlier host run: its answer may be stored already or still in the
+            # agent's outbox (re-sent until acknowledged); do not benchmark it twice.
+            self.ctx.emit(
+                "job",
+                f"{device}: waiting for {cand.candidate_id} sent before the restart",
+                device=device,
+                candidate=cand.candidate_id,
+                status="adopted",
+            )
+            # The agent may still be fetching from the host run that died: serve its files again.
+            self.ctx.fleet.offer(cand.path)
+            if prepared.eval_path is not None:
+                self.ctx.fleet.offer(prepared.eval_path)
+            outcome = self._await_stored(job.fleet_job_id, device)
+            if outcome is not None and outcome[0] == JOB_OK:
+                return self._record(job, cand, prepared, *outcome)
+            last_error = (
+                (outcome[2] or "failed")
+                if outcome is not None
+                else (f"job {job.fleet_job_id} was sent before a restart and never answered")
+            )
+            # A failure of the adopted job (e.g. its transfer starved while no host served it)
+            # gets the same retries as any other.
+            self.ctx.cstore.job_retry(self.ctx.campaign_id, cand.candidate_id, device, last_error)
+        while attempts <= self.ctx.spec.retries:
+            if not self._wait_online(device):
+                return JOB_OFFLINE
+            held = self.ctx.cstore.held(device)
+            if cand.sha256 in held:
+                logger.info(
+                    "%s already holds %s; it will not be fetched again", device, cand.sha256[:12]
+                )
+            try:
+                handle = self.ctx.fleet.submit_benchmark(
+                    device,
+                    cand.path,
+                    eval_path=prepared.eval_path,
+                    threads=self.ctx.spec.threads,
+                    runs=self.ctx.spec.runs,
+                    timeout_s=self.ctx.spec.job_timeout_s,
+                    warmup_s=self.ctx.spec.warmup_s,
+                    min_s=self.ctx.spec.min_s,
+                    eval_limit=self.ctx.spec.eval_limit,
+                    device_timeout_s=5.0,
+                )
+            except DeviceUnavailableError:
+                continue  # went offline between the wait and the send: wait again
+            attempts += 1
+            self.ctx.cstore.job_sent(self.ctx.campaign_id, cand.candidate_id, device, handle.job_id)
+            self.ctx.emit(
+                "job",
+                f"{device}: {cand.candidate_id} sent (attempt {attempts})",
+                device=device,
+                candidate=cand.candidate_id,
+                status="sent",
+            )
+            outcome = self._await_handle(handle, device)
+            if outcome == JOB_OFFLINE:
+                return JOB_OFFLINE
+            if outcome is None:
+                last_error = (
+                    f"no answer within {self.ctx.spec.job_timeout_s + TRANSFER_ALLOWANCE_S:.0f} s"
+                    f" (job {handle.job_id})"
+                )
+            else:
+                status, data, error = outcome
+                if status == JOB_OK:
+                    return self._record(job, cand, prepared, status, data, error)
+                last_error = error or "failed"
+            if attempts <= self.ctx.spec.retries:
+                logger.warning("%s on %s: %s; retrying", cand.candidate_id, device, last_error)
+                self.ctx.cstore.job_retry(
+                    self.ctx.campaign_id, cand.candidate_id, device, last_error
+                )
+        self.ctx.cstore.job_finished(
+            self.ctx.campaign_id,
+            cand.candidate_id,
+            device,
+            JOB_FAILED,
+            row=self._failed_row(cand, device, prepared, last_error),
+            error=last_error,
+        )
+        return JOB_FAILED
+
+    def _unrecorded_job(self, device: str, cand: CandidateInfo) -> str | None:
+        campaign = self.ctx.cstore.get_campaign(self.ctx.campaign_id)
+        if campaign is None or cand.sha256 is None:
+            return None
+        known = {jid for j in self.ctx.cstore.jobs(self.ctx.campaign_id) for jid in j.job_ids}
+        for fleet_job in self.ctx.store.list_jobs(device):
+            if (
+                fleet_job.kind == "benchmark"
+                and fleet_job.model_sha256 == cand.sha256
+                and fleet_job.submitted >= campaign.created
+                and fleet_job.job_id not in known
+            ):
+                return fleet_job.job_id
+        return None
+
+    def _await_handle(
+        self, handle: Any, device: str
+    ) -> tuple[str, dict[str, Any] | None, str | None] | str | None:
+        """(status, data, error) of the job; JOB_OFFLINE when the device stayed away; None: timeout.
+
+        Time while the device is offline does not count against the job's timeout: the agent
+        journals the job and runs it again when it restarts.
+        """
+        budget = self.ctx.spec.job_timeout_s + TRANSFER_ALLOWANCE_S
+        offline_since: float | None = None
+        last = time.monotonic()
+        while True:
+            try:
+                result = handle.result(timeout=POLL_S)
+                return JOB_OK, to_data(result), None
+            except JobFailedError as exc:
+                return JOB_FAILED, None, str(exc)
+            except JobTimeoutError:
+                pass
+            now = time.monotonic()
+            record = self.ctx.fleet.registry.get(device)
+            if record is not None and not record.online:
+                offline_since = offline_since or now
+                if now - offline_since > self.ctx.spec.offline_deadline_s:
+                    return JOB_OFFLINE
+            else:
+                offline_since = None
+                budget -= now - last
+                if budget <= 0:
+                    return None
+            last = now
+
+    def _await_stored(
+        self, job_id: str, device: str
+    ) -> tuple[str, dict[str, Any] | None, str | None] | None:
+        deadline = time.monotonic() + self.ctx.spec.job_timeout_s + TRANSFER_ALLOWANCE_S
+        while time.monotonic() < deadline:
+            stored = self.ctx.store.get_result(job_id)
+            if stored is not None:
+                if stored.status == "ok":
+                    try:
+                        from_data(stored.data or {}, BenchmarkResult)
+                    except ValidationError as exc:
+                        return JOB_FAILED, None, f"bad stored result: {exc}"
+                    return JOB_OK, stored.data, None
+                return JOB_FAILED, None, f"[{stored.error_code}] {stored.error_message}"
+            time.sleep(POLL_S)
+        return None
+
+    def _record(
+        self,
+        job: CampaignJobInfo,
+        cand: CandidateInfo,
+        prepared: Prepared,
+        status: str,
+        data: dict[str, Any] | None,
+        error: str | None,
+    ) -> str:
+        if status != JOB_OK or data is None:
+            self.ctx.cstore.job_finished(
+                self.ctx.campaign_id,
+                cand.candidate_id,
+                job.device_id,
+                JOB_FAILED,
+                row=self._failed_row(cand, job.device_id, prepared, error or ""),
+                error=error,
+            )
+            return JOB_FAILED
+        from host.select import ResultRow
+
+        result = from_data(data, BenchmarkResult)
+        row = ResultRow.from_benchmark(
+            result,
+            candidate=cand.candidate_id,
+            device=job.device_id,
+            recipe=cand.recipe_name,
+            format=cand.format,
+            precision=cand.precision,
+            baseline_metric=prepared.baseline_metric,
+        ).to_dict()
+        row.update(
+            job_id=result.job_id,
+            runtime=result.runtime,
+            threads=result.threads,
+            load_ms=result.load_ms,
+            board=result.board,
+            transfers=[to_data(t) for t in result.transfers],
+        )
+        self.ctx.cstore.mark_held(job.device_id, [t.sha256 for t in result.transfers])
+        self.ctx.cstore.job_finished(
+            self.ctx.campaign_id, cand.candidate_id, job.device_id, JOB_OK, row=row
+        )
+        return JOB_OK
+
+    def _failed_row(
+        self, cand: CandidateInfo, device: str, prepared: Prepared, error: str
+    ) -> dict[str, Any]:
+        from host.select import ResultRow
+
+        return ResultRow.failed(
+            candidate=cand.candidate_id,
+            device=device,
+            error=error,
+            recipe=cand.recipe_name,
+            format=cand.format,
+            precision=cand.precision,
+            size_bytes=cand.size_bytes,
+            metric=prepared.metric_name or "metric",
+        ).to_dict()
