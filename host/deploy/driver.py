@@ -211,7 +211,9 @@ class DeploymentDriver:
             elif rollout.status == ROLLED_BACK_ROLLOUT:
                 self.dstore.request_rollbacks(rollout.rollout_id, "the rollout was rolled back")
             targets = self.dstore.targets(rollout.rollout_id)
-            if not any(t.state == SENT or t.rollback_state in (RB_PENDING, RB_SENT) for t in targets):
+            if not any(
+                t.state == SENT or t.rollback_state in (RB_PENDING, RB_SENT) for t in targets
+            ):
                 self.dstore.update_rollout(rollout.rollout_id, open=False)
 
     # -- sending --------------------------------------------------------------------------------
@@ -372,11 +374,10 @@ class DeploymentDriver:
                 wave = rollout.current_wave + 1
                 self._emit("wave", wave=wave, devices=rollout.waves[wave - 1],
                            rollout=rollout.rollout_id)  # fmt: skip
-        elif all(t.final for t in targets):
-            if self.dstore.update_rollout(
-                rollout.rollout_id, expect_status=ACTIVE, status=DONE, open=False
-            ):
-                self._emit("done", rollout=rollout.rollout_id)
+        elif all(t.final for t in targets) and self.dstore.update_rollout(
+            rollout.rollout_id, expect_status=ACTIVE, status=DONE, open=False
+        ):
+            self._emit("done", rollout=rollout.rollout_id)
 
     def _abort(
         self,
@@ -423,7 +424,10 @@ class DeploymentDriver:
     def _follow_rollback(self, rollout: RolloutInfo, target: TargetInfo) -> None:
         result = self.store.get_result(target.rollback_job_id)
         if result is None:
-            if self._due_again(target.device_id, target.rollback_msg_id) and target.rollback_command:
+            if (
+                self._due_again(target.device_id, target.rollback_msg_id)
+                and target.rollback_command
+            ):
                 self._publish(
                     target.device_id, "rollback", target.rollback_msg_id or "",
                     target.rollback_command,
@@ -474,9 +478,7 @@ class DeploymentDriver:
         rollout = self.dstore.get_rollout(rollout_id)
         if rollout is None:
             return []
-        self.dstore.update_rollout(
-            rollout_id, status=ROLLED_BACK_ROLLOUT, open=True, reason=reason
-        )
+        self.dstore.update_rollout(rollout_id, status=ROLLED_BACK_ROLLOUT, open=True, reason=reason)
         self.dstore.skip_open(rollout_id, f"not sent: {reason}")
         devices = self.dstore.request_rollbacks(rollout_id, reason)
         self._emit("rolling_back", rollout=rollout_id, devices=devices)

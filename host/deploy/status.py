@@ -50,9 +50,7 @@ def desired_state(
     """``{"desired": {...} | None, "in_sync": bool, "reason": str}`` for one device."""
     now = time.time() if now is None else now
     targets = [
-        t
-        for t in dstore.targets(device_id=device_id)
-        if t.state not in (SKIPPED, SUPERSEDED)
+        t for t in dstore.targets(device_id=device_id) if t.state not in (SKIPPED, SUPERSEDED)
     ]
     holding = [t for t in targets if t.state in _HOLDING]
     newest = targets[-1] if targets else None
@@ -65,9 +63,14 @@ def desired_state(
     if desired is None and newest is None:
         doc.update(in_sync=True, reason="no deploy was ever asked for this device")
         return doc
-    if newest is not None and newest is not desired and newest.state in (
-        *FAILED_STATES,
-        *UNDONE_STATES,
+    if (
+        newest is not None
+        and newest is not desired
+        and newest.state
+        in (
+            *FAILED_STATES,
+            *UNDONE_STATES,
+        )
     ):
         why = _failed_reason(newest)
         if desired is None or desired.sha256 == actual_sha256:
@@ -77,13 +80,13 @@ def desired_state(
     if target is None:
         return doc
     if target.sha256 == actual_sha256:
-        doc.update(in_sync=True, reason=f"runs its desired model ({target.label or target.sha256[:12]})")
+        doc.update(
+            in_sync=True, reason=f"runs its desired model ({target.label or target.sha256[:12]})"
+        )
         return doc
     doc["in_sync"] = False
     if target.state == WAITING:
-        doc["reason"] = (
-            f"wave {target.wave} of rollout {target.rollout_id} has not started yet"
-        )
+        doc["reason"] = f"wave {target.wave} of rollout {target.rollout_id} has not started yet"
     elif target.state == PENDING and not online:
         doc["reason"] = (
             f"the device is offline (last seen {_ago(last_seen, now)}); the deploy is sent when "

@@ -288,7 +288,9 @@ class DeploymentStore:
             row = session.get(RolloutRow, rollout_id)
             return None if row is None else _columns(row, RolloutInfo)
 
-    def list_rollouts(self, *, open_only: bool = False, limit: int | None = None) -> list[RolloutInfo]:
+    def list_rollouts(
+        self, *, open_only: bool = False, limit: int | None = None
+    ) -> list[RolloutInfo]:
         with self.store.read() as session:
             query = select(RolloutRow).order_by(RolloutRow.created.desc())
             if open_only:

@@ -142,7 +142,6 @@ class Store:
             self.engine.url.render_as_string(hide_password=True) if hasattr(self, "engine") else "?"
         )
 
-
     @staticmethod
     def _make_engine(url: str, echo: bool) -> Engine:
         if url.startswith("sqlite"):

@@ -19,7 +19,7 @@ from host.fleet import Fleet
 from host.store import Store
 from host.store.campaigns import CampaignStore, CandidateInfo
 from shared.hashing import sha256_file
-from shared.messages import DeployCmd
+from shared.messages import DeployCmd, decode
 from shared.results import DeployResult, from_data
 from shared.signing import generate_key, save_private_key, save_public_key
 from tests.agents import AgentProcess
@@ -112,14 +112,15 @@ def test_signed_deploys_carry_growing_per_device_sequences_and_a_replayed_one_is
     ) as fleet:  # fmt: skip
         deployer = Deployer(fleet, health_runs=3, timeout_s=60.0)
         sent: list[DeployCmd] = []
-        fleet_send = fleet.send_command
+        fleet_publish = fleet.publish_command
 
-        def recording_send(device_id: str, body: object, **kw: object) -> object:
+        def recording_publish(device_id: str, name: str, payload: bytes) -> None:
+            body = decode(payload).body
             if isinstance(body, DeployCmd):
                 sent.append(body)
-            return fleet_send(device_id, body, **kw)  # type: ignore[arg-type]
+            fleet_publish(device_id, name, payload)
 
-        fleet.send_command = recording_send  # type: ignore[method-assign]
+        fleet.publish_command = recording_publish  # type: ignore[method-assign]
         first = deployer.deploy_one(DeployTarget("signed-a", digits_model.tflite))
         second = deployer.deploy_one(DeployTarget("signed-a", new_model))
         assert (first.outcome, second.outcome) == ("committed", "committed")
@@ -128,7 +129,7 @@ def test_signed_deploys_carry_growing_per_device_sequences_and_a_replayed_one_is
 
         # An attacker on the broker replays the first, validly signed, deploy.
         replay = msgspec.structs.replace(sent[0], deploy_id="replayed")
-        response = fleet_send("signed-a", replay).wait(60)
+        response = fleet.send_command("signed-a", replay).wait(60)
     assert response.status == "error" and response.error is not None
     assert response.error.code == "untrusted_manifest"
     assert "replay or rollback refused" in response.error.message

@@ -112,7 +112,9 @@ class FakeFleet:
         ]
 
     def msg_ids_to(self, device_id: str, name: str = "deploy") -> list[str]:
-        return [p.message.msg_id for p in self.published if p.device_id == device_id and p.name == name]
+        return [
+            p.message.msg_id for p in self.published if p.device_id == device_id and p.name == name
+        ]
 
 
 def builtins(obj: Any) -> Any:

@@ -52,7 +52,11 @@ def test_an_offline_device_gets_its_deploy_when_it_returns_and_its_wave_does_not
     )
     driver = DeploymentDriver(store, fleet)
     _drive(driver)
-    assert _states(store, rollout.rollout_id) == {"a": "committed", "b": "committed", "c": "pending"}
+    assert _states(store, rollout.rollout_id) == {
+        "a": "committed",
+        "b": "committed",
+        "c": "pending",
+    }
     assert fleet.deploys_to("c") == []
     assert DeploymentStore(store).get_rollout(rollout.rollout_id).status == "active"
 
