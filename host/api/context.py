@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from host.service.events import EventBus
+from host.api.live import EventBus
 from host.store import Store
 
 

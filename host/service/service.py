@@ -2,7 +2,7 @@
 
 Threads: paho's (host.fleet: registry, chunks, results stored as they arrive), the deployment
 driver's loop (host.deploy.driver), the campaign jobs' loop (host.service.campaigns), the event
-watcher (host.service.events), and uvicorn's event loop serving the FastAPI app (host.api). All
+watcher (host.api.live), and uvicorn's event loop serving the FastAPI app (host.api). All
 state is in the database: kill the process at any point and the next start carries on.
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from host.api import ApiContext, create_app
+from host.api.live import ChangeWatcher, EventBus
 from host.deploy.driver import DeploymentDriver, default_owner
 from host.service.campaigns import CampaignJobs
-from host.service.events import ChangeWatcher, EventBus
 from host.store import Store
 from host.store.service import ServiceStore
 from shared.broker_url import TlsOptions

@@ -18,8 +18,8 @@ from fastapi.testclient import TestClient
 from schemathesis.checks import not_a_server_error
 
 from host.api import ApiContext, create_app
+from host.api.live import ChangeWatcher
 from host.deploy import DeploymentDriver
-from host.service.events import ChangeWatcher
 from host.store import Store
 from host.store.campaigns import CampaignStore, CandidateInfo
 from host.store.service import ServiceStore

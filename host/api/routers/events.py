@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from host.api.deps import Ctx, Reader
 from host.api.errors import AUTH_ERRORS, ERRORS, ApiError
-from host.service.events import EVENT_TYPES
+from host.api.live import EVENT_TYPES
 
 router = APIRouter(tags=["events"])
 
