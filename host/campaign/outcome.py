@@ -72,7 +72,7 @@ def load_campaign(cstore: CampaignStore, campaign_id: str) -> Any:
     if campaign is None:
         known = ", ".join(c.campaign_id for c in cstore.list_campaigns()[-5:]) or "none"
         raise CampaignError(
-            f"no campaign {campaign_id!r} in the database {cstore.store._safe_url()}; recent "
+            f"no campaign {campaign_id!r} in the database {cstore.store.safe_url()}; recent "
             f"ones: {known}; pass the same --db the campaign used"
         )
     return campaign

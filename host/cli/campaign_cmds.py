@@ -24,6 +24,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from host.cli.client import ServerOpt, TokenOpt
 from host.cli.fleet_cmds import (
     DEFAULT_BROKER,
     BaseTopicOpt,
@@ -300,6 +301,8 @@ def campaign_cmd(
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
     signing_key: SigningKeyOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Compress a model into candidates, benchmark each on every target device, choose per device."""
     from host.campaign import CampaignSpec, parse_devices, run_campaign
@@ -308,6 +311,17 @@ def campaign_cmd(
     from host.store.campaigns import CampaignStore
 
     err = Console(stderr=True)
+    if server is not None:
+        _campaign_through(server, token, resume, campaign_id, as_json, err, {
+            "model": model, "data": data, "space": space, "devices": parse_devices(devices),
+            "constraints": list(constraint or ()), "objective": objective,
+            "formats": [f.strip() for f in formats.split(",") if f.strip()],
+            "pretrain_epochs": pretrain_epochs, "runs": runs, "min_s": min_s,
+            "threads": threads, "eval_limit": eval_limit, "job_timeout_s": job_timeout,
+            "retries": retries, "offline_deadline_s": offline_deadline,
+            "screen_margin": screen_margin,
+        })  # fmt: skip
+        return
     tls = TlsOptions(tls_ca, tls_cert, tls_key)
     with Store(db) as store:
         if resume is not None:
@@ -364,14 +378,62 @@ def campaign_cmd(
     )
 
 
+def _campaign_through(
+    server: str,
+    token: str | None,
+    resume: str | None,
+    campaign_id: str | None,
+    as_json: bool,
+    err: Console,
+    body: dict[str, Any],
+) -> None:
+    """`campaign --server`: queue it as a job of the service and follow it to its selection."""
+    from host.cli.client import ApiClient
+
+    client = ApiClient(server, token)
+    if resume is not None:
+        stored = client.get(f"/campaigns/{resume}")
+        body = {**stored["spec"], "campaign_id": resume}
+        body = {k: v for k, v in body.items() if k not in ("weights", "seed", "warmup_s")}
+    else:
+        if not body.get("model") or not body.get("data"):
+            raise ConfigError("campaign needs --model and --data (or --resume ID)")
+        body["campaign_id"] = campaign_id
+    created = client.post("/campaigns", json={k: v for k, v in body.items() if v is not None})
+    cid = created["campaign_id"]
+    err.log(f"campaign {cid} queued on {server}; following it (Ctrl-C leaves it running)")
+    shown = None
+    while True:
+        doc = client.get(f"/campaigns/{cid}")
+        line = f"{doc['status']} ({doc['job']}): {doc.get('progress', {}).get('message', '')}"
+        if line != shown:
+            err.log(line)
+            shown = line
+        if doc["job"] in ("done", "failed", "cancelled"):
+            break
+        time.sleep(1.0)
+    selection = client.get(f"/campaigns/{cid}/selection")
+    result = {**doc, "selection": selection["selection"]}
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+    else:
+        for device, sel in sorted(selection["selection"].items()):
+            Console().print(f"[bold]{device}[/]: {sel.get('candidate') or '-'}: {sel['reason']}")
+    if doc["job"] != "done":
+        raise typer.Exit(1)
+
+
 # --------------------------------------------------------------------------------------------------
 # status
 
 
 def fleet_status(store: Any, fleet: Any | None, last: int = 3) -> list[dict[str, Any]]:
     """Per device: online, active model, the last benchmark results (newest first)."""
+    from host.deploy import desired_state
     from host.store.campaigns import CampaignStore
+    from host.store.deployments import DeploymentStore
 
+    dstore = DeploymentStore(store)
     live = fleet.devices() if fleet is not None else {}
     known = {d.device_id: d for d in store.list_devices()}
     names: dict[str, str] = {}
@@ -425,9 +487,36 @@ def fleet_status(store: Any, fleet: Any | None, last: int = 3) -> list[dict[str,
                 if active
                 else None,
                 "last_results": results,
+                "state": desired_state(
+                    dstore, device_id, actual_sha256=active,
+                    online=bool(record.online) if record is not None else False,
+                    last_seen=stored.last_seen if stored else None,
+                ),
             }
-        )
+        )  # fmt: skip
     return rows
+
+
+def _desired_cell(state: dict[str, Any]) -> str:
+    desired = state.get("desired") or state.get("last_deploy")
+    if desired is None:
+        return "-"
+    mark = "[green]in sync[/]" if state["in_sync"] else "[yellow]differs[/]"
+    return f"{desired.get('label') or desired['sha256'][:12]} ({mark}): {state['reason']}"
+
+
+def _print_desired(rows: list[dict[str, Any]], title: str) -> None:
+    table = Table(title=title)
+    for column in ("device", "online", "active model", "desired"):
+        table.add_column(column)
+    for row in rows:
+        active = row.get("active_model") or {}
+        table.add_row(
+            row["device_id"], "[green]yes[/]" if row["online"] else "[red]no[/]",
+            active.get("label") or (active.get("sha256") or "-")[:12],
+            _desired_cell(row["state"]),
+        )  # fmt: skip
+    Console().print(table)
 
 
 def _struct(obj: Any) -> dict[str, Any]:
@@ -451,12 +540,23 @@ def status_cmd(
     tls_ca: TlsCaOpt = None,
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
-    """Fleet status: which devices are online, their active model and their last results."""
+    """Fleet status: online, active model, desired model and why they differ, last results."""
     from host.fleet import Fleet, FleetConnectionError
     from host.store import Store
 
     err = Console(stderr=True)
+    if server is not None:
+        from host.cli.client import ApiClient
+
+        served = ApiClient(server, token).get("/status")
+        if as_json:
+            typer.echo(json.dumps(served, indent=2, default=str))
+        else:
+            _print_desired(served, f"fleet of {server}")
+        return
     with Store(db) as store:
         fleet = None
         if not offline_ok:
@@ -478,7 +578,7 @@ def status_cmd(
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
     table = Table(title=f"fleet on {broker} ({base_topic})")
-    for column in ("device", "online", "tags", "active model", "last results"):
+    for column in ("device", "online", "tags", "active model", "desired", "last results"):
         table.add_column(column)
     for row in rows:
         active = row["active_model"]
@@ -487,6 +587,7 @@ def status_cmd(
             "[green]yes[/]" if row["online"] else "[red]no[/]",
             ", ".join(f"{k}={v}" for k, v in row["tags"].items()) or "-",
             "-" if not active else (active["candidate"] or active["sha256"][:12]),
+            _desired_cell(row["state"]),
             "\n".join(
                 f"{r['candidate'] or (r['model_sha256'] or '?')[:12]}: "
                 + (

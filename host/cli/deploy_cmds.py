@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from host.cli.client import ServerOpt, TokenOpt
 from host.cli.fleet_cmds import (
     DEFAULT_BROKER,
     BaseTopicOpt,
@@ -133,6 +134,8 @@ def deploy_cmd(
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
     signing_key: SigningKeyOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Make a model the active one on devices: health check, atomic switch, staged waves."""
     from host.deploy import Deployer, DeployTarget, parse_waves, targets_from_campaign
@@ -146,6 +149,16 @@ def deploy_cmd(
     if model is not None and not wanted:
         raise typer.BadParameter("--model needs --devices ID[,ID...]", param_hint="--devices")
     wave_spec = parse_waves(waves)
+    if server is not None:
+        _deploy_through(
+            server, token, campaign=campaign, model=model, eval_file=eval_file, devices=wanted,
+            body={"waves": waves, "max_failures": max_failures,
+                  "latency_budget_ms": latency_budget_ms, "min_metric": min_metric,
+                  "health_runs": health_runs, "timeout_s": timeout,
+                  "offline_grace_s": device_timeout},
+            grace_s=device_timeout, as_json=as_json,
+        )  # fmt: skip
+        return
     err = Console(stderr=True)
     tls = TlsOptions(tls_ca, tls_cert, tls_key)
     with Store(db) as store:
@@ -214,6 +227,8 @@ def rollback_cmd(
     tls_ca: TlsCaOpt = None,
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Restore the model a device ran before its last deploy."""
     from dataclasses import asdict
@@ -221,21 +236,83 @@ def rollback_cmd(
     from host.deploy import Deployer
     from host.store import Store
 
-    tls = TlsOptions(tls_ca, tls_cert, tls_key)
-    with Store(db) as store, _fleet(broker, base_topic, store, tls, None) as fleet:
-        deployer = Deployer(fleet, device_timeout_s=device_timeout)
-        outcome = deployer.rollback(device, deploy_id=deploy_id, reason=reason, timeout=timeout)
-    doc = asdict(outcome)
+    if server is not None:
+        from host.cli.client import ApiClient
+
+        doc = ApiClient(server, token, timeout=timeout + 30).post(
+            f"/devices/{device}/rollback",
+            json={"deploy_id": deploy_id, "reason": reason, "timeout_s": timeout},
+        )
+    else:
+        tls = TlsOptions(tls_ca, tls_cert, tls_key)
+        with Store(db) as store, _fleet(broker, base_topic, store, tls, None) as fleet:
+            deployer = Deployer(fleet, device_timeout_s=device_timeout)
+            outcome = deployer.rollback(device, deploy_id=deploy_id, reason=reason, timeout=timeout)
+        doc = asdict(outcome)
     if as_json:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-    elif outcome.outcome == "restored":
+    elif doc["outcome"] == "restored":
         Console().print(
-            f"[green]{device}: restored[/] {outcome.active_sha256 or '-'} "
-            f"(was {outcome.previous_sha256 or '-'})"
+            f"[green]{device}: restored[/] {doc.get('active_sha256') or '-'} "
+            f"(was {doc.get('previous_sha256') or '-'})"
         )
     else:
         Console(stderr=True).print(
-            f"[red]{device}: {outcome.outcome}[/] [{outcome.error_code}] {outcome.detail}"
+            f"[red]{device}: {doc['outcome']}[/] [{doc.get('error_code')}] {doc.get('detail')}"
         )
-    if outcome.outcome != "restored":
+    if doc["outcome"] != "restored":
+        raise typer.Exit(1)
+
+
+def _deploy_through(
+    server: str,
+    token: str | None,
+    *,
+    campaign: str | None,
+    model: Path | None,
+    eval_file: Path | None,
+    devices: list[str] | None,
+    body: dict[str, Any],
+    grace_s: float,
+    as_json: bool,
+) -> None:
+    """`deploy --server`: the rollout is created on the service, which drives it; this follows it
+    until every device answered or the rest waits on offline devices (the service goes on)."""
+    from host.cli.client import ApiClient
+
+    client = ApiClient(server, token)
+    if campaign is not None:
+        body["campaign_id"] = campaign
+        body["devices"] = devices
+    else:
+        if model is None:
+            raise typer.BadParameter("give --campaign ID or --model FILE", param_hint="--model")
+        body["sha256"] = client.upload(model)
+        body["devices"] = devices
+        if eval_file is not None:
+            body["eval_sha256"] = client.upload(eval_file)
+    created = client.post("/deployments", json={k: v for k, v in body.items() if v is not None})
+    err = Console(stderr=True)
+    err.log(f"rollout {created['rollout_id']} created on {server}; following it")
+    doc = client.follow_deployment(created["rollout_id"], grace_s)
+    online = {d["device_id"]: d["online"] for d in client.get("/devices")}
+    rows = []
+    for target in doc["devices"]:
+        outcome = target["state"]
+        if outcome in ("pending", "sent") and not online.get(target["device_id"]):
+            outcome = "offline"
+        rows.append({**target, "outcome": outcome})
+    result = {
+        "rollout_id": doc["rollout_id"], "status": doc["status"],
+        "ok": doc["status"] != "aborted" and all(r["outcome"] == "committed" for r in rows),
+        "aborted": doc["status"] == "aborted", "aborted_wave": doc["aborted_wave"],
+        "reason": doc["reason"], "waves": doc["waves"],
+        "skipped": [r["device_id"] for r in rows if r["outcome"] in ("skipped", "waiting")],
+        "devices": [r for r in rows if r["outcome"] not in ("skipped", "waiting")],
+    }  # fmt: skip
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        _print_rollout(result)
+    if not result["ok"]:
         raise typer.Exit(1)

@@ -91,11 +91,39 @@ def devices_cmd(
     tls_ca: TlsCaOpt = None,
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
+    server: Annotated[
+        str | None,
+        typer.Option("--server", help="URL of `edgetailor serve`: go through its API instead"),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", help="API token for --server (default: $EDGETAILOR_TOKEN)"),
+    ] = None,
 ) -> None:
     """List devices: the broker's retained birth/status messages, plus what the database knows."""
     from host.fleet.devices import DeviceRecord
     from host.store import Store
 
+    if server is not None:
+        from host.cli.client import ApiClient
+
+        served = ApiClient(server, token).get("/devices")
+        if as_json:
+            typer.echo(json.dumps(served, indent=2))
+            return
+        table = Table(title=f"devices of {server}")
+        for column in ("id", "online", "arch", "cores", "runtimes", "agent", "active model"):
+            table.add_column(column)
+        for row in served:
+            active = row.get("active_model") or {}
+            table.add_row(
+                row["device_id"], "[green]yes[/]" if row["online"] else "[red]no[/]",
+                str(row.get("arch") or "-"), str(row.get("cores") or "-"),
+                ", ".join(row.get("runtimes") or []) or "-", str(row.get("agent_version") or "-"),
+                active.get("label") or (active.get("sha256") or "-")[:12],
+            )  # fmt: skip
+        Console().print(table)
+        return
     tls = TlsOptions(tls_ca, tls_cert, tls_key)
     with Store(db) as store, _fleet(broker, base_topic, store, tls, None) as fleet:
         fleet.wait_synced(settle_s=wait)

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "host.cli.campaign_cmds",  # campaign, status, report, demo
     "host.cli.security_cmds",  # certs, keys
     "host.cli.deploy_cmds",  # deploy, rollback
+    "host.cli.service_cmds",  # serve
 )
 
 

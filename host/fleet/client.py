@@ -250,6 +250,11 @@ class Fleet:
             # NO_CONN: paho keeps the QoS 1 message and sends it after reconnecting.
             logger.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
 
+    def publish_command(self, device_id: str, name: str, payload: bytes) -> None:
+        """Publish a command envelope the caller built and recorded (host.deploy.driver sends the
+        same envelope again after a restart; the agent's journal runs it once)."""
+        self._publish(self.topics.cmd(check_device_id(device_id), name), payload)
+
     def _publish_chunk(self, sha256: str, frame: bytes) -> None:
         self._publish(self.topics.artifact_chunks(sha256), frame)
 
@@ -514,6 +519,13 @@ class Fleet:
                 handle._progress(response.data or {})
                 if self.store is not None:
                     self.store.update_job_status(handle.job_id, handle.stage)
+            elif self.store is not None and message.corr_id is not None:
+                # A job recorded by another part of the host (the deployment driver): its stage
+                # is read from the store.
+                stored = self.store.find_job_by_command(message.corr_id)
+                if stored is not None:
+                    stage = str((response.data or {}).get("stage", "progress"))[:16]
+                    self.store.update_job_status(stored.job_id, stage)
             return
         job_id = handle.job_id if handle is not None else None
         if job_id is None and self.store is not None and message.corr_id is not None:

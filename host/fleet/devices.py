@@ -25,6 +25,8 @@ class DeviceRecord:
     telemetry: Telemetry | None = None
     last_seen: float | None = None
     last_telemetry_at: float | None = None
+    # When the device last came online: a command published before that may have been lost.
+    online_since: float | None = None
 
     def runtimes(self) -> list[str]:
         return [f"{r.name} {r.version}" for r in self.birth.runtimes] if self.birth else []
@@ -60,7 +62,12 @@ class DeviceRegistry:
     def _update(self, device_id: str, **changes: Any) -> DeviceRecord:
         with self._changed:
             current = self._records.get(device_id, DeviceRecord(device_id))
-            record = replace(current, last_seen=time.time(), **changes)
+            now = time.time()
+            if changes.get("online") is True and not current.online:
+                changes["online_since"] = now
+            elif changes.get("online") is False:
+                changes["online_since"] = None
+            record = replace(current, last_seen=now, **changes)
             self._records[device_id] = record
             self._changed.notify_all()
             return record

@@ -144,7 +144,7 @@ class CampaignStore:
     # -- campaigns -----------------------------------------------------------------------------
     def create_campaign(self, campaign_id: str, spec: dict[str, Any]) -> CampaignInfo:
         now = time.time()
-        with self.store._lock, self.store._session() as session:
+        with self.store.transaction() as session:
             row = session.get(CampaignRow, campaign_id)
             if row is None:
                 row = CampaignRow(
@@ -160,12 +160,12 @@ class CampaignStore:
             return _columns(row, CampaignInfo)
 
     def get_campaign(self, campaign_id: str) -> CampaignInfo | None:
-        with self.store._session() as session:
+        with self.store.read() as session:
             row = session.get(CampaignRow, campaign_id)
             return None if row is None else _columns(row, CampaignInfo)
 
     def list_campaigns(self) -> list[CampaignInfo]:
-        with self.store._session() as session:
+        with self.store.read() as session:
             rows = session.scalars(select(CampaignRow).order_by(CampaignRow.created))
             return [_columns(row, CampaignInfo) for row in rows]
 
@@ -177,7 +177,7 @@ class CampaignStore:
         state: dict[str, Any] | None = None,
         selection: dict[str, Any] | None = None,
     ) -> None:
-        with self.store._lock, self.store._session() as session:
+        with self.store.transaction() as session:
             row = session.get(CampaignRow, campaign_id)
             if row is None:
                 return
@@ -191,7 +191,7 @@ class CampaignStore:
 
     # -- candidates ----------------------------------------------------------------------------
     def put_candidate(self, info: CandidateInfo) -> None:
-        with self.store._lock, self.store._session() as session:
+        with self.store.transaction() as session:
             session.merge(
                 CandidateRow(**{k: getattr(info, k) for k in CandidateInfo.__dataclass_fields__})
             )
@@ -199,14 +199,14 @@ class CampaignStore:
     def set_candidate_status(
         self, campaign_id: str, candidate_id: str, status: str, reason: str | None
     ) -> None:
-        with self.store._lock, self.store._session() as session:
+        with self.store.transaction() as session:
             row = session.get(CandidateRow, (campaign_id, candidate_id))
             if row is not None:
                 row.status = status
                 row.reason = reason
 
     def candidates(self, campaign_id: str) -> list[CandidateInfo]:
-        with self.store._session() as session:
+        with self.store.read() as session:
             query = (
                 select(CandidateRow)
                 .where(CandidateRow.campaign_id == campaign_id)
@@ -219,7 +219,7 @@ class CampaignStore:
         self, campaign_id: str, candidate_id: str, device_id: str, position: int
     ) -> None:
         """Create the (candidate, device) job as pending unless it exists (resume keeps its state)."""
-        with self.store._lock, self.store._session() as session:
+        with self.store.transaction() as session:
             if session.get(CampaignJobRow, (campaign_id, candidate_id, device_id)) is None:
                 session.add(
                     CampaignJobRow(
@@ -235,7 +235,7 @@ class CampaignStore:
                 )
 
     def jobs(self, campaign_id: str, device_id: str | None = None) -> list[CampaignJobInfo]:
-        with self.store._session() as session:
+        with self.store.read() as session:
             query = select(CampaignJobRow).where(CampaignJobRow.campaign_id == campaign_id)
             if device_id is not None:
                 query = query.where(CampaignJobRow.device_id == device_id)
@@ -245,7 +245,7 @@ class CampaignStore:
     def job_sent(
         self, campaign_id: str, candidate_id: str, device_id: str, fleet_job_id: str
     ) -> None:
-        with self.store._lock, self.store._session() as session:
+        with self.store.transaction() as session:
             row = session.get(CampaignJobRow, (campaign_id, candidate_id, device_id))
             if row is None:
                 return
@@ -265,7 +265,7 @@ class CampaignStore:
         row: dict[str, Any] | None = None,
         error: str | None = None,
     ) -> None:
-        with self.store._lock, self.store._session() as session:
+        with self.store.transaction() as session:
             job = session.get(CampaignJobRow, (campaign_id, candidate_id, device_id))
             if job is None:
                 return
@@ -276,7 +276,7 @@ class CampaignStore:
 
     def job_retry(self, campaign_id: str, candidate_id: str, device_id: str, error: str) -> None:
         """Back to pending after a failed attempt; the attempt count stays."""
-        with self.store._lock, self.store._session() as session:
+        with self.store.transaction() as session:
             job = session.get(CampaignJobRow, (campaign_id, candidate_id, device_id))
             if job is None:
                 return
@@ -288,12 +288,12 @@ class CampaignStore:
     # -- what devices hold ---------------------------------------------------------------------
     def mark_held(self, device_id: str, sha256s: list[str]) -> None:
         now = time.time()
-        with self.store._lock, self.store._session() as session:
+        with self.store.transaction() as session:
             for sha in sha256s:
                 session.merge(DeviceArtifactRow(device_id=device_id, sha256=sha, seen=now))
 
     def held(self, device_id: str) -> set[str]:
-        with self.store._session() as session:
+        with self.store.read() as session:
             query = select(DeviceArtifactRow.sha256).where(DeviceArtifactRow.device_id == device_id)
             return set(session.scalars(query))
 

@@ -4,6 +4,12 @@
 (``EDGETAILOR_DB`` overrides it). PostgreSQL works with ``postgresql+psycopg://user@host/db``.
 Every method opens its own short transaction, so a Store may be used from paho's network thread and
 the caller's thread at once. Reads return plain dataclasses, never live ORM objects.
+
+Other repositories on the same database (campaigns, deployments, the service's tables) use the
+public transaction API: ``with store.transaction() as session`` for a read-write transaction
+(serialised with this process's other writers, committed on exit, rolled back on an exception) and
+``with store.read() as session`` for reads. Nothing outside this module touches the engine's
+sessions or the writer lock directly.
 """
 
 from __future__ import annotations
@@ -108,7 +114,7 @@ class Store:
             ) from exc
         except OperationalError as exc:
             raise StoreError(
-                f"cannot open the database {self._safe_url()}: {exc.orig}; check that it is "
+                f"cannot open the database {self.safe_url()}: {exc.orig}; check that it is "
                 "running and the URL, user and password are right"
             ) from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -130,7 +136,8 @@ class Store:
                 time.sleep(0.05 * (attempt + 1))
         Base.metadata.create_all(self.engine)
 
-    def _safe_url(self) -> str:
+    def safe_url(self) -> str:
+        """The database URL with any password hidden, for messages a user reads."""
         return (
             self.engine.url.render_as_string(hide_password=True) if hasattr(self, "engine") else "?"
         )
@@ -176,12 +183,36 @@ class Store:
             session.commit()
         except OperationalError as exc:
             session.rollback()
-            raise StoreError(f"database {self._safe_url()} failed: {exc.orig}") from exc
+            raise StoreError(f"database {self.safe_url()} failed: {exc.orig}") from exc
         except BaseException:
             session.rollback()
             raise
         finally:
             session.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A read-write transaction: one writer of this process at a time (SQLite allows one writer;
+        the lock keeps paho's thread and the caller's from failing each other), committed when the
+        block ends, rolled back when it raises. A failing database becomes a StoreError."""
+        with self._lock, self._session() as session:
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for reads; it does not wait for this process's writers."""
+        with self._session() as session:
+            yield session
+
+    def write_retrying(self, write: Callable[[Session], None]) -> None:
+        """Run ``write`` in a transaction, once more when another process inserted the same key
+        between our read and our insert: the second pass sees the row and updates it."""
+        with self._lock:
+            self._retry_on_conflict(lambda: self._write_once(write))
+
+    def _write_once(self, write: Callable[[Session], None]) -> None:
+        with self._session() as session:
+            write(session)
 
     @staticmethod
     def _retry_on_conflict(write: Callable[[], None]) -> None:

@@ -19,7 +19,7 @@ from host.fleet import Fleet
 from host.store import Store
 from host.store.campaigns import CampaignStore, CandidateInfo
 from shared.hashing import sha256_file
-from shared.messages import DeployCmd
+from shared.messages import DeployCmd, decode
 from shared.results import DeployResult, from_data
 from shared.signing import generate_key, save_private_key, save_public_key
 from tests.agents import AgentProcess
@@ -73,7 +73,7 @@ def test_staged_rollout_aborts_on_a_failing_second_wave_rolls_it_back_and_skips_
             for d in devices
         ]
         result = deployer.rollout(targets, "1,50%,100%", max_failures=0)
-        stored = {row["device_id"]: row for row in deployer.dstore.deployments(result.rollout_id)}
+        stored = {t.device_id: t for t in deployer.dstore.targets(result.rollout_id)}
 
     assert result.waves == [["wave-a"], ["wave-b", "wave-c"], ["wave-d"]]
     assert result.aborted and result.aborted_wave == 2 and not result.ok
@@ -90,8 +90,9 @@ def test_staged_rollout_aborts_on_a_failing_second_wave_rolls_it_back_and_skips_
     for device in ("wave-b", "wave-c", "wave-d"):
         assert active_sha(agents[device]) == old_sha, device
     assert not (agents["wave-d"].data_dir / "releases" / new_sha).exists()
-    assert {d: r["outcome"] for d, r in stored.items()} == {
+    assert {d: t.state for d, t in stored.items()} == {
         "wave-a": "committed", "wave-b": "wave_rolled_back", "wave-c": "rolled_back",
+        "wave-d": "skipped",
     }  # fmt: skip
 
 
@@ -111,14 +112,15 @@ def test_signed_deploys_carry_growing_per_device_sequences_and_a_replayed_one_is
     ) as fleet:  # fmt: skip
         deployer = Deployer(fleet, health_runs=3, timeout_s=60.0)
         sent: list[DeployCmd] = []
-        fleet_send = fleet.send_command
+        fleet_publish = fleet.publish_command
 
-        def recording_send(device_id: str, body: object, **kw: object) -> object:
+        def recording_publish(device_id: str, name: str, payload: bytes) -> None:
+            body = decode(payload).body
             if isinstance(body, DeployCmd):
                 sent.append(body)
-            return fleet_send(device_id, body, **kw)  # type: ignore[arg-type]
+            fleet_publish(device_id, name, payload)
 
-        fleet.send_command = recording_send  # type: ignore[method-assign]
+        fleet.publish_command = recording_publish  # type: ignore[method-assign]
         first = deployer.deploy_one(DeployTarget("signed-a", digits_model.tflite))
         second = deployer.deploy_one(DeployTarget("signed-a", new_model))
         assert (first.outcome, second.outcome) == ("committed", "committed")
@@ -127,7 +129,7 @@ def test_signed_deploys_carry_growing_per_device_sequences_and_a_replayed_one_is
 
         # An attacker on the broker replays the first, validly signed, deploy.
         replay = msgspec.structs.replace(sent[0], deploy_id="replayed")
-        response = fleet_send("signed-a", replay).wait(60)
+        response = fleet.send_command("signed-a", replay).wait(60)
     assert response.status == "error" and response.error is not None
     assert response.error.code == "untrusted_manifest"
     assert "replay or rollback refused" in response.error.message

@@ -9,7 +9,7 @@ import pytest
 
 from host.deploy import (
     DeployError,
-    DeployStore,
+    DeploymentStore,
     parse_waves,
     plan_waves,
     targets_from_campaign,
@@ -42,12 +42,12 @@ def test_bad_wave_specs_are_refused_with_an_example(text: str) -> None:
 def test_sequences_grow_per_device_and_survive_reopening_the_store(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     with Store(url) as store:
-        dstore = DeployStore(store)
+        dstore = DeploymentStore(store)
         first, second = dstore.next_sequence("pi-1"), dstore.next_sequence("pi-1")
         other = dstore.next_sequence("pi-2")
     assert second > first and other >= 1
     with Store(url) as store:
-        assert DeployStore(store).next_sequence("pi-1") > second
+        assert DeploymentStore(store).next_sequence("pi-1") > second
 
 
 def _campaign(store: Store, tmp_path: Path, *, selection: dict | None) -> str:
@@ -110,7 +110,8 @@ def test_a_device_whose_deploy_cannot_be_sent_fails_alone_and_the_wave_is_still_
     from shared.manifest import ArtifactManifest
 
     manifest = ArtifactManifest(sha256="ab" * 32, size_bytes=10, format="tflite", precision="fp32")
-    fleet = Fleet("mqtt://127.0.0.1:1")  # never connected: every device reads as offline
+    # Never connected: every device reads as offline.
+    fleet = Fleet("mqtt://127.0.0.1:1", store=f"sqlite:///{tmp_path / 'db.sqlite'}")
     deployer = Deployer(fleet, device_timeout_s=0.05)
     targets = [
         DeployTarget("pi-1", tmp_path / "model.tflite", manifest=manifest),
@@ -121,3 +122,6 @@ def test_a_device_whose_deploy_cannot_be_sent_fails_alone_and_the_wave_is_still_
     assert outcomes["pi-1"].outcome == "offline"
     assert outcomes["pi-2"].outcome == "failed" and outcomes["pi-2"].error_code == "not_sent"
     assert "missing.tflite" in outcomes["pi-2"].detail
+    # The offline device's deploy is kept as desired state for when it comes back.
+    [kept] = deployer.dstore.targets(result.rollout_id, device_id="pi-1")
+    assert kept.state == "pending" and kept.sequence is None

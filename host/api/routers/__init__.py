@@ -1,0 +1,2 @@
+"""One router per domain: devices (and fleet status), artifacts, campaigns, deployments, events,
+metrics."""

@@ -1,0 +1,60 @@
+"""``edgetailor serve``: the host as a service (fleet side, deployments, campaigns, REST API)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from host.cli.fleet_cmds import (
+    DEFAULT_BROKER,
+    BaseTopicOpt,
+    BrokerOpt,
+    DbOpt,
+    SigningKeyOpt,
+    TlsCaOpt,
+    TlsCertOpt,
+    TlsKeyOpt,
+)
+from host.cli.main import app
+from shared.broker_url import TlsOptions
+from shared.topics import DEFAULT_BASE
+
+logger = logging.getLogger(__name__)
+
+
+@app.command("serve")
+def serve_cmd(
+    broker: BrokerOpt = DEFAULT_BROKER,
+    db: DbOpt = None,
+    host: Annotated[str, typer.Option("--host", help="address the API listens on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port of the API")] = 8000,
+    base_topic: BaseTopicOpt = DEFAULT_BASE,
+    new_token: Annotated[
+        bool, typer.Option("--new-token", help="replace the API token (printed once)")
+    ] = False,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="debug, info, warning or error")
+    ] = "info",
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    signing_key: SigningKeyOpt = None,
+) -> None:
+    """Run the fleet side, deployments, campaign jobs and the REST API in one process."""
+    from host.security import edgetailor_home
+    from host.service.service import Service, ServiceConfig
+
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
+    logging.getLogger().setLevel(level)
+    service = Service(
+        ServiceConfig(
+            broker=broker, db=db, host=host, port=port, base_topic=base_topic,
+            tls=TlsOptions(tls_ca, tls_cert, tls_key), signing_key=signing_key,
+            home=edgetailor_home(), new_token=new_token, log_level=log_level.lower(),
+        )
+    )  # fmt: skip
+    service.serve()

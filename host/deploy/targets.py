@@ -1,0 +1,129 @@
+"""What to deploy where: targets given directly, or from a campaign's stored selection."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from host.errors import HostError
+from shared.manifest import ArtifactManifest
+
+if TYPE_CHECKING:
+    from host.store import Store
+
+
+class DeployError(HostError):
+    """A deploy or rollout cannot start: unknown campaign, no selection, bad waves, ..."""
+
+
+@dataclass(frozen=True)
+class DeployTarget:
+    """One device and the artifact it should run, with the bar its health check must clear."""
+
+    device_id: str
+    artifact: Path
+    manifest: ArtifactManifest | None = None
+    eval_path: Path | None = None
+    eval_manifest: ArtifactManifest | None = None
+    latency_budget_ms: float | None = None
+    min_metric: float | None = None
+    label: str = ""  # e.g. the campaign candidate id
+
+
+def _latency_bound(constraints: Sequence[str]) -> float | None:
+    """The tightest ``latency_p90_ms<=X`` (or ``<``) bound among a campaign's constraints."""
+    bounds = []
+    for text in constraints:
+        match = re.match(r"^\s*latency_p90_ms\s*<=?\s*([0-9.eE+-]+)\s*$", text)
+        if match:
+            try:
+                bounds.append(float(match.group(1)))
+            except ValueError:
+                continue
+    return min(bounds) if bounds else None
+
+
+def targets_from_selection(
+    selection: Mapping[str, Mapping[str, Any]],
+    candidates: Sequence[Mapping[str, Any]],
+    *,
+    eval_path: Path | None = None,
+    constraints: Sequence[str] = (),
+    devices: Sequence[str] | None = None,
+    latency_budget_ms: float | None = None,
+    min_metric: float | None = None,
+) -> list[DeployTarget]:
+    """One target per selected device: its chosen candidate's file, the campaign's eval set.
+
+    The latency budget is ``latency_budget_ms`` when given, else the campaign's p90 constraint.
+    """
+    by_id = {str(c.get("id") or c.get("candidate_id")): c for c in candidates}
+    budget = latency_budget_ms if latency_budget_ms is not None else _latency_bound(constraints)
+    wanted = list(devices) if devices else sorted(selection)
+    targets = []
+    for device in wanted:
+        choice = selection.get(device)
+        if choice is None:
+            raise DeployError(
+                f"device {device!r} has no selection in this campaign; selected devices: "
+                f"{', '.join(sorted(selection)) or 'none'}"
+            )
+        candidate_id = choice.get("candidate")
+        if not candidate_id:
+            raise DeployError(
+                f"no candidate met the constraints on {device} ({choice.get('reason', '')}); "
+                "relax the constraints or leave the device out with --devices"
+            )
+        candidate = by_id.get(str(candidate_id))
+        path = Path(candidate["path"]) if candidate and candidate.get("path") else None
+        if path is None or not path.is_file():
+            raise DeployError(
+                f"the artifact of candidate {candidate_id} for {device} is missing ({path}); "
+                "resume the campaign to rebuild it"
+            )
+        targets.append(DeployTarget(
+            device_id=device, artifact=path,
+            eval_path=eval_path if eval_path is not None and eval_path.is_file() else None,
+            latency_budget_ms=budget, min_metric=min_metric, label=str(candidate_id),
+        ))  # fmt: skip
+    return targets
+
+
+def targets_from_campaign(
+    store: Store,
+    campaign_id: str,
+    *,
+    devices: Sequence[str] | None = None,
+    latency_budget_ms: float | None = None,
+    min_metric: float | None = None,
+) -> list[DeployTarget]:
+    """Targets from the selection a finished campaign stored in the database."""
+    from host.store.campaigns import CampaignStore
+
+    cstore = CampaignStore(store)
+    campaign = cstore.get_campaign(campaign_id)
+    if campaign is None:
+        known = ", ".join(c.campaign_id for c in cstore.list_campaigns()[-5:]) or "none"
+        raise DeployError(
+            f"no campaign {campaign_id!r} in the database {store.safe_url()}; recent ones: "
+            f"{known}; pass the same --db the campaign used"
+        )
+    if not campaign.selection:
+        raise DeployError(
+            f"campaign {campaign_id} has no selection yet (status {campaign.status}); finish it "
+            f"with `edgetailor campaign --resume {campaign_id}` first"
+        )
+    candidates = [
+        {"id": c.candidate_id, "path": c.path, "sha256": c.sha256}
+        for c in cstore.candidates(campaign_id)
+    ]
+    work_dir = campaign.state.get("work_dir")
+    return targets_from_selection(
+        campaign.selection, candidates,
+        eval_path=Path(work_dir) / "eval.npz" if work_dir else None,
+        constraints=campaign.spec.get("constraints") or (), devices=devices,
+        latency_budget_ms=latency_budget_ms, min_metric=min_metric,
+    )  # fmt: skip

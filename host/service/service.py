@@ -1,0 +1,137 @@
+"""``edgetailor serve``: one process with the fleet side and the API.
+
+Threads: paho's (host.fleet: registry, chunks, results stored as they arrive), the deployment
+driver's loop (host.deploy.driver), the campaign jobs' loop (host.service.campaigns), the event
+watcher (host.api.live), and uvicorn's event loop serving the FastAPI app (host.api). All
+state is in the database: kill the process at any point and the next start carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from host.api import ApiContext, create_app
+from host.api.live import ChangeWatcher, EventBus
+from host.deploy.driver import DeploymentDriver, default_owner
+from host.service.campaigns import CampaignJobs
+from host.store import Store
+from host.store.service import ServiceStore
+from shared.broker_url import TlsOptions
+
+logger = logging.getLogger(__name__)
+
+DRIVER_POLL_S = 0.5
+
+
+@dataclass
+class ServiceConfig:
+    broker: str
+    db: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    base_topic: str = "edgetailor"
+    tls: TlsOptions | None = None
+    signing_key: Any = None
+    home: Path = Path("~/.edgetailor")
+    new_token: bool = False
+    log_level: str = "info"
+
+
+class Service:
+    """Starts the fleet side and the background loops; :meth:`serve` runs the API until stopped."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        from host.fleet import Fleet
+
+        self.config = config
+        self.owner = default_owner()
+        self.store = Store(config.db)
+        self.home = config.home.expanduser()
+        self.fleet = Fleet(
+            config.broker, config.base_topic, store=self.store, tls=config.tls,
+            signing_key=config.signing_key, client_id=f"edgetailor-serve-{self.owner}"[:64],
+        )  # fmt: skip
+        self.bus = EventBus()
+        self.driver = DeploymentDriver(self.store, self.fleet, owner=self.owner)
+        self.campaigns = CampaignJobs(self.store, self.fleet, self.owner)
+        self.watcher = ChangeWatcher(self.store, self.bus)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.ctx = ApiContext(
+            store=self.store, artifact_dir=self.home / "artifacts", fleet=self.fleet,
+            bus=self.bus, work_root=self.home / "campaigns",
+        )  # fmt: skip
+        self.app = create_app(self.ctx)
+
+    def ensure_token(self) -> str | None:
+        """Make the API token on the first start (or when asked); it is printed once, here."""
+        sstore = ServiceStore(self.store)
+        if sstore.has_token() and not self.config.new_token:
+            return None
+        token = sstore.new_token(revoke_others=self.config.new_token)
+        sys.stderr.write(
+            "\nAPI token (shown this once; the database keeps only its hash):\n"
+            f"    {token}\n"
+            "Give it to clients as `--token` or EDGETAILOR_TOKEN; `edgetailor serve --new-token` "
+            "replaces it.\n\n"
+        )
+        sys.stderr.flush()
+        return token
+
+    def start(self) -> None:
+        self.ensure_token()
+        self.fleet.connect()
+        self.fleet.wait_synced(settle_s=0.5)
+        for name, target in (
+            ("deploy-driver", self._drive_forever),
+            ("campaign-jobs", self.campaigns.run_forever),
+            ("event-watcher", self.watcher.run_forever),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        logger.info("service %s started on %s", self.owner, self.fleet.address)
+
+    def _drive_forever(self) -> None:
+        while not self._stop.wait(DRIVER_POLL_S):
+            try:
+                self.driver.step()
+            except Exception:  # the loop outlives any one bad pass
+                logger.exception("deployment driver pass failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.campaigns.stop()
+        self.watcher.stop()
+        for thread in self._threads:
+            if thread.name != "campaign-jobs":
+                thread.join(timeout=5)
+        self.fleet.close()
+        self.store.close()
+
+    def serve(self) -> None:
+        """Start, run the API with uvicorn until SIGINT/SIGTERM, stop."""
+        import uvicorn
+
+        self.start()
+        server = uvicorn.Server(
+            uvicorn.Config(
+                self.app, host=self.config.host, port=self.config.port,
+                log_level=self.config.log_level, access_log=False,
+            )
+        )  # fmt: skip
+        sys.stderr.write(
+            f"edgetailor serve: API on http://{self.config.host}:{self.config.port}"
+            f" (OpenAPI at /docs), fleet on {self.fleet.address}, database "
+            f"{self.store.safe_url()}\n"
+        )
+        sys.stderr.flush()
+        try:
+            server.run()
+        finally:
+            self.stop()
