@@ -192,6 +192,34 @@ def score_user_metric(
     )
 
 
+def user_metric_drop_interval(
+    metric: UserMetric,
+    baseline_outputs: Any,
+    outputs: Any,
+    labels: np.ndarray | None,
+    reference: np.ndarray | None,
+    *,
+    resamples: int = USER_METRIC_RESAMPLES,
+) -> tuple[float, float] | None:
+    """95% bootstrap interval of metric(baseline) - metric(candidate), both on the same resampled
+    eval samples: far narrower than the two intervals side by side."""
+    target = labels if labels is not None else reference
+    if target is None:
+        return None
+    target_arr = np.asarray(target)
+
+    def drop(idx: np.ndarray) -> float:
+        try:
+            return metric(_take(baseline_outputs, idx), target_arr[idx]) - metric(
+                _take(outputs, idx), target_arr[idx]
+            )
+        except DataError:
+            return math.nan
+
+    low, high = scoring.bootstrap_interval(drop, len(target_arr), resamples=resamples)
+    return None if math.isnan(low) or math.isnan(high) else (low, high)
+
+
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
     """Mean per-sample cosine similarity; two all-zero rows count as identical."""
     return scoring.cosine(a, b)
@@ -203,24 +231,36 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def predict(module: nn.Module, split: Split, batch_size: int = 256) -> np.ndarray:
-    """Outputs of ``module`` on every sample of ``split`` (float32 numpy, on the module's device)."""
+    """Outputs of ``module`` on every sample of ``split`` (float32 numpy, on the module's device);
+    the first output of a model that returns several."""
+    return predict_all(module, split, batch_size)[0]
+
+
+def predict_all(module: nn.Module, split: Split, batch_size: int = 256) -> list[np.ndarray]:
+    """Every output of ``module`` on every sample of ``split`` (float32 numpy)."""
     import torch
 
     device = _device_of(module)
     was_training = module.training
     module.eval()
-    outs = []
+    outs: list[list[np.ndarray]] = []
     try:
         with torch.no_grad():
             for inputs, _ in split.batches(batch_size):
                 tensors = [to_tensor(a, device) for a in inputs]
                 out = module(*tensors)
-                if isinstance(out, (tuple, list)):
-                    out = out[0]
-                outs.append(out.detach().float().cpu().numpy())
+                parts = list(out) if isinstance(out, (tuple, list)) else [out]
+                outs.append([p.detach().float().cpu().numpy() for p in parts])
     finally:
         module.train(was_training)
-    return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+    if not outs:
+        return [np.zeros((0,), np.float32)]
+    return [np.concatenate(group) for group in zip(*outs, strict=True)]
+
+
+def user_outputs(outputs: Sequence[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """What a user metric receives: the output array, or the list of them for several outputs."""
+    return outputs[0] if len(outputs) == 1 else list(outputs)
 
 
 def to_tensor(array: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -277,8 +317,11 @@ __all__ = [
     "load_metric",
     "pick_metric",
     "predict",
+    "predict_all",
     "relative_error",
     "score_outputs",
     "score_user_metric",
     "to_tensor",
+    "user_metric_drop_interval",
+    "user_outputs",
 ]

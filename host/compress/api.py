@@ -199,10 +199,11 @@ def resolve_task(
         f"task {guess} (guessed: {why}); if that is wrong, pass --task "
         "classification|embedding|regression or give 'task' in the model factory's info dict"
     )
-    logger.warning("%s", note)
+    logger.info("%s", note)
+    settled = {"task": guess, "task_inferred": False}
     if guess != bundle.task:
-        bundle = dataclasses.replace(bundle, task=guess, num_classes=None)
-    return bundle, note
+        settled["num_classes"] = None
+    return dataclasses.replace(bundle, **settled), note
 
 
 def prepare_baseline(
@@ -369,14 +370,16 @@ def _compress(
     eval_samples: int | None,
 ) -> CompressResult:
     from host.data import write_eval_npz
-    from host.export import ExportConfig, export, measure_latency, run_artifact
+    from host.export import ExportConfig, export, measure_latency, run_artifact_all
     from host.metrics import (
         count_macs,
         count_params,
         load_metric,
         predict,
+        predict_all,
         score_outputs,
         score_user_metric,
+        user_outputs,
     )
 
     recipe = resolve_recipe(recipe)
@@ -403,7 +406,8 @@ def _compress(
     if user_metric is not None and evaluate:
         # A metric that cannot score the uncompressed model's outputs fails here, not after the
         # compression.
-        score_user_metric(user_metric, predict(bundle.module, split), split.labels, reference)
+        target = split.labels if split.labels is not None else reference
+        user_metric(user_outputs(predict_all(bundle.module, split)), target)
     started = time.perf_counter()
     candidate, ctx = apply_recipe(bundle, dataset, recipe, progress=progress, seed=seed)
     metrics: dict[str, Any] = {"params": count_params(candidate.module)}
@@ -444,12 +448,14 @@ def _compress(
             "precision": artifact.manifest.precision,
         }
         if evaluate:
-            outputs = run_artifact(artifact.path, split)
-            scored = score_outputs(outputs, split.labels, reference, candidate.task)
+            every = run_artifact_all(artifact.path, split)
+            scored = score_outputs(every[0], split.labels, reference, candidate.task)
             entry.update(_metric_entry(scored))
             extra = _manifest_metrics(scored, "host", warnings)
             if user_metric is not None:
-                custom = score_user_metric(user_metric, outputs, split.labels, reference)
+                custom = score_user_metric(
+                    user_metric, user_outputs(every), split.labels, reference
+                )
                 entry["user_metric"] = _metric_entry(custom)
                 extra.update(_manifest_metrics(custom, "user", []))
             artifact = _with_metrics(artifact, extra)

@@ -175,9 +175,7 @@ def _call(factory: Callable[..., Any], kwargs: dict[str, Any], spec: str) -> Any
     except ModelSpecError:
         raise
     except Exception as exc:  # user code: whatever it raises is the user's to fix, in one line
-        raise ModelSpecError(
-            f"model factory {spec!r} failed: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise ModelSpecError(f"model factory {spec!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _to_bundle(result: Any, spec: str, kwargs: dict[str, Any]) -> ModelBundle:
