@@ -777,7 +777,11 @@ def _short(text: str, limit: int = 80) -> str:
 
 
 def _choice_phrase(
-    chosen: ResultRow, objective: Objective, feasible: list[ResultRow], tied: list[ResultRow]
+    chosen: ResultRow,
+    objective: Objective,
+    feasible: list[ResultRow],
+    tied: list[ResultRow],
+    pool: str | None = None,
 ) -> str:
     spec = objective.spec
     primary = FIGURES.get(spec.primary)
@@ -795,7 +799,12 @@ def _choice_phrase(
         else:
             shown = primary.format(value)
         what = f"{spec.phrase} {label} ({shown})"
-    text = f"{chosen.candidate} chosen: {what} among {_plural(len(feasible), 'feasible candidate')}"
+    among = (
+        _plural(len(feasible), "feasible candidate")
+        if pool is None
+        else (f"{_plural(len(feasible))} {pool}")
+    )
+    text = f"{chosen.candidate} chosen: {what} among {among}"
     if len(tied) > 1:
         others = ", ".join(r.candidate for r in tied if r is not chosen)
         within = f" within {objective.epsilon:g}" if objective.epsilon > 0 else ""
@@ -900,13 +909,18 @@ def _select_device(
     if feasible:
         ordered, tied = objective.rank(feasible)
         chosen = ordered[0]
-        head = _choice_phrase(chosen, objective, feasible, tied)
         if basis == "point":
-            head = (
-                "no candidate clearly meets every constraint (95% intervals); "
-                + head
-                + " that meet them on the point estimate, not clearly"
+            head = "no candidate clearly meets every constraint (on its 95% interval); " + (
+                _choice_phrase(
+                    chosen,
+                    objective,
+                    feasible,
+                    tied,
+                    "that meet them on the point estimate only",
+                )
             )
+        else:
+            head = _choice_phrase(chosen, objective, feasible, tied)
     elif ok:
         missing = [r for r in ok if r.candidate in broken]
         miss_row = min(

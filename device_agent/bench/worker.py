@@ -201,9 +201,9 @@ def describe_feeds(model: LoadedModel, feeds: list[Any]) -> str:
         if value.size == 0:
             span = "empty"
         elif np.all(value == value.reshape(-1)[0]):
-            span = f"all {value.reshape(-1)[0]!r}"
+            span = f"all {value.reshape(-1)[0].item()!r}"
         else:
-            span = f"in [{value.min()!r}, {value.max()!r}]"
+            span = f"in [{value.min().item()!r}, {value.max().item()!r}]"
         parts.append(f"x{arg} {value.dtype}{list(value.shape)} {span}")
     return ", ".join(parts)
 
