@@ -261,7 +261,13 @@ def _evaluate(
     from shared import scoring
 
     run = EvalRun(model, path, limit)
+    # Eval files written before tasks were recorded were always scored as a classifier's.
     task = task or run.task or "classification"
+    if task not in scoring.TASKS:
+        raise JobError(
+            "eval_data_invalid",
+            f"the eval data names task {task!r}; use one of {', '.join(scoring.TASKS)}",
+        )
     first_outputs: list[Any] = []
     kept: list[list[Any]] = [[] for _ in model.outputs] if outputs_path else []
     first_feeds: list[Any] | None = None
