@@ -170,7 +170,13 @@ def _print_result(result: BenchmarkResult, device_id: str) -> None:
         ("peak RSS (worker)", f"{result.peak_rss_mb:.1f} MB"),
     ]
     if result.metric is not None and result.metric_value is not None:
-        rows.append((result.metric, f"{result.metric_value:.4f} on {result.eval_samples} samples"))
+        interval = result.metric_interval
+        shown = f"{result.metric_value:.4f}"
+        if interval:
+            shown += f" [{interval[0]:.4f}, {interval[1]:.4f}]"
+        rows.append((result.metric, f"{shown} on {result.eval_samples} samples ({result.task})"))
+    for warning in result.eval_warnings:
+        rows.append(("eval set warning", warning))
     for transfer in result.transfers:
         how = (
             "already stored"
@@ -200,6 +206,14 @@ def bench_cmd(
         int | None,
         typer.Option(
             "--threads", min=1, help="runtime threads on the device (default: the agent's)"
+        ),
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            help="score the eval file as classification, embedding or regression "
+            "(default: the task the file names)",
         ),
     ] = None,
     runs: Annotated[
@@ -242,7 +256,7 @@ def bench_cmd(
 
         job = fleet.submit_benchmark(
             device, model, eval_path=eval_file, threads=threads, runs=runs, timeout_s=timeout,
-            device_timeout_s=device_timeout, on_progress=progress,
+            device_timeout_s=device_timeout, on_progress=progress, task=task,
         )  # fmt: skip
         status.update(f"{device}: sent job {job.job_id}")
         try:

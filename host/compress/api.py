@@ -140,7 +140,7 @@ def check_data_fits(bundle: ModelBundle, data: DataSet) -> None:
             f"array(s); give x (one input) or x0, x1, ... (one per input)"
         )
     try:
-        predict(bundle.module, sample)
+        outputs = predict(bundle.module, sample)
     except Exception as exc:
         wanted = ", ".join(
             f"{tuple(t.shape[1:])} {str(t.dtype).removeprefix('torch.')}" for t in examples
@@ -151,6 +151,14 @@ def check_data_fits(bundle: ModelBundle, data: DataSet) -> None:
             f"{bundle.name} fails on --data: it expects per-sample input(s) {wanted}, the data "
             f"has {given} ({type(exc).__name__}: {first})"
         ) from exc
+    classes = data.num_classes
+    width = int(outputs.reshape(len(outputs), -1).shape[1]) if len(outputs) else 0
+    if bundle.task == "classification" and classes is not None and classes > width > 1:
+        raise DataError(
+            f"--data has labels up to {classes - 1} but {bundle.name} scores {width} classes; "
+            f"build the model with num_classes={classes} (e.g. '{bundle.factory}?num_classes="
+            f"{classes}' when its factory takes it)"
+        )
 
 
 def resolve_task(
@@ -239,17 +247,24 @@ def prepare_baseline(
                 "torch.save(model.state_dict(), path) from the same architecture"
             ) from exc
     if epochs > 0:
-        module = fit(
-            copy.deepcopy(module),
-            data,
-            epochs,
-            lr,
-            seed=seed,
-            task=bundle.task,
-            progress=(lambda label, frac: progress(f"pretrain {label}", frac))
-            if progress
-            else None,
-        )
+        try:
+            module = fit(
+                copy.deepcopy(module),
+                data,
+                epochs,
+                lr,
+                seed=seed,
+                task=bundle.task,
+                progress=(lambda label, frac: progress(f"pretrain {label}", frac))
+                if progress
+                else None,
+            )
+        except (CompressionError, ConfigError):
+            raise
+        except Exception as exc:
+            raise CompressionError(
+                f"training {bundle.name} on the data failed: {type(exc).__name__}: {exc}"
+            ) from exc
         module = module.cpu().eval()
     if module is bundle.module:
         return bundle
