@@ -255,3 +255,18 @@ def test_a_small_eval_set_is_warned_about_in_the_output_and_the_manifest(tmp_pat
     assert manifest["metrics"]["user_metric"] == "negative_distance"
     with np.load(out / "eval.npz", allow_pickle=False) as eval_data:
         assert str(eval_data["task"][0]) == "embedding" and len(eval_data["ref"]) == 2
+
+
+def test_labels_past_the_models_classes_are_one_line_exit_2(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([
+            "compress", "--model", "builtin:digits_cnn?num_classes=4", "--data", "builtin:digits",
+            "--recipe", "baseline", "--out", str(tmp_path / "out"), "--pretrain-epochs", "1",
+        ])  # fmt: skip
+    err = capfd.readouterr().err
+    assert exit_info.value.code == 2
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert "labels up to 9" in line and "scores 4 classes" in line and "num_classes=10" in line
+    assert not (tmp_path / "out").exists()
