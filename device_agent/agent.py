@@ -51,6 +51,7 @@ from shared.errors import (
 )
 from shared.manifest import ArtifactManifest
 from shared.messages import (
+    OUTPUTS_LIMIT_BYTES,
     AckCmd,
     BenchmarkCmd,
     Body,
@@ -67,7 +68,14 @@ from shared.messages import (
     new_msg_id,
     peek_ids,
 )
-from shared.results import BenchmarkResult, TransferStats, from_data, to_data
+from shared.results import (
+    BenchmarkResult,
+    OutputsRef,
+    TransferStats,
+    from_data,
+    split_outputs,
+    to_data,
+)
 from shared.topics import STATUS_OFFLINE, STATUS_ONLINE, Topics
 
 logger = logging.getLogger(__name__)
@@ -590,12 +598,18 @@ class Agent:
                 "model_sha256": cmd.model.sha256,
                 "eval_path": str(eval_path) if eval_path else None,
                 "eval_limit": cmd.eval_limit,
+                "task": cmd.task,
                 "threads": cmd.threads or self.config.threads,
                 "warmup_runs": cmd.warmup_runs,
                 "warmup_s": cmd.warmup_s,
                 "runs": cmd.runs,
                 "min_s": cmd.min_s,
             }
+            outputs_path = work_dir / "outputs.npz"
+            if cmd.return_outputs:
+                worker_job["outputs_path"] = str(outputs_path)
+                # Room for the npz headers around the arrays.
+                worker_job["max_outputs_bytes"] = OUTPUTS_LIMIT_BYTES - 64 * 1024
             raw = run_worker(
                 worker_job,
                 work_dir,
@@ -604,6 +618,8 @@ class Agent:
                 cancelled=job.cancelled,
             )
             raw["transfers"] = [to_data(t) for t in transfers]
+            if cmd.return_outputs:
+                raw["outputs"] = to_data(self._send_outputs(job, outputs_path))
             result = from_data(raw, BenchmarkResult)
             logger.info("job %s done: p50 %.3f ms", cmd.job_id, result.latency_ms.p50)
             return Response(status="ok", data=to_data(result))
@@ -620,6 +636,25 @@ class Agent:
             return _error(cmd.job_id, "internal_error", f"{type(exc).__name__}: {exc}")
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
+
+    def _send_outputs(self, job: Job, path: Path) -> OutputsRef:
+        """The raw eval outputs go out in parts, through the outbox, before the result naming them."""
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise JobError("outputs_missing", f"the worker wrote no eval outputs: {exc}") from exc
+        try:
+            ref, parts = split_outputs(job.job_id, data)
+        except ValidationError as exc:
+            raise JobError("outputs_too_large", str(exc)) from exc
+        topic = self.topics.resp(self.device_id, job.name)
+        for part in parts:
+            msg_id = new_msg_id()
+            payload = encode(part, device_id=self.device_id, msg_id=msg_id)
+            # No corr_id: only the final response of a command marks it done after a restart.
+            self.outbox.put(msg_id, topic, payload, corr_id=None, job_id=job.job_id)
+            self.client.publish(topic, payload, qos=QOS)
+        return ref
 
     def _progress(self, job: Job, stage: str) -> None:
         self._respond(

@@ -1,20 +1,31 @@
-"""Model metrics: accuracy, fidelity to the uncompressed model, parameter and MAC counts.
+"""Model metrics: accuracy, fidelity to the uncompressed model, user metrics, params and MACs.
 
-The metric depends on the task and on what is known: top-1 ``accuracy`` when labels exist for a
-classifier; otherwise fidelity to the uncompressed model's outputs (``reference``): top-1
-``agreement`` for classifiers, mean ``cosine`` similarity for embeddings and regressors. Higher is
-better for all three; the device computes the same from the shipped eval npz (``y`` / ``ref``).
+The built-in scores come from shared.scoring, the numpy-only functions the board's benchmark worker
+scores with too, so host and board report the same figure under the same name for the same file:
+top-1 ``accuracy`` when a classifier has labels; otherwise fidelity to the uncompressed model's
+outputs (``reference``): top-1 ``agreement`` for classifiers, mean ``cosine`` similarity for
+embeddings, ``r2`` for regressors. Each carries its sample count and a 95% interval.
+
+A user metric (``--metric pkg.mod:fn`` or ``file.py:fn``) is ``fn(outputs, target) -> float``,
+higher is better, where ``outputs`` holds the model's outputs on the eval set (samples along axis
+0; a list of arrays for a model with several outputs) and ``target`` the labels, or the reference
+outputs when there are none. It is always computed on the host: from the host's run of a file, and
+from the raw outputs a board sends back.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from host.errors import DataError
+from host.errors import ConfigError, DataError
+from shared import scoring
 
 if TYPE_CHECKING:
     import torch
@@ -24,21 +35,45 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-METRICS: tuple[str, ...] = ("accuracy", "agreement", "cosine")
+METRICS: tuple[str, ...] = scoring.BUILTIN_METRICS
+# A user metric is called once per bootstrap resample for its interval, plus once for the value.
+USER_METRIC_RESAMPLES = 100
 
 
 @dataclass(frozen=True)
 class MetricResult:
+    """A metric on an eval set: value, sample count, 95% interval, per-sample scores, warnings."""
+
     name: str
     value: float
+    samples: int = 0
+    low: float | None = None
+    high: float | None = None
+    method: str | None = None
+    per_sample: list[float] | None = field(default=None, repr=False)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        if self.low is None or self.high is None:
+            return None
+        return (self.low, self.high)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.name,
+            "metric_value": self.value,
+            "eval_samples": self.samples,
+            "metric_interval": None if self.interval is None else list(self.interval),
+            "interval_method": self.method,
+        }
 
 
 def pick_metric(task: str, has_labels: bool) -> str:
-    if task == "classification":
-        return "accuracy" if has_labels else "agreement"
-    if task in ("regression", "embedding"):
-        return "cosine"
-    raise DataError(f"unknown task {task!r}; use classification, regression or embedding")
+    try:
+        return scoring.metric_for(task, has_labels)
+    except scoring.ScoringError as exc:
+        raise DataError(str(exc)) from exc
 
 
 def score_outputs(
@@ -47,72 +82,185 @@ def score_outputs(
     reference: np.ndarray | None,
     task: str,
 ) -> MetricResult:
-    """Score model outputs (samples along axis 0); see the module doc for which metric applies."""
-    outputs = np.asarray(outputs, dtype=np.float32)
-    name = pick_metric(task, labels is not None)
-    if name == "accuracy":
-        _check_len(outputs, labels, "labels")
-        return MetricResult(
-            name, float(np.mean(outputs.reshape(len(outputs), -1).argmax(1) == labels))
+    """Score model outputs (samples along axis 0) with shared.scoring; see the module doc."""
+    try:
+        scored = scoring.score(outputs, labels, reference, task)
+        warnings = scoring.eval_warnings(len(outputs), labels, reference, task)
+    except scoring.ScoringError as exc:
+        raise DataError(str(exc)) from exc
+    return MetricResult(
+        scored.name,
+        scored.value,
+        scored.samples,
+        scored.low,
+        scored.high,
+        scored.method,
+        scored.per_sample,
+        tuple(warnings),
+    )
+
+
+@dataclass(frozen=True)
+class UserMetric:
+    """``fn(outputs, labels_or_reference) -> float`` named by a spec; higher is better."""
+
+    spec: str
+    name: str
+    fn: Callable[[Any, Any], float]
+
+    def __call__(self, outputs: Any, target: Any) -> float:
+        try:
+            value = float(self.fn(outputs, target))
+        except Exception as exc:
+            raise DataError(f"metric {self.spec} failed: {type(exc).__name__}: {exc}") from exc
+        return value
+
+
+def load_metric(spec: str) -> UserMetric:
+    """``pkg.mod:fn`` or ``path/file.py:fn`` -> the metric; a one-line ConfigError otherwise."""
+    from host.models import resolve_factory
+
+    fn = resolve_factory(spec, what="metric")
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    positional = [
+        p
+        for p in params.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    if params and len(positional) < 2 and not any(p.kind is p.VAR_POSITIONAL for p in positional):
+        raise ConfigError(
+            f"metric {spec!r} must take (outputs, labels_or_reference) and return a float"
         )
-    target = reference
-    if target is None and task != "classification" and labels is not None:
-        target = labels
+    name = spec.rpartition(":")[2]
+    if name in METRICS:
+        name = f"user_{name}"  # never mistaken for the built-in figure of that name
+    return UserMetric(spec, name, fn)
+
+
+def _take(outputs: Any, idx: np.ndarray) -> Any:
+    if isinstance(outputs, (list, tuple)):
+        return [np.asarray(o)[idx] for o in outputs]
+    return np.asarray(outputs)[idx]
+
+
+def score_user_metric(
+    metric: UserMetric,
+    outputs: np.ndarray | Sequence[np.ndarray],
+    labels: np.ndarray | None,
+    reference: np.ndarray | None,
+    *,
+    resamples: int = USER_METRIC_RESAMPLES,
+) -> MetricResult:
+    """The user metric on the eval outputs, with a bootstrap interval over samples."""
+    target = labels if labels is not None else reference
     if target is None:
         raise DataError(
-            f"no labels and no reference outputs to score a {task} model; give labelled data or the "
-            "uncompressed model's outputs as reference"
+            f"metric {metric.spec} needs labels or reference outputs to compare with; the eval "
+            "set has neither"
         )
-    target = np.asarray(target, dtype=np.float32)
-    _check_len(outputs, target, "reference outputs")
-    a = outputs.reshape(len(outputs), -1)
-    b = target.reshape(len(target), -1)
-    if a.shape != b.shape:
-        raise DataError(f"outputs {outputs.shape} and reference {target.shape} differ in shape")
-    if name == "agreement":
-        return MetricResult(name, float(np.mean(a.argmax(1) == b.argmax(1))))
-    return MetricResult(name, cosine_similarity(a, b))
+    first = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+    n = len(first)
+    if len(target) != n:
+        raise DataError(f"{n} outputs but {len(target)} labels/reference outputs")
+    value = metric(outputs, target)
+    if not math.isfinite(value):
+        raise DataError(f"metric {metric.spec} returned {value}; it must return a finite float")
+    target_arr = np.asarray(target)
+
+    def resampled(idx: np.ndarray) -> float:
+        try:
+            return metric(_take(outputs, idx), target_arr[idx])
+        except DataError:
+            return math.nan  # a resample the metric cannot score (e.g. one class only)
+
+    low, high = scoring.bootstrap_interval(resampled, n, resamples=resamples)
+    warnings = scoring.eval_warnings(
+        n, labels, reference, "classification" if labels is not None else "embedding"
+    )
+    return MetricResult(
+        metric.name,
+        value,
+        n,
+        None if math.isnan(low) else low,
+        None if math.isnan(high) else high,
+        "bootstrap",
+        None,
+        tuple(warnings),
+    )
+
+
+def user_metric_drop_interval(
+    metric: UserMetric,
+    baseline_outputs: Any,
+    outputs: Any,
+    labels: np.ndarray | None,
+    reference: np.ndarray | None,
+    *,
+    resamples: int = USER_METRIC_RESAMPLES,
+) -> tuple[float, float] | None:
+    """95% bootstrap interval of metric(baseline) - metric(candidate), both on the same resampled
+    eval samples: far narrower than the two intervals side by side."""
+    target = labels if labels is not None else reference
+    if target is None:
+        return None
+    target_arr = np.asarray(target)
+
+    def drop(idx: np.ndarray) -> float:
+        try:
+            return metric(_take(baseline_outputs, idx), target_arr[idx]) - metric(
+                _take(outputs, idx), target_arr[idx]
+            )
+        except DataError:
+            return math.nan
+
+    low, high = scoring.bootstrap_interval(drop, len(target_arr), resamples=resamples)
+    return None if math.isnan(low) or math.isnan(high) else (low, high)
 
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
     """Mean per-sample cosine similarity; two all-zero rows count as identical."""
-    num = np.sum(a * b, axis=1)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    both_zero = den == 0
-    cos = np.where(both_zero, 1.0, num / np.where(both_zero, 1.0, den))
-    return float(np.mean(cos))
+    return scoring.cosine(a, b)
 
 
 def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     """||a - b|| / ||b|| over the whole array (0 when identical)."""
-    denom = float(np.linalg.norm(b)) or 1.0
-    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / denom)
-
-
-def _check_len(outputs: np.ndarray, other: np.ndarray, what: str) -> None:
-    if len(outputs) != len(other):
-        raise DataError(f"{len(outputs)} outputs but {len(other)} {what}")
+    return scoring.relative_error(a, b)
 
 
 def predict(module: nn.Module, split: Split, batch_size: int = 256) -> np.ndarray:
-    """Outputs of ``module`` on every sample of ``split`` (float32 numpy, on the module's device)."""
+    """Outputs of ``module`` on every sample of ``split`` (float32 numpy, on the module's device);
+    the first output of a model that returns several."""
+    return predict_all(module, split, batch_size)[0]
+
+
+def predict_all(module: nn.Module, split: Split, batch_size: int = 256) -> list[np.ndarray]:
+    """Every output of ``module`` on every sample of ``split`` (float32 numpy)."""
     import torch
 
     device = _device_of(module)
     was_training = module.training
     module.eval()
-    outs = []
+    outs: list[list[np.ndarray]] = []
     try:
         with torch.no_grad():
             for inputs, _ in split.batches(batch_size):
                 tensors = [to_tensor(a, device) for a in inputs]
                 out = module(*tensors)
-                if isinstance(out, (tuple, list)):
-                    out = out[0]
-                outs.append(out.detach().float().cpu().numpy())
+                parts = list(out) if isinstance(out, (tuple, list)) else [out]
+                outs.append([p.detach().float().cpu().numpy() for p in parts])
     finally:
         module.train(was_training)
-    return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+    if not outs:
+        return [np.zeros((0,), np.float32)]
+    return [np.concatenate(group) for group in zip(*outs, strict=True)]
+
+
+def user_outputs(outputs: Sequence[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """What a user metric receives: the output array, or the list of them for several outputs."""
+    return outputs[0] if len(outputs) == 1 else list(outputs)
 
 
 def to_tensor(array: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -161,13 +309,19 @@ def count_macs(module: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> i
 __all__ = [
     "METRICS",
     "MetricResult",
+    "UserMetric",
     "cosine_similarity",
     "count_macs",
     "count_params",
     "evaluate_module",
+    "load_metric",
     "pick_metric",
     "predict",
+    "predict_all",
     "relative_error",
     "score_outputs",
+    "score_user_metric",
     "to_tensor",
+    "user_metric_drop_interval",
+    "user_outputs",
 ]

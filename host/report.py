@@ -568,6 +568,9 @@ tr.failed td { color: #8c959f; }
 svg.pareto { max-width: 100%; height: auto; border: 1px solid #eaeef2; border-radius: 4px; }
 .caption { font-size: 12px; color: #57606a; margin: 2px 0 8px; max-width: 680px; }
 footer { margin-top: 32px; color: #8c959f; font-size: 12px; }
+.warnings { background: #fff8e1; border: 1px solid #f0c36d; border-radius: 4px; padding: 6px 12px;
+            font-size: 14px; margin: 8px 0 16px; }
+.warnings ul { margin: 4px 0; padding-left: 20px; }
 """
 
 
@@ -631,11 +634,16 @@ def _row_table(rows: Sequence[ResultRow], selection: DeviceSelection | None) -> 
         )
 
     metric_name = rows[0].metric if rows else "metric"
+    undecided: dict[str, list[str]] = {}
+    if selection is not None:
+        for constraint, candidates in selection.undecided.items():
+            for cand in candidates:
+                undecided.setdefault(cand, []).append(constraint)
     head = (
         "<table><thead><tr><th>candidate</th><th>recipe</th><th>format / precision</th>"
         '<th class="num">size</th><th class="num">p50</th><th class="num">p90</th>'
         '<th class="num">p99</th><th class="num">peak RSS</th>'
-        f'<th class="num">{_e(metric_name)}</th><th>status</th></tr></thead><tbody>'
+        f'<th class="num">{_e(metric_name)} [95% interval]</th><th>status</th></tr></thead><tbody>'
     )
     body: list[str] = []
     for r in sorted(rows, key=order):
@@ -649,9 +657,20 @@ def _row_table(rows: Sequence[ResultRow], selection: DeviceSelection | None) -> 
             status = "ok"
             if r.candidate in broken:
                 status += f'<div class="breaks">breaks {_e(", ".join(broken[r.candidate]))}</div>'
+            if r.candidate in undecided:
+                status += (
+                    '<div class="breaks">undecided on '
+                    f"{_e(', '.join(undecided[r.candidate]))}</div>"
+                )
         else:
             status = f'<span class="status-failed">failed</span>: {_e(r.error or "no error given")}'
         metric_cell = _e(_metric_text(r.metric_value if r.ok else None))
+        if r.ok and r.metric_interval is not None:
+            lo, hi = r.metric_interval
+            metric_cell += (
+                f' <span class="breaks" title="95% interval on {r.eval_samples} samples">'
+                f"[{_e(_metric_text(lo))}, {_e(_metric_text(hi))}]</span>"
+            )
         if r.ok and r.metric_drop is not None and math.isfinite(r.metric_drop):
             delta = _metric_text(-r.metric_drop, signed=True)
             metric_cell += (
@@ -698,6 +717,34 @@ def _summary_table(devices: Sequence[str], selections: dict[str, DeviceSelection
         '<th class="num">p90</th><th class="num">peak RSS</th><th class="num">size</th>'
         "<th>reason</th></tr></thead><tbody>" + "".join(body) + "</tbody></table>"
     )
+
+
+_RULE = (
+    "quality constraints judged on 95% intervals: a candidate that meets them clearly wins over "
+    "one that meets them on the point estimate only"
+)
+
+
+def _eval_text(campaign: dict[str, Any], rows: Sequence[ResultRow]) -> str:
+    samples = campaign.get("eval_samples") or max((r.eval_samples for r in rows), default=0)
+    return f"{samples} samples" if samples else "–"
+
+
+def eval_warnings_of(campaign: dict[str, Any], rows: Sequence[ResultRow]) -> list[str]:
+    """The campaign's eval-set warnings, and any a board added, each once."""
+    seen: list[str] = []
+    for warning in [*(campaign.get("eval_warnings") or []), *(w for r in rows for w in r.warnings)]:
+        if warning not in seen:
+            seen.append(warning)
+    return seen
+
+
+def _warnings_block(campaign: dict[str, Any], rows: Sequence[ResultRow]) -> str:
+    warnings = eval_warnings_of(campaign, rows)
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{_e(w)}</li>" for w in warnings)
+    return f'<div class="warnings"><strong>The eval set says little:</strong><ul>{items}</ul></div>'
 
 
 def _anchor(device: str) -> str:
@@ -779,6 +826,9 @@ def write_report(
         ("data", campaign.get("data", "–")),
         ("constraints", ", ".join(constraints) if constraints else "none"),
         ("objective", objective or "max_metric"),
+        ("task", campaign.get("task") or "–"),
+        ("eval set", _eval_text(campaign, rows)),
+        ("selection", "point estimates (--strict)" if campaign.get("strict") else _RULE),
         ("date", _date_text(campaign)),
         (
             "candidates",
@@ -794,7 +844,9 @@ def write_report(
         f"<style>{_CSS}</style></head><body>",
         f'<header><h1>edgetailor campaign {_e(campaign_id)}</h1><dl class="meta">',
         "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in meta),
-        "</dl></header>",
+        "</dl>",
+        _warnings_block(campaign, rows),
+        "</header>",
         "<section><h2>Choice per device</h2>",
         _summary_table(devices, selections),
         "</section>",

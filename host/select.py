@@ -6,6 +6,20 @@ user's :class:`Constraint` list (``"latency_p90_ms<=20"``, ``"accuracy_drop<=0.0
 feasible set, the Pareto front (metric up, p90 latency down, peak memory down) and a reason in plain
 words. A device where nothing fits gets no choice but a *closest miss*: the row whose constraint
 violations, each normalized by its bound, add up to the least.
+
+Quality figures are estimates from a finite eval set, so a constraint on one (the metric, or its
+drop from the baseline) is judged on the figure's 95% interval: *met* when the whole interval meets
+the bound, *missed* when none of it does, *undecided* when the interval straddles the bound. The
+choice is made, in this order, among
+
+1. the candidates that clearly meet every constraint;
+2. if there are none: those that meet every constraint on the point estimate, with the undecided
+   ones not clearly met (the reason says "not clearly");
+3. if there are none either, no candidate is chosen: the closest miss is reported, and candidates
+   whose interval still reaches the bound are named as undecided (more eval samples would tell).
+
+``strict=True`` (``--strict``) compares point estimates only, as figures without an interval
+(latency, memory, size) always are.
 """
 
 from __future__ import annotations
@@ -39,6 +53,7 @@ __all__ = [
 ]
 
 RowStatus = Literal["ok", "failed"]
+Verdict = Literal["met", "missed", "undecided"]
 _MIB = 1024 * 1024
 
 
@@ -59,6 +74,11 @@ class ResultRow:
     baseline_metric: float | None = None
     status: RowStatus = "ok"
     error: str | None = None
+    # 95% intervals of the metric and of its drop from the baseline (paired where possible).
+    metric_interval: tuple[float, float] | None = None
+    drop_interval: tuple[float, float] | None = None
+    eval_samples: int = 0
+    warnings: tuple[str, ...] = ()
 
     # Rows carry a dict, so the generated hash would fail; identity is (candidate, device).
     __hash__ = None  # type: ignore[assignment]
@@ -97,6 +117,10 @@ class ResultRow:
             "baseline_metric": _finite_or_none(self.baseline_metric),
             "status": self.status,
             "error": self.error,
+            "metric_interval": _interval_or_none(self.metric_interval),
+            "drop_interval": _interval_or_none(self.drop_interval),
+            "eval_samples": self.eval_samples,
+            "warnings": list(self.warnings),
         }
 
     @classmethod
@@ -121,6 +145,10 @@ class ResultRow:
                 ),
                 status=data.get("status", "ok"),
                 error=data.get("error"),
+                metric_interval=_read_interval(data.get("metric_interval")),
+                drop_interval=_read_interval(data.get("drop_interval")),
+                eval_samples=int(data.get("eval_samples") or 0),
+                warnings=tuple(str(w) for w in data.get("warnings") or ()),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"cannot read result row {data!r}: {exc}") from exc
@@ -136,9 +164,16 @@ class ResultRow:
         format: str,
         precision: str,
         baseline_metric: float | None = None,
+        drop_interval: tuple[float, float] | None = None,
     ) -> ResultRow:
-        """Build a row from the agent's benchmark record (shared.results.BenchmarkResult)."""
+        """Build a row from the agent's benchmark record (shared.results.BenchmarkResult).
+
+        Without ``drop_interval`` the drop's interval is the metric's, against a fixed baseline.
+        """
         lat = result.latency_ms
+        interval = _read_interval(result.metric_interval)
+        if drop_interval is None and interval is not None and baseline_metric is not None:
+            drop_interval = (baseline_metric - interval[1], baseline_metric - interval[0])
         return cls(
             candidate=candidate,
             device=device,
@@ -160,6 +195,10 @@ class ResultRow:
             metric=result.metric or "metric",
             metric_value=math.nan if result.metric_value is None else result.metric_value,
             baseline_metric=baseline_metric,
+            metric_interval=interval,
+            drop_interval=drop_interval,
+            eval_samples=result.eval_samples,
+            warnings=tuple(result.eval_warnings),
         )
 
     @classmethod
@@ -202,6 +241,19 @@ def _nan_if_none(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
+def _read_interval(value: Any) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    low, high = (float(v) if v is not None else math.nan for v in value)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return None
+    return (min(low, high), max(low, high))
+
+
+def _interval_or_none(value: tuple[float, float] | None) -> list[float] | None:
+    return None if value is None else [float(value[0]), float(value[1])]
+
+
 # --------------------------------------------------------------------------------------------------
 # Figures: the names constraints and objectives may use.
 
@@ -215,6 +267,7 @@ class Figure:
     unit: str
     better: Literal["lower", "higher"]
     description: str
+    interval: Callable[[ResultRow], tuple[float, float] | None] | None = None
 
     def format(self, value: float | None) -> str:
         return format_value(value, self.unit)
@@ -257,6 +310,17 @@ def _named_metric_drop(name: str) -> Callable[[ResultRow], float | None]:
     return read
 
 
+def _named_interval(
+    name: str | None, drop: bool
+) -> Callable[[ResultRow], tuple[float, float] | None]:
+    def read(row: ResultRow) -> tuple[float, float] | None:
+        if name is not None and row.metric != name:
+            return None
+        return row.drop_interval if drop else row.metric_interval
+
+    return read
+
+
 FIGURES: Registry[str, Figure] = Registry("figure")
 
 
@@ -266,8 +330,9 @@ def _add_figure(
     unit: str,
     better: Literal["lower", "higher"],
     description: str,
+    interval: Callable[[ResultRow], tuple[float, float] | None] | None = None,
 ) -> None:
-    FIGURES.add(name, Figure(name, read, unit, better, description))
+    FIGURES.add(name, Figure(name, read, unit, better, description, interval))
 
 
 for _key in ("mean", "p50", "p90", "p95", "p99", "max"):
@@ -275,12 +340,38 @@ for _key in ("mean", "p50", "p90", "p95", "p99", "max"):
 _add_figure("peak_rss_mb", lambda r: r.peak_rss_mb, "MB", "lower", "peak worker RSS in MiB")
 _add_figure("size_mb", lambda r: r.size_bytes / _MIB, "MB", "lower", "artifact size in MiB")
 _add_figure("size_bytes", lambda r: float(r.size_bytes), "B", "lower", "artifact size in bytes")
-_add_figure("metric", lambda r: r.metric_value, "", "higher", "the row's metric, whatever it is")
-_add_figure("metric_drop", lambda r: r.metric_drop, "", "lower", "baseline metric minus metric")
-for _name in ("accuracy", "agreement"):
-    _add_figure(_name, _named_metric(_name), "", "higher", f"{_name} (rows measuring {_name})")
+_add_figure(
+    "metric",
+    lambda r: r.metric_value,
+    "",
+    "higher",
+    "the row's metric, whatever it is",
+    _named_interval(None, drop=False),
+)
+_add_figure(
+    "metric_drop",
+    lambda r: r.metric_drop,
+    "",
+    "lower",
+    "baseline metric minus metric",
+    _named_interval(None, drop=True),
+)
+for _name in ("accuracy", "agreement", "cosine", "r2"):
     _add_figure(
-        f"{_name}_drop", _named_metric_drop(_name), "", "lower", f"baseline {_name} minus {_name}"
+        _name,
+        _named_metric(_name),
+        "",
+        "higher",
+        f"{_name} (rows measuring {_name})",
+        _named_interval(_name, drop=False),
+    )
+    _add_figure(
+        f"{_name}_drop",
+        _named_metric_drop(_name),
+        "",
+        "lower",
+        f"baseline {_name} minus {_name}",
+        _named_interval(_name, drop=True),
     )
 
 
@@ -290,6 +381,12 @@ def figure_value(row: ResultRow, name: str) -> float | None:
     if value is None or not math.isfinite(value):
         return None
     return float(value)
+
+
+def figure_interval(row: ResultRow, name: str) -> tuple[float, float] | None:
+    """The 95% interval of the named figure, where the row has one (quality figures only)."""
+    read = FIGURES.get(name).interval
+    return None if read is None else read(row)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -396,6 +493,35 @@ class Constraint:
         if met:
             return None
         return Violation(self, value, excess, excess / max(abs(bound), _NORMALIZE_FLOOR))
+
+    def satisfied_by(self, value: float) -> bool:
+        if self.op == "<=":
+            return value <= self.bound
+        if self.op == "<":
+            return value < self.bound
+        if self.op == ">=":
+            return value >= self.bound
+        if self.op == ">":
+            return value > self.bound
+        return math.isclose(value, self.bound, rel_tol=1e-9, abs_tol=1e-12)
+
+    def judge(self, row: ResultRow, *, strict: bool = False) -> tuple[Verdict, Violation | None]:
+        """Met, missed or undecided, judged on the figure's 95% interval where it has one.
+
+        The violation is the point estimate's (None when the point meets the bound).
+        """
+        violation = self.check(row)
+        interval = None if strict or self.op == "==" else figure_interval(row, self.name)
+        if interval is None or figure_value(row, self.name) is None:
+            return ("met" if violation is None else "missed"), violation
+        low, high = interval
+        # The end of the interval that is hardest to meet, and the one that is easiest.
+        worst, best = (high, low) if self.op in ("<=", "<") else (low, high)
+        if self.satisfied_by(worst):
+            return "met", violation
+        if not self.satisfied_by(best):
+            return "missed", violation or Violation(self, best, 0.0, 0.0)
+        return "undecided", violation
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "op": self.op, "bound": self.bound, "text": str(self)}
@@ -584,7 +710,11 @@ class ClosestMiss:
 
 @dataclass(frozen=True)
 class DeviceSelection:
-    """What was chosen for one device and why."""
+    """What was chosen for one device and why.
+
+    ``basis`` says how sure the choice is: "clear" (every constraint met by the whole interval),
+    "point" (met by the point estimates only: see the module doc), or "none".
+    """
 
     device: str
     candidate: ResultRow | None
@@ -596,6 +726,9 @@ class DeviceSelection:
     excluded: dict[str, list[str]] = field(default_factory=dict)  # constraint -> candidate ids
     objective: Objective = field(default_factory=Objective)
     constraints: list[Constraint] = field(default_factory=list)
+    undecided: dict[str, list[str]] = field(default_factory=dict)  # constraint -> candidate ids
+    basis: Literal["clear", "point", "none"] = "none"
+    strict: bool = False
 
     @property
     def chosen_id(self) -> str | None:
@@ -607,11 +740,14 @@ class DeviceSelection:
             "chosen": self.chosen_id,
             "candidate": None if self.candidate is None else self.candidate.to_dict(),
             "reason": self.reason,
+            "basis": self.basis,
+            "strict": self.strict,
             "feasible": [r.candidate for r in self.feasible],
             "pareto": [r.candidate for r in self.pareto],
             "closest_miss": None if self.closest_miss is None else self.closest_miss.to_dict(),
             "failed": [{"candidate": r.candidate, "error": r.error} for r in self.failed],
             "excluded": {k: list(v) for k, v in self.excluded.items()},
+            "undecided": {k: list(v) for k, v in self.undecided.items()},
             "objective": self.objective.to_dict(),
             "constraints": [str(c) for c in self.constraints],
         }
@@ -641,7 +777,11 @@ def _short(text: str, limit: int = 80) -> str:
 
 
 def _choice_phrase(
-    chosen: ResultRow, objective: Objective, feasible: list[ResultRow], tied: list[ResultRow]
+    chosen: ResultRow,
+    objective: Objective,
+    feasible: list[ResultRow],
+    tied: list[ResultRow],
+    pool: str | None = None,
 ) -> str:
     spec = objective.spec
     primary = FIGURES.get(spec.primary)
@@ -659,7 +799,12 @@ def _choice_phrase(
         else:
             shown = primary.format(value)
         what = f"{spec.phrase} {label} ({shown})"
-    text = f"{chosen.candidate} chosen: {what} among {_plural(len(feasible), 'feasible candidate')}"
+    among = (
+        _plural(len(feasible), "feasible candidate")
+        if pool is None
+        else (f"{_plural(len(feasible))} {pool}")
+    )
+    text = f"{chosen.candidate} chosen: {what} among {among}"
     if len(tied) > 1:
         others = ", ".join(r.candidate for r in tied if r is not chosen)
         within = f" within {objective.epsilon:g}" if objective.epsilon > 0 else ""
@@ -676,36 +821,86 @@ def _choice_phrase(
     return text
 
 
+def _undecided_phrase(
+    constraint: Constraint, rows: list[ResultRow], chosen_tier: str, point_met: set[str]
+) -> str:
+    def shown(row: ResultRow) -> str:
+        interval = figure_interval(row, constraint.name)
+        if interval is None:
+            return row.candidate
+        lo, hi = (constraint.figure.format(v) for v in interval)
+        return f"{row.candidate} [{lo}, {hi}]"
+
+    names = ", ".join(shown(r) for r in rows[:4]) + (
+        f" and {len(rows) - 4} more" if len(rows) > 4 else ""
+    )
+    head = f"{_plural(len(rows))} undecided on {constraint} (95% interval straddles the bound: {names})"
+    if chosen_tier == "clear":
+        return head + "; not chosen while a candidate clearly meets every constraint"
+    if chosen_tier == "point":
+        return head
+    if any(r.candidate not in point_met for r in rows):
+        return head + "; more eval samples would tell"
+    return head
+
+
 def _select_device(
     device: str,
     rows: list[ResultRow],
     constraints: list[Constraint],
     objective: Objective,
+    strict: bool = False,
 ) -> DeviceSelection:
     ok = [r for r in rows if r.ok]
     failed = [r for r in rows if not r.ok]
     pareto = pareto_front(ok)
 
-    feasible: list[ResultRow] = []
+    clear: list[ResultRow] = []
+    point: list[ResultRow] = []  # every constraint met on the point estimate, some only there
     broken: dict[str, list[Violation]] = {}
-    by_constraint: dict[str, list[tuple[ResultRow, Violation]]] = {}
+    missed_by: dict[str, list[tuple[ResultRow, Violation]]] = {}
+    undecided_by: dict[str, list[ResultRow]] = {}
     for row in ok:
-        violations = [v for c in constraints if (v := c.check(row)) is not None]
+        verdicts = [(c, *c.judge(row, strict=strict)) for c in constraints]
+        violations = [v for _c, _verdict, v in verdicts if v is not None]
+        for c, verdict, v in verdicts:
+            if verdict == "missed" and v is not None:
+                missed_by.setdefault(str(c), []).append((row, v))
+            elif verdict == "undecided":
+                undecided_by.setdefault(str(c), []).append(row)
         if violations:
             broken[row.candidate] = violations
-            for v in violations:
-                by_constraint.setdefault(str(v.constraint), []).append((row, v))
-        else:
-            feasible.append(row)
+        if all(verdict == "met" for _c, verdict, _v in verdicts):
+            clear.append(row)
+        elif not violations and not any(verdict == "missed" for _c, verdict, _v in verdicts):
+            point.append(row)
+
+    if clear:
+        feasible, basis = clear, "clear"
+    elif point:
+        feasible, basis = point, "point"
+    else:
+        feasible, basis = [], "none"
+    chosen_ids = {r.candidate for r in feasible}
+    point_met = {r.candidate for r in ok if r.candidate not in broken}
 
     excluded = {
-        str(c): [r.candidate for r, _ in by_constraint[str(c)]]
+        str(c): [r.candidate for r, _ in missed_by[str(c)]]
         for c in constraints
-        if str(c) in by_constraint
+        if str(c) in missed_by
     }
-    notes = [
-        _exclusion_phrase(c, by_constraint[str(c)]) for c in constraints if str(c) in by_constraint
-    ]
+    undecided = {
+        str(c): [r.candidate for r in undecided_by[str(c)]]
+        for c in constraints
+        if str(c) in undecided_by
+    }
+    notes = [_exclusion_phrase(c, missed_by[str(c)]) for c in constraints if str(c) in missed_by]
+    for c in constraints:
+        rows_undecided = [r for r in undecided_by.get(str(c), []) if r.candidate not in chosen_ids]
+        if basis == "point":
+            rows_undecided = undecided_by.get(str(c), [])
+        if rows_undecided:
+            notes.append(_undecided_phrase(c, rows_undecided, basis, point_met))
     if failed:
         notes.append(_failed_phrase(failed))
 
@@ -714,10 +909,22 @@ def _select_device(
     if feasible:
         ordered, tied = objective.rank(feasible)
         chosen = ordered[0]
-        head = _choice_phrase(chosen, objective, feasible, tied)
+        if basis == "point":
+            head = "no candidate clearly meets every constraint (on its 95% interval); " + (
+                _choice_phrase(
+                    chosen,
+                    objective,
+                    feasible,
+                    tied,
+                    "that meet them on the point estimate only",
+                )
+            )
+        else:
+            head = _choice_phrase(chosen, objective, feasible, tied)
     elif ok:
+        missing = [r for r in ok if r.candidate in broken]
         miss_row = min(
-            ok,
+            missing,
             key=lambda r: (
                 sum(v.normalized for v in broken[r.candidate]),
                 objective.oriented(r, objective.spec.primary),
@@ -747,6 +954,9 @@ def _select_device(
         excluded=excluded,
         objective=objective,
         constraints=list(constraints),
+        undecided=undecided,
+        basis=basis,
+        strict=strict,
     )
 
 
@@ -756,8 +966,12 @@ def select(
     objective: Objective | str | None = None,
     *,
     devices: Iterable[str] = (),
+    strict: bool = False,
 ) -> dict[str, DeviceSelection]:
-    """Choose one candidate per device; ``devices`` adds devices that produced no rows at all."""
+    """Choose one candidate per device; ``devices`` adds devices that produced no rows at all.
+
+    ``strict`` judges quality constraints on point estimates instead of 95% intervals.
+    """
     parsed = _as_constraints(constraints)
     goal = Objective.parse(objective)
     per_device: dict[str, list[ResultRow]] = {d: [] for d in devices}
@@ -772,6 +986,6 @@ def select(
         seen.add(key)
         per_device.setdefault(row.device, []).append(row)
     return {
-        device: _select_device(device, per_device[device], parsed, goal)
+        device: _select_device(device, per_device[device], parsed, goal, strict)
         for device in sorted(per_device)
     }

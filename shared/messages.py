@@ -76,6 +76,27 @@ class ChunkRequest(Body, frozen=True):
     indices: Annotated[list[Annotated[int, msgspec.Meta(ge=0)]], msgspec.Meta(max_length=256)]
 
 
+# Raw eval outputs a board sends back for a metric the host computes: at most 8 MiB, in parts of
+# 64 KiB (88 KB once base64 and the envelope are added, below AWS IoT's 128 KB payload cap).
+OUTPUTS_LIMIT_BYTES = 8 * 1024 * 1024
+OUTPUTS_PART_BYTES = 64 * 1024
+OUTPUTS_MAX_PARTS = OUTPUTS_LIMIT_BYTES // OUTPUTS_PART_BYTES
+
+
+class OutputsPart(Body, frozen=True):
+    """One part of the raw eval outputs of a benchmark job (an npz file, base64 in ``data``).
+
+    Parts are final messages like results: kept in the agent's outbox until the host acknowledges
+    each one; the result names the whole file by sha256 (shared.results.OutputsRef).
+    """
+
+    job_id: MsgId
+    sha256: Sha256
+    index: Annotated[int, msgspec.Meta(ge=0, lt=OUTPUTS_MAX_PARTS)]
+    count: Annotated[int, msgspec.Meta(ge=1, le=OUTPUTS_MAX_PARTS)]
+    data: Annotated[str, msgspec.Meta(max_length=(OUTPUTS_PART_BYTES * 4) // 3 + 4)]
+
+
 class ErrorInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     code: ShortStr  # machine-readable, e.g. "hash_mismatch", "timeout", "worker_crashed"
     message: Text
@@ -102,6 +123,10 @@ class BenchmarkCmd(Body, frozen=True):
     min_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 1.0
     timeout_s: Annotated[float, msgspec.Meta(gt=0, le=24 * 3600)] = 300.0
     eval_limit: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    # The eval file names its task; this overrides it (files written before tasks were recorded).
+    task: Literal["classification", "embedding", "regression"] | None = None
+    # Send the raw outputs of the eval set back (OutputsPart messages) for a host-side metric.
+    return_outputs: bool = False
 
 
 class DeployCmd(Body, frozen=True):
@@ -149,6 +174,7 @@ SCHEMAS.add("birth", Birth)
 SCHEMAS.add("telemetry", Telemetry)
 SCHEMAS.add("xfer.request", ChunkRequest)
 SCHEMAS.add("resp", Response)
+SCHEMAS.add("resp.outputs", OutputsPart)
 SCHEMAS.add("cmd.benchmark", BenchmarkCmd)
 SCHEMAS.add("cmd.deploy", DeployCmd)
 SCHEMAS.add("cmd.rollback", RollbackCmd)

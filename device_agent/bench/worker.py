@@ -6,13 +6,19 @@ crashes the runtime takes down this process, not the agent. It writes its result
 as JSON to RESULT.json; no pickle crosses the process boundary.
 
 Measured: load time (construct + allocate), warm-up (at least ``warmup_runs`` and ``warmup_s``),
-timed runs (at least ``runs`` and ``min_s``), latency statistics, peak RSS and RSS growth of this
-process, and with eval data top-1 accuracy against labels ``y`` or top-1 agreement with reference
-outputs ``ref``. Board state is recorded before loading and after the timed runs.
+timed runs (at least ``runs`` and ``min_s``, on the first eval sample where there is one), latency
+statistics, peak RSS and RSS growth of this process, and with eval data the task's metric scored by
+shared.scoring -- the functions the host scores with -- against labels ``y`` or the reference
+outputs ``ref``, with its sample count, 95% interval and per-sample scores, plus the eval set's
+warnings. The task comes from the job, else from the eval file's ``task`` entry. With
+``outputs_path`` every output of every eval sample is also written there (bounded by
+``max_outputs_bytes``) for a metric the host computes. Board state is recorded before loading and
+after the timed runs.
 
 With ``"mode": "health"`` in the job it runs a deploy's health check instead (:func:`run_health`):
-the model loads, every output on the eval inputs (or synthetic ones) is finite, the p90 latency of
-``health_runs`` runs is within ``latency_budget_ms``, and the metric is at least ``min_metric``.
+the model loads, every output on the eval inputs (synthetic ones only when none are shipped) is
+finite, the p90 latency of ``health_runs`` runs is within ``latency_budget_ms``, and the metric is
+at least ``min_metric``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import resource
 import sys
 import time
@@ -37,6 +44,8 @@ from shared.errors import EdgeTailorError
 logger = logging.getLogger(__name__)
 
 _MB = 1024 * 1024
+# Raw eval outputs a job may send back for a host-side metric (shared.results.OUTPUTS_LIMIT_BYTES).
+MAX_OUTPUTS_BYTES = 8 * _MB
 
 
 def _rss_mb() -> float:
@@ -77,7 +86,8 @@ def _to_float(output: Any, spec: TensorInfo) -> Any:
     return array.astype(np.float32, copy=False)
 
 
-def _load_eval(path: str) -> tuple[list[Any], Any, Any]:
+def _load_eval(path: str) -> tuple[list[Any], Any, Any, str | None]:
+    """(inputs, labels y, reference outputs ref, task) of an eval npz; the task the host wrote."""
     import numpy as np
 
     with np.load(path, allow_pickle=False) as data:
@@ -95,6 +105,7 @@ def _load_eval(path: str) -> tuple[list[Any], Any, Any]:
             inputs = [data[f"x{i}"] for i in range(count)]
         labels = data["y"] if "y" in names else None
         ref = data["ref"] if "ref" in names else None
+        task = str(data["task"].reshape(-1)[0]) if "task" in names else None
     lengths = {len(a) for a in inputs} | ({len(labels)} if labels is not None else set())
     if ref is not None:
         lengths.add(len(ref))
@@ -102,7 +113,7 @@ def _load_eval(path: str) -> tuple[list[Any], Any, Any]:
         raise JobError(
             "eval_data_invalid", f"eval arrays disagree on the sample count: {sorted(lengths)}"
         )
-    return inputs, labels, ref
+    return inputs, labels, ref, task
 
 
 def _latency_stats(samples_ms: list[float]) -> dict[str, float]:
@@ -122,60 +133,191 @@ def _latency_stats(samples_ms: list[float]) -> dict[str, float]:
     }
 
 
+def input_order(model: LoadedModel) -> list[int]:
+    """Model input positions in the order of the forward() arguments (eval arrays x0, x1, ...).
+
+    litert-torch names TFLite inputs ``..._args_{i}`` but the interpreter may list them in another
+    order; the host sorts them the same way (host/export/runtime.py), so x0 feeds ``args_0`` on
+    both sides. Inputs without such a name keep their place after the named ones.
+    """
+
+    def key(position: int) -> tuple[int, int]:
+        match = re.search(r"args_(\d+)", model.inputs[position].name)
+        return (int(match.group(1)) if match else 1 << 30, position)
+
+    return sorted(range(len(model.inputs)), key=key)
+
+
+def _looks_like_mask(spec: TensorInfo, position: int, model: LoadedModel) -> bool:
+    """An integer input named like a mask, or the second of two same-shaped integer inputs (token
+    ids, then their attention mask: the order of every BERT-family encoder)."""
+    import numpy as np
+
+    name = spec.name.lower()
+    if "mask" in name:
+        return True
+    if any(word in name for word in ("type", "segment", "position", "ids")):
+        return False
+    # Quantized inputs (with a scale) are numbers, not ids or masks.
+    integer = [
+        i
+        for i in input_order(model)
+        if np.issubdtype(np.dtype(model.inputs[i].dtype), np.integer) and not model.inputs[i].scale
+    ]
+    return (
+        len(integer) >= 2
+        and position == integer[1]
+        and model.inputs[integer[0]].shape == spec.shape
+    )
+
+
 def _synthetic_inputs(model: LoadedModel) -> list[Any]:
+    """Inputs for a model that came without eval data: normal floats, masks of ones, ids of zero.
+
+    An all-zero attention mask makes every softmax over the sequence 0/0, so masks get ones.
+    """
     import numpy as np
 
     rng = np.random.default_rng(0)
     feeds = []
-    for spec in model.inputs:
+    for position, spec in enumerate(model.inputs):
         dtype = np.dtype(spec.dtype)
         if np.issubdtype(dtype, np.floating):
             feeds.append(rng.standard_normal(spec.shape).astype(dtype))
-        elif dtype == np.bool_:
+        elif dtype == np.bool_ or (not spec.scale and _looks_like_mask(spec, position, model)):
             feeds.append(np.ones(spec.shape, dtype=dtype))
         else:
             feeds.append(np.zeros(spec.shape, dtype=dtype))
     return feeds
 
 
+def describe_feeds(model: LoadedModel, feeds: list[Any]) -> str:
+    """``x0 int32[1, 16] in [0, 2043], x1 ...``: what went into a run, for error messages."""
+    import numpy as np
+
+    parts = []
+    for arg, position in enumerate(input_order(model)):
+        value = np.asarray(feeds[position])
+        if value.size == 0:
+            span = "empty"
+        elif np.all(value == value.reshape(-1)[0]):
+            span = f"all {value.reshape(-1)[0].item()!r}"
+        else:
+            span = f"in [{value.min().item()!r}, {value.max().item()!r}]"
+        parts.append(f"x{arg} {value.dtype}{list(value.shape)} {span}")
+    return ", ".join(parts)
+
+
+class EvalRun:
+    """The eval set run through a loaded model, sample by sample, in the model's input order."""
+
+    def __init__(self, model: LoadedModel, path: str, limit: int | None) -> None:
+        self.model = model
+        self.inputs, self.labels, self.ref, self.task = _load_eval(path)
+        if len(self.inputs) != len(model.inputs):
+            raise JobError(
+                "eval_data_mismatch",
+                f"eval data has {len(self.inputs)} input arrays, the model has "
+                f"{len(model.inputs)} inputs",
+            )
+        self.order = input_order(model)
+        total = len(self.inputs[0])
+        self.count = total if limit is None else min(limit, total)
+
+    def feeds(self, index: int) -> list[Any]:
+        feeds: list[Any] = [None] * len(self.model.inputs)
+        for array, position in zip(self.inputs, self.order, strict=True):
+            feeds[position] = _to_model_input(array[index], self.model.inputs[position])
+        return feeds
+
+
+def _stack(samples: list[Any]) -> Any:
+    """Per-sample outputs joined along the batch axis, as the host's runner joins them."""
+    import numpy as np
+
+    if samples and np.ndim(samples[0]) >= 1 and np.shape(samples[0])[0] == 1:
+        return np.concatenate(samples)
+    return np.stack(samples)
+
+
 def _evaluate(
     model: LoadedModel,
     path: str,
     limit: int | None,
-    on_outputs: Callable[[list[Any]], None] | None = None,
-) -> dict[str, Any]:
+    *,
+    task: str | None = None,
+    outputs_path: str | None = None,
+    max_outputs_bytes: int = MAX_OUTPUTS_BYTES,
+    on_outputs: Callable[[int, list[Any], list[Any]], None] | None = None,
+) -> tuple[dict[str, Any], list[Any] | None]:
+    """Score the model on the eval set with shared.scoring, as the host scores the same file.
+
+    Returns the metric fields of a result and the feeds of the first sample (real inputs for the
+    timed runs). With ``outputs_path`` every output of every sample is written there as an npz
+    (``out0``, ``out1``, ...) for the host to score with a metric of its own.
+    """
     import numpy as np
 
-    inputs, labels, ref = _load_eval(path)
-    if len(inputs) != len(model.inputs):
+    from shared import scoring
+
+    run = EvalRun(model, path, limit)
+    # Eval files written before tasks were recorded were always scored as a classifier's.
+    task = task or run.task or "classification"
+    if task not in scoring.TASKS:
         raise JobError(
-            "eval_data_mismatch",
-            f"eval data has {len(inputs)} input arrays, the model has {len(model.inputs)} inputs",
+            "eval_data_invalid",
+            f"the eval data names task {task!r}; use one of {', '.join(scoring.TASKS)}",
         )
-    count = len(inputs[0]) if limit is None else min(limit, len(inputs[0]))
-    correct = agree = 0
-    for i in range(count):
-        feeds = [
-            _to_model_input(arr[i], spec) for arr, spec in zip(inputs, model.inputs, strict=True)
-        ]
+    first_outputs: list[Any] = []
+    kept: list[list[Any]] = [[] for _ in model.outputs] if outputs_path else []
+    first_feeds: list[Any] | None = None
+    for i in range(run.count):
+        feeds = run.feeds(i)
+        if first_feeds is None:
+            first_feeds = feeds
         outputs = model.run(feeds)
         if on_outputs is not None:
-            on_outputs(outputs)
-        output = _to_float(outputs[0], model.outputs[0]).reshape(-1)
-        predicted = int(np.argmax(output))
-        if labels is not None:
-            correct += int(predicted == int(np.asarray(labels[i]).reshape(-1)[0]))
-        if ref is not None:
-            agree += int(predicted == int(np.argmax(np.asarray(ref[i]).reshape(-1))))
-    result: dict[str, Any] = {"eval_samples": count}
-    if count == 0:
-        return result
-    if labels is not None:
-        result["accuracy"] = correct / count
-        result["metric"], result["metric_value"] = "accuracy", correct / count
-    elif ref is not None:
-        result["metric"], result["metric_value"] = "agreement", agree / count
-    return result
+            on_outputs(i, feeds, outputs)
+        floats = [_to_float(out, spec) for out, spec in zip(outputs, model.outputs, strict=False)]
+        first_outputs.append(floats[0])
+        if outputs_path:
+            if i == 0:
+                _check_outputs_size(floats, run.count, max_outputs_bytes)
+            for store, value in zip(kept, floats, strict=False):
+                store.append(value)
+    if outputs_path:
+        arrays = {f"out{k}": _stack(values) for k, values in enumerate(kept)}
+        with open(outputs_path, "wb") as handle:
+            np.savez(handle, **arrays)
+    result: dict[str, Any] = {"eval_samples": run.count, "task": task}
+    labels = None if run.labels is None else run.labels[: run.count]
+    ref = None if run.ref is None else run.ref[: run.count]
+    result["eval_warnings"] = scoring.eval_warnings(run.count, labels, ref, task)
+    if run.count == 0 or (labels is None and ref is None):
+        return result, first_feeds
+    try:
+        scored = scoring.score(_stack(first_outputs), labels, ref, task)
+    except scoring.ScoringError as exc:
+        raise JobError("eval_data_mismatch", f"cannot score the eval set: {exc}") from exc
+    result.update(scored.to_dict())
+    if scored.per_sample is not None:
+        result["sample_scores"] = scored.per_sample
+    if scored.name == "accuracy":
+        result["accuracy"] = scored.value
+    return result, first_feeds
+
+
+def _check_outputs_size(first: list[Any], count: int, limit: int) -> None:
+    per_sample = sum(int(value.nbytes) for value in first)
+    total = per_sample * count
+    if total > limit:
+        fits = max(limit // max(per_sample, 1), 0)
+        raise JobError(
+            "outputs_too_large",
+            f"the raw outputs of {count} eval samples are {total / _MB:.1f} MiB, over the "
+            f"{limit / _MB:.0f} MiB that may travel back to the host; ship at most {fits} samples "
+            "(--eval-samples) or score with a built-in metric on the board",
+        )
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -195,9 +337,19 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     load_ms = (time.perf_counter() - started) * 1000.0
 
     metrics: dict[str, Any] = {"eval_samples": 0}
+    feeds: list[Any] | None = None
     if job.get("eval_path"):
-        metrics = _evaluate(model, job["eval_path"], job.get("eval_limit"))
-    feeds = _synthetic_inputs(model)
+        metrics, feeds = _evaluate(
+            model,
+            job["eval_path"],
+            job.get("eval_limit"),
+            task=job.get("task"),
+            outputs_path=job.get("outputs_path"),
+            max_outputs_bytes=int(job.get("max_outputs_bytes") or MAX_OUTPUTS_BYTES),
+        )
+    # Timed on a real eval sample where there is one: some models' cost depends on their input.
+    if feeds is None:
+        feeds = _synthetic_inputs(model)
 
     warmup_runs = 0
     deadline = time.perf_counter() + job["warmup_s"]
@@ -235,10 +387,25 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_health(job: dict[str, Any]) -> dict[str, Any]:
-    """A deploy's health check of one staged model; returns a HealthReport as a dict."""
+def _nonfinite_detail(outputs: list[Any], model: LoadedModel) -> str | None:
+    """``output 0: 384 of 384 values NaN`` for the first output with NaN/inf, else None."""
     import numpy as np
 
+    for k, (out, spec) in enumerate(zip(outputs, model.outputs, strict=False)):
+        values = _to_float(out, spec)
+        bad = ~np.isfinite(values)
+        if np.any(bad):
+            kind = "NaN" if np.any(np.isnan(values)) else "infinite"
+            return f"output {k} ({spec.name}): {int(bad.sum())} of {values.size} values {kind}"
+    return None
+
+
+def run_health(job: dict[str, Any]) -> dict[str, Any]:
+    """A deploy's health check of one staged model; returns a HealthReport as a dict.
+
+    It runs the shipped eval inputs (synthetic ones only when the deploy ships none), so a model
+    is judged on the inputs it will see, and a failure names the input that produced it.
+    """
     backend = discover().get(job["model_format"])
     checks: dict[str, bool] = {}
     problems: list[str] = []
@@ -252,25 +419,37 @@ def run_health(job: dict[str, Any]) -> dict[str, Any]:
         }
     checks["loads"] = True
 
-    nonfinite = {"outputs": 0, "runs": 0}
+    nonfinite: dict[str, Any] = {"runs": 0, "bad": 0, "first": None}
 
-    def count_nonfinite(outputs: list[Any]) -> None:
+    def count_nonfinite(index: int | None, feeds: list[Any], outputs: list[Any]) -> None:
         nonfinite["runs"] += 1
-        bad = sum(
-            int(np.count_nonzero(~np.isfinite(_to_float(out, spec))))
-            for out, spec in zip(outputs, model.outputs, strict=False)
-        )
-        nonfinite["outputs"] += int(bad > 0)
+        detail = _nonfinite_detail(outputs, model)
+        if detail is not None:
+            nonfinite["bad"] += 1
+            if nonfinite["first"] is None:
+                source = "synthetic input" if index is None else f"eval sample {index}"
+                nonfinite["first"] = f"{source} ({describe_feeds(model, feeds)}) gave {detail}"
 
     metrics: dict[str, Any] = {}
+    feeds: list[Any] | None = None
     if job.get("eval_path"):
-        metrics = _evaluate(model, job["eval_path"], job.get("eval_limit"), count_nonfinite)
-    feeds = _synthetic_inputs(model)
-    count_nonfinite(model.run(feeds))  # also the warm-up run
-    checks["finite_outputs"] = nonfinite["outputs"] == 0
+        metrics, feeds = _evaluate(
+            model,
+            job["eval_path"],
+            job.get("eval_limit"),
+            task=job.get("task"),
+            on_outputs=count_nonfinite,
+        )
+    if feeds is None:
+        feeds = _synthetic_inputs(model)
+        count_nonfinite(None, feeds, model.run(feeds))  # also the warm-up run
+    else:
+        model.run(feeds)  # warm-up
+    checks["finite_outputs"] = nonfinite["bad"] == 0
     if not checks["finite_outputs"]:
         problems.append(
-            f"{nonfinite['outputs']} of {nonfinite['runs']} runs produced NaN or infinite outputs"
+            f"{nonfinite['bad']} of {nonfinite['runs']} runs produced NaN or infinite outputs; "
+            f"first: {nonfinite['first']}"
         )
 
     samples: list[float] = []
@@ -301,7 +480,7 @@ def run_health(job: dict[str, Any]) -> dict[str, Any]:
         "latency_p90_ms": p90,
         "metric": metric,
         "metric_value": value,
-        "detail": "; ".join(problems) or "all checks passed",
+        "detail": ("; ".join(problems) or "all checks passed")[:4000],
     }
 
 

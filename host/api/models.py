@@ -89,7 +89,18 @@ class CampaignCreate(Strict):
     runs: int = Field(50, ge=1, le=100_000)
     min_s: float = Field(1.0, ge=0, le=3600)
     threads: int | None = Field(None, ge=1, le=256)
-    eval_limit: int | None = Field(None, ge=1, le=1_000_000)
+    eval_samples: int | None = Field(
+        1000, ge=1, le=1_000_000, description="the test split, at most this many (null: all of it)"
+    )
+    task: Literal["classification", "embedding", "regression"] | None = Field(
+        None, description="null: the model factory's task, else a guess the campaign states"
+    )
+    metric: str | None = Field(
+        None,
+        max_length=512,
+        description="a user metric pkg.mod:fn or file.py:fn, scored on the host",
+    )
+    strict: bool = Field(False, description="point comparisons instead of 95% intervals")
     job_timeout_s: float = Field(300.0, gt=0, le=86_400)
     retries: int = Field(1, ge=0, le=100)
     offline_deadline_s: float = Field(120.0, gt=0, le=7 * 86_400)

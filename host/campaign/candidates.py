@@ -8,9 +8,9 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from host.campaign.context import CampaignContext
 from host.campaign.spec import CampaignError, resolve_space
@@ -19,7 +19,10 @@ from host.errors import CompressionError, ConfigError, ExportError
 from host.store.campaigns import CandidateInfo
 
 if TYPE_CHECKING:
-    from host.data import DataSet
+    import numpy as np
+
+    from host.data import DataSet, Split
+    from host.metrics import MetricResult, UserMetric
     from host.models import ModelBundle
 
 logger = logging.getLogger(__name__)
@@ -52,13 +55,28 @@ def screen_candidates(candidates: Sequence[CandidateInfo], margin: float) -> dic
 
 @dataclass
 class Prepared:
-    """The baseline model, the data, and the eval file every board scores with."""
+    """The baseline model, the data, and the eval file every board scores with.
+
+    ``baseline`` is the baseline's score in the metric the boards report (shared.scoring);
+    with a user metric, ``user_baseline`` is its score in that metric, which then decides.
+    """
 
     bundle: ModelBundle
     dataset: DataSet
     eval_path: Path
     baseline_metric: float | None
     metric_name: str | None
+    split: Split | None = None
+    reference: np.ndarray | None = None
+    baseline: MetricResult | None = None
+    user_metric: UserMetric | None = None
+    user_baseline: MetricResult | None = None
+    baseline_outputs: Any = None
+    eval_warnings: list[str] = field(default_factory=list)
+
+    @property
+    def task(self) -> str:
+        return self.bundle.task
 
 
 class CandidateBuilder:
@@ -71,33 +89,60 @@ class CandidateBuilder:
     def prepare(self) -> Prepared:
         import torch
 
-        from host.compress.api import load_inputs, prepare_baseline, reference_outputs
+        from host.compress.api import (
+            check_data_fits,
+            eval_set_warnings,
+            eval_split,
+            load_inputs,
+            prepare_baseline,
+            reference_outputs,
+            resolve_task,
+        )
         from host.data import write_eval_npz
-        from host.metrics import evaluate_module
+        from host.metrics import (
+            load_metric,
+            predict_all,
+            score_outputs,
+            score_user_metric,
+            user_outputs,
+        )
 
+        spec = self.ctx.spec
         self.ctx.work_dir.mkdir(parents=True, exist_ok=True)
-        self.ctx.emit("stage", f"loading {self.ctx.spec.model} and {self.ctx.spec.data}")
-        bundle, dataset = load_inputs(self.ctx.spec.model, self.ctx.spec.data)
+        user_metric = load_metric(spec.metric) if spec.metric else None
+        self.ctx.emit("stage", f"loading {spec.model} and {spec.data}")
+        bundle, dataset = load_inputs(spec.model, spec.data)
+        check_data_fits(bundle, dataset)
+        bundle, task_note = resolve_task(bundle, dataset, spec.task)
+        if task_note:
+            self.ctx.emit("stage", task_note)
         weights = self.ctx.work_dir / "baseline.pt"
         if weights.is_file():
             bundle = prepare_baseline(bundle, dataset, weights=weights)
         else:
-            self.ctx.emit(
-                "stage", f"preparing the baseline ({self.ctx.spec.pretrain_epochs} epochs)"
-            )
+            self.ctx.emit("stage", f"preparing the baseline ({spec.pretrain_epochs} epochs)")
             bundle = prepare_baseline(
                 bundle,
                 dataset,
-                weights=self.ctx.spec.weights,
-                epochs=self.ctx.spec.pretrain_epochs,
-                seed=self.ctx.spec.seed,
+                weights=spec.weights,
+                epochs=spec.pretrain_epochs,
+                seed=spec.seed,
                 progress=lambda label, frac: self.ctx.emit("compress", label, fraction=frac),
             )
             tmp = weights.with_suffix(".tmp")
             torch.save(bundle.module.state_dict(), tmp)
             tmp.replace(weights)
-        reference = reference_outputs(bundle, dataset)
-        baseline = evaluate_module(bundle.module, dataset.test, bundle.task, reference)
+        split = eval_split(dataset, spec.eval_samples)
+        reference = reference_outputs(bundle, dataset, split)
+        every = predict_all(bundle.module, split)
+        outputs = user_outputs(every)
+        baseline = score_outputs(every[0], split.labels, reference, bundle.task)
+        warnings = eval_set_warnings(split, reference, bundle.task, dataset)
+        for warning in warnings:
+            self.ctx.emit("stage", f"warning: {warning}", warning=warning)
+        user_baseline = None
+        if user_metric is not None:
+            user_baseline = score_user_metric(user_metric, outputs, split.labels, reference)
         chance = 1.0 / bundle.num_classes if bundle.num_classes else 0.0
         if baseline.name == "accuracy" and baseline.value < 2 * chance:
             # Every candidate is measured against this baseline: an untrained one makes the whole
@@ -110,16 +155,36 @@ class CandidateBuilder:
             logger.warning("baseline accuracy %.3f is near chance (%.3f)", baseline.value, chance)
         eval_path = self.ctx.work_dir / "eval.npz"
         if not eval_path.is_file():
-            write_eval_npz(dataset.test, eval_path, reference, limit=self.ctx.spec.eval_limit)
+            write_eval_npz(split, eval_path, reference, task=bundle.task)
+        deciding = user_baseline or baseline
         self.ctx.cstore.update_campaign(
             self.ctx.campaign_id,
             state={
-                "baseline_metric": baseline.value,
-                "metric": baseline.name,
+                "baseline_metric": deciding.value,
+                "metric": deciding.name,
+                "device_metric": baseline.name,
+                "device_baseline_metric": baseline.value,
                 "model_name": bundle.name,
+                "task": bundle.task,
+                "task_note": task_note,
+                "eval_samples": len(split),
+                "eval_warnings": warnings,
             },
         )
-        return Prepared(bundle, dataset, eval_path, baseline.value, baseline.name)
+        return Prepared(
+            bundle,
+            dataset,
+            eval_path,
+            deciding.value,
+            deciding.name,
+            split=split,
+            reference=reference,
+            baseline=baseline,
+            user_metric=user_metric,
+            user_baseline=user_baseline,
+            baseline_outputs=outputs,
+            eval_warnings=warnings,
+        )
 
     # -- 2. candidates -------------------------------------------------------------------------
     def _candidate_id(self, recipe: Recipe, fmt: str) -> str:
@@ -159,6 +224,8 @@ class CandidateBuilder:
                     formats=self.ctx.spec.formats,
                     seed=self.ctx.spec.seed,
                     progress=report,
+                    metric=prepared.user_metric,
+                    eval_samples=self.ctx.spec.eval_samples,
                 )
                 result.metrics["compress_seconds"] = round(
                     result.metrics.get("compress_seconds", 0.0) + reused_s, 2
@@ -194,11 +261,13 @@ class CandidateBuilder:
             for position, (cid, artifact, entry) in enumerate(
                 zip(ids, result.artifacts, result.artifact_metrics, strict=True)
             ):
+                host = entry.get("user_metric") or entry
                 metrics = {
                     "params": result.metrics.get("params"),
                     "macs": result.metrics.get("macs"),
-                    "host_metric": entry.get("metric"),
-                    "host_metric_value": entry.get("metric_value"),
+                    "host_metric": host.get("metric"),
+                    "host_metric_value": host.get("metric_value"),
+                    "host_metric_interval": host.get("metric_interval"),
                     "torch_metric_value": result.metrics.get("torch_metric_value"),
                     "compress_seconds": result.metrics.get("compress_seconds"),
                 }
@@ -223,7 +292,7 @@ class CandidateBuilder:
                 self.ctx.emit(
                     "candidate",
                     f"{cid}: {artifact.manifest.size_bytes} bytes, "
-                    f"{entry.get('metric')} {entry.get('metric_value')}",
+                    f"{host.get('metric')} {host.get('metric_value')}",
                     candidate=cid,
                     status="ok",
                 )

@@ -63,6 +63,7 @@ def campaign_selection(
         constraints if constraints is not None else spec.constraints,
         objective or spec.objective,
         devices=devices,
+        strict=spec.strict,
     )
     return rows, selections
 
@@ -145,6 +146,13 @@ def campaign_outcome(cstore: CampaignStore, campaign_id: str) -> dict[str, Any]:
             "latency_p90_ms": sel.candidate.latency_ms.get("p90") if sel.candidate else None,
             "metric": sel.candidate.metric if sel.candidate else None,
             "metric_value": sel.candidate.metric_value if sel.candidate else None,
+            "metric_interval": (
+                list(sel.candidate.metric_interval)
+                if sel.candidate and sel.candidate.metric_interval
+                else None
+            ),
+            "basis": sel.basis,
+            "undecided": {k: list(v) for k, v in sel.undecided.items()},
         }
         for device, sel in selections.items()
     }
@@ -160,6 +168,11 @@ def campaign_outcome(cstore: CampaignStore, campaign_id: str) -> dict[str, Any]:
             "created": campaign.created,
             "baseline_metric": campaign.state.get("baseline_metric"),
             "metric": campaign.state.get("metric"),
+            "task": campaign.state.get("task"),
+            "task_note": campaign.state.get("task_note"),
+            "eval_samples": campaign.state.get("eval_samples"),
+            "eval_warnings": list(campaign.state.get("eval_warnings") or []),
+            "strict": spec.strict,
             "work_dir": campaign.state.get("work_dir"),
             "spec": spec.to_dict(),
         },

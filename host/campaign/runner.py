@@ -12,10 +12,10 @@ from host.campaign.events import Emitter, ProgressFn
 from host.campaign.outcome import campaign_outcome
 from host.campaign.scheduler import DeviceScheduler
 from host.campaign.spec import (
-    DEFAULT_WORK_ROOT,
     CampaignError,
     CampaignSpec,
     check_campaign_id,
+    default_work_root,
     new_campaign_id,
 )
 from host.store.campaigns import CampaignStore
@@ -46,7 +46,7 @@ class CampaignRunner:
             cstore=CampaignStore(store),
             fleet=fleet,
             campaign_id=campaign_id,
-            work_dir=Path(work_dir or DEFAULT_WORK_ROOT / campaign_id).expanduser(),
+            work_dir=Path(work_dir or default_work_root() / campaign_id).expanduser(),
             emit=Emitter(progress),
         )
         self.builder = CandidateBuilder(self.ctx)

@@ -28,7 +28,7 @@ from host.store.campaigns import (
     CampaignJobInfo,
     CandidateInfo,
 )
-from shared.errors import ValidationError
+from shared.errors import EdgeTailorError, ValidationError
 from shared.results import BenchmarkResult, from_data, to_data
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,8 @@ class DeviceScheduler:
     def measure(
         self, survivors: list[CandidateInfo], devices: list[str], prepared: Prepared
     ) -> None:
+        if prepared.user_metric is not None:
+            self._check_outputs_fit(survivors, prepared)
         for device in devices:
             for cand in survivors:
                 self.ctx.cstore.ensure_job(
@@ -118,6 +120,31 @@ class DeviceScheduler:
             thread.start()
         for thread in threads:
             thread.join()
+
+    def _check_outputs_fit(self, survivors: list[CandidateInfo], prepared: Prepared) -> None:
+        """A user metric needs the raw eval outputs back: refuse before any job if they cannot
+        travel (shared.messages.OUTPUTS_LIMIT_BYTES)."""
+        import math
+        from pathlib import Path
+
+        from host.export.runtime import describe_io
+        from shared.messages import OUTPUTS_LIMIT_BYTES
+
+        samples = len(prepared.split) if prepared.split is not None else 0
+        limit = OUTPUTS_LIMIT_BYTES - 64 * 1024
+        for cand in survivors:
+            if not cand.path:
+                continue
+            _inputs, outputs = describe_io(Path(cand.path))
+            per_sample = sum(4 * math.prod(max(d, 1) for d in spec.shape[1:]) for spec in outputs)
+            if per_sample * samples > limit:
+                fits = limit // max(per_sample, 1)
+                raise CampaignError(
+                    f"--metric needs the raw outputs of the eval set back from each board: "
+                    f"{samples} samples x {per_sample} bytes = "
+                    f"{per_sample * samples / 2**20:.1f} MiB, over the "
+                    f"{OUTPUTS_LIMIT_BYTES / 2**20:.0f} MiB limit; use --eval-samples {fits}"
+                )
 
     def _count_done(self, device: str, candidate: str, status: str) -> None:
         with self._lock:
@@ -231,7 +258,8 @@ class DeviceScheduler:
                     timeout_s=self.ctx.spec.job_timeout_s,
                     warmup_s=self.ctx.spec.warmup_s,
                     min_s=self.ctx.spec.min_s,
-                    eval_limit=self.ctx.spec.eval_limit,
+                    task=prepared.task,
+                    return_outputs=prepared.user_metric is not None,
                     device_timeout_s=5.0,
                 )
             except DeviceUnavailableError:
@@ -356,18 +384,23 @@ class DeviceScheduler:
                 error=error,
             )
             return JOB_FAILED
-        from host.select import ResultRow
+        from host.campaign.quality import judge_result
 
         result = from_data(data, BenchmarkResult)
-        row = ResultRow.from_benchmark(
-            result,
-            candidate=cand.candidate_id,
-            device=job.device_id,
-            recipe=cand.recipe_name,
-            format=cand.format,
-            precision=cand.precision,
-            baseline_metric=prepared.baseline_metric,
-        ).to_dict()
+        try:
+            row = judge_result(result, cand, job.device_id, prepared, self.ctx.fleet)
+        except EdgeTailorError as exc:  # a user metric that fails, outputs that never came
+            error = str(exc)
+            logger.warning("%s on %s: %s", cand.candidate_id, job.device_id, error)
+            self.ctx.cstore.job_finished(
+                self.ctx.campaign_id,
+                cand.candidate_id,
+                job.device_id,
+                JOB_FAILED,
+                row=self._failed_row(cand, job.device_id, prepared, error),
+                error=error,
+            )
+            return JOB_FAILED
         row.update(
             job_id=result.job_id,
             runtime=result.runtime,

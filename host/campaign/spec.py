@@ -24,7 +24,13 @@ from host.compress import (
 from host.errors import ConfigError, HostError
 from shared.topics import check_device_id
 
-DEFAULT_WORK_ROOT = Path("~/.edgetailor/campaigns")
+
+def default_work_root() -> Path:
+    """Where campaign work dirs go: ``$EDGETAILOR_HOME/campaigns`` (default ~/.edgetailor)."""
+    from host.security import edgetailor_home
+
+    return edgetailor_home() / "campaigns"
+
 
 # On top of the benchmark's own timeout: the transfer, the worker start, the device's queue.
 TRANSFER_ALLOWANCE_S = 120.0
@@ -76,11 +82,14 @@ class CampaignSpec:
     min_s: float = 1.0
     warmup_s: float = 0.5
     threads: int | None = None
-    eval_limit: int | None = None
+    eval_samples: int | None = 1000  # the test split, at most this many (None: all of it)
     job_timeout_s: float = 300.0
     retries: int = 1
     offline_deadline_s: float = 120.0
     screen_margin: float = 0.02
+    task: str | None = None  # None: the model factory's task, else a guess the campaign states
+    metric: str | None = None  # a user metric pkg.mod:fn / file.py:fn, scored on the host
+    strict: bool = False  # point comparisons instead of the 95% intervals in selection
 
     def __post_init__(self) -> None:
         if not self.devices:
@@ -99,6 +108,13 @@ class CampaignSpec:
                 raise ConfigError(f"campaign {name}={value} is invalid: it must be > 0 seconds")
         if self.screen_margin < 0:
             raise ConfigError(f"screen_margin={self.screen_margin} must be >= 0")
+        if self.eval_samples is not None and self.eval_samples < 1:
+            raise ConfigError(f"eval_samples={self.eval_samples} must be at least 1")
+        if self.task is not None:
+            from shared.scoring import TASKS
+
+            if self.task not in TASKS:
+                raise ConfigError(f"task {self.task!r} is not one of {', '.join(TASKS)}")
         from host.select import Constraint, Objective
 
         for text in self.constraints:
@@ -117,11 +133,13 @@ class CampaignSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CampaignSpec:
-        known = set(cls.__dataclass_fields__)
+        known = set(cls.__dataclass_fields__) | {"eval_limit"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"campaign spec has unknown field(s) {', '.join(unknown)}")
         values = dict(data)
+        if "eval_limit" in values:  # specs stored before eval_samples: their cap, or none
+            values.setdefault("eval_samples", values.pop("eval_limit"))
         for key in ("devices", "constraints", "formats"):
             if key in values:
                 values[key] = tuple(values[key])

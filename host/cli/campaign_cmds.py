@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from host.cli.client import ServerOpt, TokenOpt
+from host.cli.compress_cmds import EVAL_SAMPLES_HELP, METRIC_HELP, TASK_HELP, metric_text
 from host.cli.fleet_cmds import (
     DEFAULT_BROKER,
     BaseTopicOpt,
@@ -37,6 +38,7 @@ from host.cli.fleet_cmds import (
     TlsKeyOpt,
 )
 from host.cli.main import app
+from host.cli.output import library_chatter, wide_console
 from shared.broker_url import TlsOptions
 from shared.errors import ConfigError
 from shared.topics import DEFAULT_BASE
@@ -147,7 +149,7 @@ def results_table(outcome: dict[str, Any]) -> Table:
             _fmt(lat.get("p50")),
             _fmt(lat.get("p90")),
             _fmt(row.get("peak_rss_mb"), 1),
-            f"{row.get('metric') or ''} {_fmt(row.get('metric_value'), 4)}",
+            metric_text(row) if status == "ok" else "-",
             status if status == "ok" else f"[red]{status}[/]: {(row.get('error') or '')[:60]}",
         )
     return table
@@ -169,7 +171,7 @@ def selection_table(outcome: dict[str, Any], labels: dict[str, str] | None = Non
             status if status != "offline" else "[red]offline[/]",
             sel["candidate"] or "[red]none[/]",
             _fmt(sel.get("latency_p90_ms")),
-            f"{sel.get('metric') or ''} {_fmt(sel.get('metric_value'), 4)}",
+            metric_text(sel) if sel["candidate"] else "-",
         ]
         table.add_row(*cells)
     return table
@@ -182,12 +184,6 @@ def print_choices(
     console.print(selection_table(outcome, labels))
     for device, sel in sorted(outcome["selection"].items()):
         console.print(f"[bold]{device}[/]: {sel['reason']}")
-
-
-def wide_console() -> Console:
-    """stdout; at least 150 columns when it is not a terminal, so piped tables stay readable."""
-    console = Console()
-    return console if console.is_terminal else Console(width=max(console.width, 150))
 
 
 def candidates_table(outcome: dict[str, Any]) -> Table:
@@ -286,12 +282,23 @@ def campaign_cmd(
     weights: Annotated[
         str | None, typer.Option("--weights", help="state_dict file of the model")
     ] = None,
-    eval_limit: Annotated[
-        int | None, typer.Option("--eval-limit", min=1, help="eval samples shipped to devices")
-    ] = None,
+    eval_samples: Annotated[
+        int, typer.Option("--eval-samples", min=1, help=EVAL_SAMPLES_HELP)
+    ] = 1000,
+    task: Annotated[str | None, typer.Option("--task", help=TASK_HELP)] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help=METRIC_HELP)] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="judge quality constraints on point estimates, not on their 95% intervals",
+        ),
+    ] = False,
     work_dir: Annotated[
         Path | None,
-        typer.Option("--work-dir", help="artifacts (default ~/.edgetailor/campaigns/ID)"),
+        typer.Option(
+            "--work-dir", help="artifacts (default $EDGETAILOR_HOME/campaigns/ID, ~/.edgetailor)"
+        ),
     ] = None,
     report: Annotated[
         Path | None, typer.Option("--report", help="also write the HTML report here")
@@ -317,7 +324,8 @@ def campaign_cmd(
             "constraints": list(constraint or ()), "objective": objective,
             "formats": [f.strip() for f in formats.split(",") if f.strip()],
             "pretrain_epochs": pretrain_epochs, "runs": runs, "min_s": min_s,
-            "threads": threads, "eval_limit": eval_limit, "job_timeout_s": job_timeout,
+            "threads": threads, "eval_samples": eval_samples, "task": task, "metric": metric,
+            "strict": strict, "job_timeout_s": job_timeout,
             "retries": retries, "offline_deadline_s": offline_deadline,
             "screen_margin": screen_margin,
         })  # fmt: skip
@@ -346,13 +354,17 @@ def campaign_cmd(
                 runs=runs,
                 min_s=min_s,
                 threads=threads,
-                eval_limit=eval_limit,
+                eval_samples=eval_samples,
+                task=task,
+                metric=metric,
+                strict=strict,
                 job_timeout_s=job_timeout,
                 retries=retries,
                 offline_deadline_s=offline_deadline,
                 screen_margin=screen_margin,
             )
         with (
+            library_chatter(),
             Fleet(broker, base_topic, store=store, tls=tls, signing_key=signing_key) as fleet,
             LiveProgress(err, transient=as_json) as live,
         ):
@@ -665,16 +677,17 @@ def demo_cmd(
 
     started = time.monotonic()
     err = Console(stderr=True)
-    summary = run_demo(
-        agents=agents,
-        out_dir=out,
-        space=space,
-        model=model or DEFAULT_MODEL,
-        constraints=tuple(constraint) if constraint else DEFAULT_CONSTRAINTS,
-        objective=objective,
-        console=err,
-        quiet=as_json,
-    )
+    with library_chatter():
+        summary = run_demo(
+            agents=agents,
+            out_dir=out,
+            space=space,
+            model=model or DEFAULT_MODEL,
+            constraints=tuple(constraint) if constraint else DEFAULT_CONSTRAINTS,
+            objective=objective,
+            console=err,
+            quiet=as_json,
+        )
     summary["seconds"] = round(time.monotonic() - started, 1)
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")

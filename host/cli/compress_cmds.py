@@ -3,7 +3,8 @@
     edgetailor compress --model builtin:digits_cnn --data builtin:digits --recipe prune50_ft_int8 --out out/
     edgetailor compress --list
 
-Progress (training epochs, export) goes to stderr with rich; the result table (or ``--json``) to stdout.
+Progress (training epochs, export) goes to stderr with rich; the result table (or ``--json``) to
+stdout, and nothing else: what converters print is moved off stdout (host.cli.output).
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from rich.console import Console
 from rich.table import Table
 
 from host.cli.main import app
+from host.cli.output import library_chatter, wide_console
 from shared.errors import ConfigError
+
+TASK_HELP = "classification, embedding or regression (default: the model factory's, else a guess)"
+METRIC_HELP = (
+    "your metric: pkg.mod:fn or file.py:fn, fn(outputs, labels_or_reference) -> float, "
+    "higher is better"
+)
+EVAL_SAMPLES_HELP = "eval set: the test split, at most this many samples"
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +84,13 @@ def result_table(result: Any) -> Table:
         "bytes",
         "params",
         "MACs",
-        "metric",
+        "metric (95% interval)",
         "latency ms",
     ):
         table.add_column(column)
     for artifact, entry in zip(result.artifacts, result.artifact_metrics, strict=True):
         latency = entry.get("latency", {})
+        metrics = [entry, *([entry["user_metric"]] if entry.get("user_metric") else [])]
         table.add_row(
             artifact.manifest.format,
             artifact.manifest.precision,
@@ -88,10 +98,21 @@ def result_table(result: Any) -> Table:
             str(entry["size_bytes"]),
             _fmt(result.metrics.get("params")),
             _fmt(result.metrics.get("macs")),
-            f"{entry.get('metric', '-')} {_fmt(entry.get('metric_value'))}",
+            "\n".join(metric_text(m) for m in metrics),
             _fmt(latency.get("p50_ms") if isinstance(latency, dict) else None, 3),
         )
     return table
+
+
+def metric_text(entry: dict[str, Any]) -> str:
+    """``accuracy 0.9778 [0.950, 0.990] n=270``."""
+    interval = entry.get("metric_interval")
+    shown = f"{entry.get('metric', '-')} {_fmt(entry.get('metric_value'))}"
+    if interval and None not in interval:
+        shown += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
+    if entry.get("eval_samples"):
+        shown += f" n={entry['eval_samples']}"
+    return shown
 
 
 def steps_table(result: Any) -> Table:
@@ -149,13 +170,18 @@ def compress_cmd(
         ),
     ] = 0,
     seed: Annotated[int, typer.Option("--seed", help="seed for training steps")] = 0,
+    task: Annotated[str | None, typer.Option("--task", help=TASK_HELP)] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help=METRIC_HELP)] = None,
+    eval_samples: Annotated[
+        int, typer.Option("--eval-samples", min=1, help=EVAL_SAMPLES_HELP)
+    ] = 1000,
     list_all: Annotated[
         bool, typer.Option("--list", help="list techniques, named recipes, search spaces")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
 ) -> None:
     """Compress a model with a recipe, export it, and measure the exported file on this host."""
-    out_console = Console()
+    out_console = wide_console()
     if list_all:
         if as_json:
             typer.echo(json.dumps(_list_json(), indent=2))
@@ -183,17 +209,20 @@ def compress_cmd(
 
     chosen = [f.strip() for f in formats.split(",") if f.strip()]
     err_console = Console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=as_json,
-    ) as progress:
-        task = progress.add_task("compressing", total=1.0)
+    with (
+        library_chatter(),
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=as_json,
+        ) as progress,
+    ):
+        bar = progress.add_task("compressing", total=1.0)
 
         def report(label: str, fraction: float) -> None:
-            progress.update(task, description=label, completed=fraction)
+            progress.update(bar, description=label, completed=fraction)
 
         result = compress(
             model,
@@ -207,7 +236,14 @@ def compress_cmd(
             threads=threads,
             weights=weights,
             pretrain_epochs=pretrain_epochs,
+            task=task,
+            metric=metric,
+            eval_samples=eval_samples,
         )
+    for line in ([result.task_note] if result.task_note else []) + [
+        f"warning: {w}" for w in result.eval_warnings
+    ]:
+        err_console.print(line, markup=False, highlight=False)
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
         return

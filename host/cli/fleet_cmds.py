@@ -37,7 +37,11 @@ BrokerOpt = Annotated[
 BaseTopicOpt = Annotated[str, typer.Option("--base-topic", help="MQTT base topic of the fleet")]
 DbOpt = Annotated[
     str | None,
-    typer.Option("--db", help="SQLAlchemy URL (default sqlite:///~/.edgetailor/edgetailor.db)"),
+    typer.Option(
+        "--db",
+        help="SQLAlchemy URL (default $EDGETAILOR_DB, else sqlite in $EDGETAILOR_HOME, "
+        "~/.edgetailor)",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 TlsCaOpt = Annotated[
@@ -100,7 +104,8 @@ def devices_cmd(
         typer.Option("--token", help="API token for --server (default: $EDGETAILOR_TOKEN)"),
     ] = None,
 ) -> None:
-    """List devices: the broker's retained birth/status messages, plus what the database knows."""
+    """List devices: what the broker's retained birth/status messages say, then the devices only
+    the database knows (marked: they may belong to another broker or base topic)."""
     from host.fleet.devices import DeviceRecord
     from host.store import Store
 
@@ -127,13 +132,16 @@ def devices_cmd(
     tls = TlsOptions(tls_ca, tls_cert, tls_key)
     with Store(db) as store, _fleet(broker, base_topic, store, tls, None) as fleet:
         fleet.wait_synced(settle_s=wait)
-        rows = {device_id: rec.to_dict() for device_id, rec in fleet.devices().items()}
+        rows = {
+            device_id: {**rec.to_dict(), "source": "broker"}
+            for device_id, rec in fleet.devices().items()
+        }
         for known in store.list_devices():
             row = rows.get(known.device_id)
             if row is None:
-                # Not on this broker/base topic right now: report what was last recorded.
+                # This broker does not announce it: what the database last recorded, marked.
                 row = DeviceRecord(known.device_id).to_dict()
-                row.update(online=False, last_seen=known.last_seen)
+                row.update(online=None, last_seen=known.last_seen, source="database")
                 birth = known.birth or {}
                 for key in ("arch", "cpu_model", "cores", "ram_mb", "os", "agent_version"):
                     row[key] = birth.get(key)
@@ -149,7 +157,7 @@ def devices_cmd(
     table = Table(title=f"devices on {broker} ({base_topic})")
     for column in ("id", "online", "arch", "cores", "RAM MB", "runtimes", "agent", "telemetry"):
         table.add_column(column)
-    for row in ordered:
+    for row in sorted(ordered, key=lambda r: (r.get("source") != "broker", r["device_id"])):
         tele = row.get("telemetry") or {}
         telemetry = (
             f"cpu {tele.get('cpu_percent', 0):.0f}% rss {tele.get('agent_rss_mb', 0):.0f} MB "
@@ -157,9 +165,13 @@ def devices_cmd(
             if tele
             else "-"
         )
+        if row.get("source") == "database":
+            online = f"[dim]database only, last seen {_ago(row.get('last_seen'))}[/]"
+        else:
+            online = "[green]yes[/]" if row["online"] else "[red]no[/]"
         table.add_row(
             row["device_id"],
-            "[green]yes[/]" if row["online"] else "[red]no[/]",
+            online,
             str(row.get("arch") or "-"),
             str(row.get("cores") or "-"),
             f"{row['ram_mb']:.0f}" if row.get("ram_mb") else "-",
@@ -186,7 +198,13 @@ def _print_result(result: BenchmarkResult, device_id: str) -> None:
         ("peak RSS (worker)", f"{result.peak_rss_mb:.1f} MB"),
     ]
     if result.metric is not None and result.metric_value is not None:
-        rows.append((result.metric, f"{result.metric_value:.4f} on {result.eval_samples} samples"))
+        interval = result.metric_interval
+        shown = f"{result.metric_value:.4f}"
+        if interval:
+            shown += f" [{interval[0]:.4f}, {interval[1]:.4f}]"
+        rows.append((result.metric, f"{shown} on {result.eval_samples} samples ({result.task})"))
+    for warning in result.eval_warnings:
+        rows.append(("eval set warning", warning))
     for transfer in result.transfers:
         how = (
             "already stored"
@@ -216,6 +234,14 @@ def bench_cmd(
         int | None,
         typer.Option(
             "--threads", min=1, help="runtime threads on the device (default: the agent's)"
+        ),
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            help="score the eval file as classification, embedding or regression "
+            "(default: the task the file names)",
         ),
     ] = None,
     runs: Annotated[
@@ -258,7 +284,7 @@ def bench_cmd(
 
         job = fleet.submit_benchmark(
             device, model, eval_path=eval_file, threads=threads, runs=runs, timeout_s=timeout,
-            device_timeout_s=device_timeout, on_progress=progress,
+            device_timeout_s=device_timeout, on_progress=progress, task=task,
         )  # fmt: skip
         status.update(f"{device}: sent job {job.job_id}")
         try:

@@ -1,7 +1,12 @@
 """compress(): run a recipe on a model, export the candidate, measure it where it was exported.
 
 The metrics of a candidate come from the exported file run through its own runtime on the host
-(not only from the torch module), because quantization error only exists in the file.
+(not only from the torch module), because quantization error only exists in the file. They are
+scored on the eval set -- the test split, at most ``eval_samples`` of it -- with the task's metric
+(host.metrics / shared.scoring), a 95% interval, and the warnings of :func:`eval_set_warnings`.
+
+The task is the factory's (its info dict, or ``task=`` in the spec), ``task=`` here (``--task``),
+or a guess from the outputs that :func:`resolve_task` states with how to override it.
 """
 
 from __future__ import annotations
@@ -18,17 +23,23 @@ from host.compress.config import Recipe, TechniqueConfig
 from host.compress.context import CompressContext, ProgressFn, StepRecord
 from host.compress.handlers import HANDLERS
 from host.compress.recipes import resolve_recipe
-from host.errors import CompressionError
+from host.errors import CompressionError, DataError
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from host.data import DataSet
+    from host.data import DataSet, Split
     from host.export import Artifact
+    from host.metrics import MetricResult, UserMetric
     from host.models import ModelBundle
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_EVAL_SAMPLES = 1000
+# A classifier's class scores are rarely this many; an unlabelled output this wide is a feature
+# vector far more often than a 100-way classifier.
+WIDE_OUTPUT_DIMS = 100
 
 
 @dataclass
@@ -42,12 +53,19 @@ class CompressResult:
     steps: list[StepRecord]
     precision: str = "fp32"
     artifact_metrics: list[dict[str, Any]] = field(default_factory=list)
+    task_note: str | None = None
+    eval_warnings: list[str] = field(default_factory=list)
+    eval_samples: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "recipe": {"name": self.recipe.name, "steps": self.recipe.to_list()},
             "description": self.recipe.describe(),
             "model": self.bundle.name,
+            "task": self.bundle.task,
+            "task_note": self.task_note,
+            "eval_samples": self.eval_samples,
+            "eval_warnings": list(self.eval_warnings),
             "precision": self.precision,
             "metrics": dict(self.metrics),
             "artifacts": [
@@ -67,13 +85,133 @@ def load_inputs(model: str | ModelBundle, data: str | DataSet) -> tuple[ModelBun
     return bundle, dataset
 
 
-def reference_outputs(bundle: ModelBundle, data: DataSet) -> np.ndarray | None:
-    """Outputs of the uncompressed model on the test split when there are no labels to score against."""
+def reference_outputs(
+    bundle: ModelBundle, data: DataSet, split: Split | None = None
+) -> np.ndarray | None:
+    """Outputs of the uncompressed model on ``split`` (default: the test split) when there are no
+    labels to score against."""
     from host.metrics import predict
 
-    if data.test.labels is not None and bundle.task == "classification":
+    split = data.test if split is None else split
+    if split.labels is not None and bundle.task == "classification":
         return None
-    return predict(bundle.module, data.test)
+    return predict(bundle.module, split)
+
+
+def eval_split(data: DataSet, eval_samples: int | None = DEFAULT_EVAL_SAMPLES) -> Split:
+    """The eval set: the whole test split, capped at ``eval_samples`` (None: no cap)."""
+    if eval_samples is not None and eval_samples < 1:
+        raise ConfigError(f"--eval-samples must be at least 1, got {eval_samples}")
+    return data.test if eval_samples is None else data.test.subset(eval_samples)
+
+
+def eval_set_warnings(
+    split: Split, reference: np.ndarray | None, task: str, data: DataSet | None = None
+) -> list[str]:
+    """shared.scoring's warnings about an eval set, with where its samples came from."""
+    from shared import scoring
+
+    warnings = scoring.eval_warnings(len(split), split.labels, reference, task)
+    if data is not None and warnings and len(split) < scoring.MIN_TRUSTED_SAMPLES:
+        total = len(data.train) + len(data.val) + len(data.test)
+        warnings[0] += (
+            f" (the eval set is the test split: {len(data.test)} of the {total} samples of "
+            "--data; give more data, or an npz with ready test_x/test_y splits)"
+        )
+    return warnings
+
+
+def _output_rows(bundle: ModelBundle, split: Split, limit: int = 8) -> np.ndarray:
+    from host.metrics import predict
+
+    out = predict(bundle.module, split.subset(limit))
+    return out.reshape(len(out), -1)
+
+
+def check_data_fits(bundle: ModelBundle, data: DataSet) -> None:
+    """Run the model on two test samples; a DataError that says what does not fit otherwise."""
+    from host.metrics import predict
+
+    sample = data.test.subset(2)
+    examples = bundle.example_inputs
+    if len(sample.inputs) != len(examples):
+        raise DataError(
+            f"{bundle.name} takes {len(examples)} input(s) but --data gives {len(sample.inputs)} "
+            f"array(s); give x (one input) or x0, x1, ... (one per input)"
+        )
+    try:
+        outputs = predict(bundle.module, sample)
+    except Exception as exc:
+        wanted = ", ".join(
+            f"{tuple(t.shape[1:])} {str(t.dtype).removeprefix('torch.')}" for t in examples
+        )
+        given = ", ".join(f"{a.shape[1:]} {a.dtype}" for a in sample.inputs)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"{bundle.name} fails on --data: it expects per-sample input(s) {wanted}, the data "
+            f"has {given} ({type(exc).__name__}: {first})"
+        ) from exc
+    classes = data.num_classes
+    width = int(outputs.reshape(len(outputs), -1).shape[1]) if len(outputs) else 0
+    if bundle.task == "classification" and classes is not None and classes > width > 1:
+        raise DataError(
+            f"--data has labels up to {classes - 1} but {bundle.name} scores {width} classes; "
+            f"build the model with num_classes={classes} (e.g. '{bundle.factory}?num_classes="
+            f"{classes}' when its factory takes it)"
+        )
+
+
+def resolve_task(
+    bundle: ModelBundle, data: DataSet, task: str | None = None
+) -> tuple[ModelBundle, str | None]:
+    """The bundle with its task settled, and a sentence saying so when the task is a guess.
+
+    A given task (``task`` here, else the factory's) is kept. A guess of "class scores" (2-D
+    output) is revised where the outputs say otherwise: rows of unit length are embeddings, and
+    without labels an output of more than ``WIDE_OUTPUT_DIMS`` values is taken for an embedding.
+    """
+    import dataclasses
+
+    from shared import scoring
+
+    if task is not None:
+        try:
+            scoring.check_task(task)
+        except scoring.ScoringError as exc:
+            raise ConfigError(f"--task: {exc}") from exc
+        if task == bundle.task and not bundle.task_inferred:
+            return bundle, None
+        num_classes = bundle.num_classes if task == "classification" else None
+        if task == "classification" and num_classes is None:
+            num_classes = data.num_classes or int(_output_rows(bundle, data.test).shape[1])
+        return (
+            dataclasses.replace(bundle, task=task, num_classes=num_classes, task_inferred=False),
+            None,
+        )
+    if not bundle.task_inferred:
+        return bundle, None
+    import numpy as np
+
+    guess, why = bundle.task, "its output is 2-D (class scores)"
+    if guess == "classification":
+        rows = _output_rows(bundle, data.test)
+        norms = np.linalg.norm(rows, axis=1)
+        if len(rows) and np.allclose(norms, 1.0, atol=1e-3):
+            guess, why = "embedding", "its output rows have unit length"
+        elif not data.has_labels and rows.shape[1] > WIDE_OUTPUT_DIMS:
+            guess = "embedding"
+            why = f"its output has {rows.shape[1]} values per sample and the data has no labels"
+    else:
+        why = "its output is not 2-D class scores"
+    note = (
+        f"task {guess} (guessed: {why}); if that is wrong, pass --task "
+        "classification|embedding|regression or give 'task' in the model factory's info dict"
+    )
+    logger.info("%s", note)
+    settled = {"task": guess, "task_inferred": False}
+    if guess != bundle.task:
+        settled["num_classes"] = None
+    return dataclasses.replace(bundle, **settled), note
 
 
 def prepare_baseline(
@@ -109,17 +247,24 @@ def prepare_baseline(
                 "torch.save(model.state_dict(), path) from the same architecture"
             ) from exc
     if epochs > 0:
-        module = fit(
-            copy.deepcopy(module),
-            data,
-            epochs,
-            lr,
-            seed=seed,
-            task=bundle.task,
-            progress=(lambda label, frac: progress(f"pretrain {label}", frac))
-            if progress
-            else None,
-        )
+        try:
+            module = fit(
+                copy.deepcopy(module),
+                data,
+                epochs,
+                lr,
+                seed=seed,
+                task=bundle.task,
+                progress=(lambda label, frac: progress(f"pretrain {label}", frac))
+                if progress
+                else None,
+            )
+        except (CompressionError, ConfigError):
+            raise
+        except Exception as exc:
+            raise CompressionError(
+                f"training {bundle.name} on the data failed: {type(exc).__name__}: {exc}"
+            ) from exc
         module = module.cpu().eval()
     if module is bundle.module:
         return bundle
@@ -173,25 +318,93 @@ def compress(
     weights: str | Path | None = None,
     pretrain_epochs: int = 0,
     pretrain_lr: float = 3e-3,
+    task: str | None = None,
+    metric: str | UserMetric | None = None,
+    eval_samples: int | None = DEFAULT_EVAL_SAMPLES,
 ) -> CompressResult:
     """Compress ``model`` with ``recipe``, export it in each format to ``out_dir`` and measure it.
 
-    ``out_dir`` also gets ``eval.npz``, the test split (with labels, or the uncompressed model's
-    outputs as ``ref``) to benchmark the files on a device with.
+    ``out_dir`` also gets ``eval.npz``, the eval set (with labels, or the uncompressed model's
+    outputs as ``ref``, and the task) to benchmark the files on a device with. A run that fails
+    leaves nothing new in ``out_dir``.
 
     ``model``/``data`` are specs (``builtin:digits_cnn``, ``builtin:digits``) or already loaded
     objects (notebooks, tests). With ``latency_runs > 0`` each file's host latency is measured with
     its runtime on ``threads`` threads. ``weights`` (a state_dict file) or ``pretrain_epochs``
-    (train the model on ``data`` first) give zoo models something worth compressing.
+    (train the model on ``data`` first) give zoo models something worth compressing. ``task``
+    overrides the model's task; ``metric`` (a ``pkg.mod:fn`` spec or a loaded UserMetric) is
+    scored on the exported files too; ``eval_samples`` caps the eval set (None: the whole split).
     """
+    out = Path(out_dir)
+    before = set(out.iterdir()) if out.is_dir() else None
+    try:
+        return _compress(
+            model, data, recipe, out, formats, progress=progress, seed=seed, evaluate=evaluate,
+            latency_runs=latency_runs, threads=threads, weights=weights,
+            pretrain_epochs=pretrain_epochs, pretrain_lr=pretrain_lr, task=task, metric=metric,
+            eval_samples=eval_samples,
+        )  # fmt: skip
+    except BaseException:
+        _remove_new_entries(out, before)
+        raise
+
+
+def _remove_new_entries(out: Path, before: set[Path] | None) -> None:
+    """Undo what a failed run wrote: new entries of ``out``, and ``out`` itself if it was new."""
+    import shutil
+
+    if not out.is_dir():
+        return
+    if before is None:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for entry in set(out.iterdir()) - before:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _compress(
+    model: str | ModelBundle,
+    data: str | DataSet,
+    recipe: Recipe | str | Sequence[TechniqueConfig],
+    out: Path,
+    formats: Sequence[str],
+    *,
+    progress: ProgressFn | None,
+    seed: int,
+    evaluate: bool,
+    latency_runs: int,
+    threads: int,
+    weights: str | Path | None,
+    pretrain_epochs: int,
+    pretrain_lr: float,
+    task: str | None,
+    metric: str | UserMetric | None,
+    eval_samples: int | None,
+) -> CompressResult:
     from host.data import write_eval_npz
-    from host.export import ExportConfig, evaluate_artifact, export, measure_latency
-    from host.metrics import count_macs, count_params, evaluate_module
+    from host.export import ExportConfig, export, measure_latency, run_artifact_all
+    from host.metrics import (
+        count_macs,
+        count_params,
+        load_metric,
+        predict,
+        predict_all,
+        score_outputs,
+        score_user_metric,
+        user_outputs,
+    )
 
     recipe = resolve_recipe(recipe)
     if not formats:
         raise ConfigError("no export format given; use tflite and/or onnx")
+    user_metric = load_metric(metric) if isinstance(metric, str) else metric
     bundle, dataset = load_inputs(model, data)
+    check_data_fits(bundle, dataset)
+    bundle, task_note = resolve_task(bundle, dataset, task)
+    split = eval_split(dataset, eval_samples)
     bundle = prepare_baseline(
         bundle,
         dataset,
@@ -201,7 +414,15 @@ def compress(
         seed=seed,
         progress=progress,
     )
-    reference = reference_outputs(bundle, dataset) if evaluate else None
+    reference = reference_outputs(bundle, dataset, split) if evaluate else None
+    warnings = eval_set_warnings(split, reference, bundle.task, dataset) if evaluate else []
+    for warning in warnings:
+        logger.warning("eval set: %s", warning)
+    if user_metric is not None and evaluate:
+        # A metric that cannot score the uncompressed model's outputs fails here, not after the
+        # compression.
+        target = split.labels if split.labels is not None else reference
+        user_metric(user_outputs(predict_all(bundle.module, split)), target)
     started = time.perf_counter()
     candidate, ctx = apply_recipe(bundle, dataset, recipe, progress=progress, seed=seed)
     metrics: dict[str, Any] = {"params": count_params(candidate.module)}
@@ -211,12 +432,13 @@ def compress(
         logger.warning("could not count MACs of %s: %s", candidate.name, exc)
         metrics["macs"] = None
     if evaluate:
-        torch_metric = evaluate_module(candidate.module, dataset.test, candidate.task, reference)
+        torch_metric = score_outputs(
+            predict(candidate.module, split), split.labels, reference, candidate.task
+        )
         metrics["torch_metric"] = torch_metric.name
         metrics["torch_metric_value"] = torch_metric.value
     metrics["compress_seconds"] = round(time.perf_counter() - started, 2)
 
-    out = Path(out_dir)
     artifacts: list[Artifact] = []
     artifact_metrics: list[dict[str, Any]] = []
     name = f"{bundle.name}-{recipe.name or 'custom'}"
@@ -241,16 +463,19 @@ def compress(
             "precision": artifact.manifest.precision,
         }
         if evaluate:
-            result = evaluate_artifact(artifact, dataset.test, candidate.task, reference)
-            entry["metric"] = result.name
-            entry["metric_value"] = result.value
-            artifact = _with_metrics(
-                artifact, {"host_metric": result.name, "host_metric_value": result.value}
-            )
+            every = run_artifact_all(artifact.path, split)
+            scored = score_outputs(every[0], split.labels, reference, candidate.task)
+            entry.update(_metric_entry(scored))
+            extra = _manifest_metrics(scored, "host", warnings)
+            if user_metric is not None:
+                custom = score_user_metric(
+                    user_metric, user_outputs(every), split.labels, reference
+                )
+                entry["user_metric"] = _metric_entry(custom)
+                extra.update(_manifest_metrics(custom, "user", []))
+            artifact = _with_metrics(artifact, extra)
         if latency_runs > 0:
-            latency = measure_latency(
-                artifact.path, dataset.test, threads=threads, runs=latency_runs
-            )
+            latency = measure_latency(artifact.path, split, threads=threads, runs=latency_runs)
             entry["latency"] = latency
             entry["threads"] = threads
         artifacts.append(artifact)
@@ -264,11 +489,39 @@ def compress(
         steps=ctx.log,
         precision=ctx.precision,
         artifact_metrics=artifact_metrics,
+        task_note=task_note,
+        eval_warnings=warnings,
+        eval_samples=len(split),
     )
     (out / f"{name}.result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
     # The eval set a device benchmark needs (`edgetailor bench FILE --eval out/eval.npz`).
-    write_eval_npz(dataset.test, out / "eval.npz", reference)
+    write_eval_npz(split, out / "eval.npz", reference, task=candidate.task)
     return result
+
+
+def _metric_entry(scored: MetricResult) -> dict[str, Any]:
+    return {
+        "metric": scored.name,
+        "metric_value": scored.value,
+        "metric_interval": None if scored.interval is None else list(scored.interval),
+        "eval_samples": scored.samples,
+    }
+
+
+def _manifest_metrics(
+    scored: MetricResult, prefix: str, warnings: list[str]
+) -> dict[str, float | int | str | None]:
+    """The manifest's flat metrics entries of a score (``host_metric``, ``host_metric_low``...)."""
+    extra: dict[str, float | int | str | None] = {
+        f"{prefix}_metric": scored.name,
+        f"{prefix}_metric_value": scored.value,
+        f"{prefix}_metric_low": scored.low,
+        f"{prefix}_metric_high": scored.high,
+    }
+    if prefix == "host":
+        extra["eval_samples"] = scored.samples
+        extra["eval_warnings"] = " | ".join(warnings) if warnings else None
+    return extra
 
 
 def _with_metrics(artifact: Artifact, extra: dict[str, Any]) -> Artifact:

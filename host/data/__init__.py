@@ -2,7 +2,8 @@
 
 A :class:`Split` holds one array per model input (``inputs``) and optional integer ``labels``.
 Without labels, metrics are fidelity to the uncompressed model. :func:`write_eval_npz` writes the
-evaluation set a device benchmarks with (``x`` or ``x0, x1, ...``, optional ``y`` and ``ref``).
+evaluation set a device benchmarks with (``x`` or ``x0, x1, ...``, optional ``y`` and ``ref``, and
+the ``task`` both sides score it for).
 
 npz files hold ``x`` (one input) or ``x0, x1, ...`` (several), optional ``y``; they are split into
 train/val/test with the seed (70/15/15). A file may instead hold ready splits as
@@ -332,8 +333,10 @@ def write_eval_npz(
     path: str | Path,
     reference_outputs: np.ndarray | None = None,
     limit: int | None = None,
+    task: str | None = None,
 ) -> Path:
-    """Write the eval set a device benchmarks with: ``x``/``x0..``, optional ``y`` and ``ref``."""
+    """Write the eval set a device benchmarks with: ``x``/``x0..``, optional ``y`` and ``ref``,
+    and the ``task`` it is scored for (a one-element string array: no pickle needed to read it)."""
     if limit is not None:
         split = split.subset(limit)
     arrays: dict[str, np.ndarray] = {}
@@ -348,6 +351,8 @@ def write_eval_npz(
         if len(ref) < len(split):
             raise DataError(f"{len(ref)} reference outputs for {len(split)} eval samples")
         arrays["ref"] = ref[: len(split)].astype(np.float32)
+    if task is not None:
+        arrays["task"] = np.array([task])
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Temporary sibling, then rename: a campaign resumes with an existing eval.npz as it is, so an

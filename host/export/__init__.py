@@ -284,6 +284,13 @@ def run_artifact(path: str | Path, split: Split, *, threads: int = 1, batch: int
     return open_runner(Path(path), threads=threads).run_split(split)
 
 
+def run_artifact_all(path: str | Path, split: Split, *, threads: int = 1) -> list[np.ndarray]:
+    """Every output of the exported file on every sample of ``split`` (float32, dequantized)."""
+    from host.export.runtime import open_runner
+
+    return open_runner(Path(path), threads=threads).run_split_all(split)
+
+
 def evaluate_artifact(
     artifact: Artifact | str | Path,
     split: Split,
@@ -318,4 +325,5 @@ __all__ = [
     "export",
     "measure_latency",
     "run_artifact",
+    "run_artifact_all",
 ]

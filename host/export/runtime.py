@@ -51,23 +51,31 @@ class Runner:
     batch: int = 1
 
     def run(self, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
+        return self.run_all(inputs)[0]
+
+    def run_all(self, inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        """Every output of one run, float32, in the file's output order."""
         raise NotImplementedError
 
     def run_split(self, split: Split) -> np.ndarray:
+        return self.run_split_all(split)[0]
+
+    def run_split_all(self, split: Split) -> list[np.ndarray]:
+        """Every output on every sample of ``split`` (samples along axis 0)."""
         if len(split.inputs) != self.input_count:
             raise ExportError(
                 f"the model takes {self.input_count} inputs but the data has {len(split.inputs)}"
             )
-        outs = []
+        outs: list[list[np.ndarray]] = []
         for start in range(0, len(split), self.batch):
             chunk = tuple(a[start : start + self.batch] for a in split.inputs)
             short = self.batch - len(chunk[0])
             if short:
                 # The file has a fixed batch: pad the tail with its first sample and drop the extra.
                 chunk = tuple(np.concatenate([a] + [a[:1]] * short) for a in chunk)
-            out = self.run(chunk)
-            outs.append(out[: self.batch - short] if short else out)
-        return np.concatenate(outs)
+            run = self.run_all(chunk)
+            outs.append([out[: self.batch - short] if short else out for out in run])
+        return [np.concatenate(parts) for parts in zip(*outs, strict=True)]
 
     def latency(self, split: Split, runs: int = 50, warmup: int = 5) -> dict[str, float]:
         if runs < 1:
@@ -115,7 +123,7 @@ class TfliteRunner(Runner):
         self.input_count = len(self.inputs)
         self.batch = int(self.inputs[0]["shape"][0]) if len(self.inputs[0]["shape"]) else 1
 
-    def run(self, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
+    def run_all(self, inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
         for detail, array in zip(self.inputs, inputs):
             dtype = detail["dtype"]
             scale, zero = detail["quantization"]
@@ -129,7 +137,9 @@ class TfliteRunner(Runner):
                 value = array.astype(dtype, copy=False)
             self.interpreter.set_tensor(detail["index"], np.ascontiguousarray(value))
         self.interpreter.invoke()
-        detail = self.outputs[0]
+        return [self._output(detail) for detail in self.outputs]
+
+    def _output(self, detail: dict[str, Any]) -> np.ndarray:
         out = self.interpreter.get_tensor(detail["index"])
         scale, zero = detail["quantization"]
         if scale:
@@ -167,14 +177,14 @@ class OnnxRunner(Runner):
         first = self.inputs[0].shape[0] if self.inputs[0].shape else 1
         self.batch = first if isinstance(first, int) and first > 0 else 1
 
-    def run(self, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
+    def run_all(self, inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
         feed = {
             spec.name: np.ascontiguousarray(
                 a.astype(_ONNX_TYPES.get(spec.type, np.float32), copy=False)
             )
             for spec, a in zip(self.inputs, inputs)
         }
-        return np.asarray(self.session.run(None, feed)[0]).astype(np.float32)
+        return [np.asarray(out).astype(np.float32) for out in self.session.run(None, feed)]
 
 
 def open_runner(path: Path, threads: int = 1) -> Runner:

@@ -36,6 +36,7 @@ from host.errors import ConfigError, DeviceUnavailableError, HostError
 from host.fleet.chunk_server import DEFAULT_COALESCE_S, ChunkServer, UnknownArtifactError
 from host.fleet.devices import DeviceRecord, DeviceRegistry
 from host.fleet.jobs import JobHandle, JobTracker
+from host.fleet.outputs import OutputsCollector
 from shared.broker_url import BrokerAddress, TlsOptions, parse_broker_url
 from shared.errors import IntegrityError, ValidationError
 from shared.hashing import sha256_file
@@ -48,6 +49,7 @@ from shared.messages import (
     ChunkRequest,
     ErrorInfo,
     Message,
+    OutputsPart,
     Response,
     Telemetry,
     decode,
@@ -89,6 +91,7 @@ class Fleet:
         keepalive: int = 30,
         connect_timeout: float = 10.0,
         client_id: str | None = None,
+        outputs_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.address: BrokerAddress = parse_broker_url(broker_url)
         self.topics = Topics(base_topic)
@@ -107,6 +110,11 @@ class Fleet:
         self.registry = DeviceRegistry()
         self.jobs = JobTracker()
         self.chunks = ChunkServer(self._publish_chunk, coalesce_s=coalesce_s)
+        if outputs_dir is None:
+            from host.security import edgetailor_home
+
+            outputs_dir = edgetailor_home() / "outputs"
+        self.outputs = OutputsCollector(Path(outputs_dir))
         self._result_listeners: list[ResultListener] = []
         self._client: mqtt.Client | None = None
         self._connack = threading.Event()
@@ -387,6 +395,8 @@ class Fleet:
         warmup_s: float = 0.5,
         min_s: float = 1.0,
         eval_limit: int | None = None,
+        task: str | None = None,
+        return_outputs: bool = False,
         chunk_size: int | None = None,
         device_timeout_s: float = 15.0,
         verify_artifacts: bool = True,
@@ -417,6 +427,8 @@ class Fleet:
                     "min_s": min_s,
                     "timeout_s": timeout_s,
                     "eval_limit": eval_limit,
+                    "task": task,
+                    "return_outputs": return_outputs,
                 },
                 BenchmarkCmd,
             )
@@ -490,6 +502,8 @@ class Fleet:
             self._on_chunk_request(device_id, message, body)
         elif kind == "resp" and isinstance(body, Response):
             self._on_response(device_id, message, body)
+        elif kind == "resp" and isinstance(body, OutputsPart):
+            self._on_outputs_part(device_id, message, body)
         else:
             logger.warning(
                 "ignored %s message from %s on a %s topic", message.schema, device_id, kind
@@ -557,6 +571,20 @@ class Fleet:
                     logger.exception("result listener failed for job %s", job_id)
         elif handle is not None:
             logger.info("duplicate final response %s for job %s ignored", message.msg_id, job_id)
+
+    def _on_outputs_part(self, device_id: str, message: Message, part: OutputsPart) -> None:
+        known = self.jobs.by_job(part.job_id) is not None or (
+            self.store is not None and self.store.get_job(part.job_id) is not None
+        )
+        if not known:
+            logger.debug("outputs part of job %s is for another host", part.job_id)
+            return  # left unacknowledged, like a result: the host that sent the job stores it
+        try:
+            self.outputs.add(part)
+        except (IntegrityError, OSError) as exc:
+            logger.warning("outputs part %d of job %s refused: %s", part.index, part.job_id, exc)
+            return
+        self._ack(device_id, message.msg_id)
 
     def _ack(self, device_id: str, response_msg_id: str) -> None:
         payload = encode(AckCmd(msg_ids=[response_msg_id]), device_id=device_id)

@@ -44,6 +44,7 @@ class ModelBundle:
     num_classes: int | None
     factory: str
     width: float = 1.0
+    task_inferred: bool = False  # the task is a guess from the output shape, not given
 
 
 MODELS: Registry[str, Callable[..., ModelBundle]] = Registry("builtin model")
@@ -171,10 +172,10 @@ def _call(factory: Callable[..., Any], kwargs: dict[str, Any], spec: str) -> Any
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(INIT_SEED)
             return factory(**accepted)
-    except (ModelSpecError, TypeError, ValueError) as exc:
-        if isinstance(exc, ModelSpecError):
-            raise
-        raise ModelSpecError(f"model factory {spec!r} failed: {exc}") from exc
+    except ModelSpecError:
+        raise
+    except Exception as exc:  # user code: whatever it raises is the user's to fix, in one line
+        raise ModelSpecError(f"model factory {spec!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _to_bundle(result: Any, spec: str, kwargs: dict[str, Any]) -> ModelBundle:
@@ -194,7 +195,8 @@ def _to_bundle(result: Any, spec: str, kwargs: dict[str, Any]) -> ModelBundle:
     examples = tuple(examples)
     task = info.get("task", kwargs.get("task"))
     num_classes = info.get("num_classes", kwargs.get("num_classes"))
-    if task is None:
+    inferred = task is None
+    if inferred:
         task, num_classes = _infer_task(module, examples, num_classes)
     return ModelBundle(
         module=module,
@@ -204,6 +206,7 @@ def _to_bundle(result: Any, spec: str, kwargs: dict[str, Any]) -> ModelBundle:
         num_classes=num_classes,
         factory=spec,
         width=float(kwargs.get("width", 1.0)),
+        task_inferred=inferred,
     )
 
 

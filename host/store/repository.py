@@ -1,7 +1,7 @@
 """The host store: one class over SQLAlchemy that the fleet, campaigns and the CLI share.
 
-``Store(url)`` takes any SQLAlchemy URL; the default is SQLite at ``~/.edgetailor/edgetailor.db``
-(``EDGETAILOR_DB`` overrides it). PostgreSQL works with ``postgresql+psycopg://user@host/db``.
+``Store(url)`` takes any SQLAlchemy URL; the default is SQLite at
+``$EDGETAILOR_HOME/edgetailor.db`` (``~/.edgetailor`` without it; ``EDGETAILOR_DB`` overrides both). PostgreSQL works with ``postgresql+psycopg://user@host/db``.
 Every method opens its own short transaction, so a Store may be used from paho's network thread and
 the caller's thread at once. Reads return plain dataclasses, never live ORM objects.
 
@@ -40,7 +40,7 @@ from host.store.models import ArtifactRow, Base, DeviceRow, JobRow, ResultRow
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DB_PATH = Path("~/.edgetailor/edgetailor.db")
+DB_FILE_NAME = "edgetailor.db"
 
 
 class StoreError(HostError):
@@ -48,10 +48,12 @@ class StoreError(HostError):
 
 
 def default_db_url() -> str:
+    """``$EDGETAILOR_DB``, else SQLite in ``$EDGETAILOR_HOME`` (default ~/.edgetailor)."""
     if env := os.environ.get("EDGETAILOR_DB"):
         return env
-    path = DEFAULT_DB_PATH.expanduser()
-    return f"sqlite:///{path}"
+    from host.security import edgetailor_home
+
+    return f"sqlite:///{edgetailor_home().expanduser() / DB_FILE_NAME}"
 
 
 @dataclass(frozen=True)

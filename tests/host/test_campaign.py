@@ -174,3 +174,64 @@ def test_campaign_with_one_device_offline_finishes_with_that_device_marked(
     assert sum(1 for t in eval_transfers if not t["already_stored"]) == 1
     assert outcome["transfers"]["already_stored"] >= 1
     assert all(math.isfinite(r["latency_ms"]["p90"]) for r in measured)
+
+
+@pytest.mark.slow
+def test_campaign_with_a_user_metric_scores_the_outputs_boards_send_back_with_intervals(
+    shared_broker_url: str, base_topic: str, tmp_path: Path
+) -> None:
+    from host.campaign import write_campaign_report
+    from host.fleet import Fleet
+    from host.store import Store
+    from host.store.campaigns import CampaignStore
+
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps(TWO_RECIPES))
+    agent = AgentProcess(
+        shared_broker_url, "enc-1", tmp_path / "agent", base_topic,
+        extra_args=["--telemetry-interval", "1", "--threads", "1"],
+    )  # fmt: skip
+    spec = CampaignSpec(
+        model="tests.taskmodels:encoder",
+        data="tests.taskmodels:sentences",
+        space=str(space),
+        devices=("enc-1",),
+        constraints=("metric_drop<=0.5",),
+        metric="tests.taskmodels:negative_distance",
+        runs=5,
+        min_s=0.1,
+        warmup_s=0.05,
+        job_timeout_s=60.0,
+    )
+    with (
+        agent,
+        Store(f"sqlite:///{tmp_path / 'host.db'}") as store,
+        Fleet(shared_broker_url, base_topic, store=store, outputs_dir=tmp_path / "out") as fleet,
+    ):
+        agent.wait_online(timeout=60)
+        outcome = run_campaign(
+            spec, store, fleet, campaign_id="user-metric", work_dir=tmp_path / "w"
+        )
+        report = write_campaign_report(CampaignStore(store), "user-metric", tmp_path / "report")
+
+    campaign = outcome["campaign"]
+    assert campaign["task"] == "embedding" and campaign["metric"] == "negative_distance"
+    assert campaign["eval_samples"] == 24 and "fewer than 100" in campaign["eval_warnings"][0]
+    host = {c["id"]: c for c in outcome["candidates"]}
+    rows = {r["candidate"]: r for r in outcome["results"]}
+    assert set(rows) == {"fp32", "int8dyn"}
+    for cid, row in rows.items():
+        assert row["job_status"] == "ok", row.get("error")
+        # Scored here, from the board's outputs, with the function the host scored its run with.
+        assert row["metric"] == "negative_distance"
+        assert row["metric_value"] == pytest.approx(host[cid]["host_metric_value"], abs=1e-3)
+        assert row["device_metric"] == "cosine" and row["device_metric_value"] > 0.9
+        low, high = row["metric_interval"]
+        assert low <= row["metric_value"] <= high
+        drop_low, drop_high = row["drop_interval"]
+        assert drop_low <= campaign["baseline_metric"] - row["metric_value"] <= drop_high
+    assert rows["fp32"]["metric_value"] == pytest.approx(0.0, abs=1e-3)
+    assert rows["int8dyn"]["metric_value"] < rows["fp32"]["metric_value"]
+    assert outcome["selection"]["enc-1"]["candidate"] in rows
+    html = report.read_text()
+    assert "95% interval" in html and "fewer than 100" in html

@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from host.compress import ChannelPrune, FineTune, Int8Dynamic, Recipe
+from host.cli.main import main as cli_main
+from host.compress import NAMED_RECIPES, ChannelPrune, FineTune, Int8Dynamic, Recipe
 
 CLI = [sys.executable, "-c", "from host.cli.main import main; main()"]
 REPO = Path(__file__).resolve().parents[2]
@@ -116,3 +118,155 @@ def test_data_file_with_mismatched_shapes_is_a_clear_error(tmp_path: Path) -> No
     assert done.returncode == 2
     assert "error:" in done.stderr and "Traceback" not in done.stderr
     assert "17" in done.stderr and "20" in done.stderr
+
+
+# -- task, metric, eval set, and a CLI that keeps stdout clean ---------------------------------
+
+
+def _one_line_error(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr[-2000:]
+    return errors[0]
+
+
+def test_a_factory_that_raises_is_one_line_exit_2_and_leaves_nothing_in_out(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    done = _run(
+        "compress", "--model", "tests.taskmodels:broken_factory", "--data", "builtin:digits",
+        "--recipe", "int8_dynamic", "--out", str(out),
+    )  # fmt: skip
+    line = _one_line_error(done)
+    assert "RuntimeError: weights file /models/enc.bin not found (a second line" in line
+    assert not out.exists()
+
+
+def test_data_of_the_wrong_shape_is_one_line_exit_2_and_out_keeps_only_what_it_had(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "rgb.npz"
+    np.savez(data, x=np.zeros((40, 3, 8, 8), np.float32), y=np.arange(40) % 10)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    done = _run(
+        "compress", "--model", "builtin:digits_cnn", "--data", str(data),
+        "--recipe", "int8_dynamic", "--out", str(out),
+    )  # fmt: skip
+    line = _one_line_error(done)
+    assert "fails on --data" in line and "(1, 8, 8)" in line and "(3, 8, 8)" in line
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_json_stdout_stays_json_while_the_int8_converter_prints(tmp_path: Path) -> None:
+    # litert-torch's quantizer prints "Relu partition has more than one output node" for every
+    # residual add+ReLU of resnet8, from Python and C++, on stdout.
+    done = _run(
+        "compress", "--model", "builtin:resnet8?width=0.5", "--data", "builtin:digits",
+        "--recipe", "int8", "--out", str(tmp_path / "out"), "--eval-samples", "50", "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["eval_samples"] == 50
+    assert "partition" not in done.stdout
+    # Quiet by default: the libraries' import-time chatter is not shown either.
+    for chatter in ("torchao", "triton", "absl::InitializeLog", "FutureWarning"):
+        assert chatter not in done.stderr, chatter
+
+
+def test_verbose_shows_the_libraries_chatter_on_stderr_never_on_stdout(tmp_path: Path) -> None:
+    done = _run(
+        "compress", "--model", "builtin:resnet8?width=0.5", "--data", "builtin:digits",
+        "--recipe", "int8", "--out", str(tmp_path / "out"), "--eval-samples", "50", "--json",
+        "-v",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    json.loads(done.stdout)
+    assert "partition has more than one output node" in done.stderr
+
+
+@pytest.mark.parametrize("recipe", sorted(NAMED_RECIPES))
+def test_json_output_of_every_named_recipe_parses(
+    recipe: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([
+            "compress", "--model", "builtin:digits_cnn?width=0.5", "--data", "builtin:digits",
+            "--recipe", recipe, "--out", str(tmp_path / "out"), "--eval-samples", "60", "--json",
+        ])  # fmt: skip
+    captured = capfd.readouterr()
+    assert exit_info.value.code == 0, captured.err[-2000:]
+    result = json.loads(captured.out)
+    assert result["recipe"]["name"] == recipe
+    (artifact,) = result["artifacts"]
+    assert artifact["metric"] == "accuracy" and artifact["eval_samples"] == 60
+    low, high = artifact["metric_interval"]
+    assert low <= artifact["metric_value"] <= high
+
+
+def test_a_guessed_task_is_stated_with_how_to_override_it_and_task_overrides(
+    tmp_path: Path,
+) -> None:
+    # Unit-length rows and no info dict: an embedding, not 24 class scores.
+    done = _run(
+        "compress", "--model", "tests.taskmodels:unnamed_encoder",
+        "--data", "tests.taskmodels:sentences", "--recipe", "baseline",
+        "--out", str(tmp_path / "guess"), "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    guessed = json.loads(done.stdout)
+    assert guessed["task"] == "embedding"
+    assert "guessed" in guessed["task_note"] and "--task" in guessed["task_note"]
+    assert "unit length" in done.stderr and "--task" in done.stderr
+    assert guessed["artifacts"][0]["metric"] == "cosine"
+    forced = _run(
+        "compress", "--model", "tests.taskmodels:unnamed_encoder",
+        "--data", "tests.taskmodels:sentences", "--recipe", "baseline",
+        "--out", str(tmp_path / "forced"), "--task", "classification", "--json",
+    )  # fmt: skip
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    result = json.loads(forced.stdout)
+    assert result["task"] == "classification" and result["task_note"] is None
+    assert result["artifacts"][0]["metric"] == "agreement"
+
+
+def test_a_small_eval_set_is_warned_about_in_the_output_and_the_manifest(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = _run(
+        "compress", "--model", "tests.taskmodels:encoder", "--data",
+        "tests.taskmodels:few_sentences", "--recipe", "baseline", "--out", str(out), "--json",
+        "--metric", "tests.taskmodels:negative_distance",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    (warning,) = result["eval_warnings"]
+    assert "2 samples (fewer than 100)" in warning and "2 of the 16 samples" in warning
+    assert "warning: the eval set has 2 samples" in done.stderr
+    (artifact,) = result["artifacts"]
+    manifest = json.loads((out / f"{artifact['sha256']}.json").read_text())
+    assert manifest["metrics"]["eval_samples"] == 2
+    assert "fewer than 100" in manifest["metrics"]["eval_warnings"]
+    user = artifact["user_metric"]
+    assert user["metric"] == "negative_distance"
+    assert user["metric_value"] == pytest.approx(0.0, abs=1e-4)
+    assert manifest["metrics"]["user_metric"] == "negative_distance"
+    with np.load(out / "eval.npz", allow_pickle=False) as eval_data:
+        assert str(eval_data["task"][0]) == "embedding" and len(eval_data["ref"]) == 2
+
+
+def test_labels_past_the_models_classes_are_one_line_exit_2(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([
+            "compress", "--model", "builtin:digits_cnn?num_classes=4", "--data", "builtin:digits",
+            "--recipe", "baseline", "--out", str(tmp_path / "out"), "--pretrain-epochs", "1",
+        ])  # fmt: skip
+    err = capfd.readouterr().err
+    assert exit_info.value.code == 2
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert "labels up to 9" in line and "scores 4 classes" in line and "num_classes=10" in line
+    assert not (tmp_path / "out").exists()

@@ -28,7 +28,7 @@ def test_metric_choice_follows_task_and_labels() -> None:
     assert pick_metric("classification", True) == "accuracy"
     assert pick_metric("classification", False) == "agreement"
     assert pick_metric("embedding", False) == "cosine"
-    assert pick_metric("regression", True) == "cosine"
+    assert pick_metric("regression", True) == "r2"
     with pytest.raises(DataError, match="unknown task"):
         pick_metric("ranking", True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -396,3 +397,69 @@ def test_a_row_is_built_from_the_agents_benchmark_record() -> None:
 def test_an_invalid_row_status_is_rejected_with_the_allowed_values() -> None:
     with pytest.raises(ConfigError, match="'ok' or 'failed'"):
         row("a", status="crashed")
+
+
+# -- constraints judged on 95% intervals ---------------------------------------------------------
+
+
+def measured(
+    candidate: str, accuracy: float, drop_interval: tuple[float, float], p90: float
+) -> ResultRow:
+    base = row(candidate, metric_value=accuracy, p90=p90, baseline=0.95)
+    drop = 0.95 - accuracy
+    spread = max(drop - drop_interval[0], drop_interval[1] - drop)
+    return dataclasses.replace(
+        base,
+        metric_interval=(accuracy - spread, min(1.0, accuracy + spread)),
+        drop_interval=drop_interval,
+        eval_samples=270,
+    )
+
+
+def test_a_candidate_that_clearly_meets_the_constraint_wins_over_an_undecided_faster_one() -> None:
+    rows = [
+        measured("safe", 0.94, (0.0, 0.015), p90=5.0),  # drop 0.01, interval inside the bound
+        measured("risky", 0.935, (0.005, 0.03), p90=2.0),  # drop 0.015, interval past 0.02
+    ]
+    sel = select(rows, ["accuracy_drop<=0.02"], "min_latency")["pi4"]
+    assert sel.chosen_id == "safe" and sel.basis == "clear"
+    assert sel.undecided == {"accuracy_drop<=0.02": ["risky"]}
+    assert "1 candidate undecided on accuracy_drop<=0.02" in sel.reason
+    assert "risky [0.005, 0.03]" in sel.reason
+    assert "not chosen while a candidate clearly meets every constraint" in sel.reason
+    # --strict: point estimates only, as before intervals.
+    strict = select(rows, ["accuracy_drop<=0.02"], "min_latency", strict=True)["pi4"]
+    assert strict.chosen_id == "risky" and strict.undecided == {}
+
+
+def test_without_a_clear_candidate_one_meeting_the_point_estimate_is_chosen_and_said_so() -> None:
+    rows = [
+        measured("likely", 0.935, (0.005, 0.03), p90=3.0),  # point meets, interval straddles
+        measured("doubtful", 0.92, (0.01, 0.05), p90=1.0),  # point misses, interval straddles
+        measured("gone", 0.85, (0.08, 0.12), p90=0.5),  # the whole interval misses
+    ]
+    sel = select(rows, ["accuracy_drop<=0.02"], "min_latency")["pi4"]
+    assert sel.chosen_id == "likely" and sel.basis == "point"
+    assert sel.reason.startswith("no candidate clearly meets every constraint")
+    assert "on the point estimate" in sel.reason
+    assert sel.excluded == {"accuracy_drop<=0.02": ["gone"]}
+    assert sel.undecided == {"accuracy_drop<=0.02": ["likely", "doubtful"]}
+
+
+def test_when_only_undecided_misses_remain_nothing_is_chosen_and_more_samples_are_asked_for() -> (
+    None
+):
+    rows = [measured("doubtful", 0.92, (0.01, 0.05), p90=1.0)]
+    sel = select(rows, ["accuracy_drop<=0.02"], "min_latency")["pi4"]
+    assert sel.candidate is None and sel.basis == "none"
+    assert sel.closest_miss is not None and sel.closest_miss.row.candidate == "doubtful"
+    assert "undecided on accuracy_drop<=0.02" in sel.reason
+    assert "more eval samples would tell" in sel.reason
+
+
+def test_intervals_round_trip_through_the_result_row_dict() -> None:
+    original = measured("a", 0.94, (0.0, 0.015), p90=5.0)
+    back = ResultRow.from_dict(json.loads(json.dumps(original.to_dict())))
+    assert back.drop_interval == original.drop_interval
+    assert back.metric_interval == pytest.approx(original.metric_interval)
+    assert back.eval_samples == 270
