@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from host.campaign import CampaignSpec, DeviceScheduler, Prepared
@@ -80,7 +81,9 @@ def _setup(tmp_path: Path, fleet: ScriptedFleet, **spec_kw: Any) -> tuple[Campai
 
 
 def _prepared(tmp_path: Path) -> Prepared:
-    return Prepared(bundle=None, dataset=None, eval_path=tmp_path / "eval.npz",  # type: ignore[arg-type]
+    # The scheduler reads only the task of the baseline bundle; no model is needed to schedule.
+    bundle = SimpleNamespace(task="classification")
+    return Prepared(bundle=bundle, dataset=None, eval_path=tmp_path / "eval.npz",  # type: ignore[arg-type]
                     baseline_metric=0.95, metric_name="accuracy")  # fmt: skip
 
 
