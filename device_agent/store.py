@@ -53,6 +53,13 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def _checked(sha256: str, fmt: str) -> tuple[str, str]:
     if not is_sha256_hex(sha256):
         raise ValidationError(f"not a sha256 hex digest: {sha256!r}")
@@ -226,15 +233,16 @@ class ArtifactStore:
     def make_room(self, sha256: str, fmt: str, size: int, keep: set[str]) -> None:
         """Evict until an artifact of ``size`` bytes fits budget and free space, or raise."""
         sha256, fmt = _checked(sha256, fmt)
-        if size > self.max_bytes:
+        own = self.partial_dir / f"{sha256}.part"
+        keep = keep | {sha256}
+        victims = self._eviction_order(keep)
+        evictable = sum(_size(p) for p in victims)
+        if size > self.max_bytes and free_bytes(self.data_dir) + evictable >= size:
             raise JobError(
                 "insufficient_storage",
                 f"artifact {sha256[:12]} has {size:,} bytes, more than the whole store budget of "
                 f"{self.max_bytes:,} bytes; raise --max-store-mb",
             )
-        own = self.partial_dir / f"{sha256}.part"
-        keep = keep | {sha256}
-        victims = self._eviction_order(keep)
         while True:
             try:
                 allocated = min(size, own.stat().st_blocks * 512)

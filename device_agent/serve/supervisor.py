@@ -105,6 +105,7 @@ class InferenceServer:
         self.cpu_affinity = cpu_affinity
         self._sock = bind(address)
         self._desired: ServedModel | None = None
+        self._initial: ServedModel | None = None  # what the running worker was started with
         self._proc: subprocess.Popen[bytes] | None = None
         self._write_lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -223,6 +224,12 @@ class InferenceServer:
             with contextlib.suppress(OSError):
                 os.close(write_fd)
         self._proc = proc
+        self._initial = self._desired
+        self._write(
+            {"op": "load", "id": None, "model": asdict(self._initial)}
+            if self._initial is not None
+            else {"op": "start"}
+        )
         with os.fdopen(read_fd, "r", encoding="utf-8") as replies:
             for line in replies:
                 self._on_reply(line)
@@ -241,8 +248,8 @@ class InferenceServer:
             return
         if message.get("event") == "ready":
             self._ready.set()
-            if self._desired is not None:
-                self._send_load(self._desired)
+            if self._desired is not None and self._desired != self._initial:
+                self._send_load(self._desired)  # a deploy came while the worker started
             return
         with self._waiting_lock:
             waiter = self._waiting.pop(message.get("id"), None)

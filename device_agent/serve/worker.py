@@ -396,6 +396,17 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 -- reported to the agent; the old model stays
             reply({"id": request.get("id"), "ok": False, "error": f"{type(exc).__name__}: {exc}"})
 
+    # The first line says what to serve; it is loaded before the first request is accepted, so
+    # after a restart, clients waiting in the backlog are answered by the model, not with 503.
+    first = sys.stdin.readline()
+    if not first:
+        return 0
+    try:
+        request = json.loads(first)
+    except ValueError:
+        request = {}
+    if request.get("op") == "load":
+        handle_load(request)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     reply({"event": "ready", "pid": os.getpid()})
     for line in sys.stdin:
