@@ -20,7 +20,7 @@ UNIT_PATH=/etc/systemd/system/edgetailor-agent.service
 SERVICE_USER=edgetailor
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PACKAGE="" EXTRA=auto
-BROKER="" DEVICE_ID="" CA="" CERT="" KEY="" TRUST_KEY="" THREADS="" APP_USER="" NO_TLS=0 START=1
+BROKER="" DEVICE_ID="" CA="" CERT="" KEY="" TRUST_KEY="" THREADS="" APP_USER="" START=1
 SERVE="unix:/run/edgetailor/agent.sock"
 TAGS=() SETS=()
 
@@ -31,9 +31,9 @@ usage() {
 Options:
   --broker URL        mqtts://HOST:8883 (required)
   --id DEVICE_ID      must equal the common name of --cert (required)
-  --ca FILE           the CA certificate (ca.crt)
-  --cert FILE         this device's certificate
-  --key FILE          this device's private key (--ca, --cert, --key: required unless --no-tls)
+  --ca FILE           the CA certificate (ca.crt) (required)
+  --cert FILE         this device's certificate (required)
+  --key FILE          this device's private key (required)
   --trust-key FILE    the host's manifest-signing public key (signing.pub); strongly advised
   --threads N         runtime threads when a job does not say
   --tag KEY=VALUE     announced to the host (repeatable), e.g. --tag site=lab
@@ -42,7 +42,6 @@ Options:
   --set KEY=VALUE     any other agent.toml setting, TOML syntax (repeatable): --set 'max_store_mb = 2048'
   --package SPEC      what pip installs (default: this checkout when run from one, else edgetailor)
   --extra NAME        device, device-tflite or auto (default: auto)
-  --no-tls            plain mqtt:// without certificates (a lab network only)
   --no-start          install everything but do not enable or start the service
 USAGE
 }
@@ -65,7 +64,6 @@ while [[ $# -gt 0 ]]; do
         --set) SETS+=("$2"); shift 2 ;;
         --package) PACKAGE="$2"; shift 2 ;;
         --extra) EXTRA="$2"; shift 2 ;;
-        --no-tls) NO_TLS=1; shift ;;
         --no-start) START=0; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown option $1" ;;
@@ -73,19 +71,17 @@ while [[ $# -gt 0 ]]; do
 done
 
 [[ $EUID -eq 0 ]] || die "run as root (sudo): it creates a system user and a systemd unit"
-[[ -n $BROKER && -n $DEVICE_ID ]] || { usage >&2; die "--broker and --id are required"; }
+[[ -n $BROKER && -n $DEVICE_ID && -n $CA && -n $CERT && -n $KEY ]] \
+    || { usage >&2; die "--broker, --id, --ca, --cert and --key are required"; }
 [[ $DEVICE_ID =~ ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$ ]] \
     || die "invalid device id '$DEVICE_ID': 1-64 letters, digits, '_', '.', '-'"
 [[ $EXTRA == auto || $EXTRA == device || $EXTRA == device-tflite ]] \
     || die "--extra must be device, device-tflite or auto"
 [[ -z $THREADS || $THREADS =~ ^[1-9][0-9]*$ ]] || die "--threads must be a positive number"
-if [[ $NO_TLS -eq 0 ]]; then
-    [[ -n $CA && -n $CERT && -n $KEY ]] || die "--ca, --cert and --key are required (or --no-tls on a lab network)"
-fi
-for f in ${CA:+"$CA"} ${CERT:+"$CERT"} ${KEY:+"$KEY"} ${TRUST_KEY:+"$TRUST_KEY"}; do
+for f in "$CA" "$CERT" "$KEY" ${TRUST_KEY:+"$TRUST_KEY"}; do
     [[ -r $f ]] || die "cannot read $f"
 done
-if [[ -n $CERT ]] && command -v openssl >/dev/null; then
+if command -v openssl >/dev/null; then
     # The broker takes the certificate's common name as the device's identity; a mismatch would
     # leave the agent connected but unable to publish anything.
     cn="$(openssl x509 -in "$CERT" -noout -subject -nameopt multiline | sed -n 's/^ *commonName *= *//p')"
@@ -152,11 +148,9 @@ fi
 echo "==> configuration $CONF_DIR/agent.toml"
 install -d -m 0755 "$CONF_DIR"
 install -d -m 0750 -o root -g "$SERVICE_USER" "$CONF_DIR/tls"
-if [[ -n $CA ]]; then
-    install -m 0644 -o root -g root "$CA" "$CONF_DIR/tls/ca.crt"
-    install -m 0644 -o root -g root "$CERT" "$CONF_DIR/tls/device.crt"
-    install -m 0640 -o root -g "$SERVICE_USER" "$KEY" "$CONF_DIR/tls/device.key"
-fi
+install -m 0644 -o root -g root "$CA" "$CONF_DIR/tls/ca.crt"
+install -m 0644 -o root -g root "$CERT" "$CONF_DIR/tls/device.crt"
+install -m 0640 -o root -g "$SERVICE_USER" "$KEY" "$CONF_DIR/tls/device.key"
 if [[ -n $TRUST_KEY ]]; then
     install -m 0644 -o root -g root "$TRUST_KEY" "$CONF_DIR/signing.pub"
 else
@@ -168,12 +162,11 @@ tmp="$(mktemp "$CONF_DIR/.agent.toml.XXXXXX")"
     echo "# \`edgetailor-agent --check --config $CONF_DIR/agent.toml\` and \`systemctl restart edgetailor-agent\`."
     echo "broker = $(toml_string "$BROKER")"
     echo "id = $(toml_string "$DEVICE_ID")"
+    echo "# data_dir and tls_* are also given by the systemd unit, whose flags win."
     echo "data_dir = $(toml_string "$DATA_DIR")"
-    if [[ -n $CA ]]; then
-        echo "tls_ca = \"$CONF_DIR/tls/ca.crt\""
-        echo "tls_cert = \"$CONF_DIR/tls/device.crt\""
-        echo "tls_key = \"$CONF_DIR/tls/device.key\""
-    fi
+    echo "tls_ca = \"$CONF_DIR/tls/ca.crt\""
+    echo "tls_cert = \"$CONF_DIR/tls/device.crt\""
+    echo "tls_key = \"$CONF_DIR/tls/device.key\""
     [[ -n $TRUST_KEY ]] && echo "trust_key = \"$CONF_DIR/signing.pub\""
     [[ $SERVE != none ]] && echo "serve = $(toml_string "$SERVE")"
     [[ -n $THREADS ]] && echo "threads = $THREADS"

@@ -541,6 +541,11 @@ class Agent:
         self._enqueue(job)
 
     def _answer_duplicate(self, name: str, cmd_id: str, seen: JournalEntry) -> None:
+        unsaved = next((e for e in self._unsaved.values() if e.corr_id == cmd_id), None)
+        if unsaved is not None:  # done, but neither outbox nor journal could record it
+            logger.info("command %s was done; re-publishing its result kept in memory", cmd_id)
+            self.client.publish(unsaved.topic, unsaved.payload.encode("utf-8"), qos=QOS)
+            return
         if seen.state != DONE:
             logger.info("command %s is already queued or running; duplicate ignored", cmd_id)
             return
@@ -883,8 +888,8 @@ class Agent:
         if self.store.has(sha, fmt, manifest.size_bytes):
             return self.store.path_of(sha, fmt), TransferStats(sha256=sha, already_stored=True)
         # Checked before the first chunk is asked for: a transfer that cannot fit never starts.
-        keep = {self.releases.active(), self.releases.previous(), *job.in_use} - {None}
-        self.store.make_room(sha, fmt, manifest.size_bytes, keep=keep)  # type: ignore[arg-type]
+        keep = {s for s in (self.releases.active(), self.releases.previous()) if s} | job.in_use
+        self.store.make_room(sha, fmt, manifest.size_bytes, keep=keep)
         partial = self.store.open_partial(sha, fmt, manifest.size_bytes, chunk_size)
         fetch = ArtifactFetch(
             sha,

@@ -18,12 +18,16 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from device_agent import AGENT_VERSION
 from device_agent.config import CONFIG_ENV, DEFAULT_CONFIG, Settings, add_arguments, resolve
 from shared.broker_url import TlsOptions, parse_broker_url
 from shared.errors import ConfigError, EdgeTailorError
 from shared.topics import Topics, check_device_id
+
+if TYPE_CHECKING:
+    from device_agent.agent import AgentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def agent_config(settings: Settings) -> object:
+def agent_config(settings: Settings) -> AgentConfig:
     from device_agent.agent import AgentConfig
 
     Topics(settings["base_topic"])
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     from device_agent.agent import Agent
 
     try:
-        agent = Agent(agent_config(settings))  # type: ignore[arg-type]
+        agent = Agent(agent_config(settings))
     except EdgeTailorError as exc:
         print(f"edgetailor-agent: {exc}", file=sys.stderr)
         return 2
