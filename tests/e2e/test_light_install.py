@@ -37,7 +37,9 @@ print(json.dumps(sorted({name.split(".")[0] for name in sys.modules})))
 
 def _run(*cmd: str, cwd: Path | None = None) -> str:
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=900)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+    )
     return proc.stdout
 
 
