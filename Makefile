@@ -28,12 +28,19 @@ $(BOARD_STAMP): pyproject.toml
 
 install: $(STAMP)
 
+DOCKERFILES := $(filter-out %.dockerignore,$(wildcard docker/Dockerfile.*))
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint $(DOCKERFILES)
+	$(VENV)/bin/shellcheck deploy/install-agent.sh deploy/uninstall-agent.sh
 
+# Everything, the light-install test included (fresh venvs, pip from PyPI); locally, skip that
+# one with: make test PYTEST_ARGS="-m 'not install'"
+PYTEST_ARGS ?=
 test: $(STAMP) $(BOARD_STAMP) lint
-	EDGETAILOR_BOARD_PYTHON=$(abspath $(BOARD_VENV))/bin/python $(PY) -m pytest -q
+	EDGETAILOR_BOARD_PYTHON=$(abspath $(BOARD_VENV))/bin/python $(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/edgetailor demo

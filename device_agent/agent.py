@@ -14,6 +14,14 @@ points ``before_switch`` and ``after_switch_before_commit`` (see device_agent.de
 Deploy and rollback commands run on the same job thread as benchmarks (a health check must not
 share the board with a benchmark), through device_agent.deploy; their final responses go through
 the same outbox and journal.
+
+The connection thread connects, runs paho's network loop until the connection ends, and tries
+again with a growing delay, logging every attempt that fails with its reason and the next retry
+(paho's own retry loop retries without saying why). A full disk never makes the agent deaf: a
+command whose handling fails gets an error response, a result the outbox cannot store is sent
+from memory, and a transfer that cannot fit fails with ``insufficient_storage`` before it starts.
+With ``serve`` set, device_agent.serve runs the active model for local applications and follows
+every deploy and rollback.
 """
 
 from __future__ import annotations
@@ -21,12 +29,14 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import random
 import shutil
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import paho.mqtt.client as mqtt
@@ -38,8 +48,10 @@ from device_agent.deploy import CRASH_HOOK_ENV, Deployer, Releases
 from device_agent.errors import JobError
 from device_agent.fetch import DEFAULT_WINDOW, ArtifactFetch
 from device_agent.journal import DONE, PENDING, Journal, JournalEntry
-from device_agent.outbox import Outbox
-from device_agent.store import ArtifactStore
+from device_agent.lock import DataDirLock
+from device_agent.outbox import Outbox, OutboxEntry
+from device_agent.store import ArtifactStore, free_bytes, is_disk_full
+from device_agent.systemd import notify, watchdog_interval_s
 from device_agent.telemetry import TelemetrySampler
 from shared.broker_url import BrokerAddress, TlsOptions
 from shared.errors import (
@@ -78,9 +90,16 @@ from shared.results import (
 )
 from shared.topics import STATUS_OFFLINE, STATUS_ONLINE, Topics
 
+if TYPE_CHECKING:
+    from device_agent.serve.supervisor import InferenceServer, ServedModel
+
 logger = logging.getLogger(__name__)
 
 QOS = 1
+RECONNECT_MIN_S = 1.0
+RECONNECT_MAX_S = 30.0
+# Results kept in memory when the outbox cannot write them; beyond this the oldest are dropped.
+MAX_UNSAVED_RESULTS = 256
 
 
 @dataclass
@@ -103,6 +122,8 @@ class AgentConfig:
     worker_memory_mb: int | None = None
     # Bounds memory and disk when commands arrive faster than jobs finish.
     max_queued_jobs: int = 32
+    max_store_mb: float | None = None  # None: a quarter of the data dir's filesystem
+    serve: str | None = None  # unix:PATH or HOST:PORT of the local inference endpoint
 
 
 @dataclass
@@ -110,6 +131,8 @@ class Job:
     cmd_id: str
     cmd: BenchmarkCmd | DeployCmd | RollbackCmd
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # Artifacts this job has fetched: never evicted to make room for its next one.
+    in_use: set[str] = field(default_factory=set)
 
     @property
     def job_id(self) -> str:
@@ -132,9 +155,13 @@ class Agent:
         self.config = config
         self.device_id = config.device_id
         self.topics = Topics(config.base_topic)
-        data_dir = config.data_dir
+        # Absolute: the benchmark worker runs in its job folder, where a relative path means nothing.
+        data_dir = Path(os.path.abspath(config.data_dir))
+        self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = ArtifactStore(data_dir)
+        self.lock = DataDirLock(data_dir).acquire()
+        max_store = int(config.max_store_mb * 1024 * 1024) if config.max_store_mb else None
+        self.store = ArtifactStore(data_dir, max_store)
         self.outbox = Outbox(data_dir / "outbox")
         self.journal = Journal(data_dir / "journal")
         self.jobs_dir = data_dir / "jobs"
@@ -148,6 +175,19 @@ class Agent:
             self.trust_key = load_public_key(config.trust_key)
         self.releases = Releases(data_dir)
         self.deployer = Deployer(self.releases, self.device_id, self.trust_key, config.threads)
+        self._unsaved: dict[str, OutboxEntry] = {}  # results the outbox could not write
+        self._refused: str | None = None  # the reason of the last refused CONNACK
+        self._connection: threading.Thread | None = None
+        self.server: InferenceServer | None = None
+        if config.serve:
+            from device_agent.serve.address import parse_serve_address
+            from device_agent.serve.supervisor import InferenceServer
+
+            self.server = InferenceServer(
+                parse_serve_address(config.serve),
+                memory_bytes=self._worker_limits().memory_bytes,
+                cpu_affinity=config.cpu_affinity,
+            )
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._queued: dict[str, Job] = {}  # job_id -> job, queued or running
         self._current: Job | None = None
@@ -165,9 +205,10 @@ class Agent:
             client_id=f"edgetailor-agent-{self.device_id}",
             clean_session=True,
             protocol=mqtt.MQTTv311,
+            # The connection thread retries, so that each failure is logged with its reason.
+            reconnect_on_failure=False,
         )
         client.will_set(self.topics.status(self.device_id), STATUS_OFFLINE, qos=QOS, retain=True)
-        client.reconnect_delay_set(0.5, 10)
         broker = self.config.broker
         if broker.username:
             client.username_pw_set(broker.username, broker.password)
@@ -177,14 +218,22 @@ class Agent:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        # The connection thread runs paho's loop; this hook makes publish() from any other thread
+        # queue its packet for that loop (woken at once) instead of writing the socket itself,
+        # so packets leave in the order they were published.
+        client.on_socket_register_write = _queued_for_network_thread
         return client
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
         if reason_code.is_failure:
-            logger.error("broker refused the connection: %s", reason_code)
+            self._refused = str(reason_code)
+            logger.error(
+                "the broker %s refused the connection: %s", self.config.broker, reason_code
+            )
             return
+        self._refused = None
         logger.info("connected to %s as %s", self.config.broker, self.device_id)
         subscriptions = self.topics.device_subscriptions(self.device_id)
         with self._lock:
@@ -210,25 +259,75 @@ class Agent:
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
+        was_connected = self._connected.is_set()
         self._connected.clear()
-        if not self._stopping.is_set():
-            logger.warning("disconnected from the broker (%s); paho reconnects", reason_code)
+        if was_connected and not self._stopping.is_set():
+            logger.warning("disconnected from the broker %s (%s)", self.config.broker, reason_code)
 
     def run(self, stop: threading.Event) -> None:
         """Connect and serve until ``stop`` is set; then say offline and disconnect."""
         self._recover()
+        if self.server is not None:
+            self.server.start(self._served_model())
         job_thread = threading.Thread(target=self._job_loop, name="jobs", daemon=True)
         ticker = threading.Thread(target=self._tick_loop, name="ticker", daemon=True)
+        self._connection = threading.Thread(target=self._connection_loop, name="mqtt", daemon=True)
         job_thread.start()
         ticker.start()
-        broker = self.config.broker
-        self.client.connect_async(broker.host, broker.port, keepalive=self.config.keepalive)
-        self.client.loop_start()
+        self._connection.start()
+        notify("READY=1")
         try:
             stop.wait()
         finally:
+            notify("STOPPING=1")
             self.shutdown()
             job_thread.join(timeout=15)
+            self.lock.release()
+
+    def _connection_loop(self) -> None:
+        """Connect, serve the connection until it ends, wait, again; every failure says why."""
+        broker = self.config.broker
+        delay = RECONNECT_MIN_S
+        attempt = 0
+        while not self._stopping.is_set():
+            attempt += 1
+            logger.info("connecting to %s (attempt %d)", broker, attempt)
+            self._refused = None
+            try:
+                self.client.connect(broker.host, broker.port, keepalive=self.config.keepalive)
+            except (OSError, ValueError) as exc:
+                reason = _describe_connect_error(exc)
+                logger.warning(
+                    "cannot reach the broker %s: %s; next attempt in %.0f s", broker, reason, delay
+                )
+            else:
+                if self._stopping.is_set():
+                    self.client.disconnect()
+                    return
+                connected_at = time.monotonic()
+                try:
+                    # Until the connection ends, or disconnect() has sent DISCONNECT at shutdown.
+                    while self.client.loop(timeout=1.0) == mqtt.MQTT_ERR_SUCCESS:
+                        pass
+                except Exception:  # the loop must never end the agent's connection attempts
+                    logger.exception("the MQTT network loop failed")
+                if self._stopping.is_set():
+                    return
+                if self._refused is not None:
+                    logger.warning(
+                        "the broker %s refused the connection (%s); next attempt in %.0f s",
+                        broker,
+                        self._refused,
+                        delay,
+                    )
+                else:
+                    if time.monotonic() - connected_at > 2 * RECONNECT_MAX_S:
+                        delay = RECONNECT_MIN_S  # a long-lived connection: reconnect quickly
+                    logger.warning("connection to %s lost; next attempt in %.0f s", broker, delay)
+            # Jitter spreads a fleet's reconnects after a broker restart.
+            if self._stopping.wait(delay * random.uniform(0.8, 1.2)):
+                return
+            delay = min(delay * 2, RECONNECT_MAX_S)
 
     def shutdown(self) -> None:
         if self._stopping.is_set():
@@ -239,6 +338,8 @@ class Agent:
         if current is not None:
             current.cancelled.set()
         self._queue.put(None)
+        if self.server is not None:
+            self.server.stop()
         if self._connected.is_set():
             info = self.client.publish(
                 self.topics.status(self.device_id), STATUS_OFFLINE, qos=QOS, retain=True
@@ -248,7 +349,8 @@ class Agent:
             except (RuntimeError, ValueError) as exc:
                 logger.warning("could not publish offline status: %s", exc)
         self.client.disconnect()
-        self.client.loop_stop()
+        if self._connection is not None:
+            self._connection.join(timeout=10)
         logger.info("agent %s stopped", self.device_id)
 
     # -- recovery after a restart ----------------------------------------------------------------
@@ -271,6 +373,7 @@ class Agent:
                 if journaled is not None and journaled.state == PENDING:
                     self.journal.mark_done(entry.corr_id, entry.msg_id)
         self.journal.prune({e.msg_id for e in unacked})
+        resumable: set[str] = set()
         for journaled in self.journal.entries():
             if journaled.state != PENDING or journaled.command is None:
                 continue
@@ -281,8 +384,11 @@ class Agent:
                 continue
             if isinstance(message.body, BenchmarkCmd | DeployCmd | RollbackCmd):
                 job = Job(message.msg_id, message.body)
+                resumable |= _artifacts_of(message.body)
                 logger.info("re-queueing %s %s interrupted by a restart", job.name, job.job_id)
                 self._enqueue(job)
+        # A partial download no pending job will resume only takes space.
+        self.store.discard_partials(resumable)
 
     # -- inbound ---------------------------------------------------------------------------------
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
@@ -300,8 +406,49 @@ class Agent:
         if parsed.kind == "cmd" and parsed.device_id == self.device_id and parsed.name:
             try:
                 self._handle_command(parsed.name, msg.payload)
-            except Exception:  # the agent must keep serving whatever one command does
-                logger.exception("command on %s failed unexpectedly", msg.topic)
+            except Exception as exc:  # noqa: BLE001 -- answered: the agent keeps serving
+                self._answer_failed_command(parsed.name, msg.payload, exc)
+
+    def _answer_failed_command(self, name: str, payload: bytes, exc: Exception) -> None:
+        """The command could not even be accepted (say, the journal cannot be written): say so."""
+        if is_disk_full(exc):
+            code = "insufficient_storage"
+            message = (
+                f"the device cannot record this command: {exc}; {self._free_text()}. Free space "
+                "on the board; the agent goes on answering meanwhile"
+            )
+            logger.error("command on cmd/%s refused, the disk is full: %s", name, exc)
+        else:
+            code = "internal_error"
+            message = f"the device failed to handle this command: {type(exc).__name__}: {exc}"
+            logger.exception("command on cmd/%s failed unexpectedly", name)
+        _, corr_id = peek_ids(payload)
+        body: Body | None = None
+        try:
+            body = decode(payload).body
+        except ValidationError:
+            pass
+        data: dict[str, Any] | None = None
+        if isinstance(body, DeployCmd | RollbackCmd):
+            data = self.deployer.failed(body, code, message).data
+        elif isinstance(body, BenchmarkCmd):
+            data = {"job_id": body.job_id}
+        try:
+            self._respond(
+                name,
+                corr_id,
+                Response(
+                    status="error", data=data, error=ErrorInfo(code=code, message=message[:4000])
+                ),
+            )
+        except Exception:
+            logger.exception("could not even answer the failed command on cmd/%s", name)
+
+    def _free_text(self) -> str:
+        try:
+            return f"{free_bytes(self.data_dir):,} bytes free on {self.data_dir}"
+        except OSError:
+            return f"free space on {self.data_dir} unknown"
 
     def _handle_command(self, name: str, payload: bytes) -> None:
         try:
@@ -317,7 +464,7 @@ class Agent:
         body = message.body
         if isinstance(body, AckCmd):
             for msg_id in body.msg_ids:
-                if self.outbox.remove(msg_id):
+                if self._unsaved.pop(msg_id, None) is not None or self.outbox.remove(msg_id):
                     logger.info("response %s acknowledged by the host", msg_id)
             return
         if isinstance(body, PingCmd):
@@ -402,6 +549,11 @@ class Agent:
         self._enqueue(job)
 
     def _answer_duplicate(self, name: str, cmd_id: str, seen: JournalEntry) -> None:
+        unsaved = next((e for e in self._unsaved.values() if e.corr_id == cmd_id), None)
+        if unsaved is not None:  # done, but neither outbox nor journal could record it
+            logger.info("command %s was done; re-publishing its result kept in memory", cmd_id)
+            self.client.publish(unsaved.topic, unsaved.payload.encode("utf-8"), qos=QOS)
+            return
         if seen.state != DONE:
             logger.info("command %s is already queued or running; duplicate ignored", cmd_id)
             return
@@ -451,21 +603,43 @@ class Agent:
         return msg_id
 
     def _publish_final(self, job: Job, response: Response) -> None:
-        """Outbox first (atomic + fsync), journal second, broker last: a crash loses nothing."""
+        """Outbox first (atomic + fsync), journal second, broker last: a crash loses nothing.
+
+        When the outbox cannot be written (a full disk), the result is kept in memory and sent,
+        and re-sent like the outbox until acknowledged: only a restart before then loses it.
+        """
         msg_id = new_msg_id()
         topic = self.topics.resp(self.device_id, job.name)
         payload = encode(response, device_id=self.device_id, corr_id=job.cmd_id, msg_id=msg_id)
-        self.outbox.put(msg_id, topic, payload, corr_id=job.cmd_id, job_id=job.job_id)
-        if os.environ.get(CRASH_HOOK_ENV) == "after_result_persisted":
-            logger.warning(
-                "test hook %s: exiting right after persisting %s", CRASH_HOOK_ENV, msg_id
+        try:
+            self.outbox.put(msg_id, topic, payload, corr_id=job.cmd_id, job_id=job.job_id)
+        except OSError as exc:
+            logger.error(
+                "cannot write the result of %s %s to the outbox (%s); sending it from memory",
+                job.name,
+                job.job_id,
+                exc,
             )
-            os._exit(137)
-        self.journal.mark_done(job.cmd_id, msg_id)
+            entry = OutboxEntry(
+                msg_id, topic, payload.decode("utf-8"), job.cmd_id, job.job_id, time.time()
+            )
+            self._unsaved[msg_id] = entry
+            while len(self._unsaved) > MAX_UNSAVED_RESULTS:
+                self._unsaved.pop(next(iter(self._unsaved)))
+        else:
+            if os.environ.get(CRASH_HOOK_ENV) == "after_result_persisted":
+                logger.warning(
+                    "test hook %s: exiting right after persisting %s", CRASH_HOOK_ENV, msg_id
+                )
+                os._exit(137)
+        try:
+            self.journal.mark_done(job.cmd_id, msg_id)
+        except OSError as exc:
+            logger.error("cannot mark command %s done in the journal: %s", job.cmd_id, exc)
         self.client.publish(topic, payload, qos=QOS)
 
     def _republish_outbox(self) -> None:
-        for entry in self.outbox.entries():
+        for entry in [*self.outbox.entries(), *list(self._unsaved.values())]:
             self.client.publish(entry.topic, entry.payload.encode("utf-8"), qos=QOS)
 
     def _send_chunk_request(self, request: ChunkRequest) -> None:
@@ -480,14 +654,21 @@ class Agent:
     def _tick_loop(self) -> None:
         next_telemetry = time.monotonic()
         next_outbox = time.monotonic() + self.config.outbox_retry_s
+        watchdog = watchdog_interval_s()
+        next_watchdog = time.monotonic()
         while not self._stopping.wait(0.25):
             now = time.monotonic()
+            if watchdog is not None and now >= next_watchdog:
+                next_watchdog = now + watchdog
+                connection = self._connection
+                if connection is None or connection.is_alive():
+                    notify("WATCHDOG=1")  # withheld when the connection thread died: restart us
             if not self._connected.is_set():
                 continue
             if now >= next_telemetry:
                 next_telemetry = now + self.config.telemetry_interval
                 try:
-                    body: Body = self.sampler.sample(active_sha256=self.releases.active())
+                    body: Body = self._telemetry()
                     self.client.publish(
                         self.topics.telemetry(self.device_id),
                         encode(body, device_id=self.device_id),
@@ -498,6 +679,32 @@ class Agent:
             if now >= next_outbox:
                 next_outbox = now + self.config.outbox_retry_s
                 self._republish_outbox()
+
+    def _telemetry(self) -> Body:
+        sample = self.sampler.sample(active_sha256=self.releases.active())
+        try:
+            disk_free_mb: float | None = round(free_bytes(self.data_dir) / (1024 * 1024), 1)
+        except OSError:
+            disk_free_mb = None
+        serving = self.server.stats() if self.server is not None else None
+        return msgspec.structs.replace(sample, disk_free_mb=disk_free_mb, serving=serving)
+
+    def _served_model(self) -> ServedModel | None:
+        """The active release as the inference endpoint should serve it, or None."""
+        from device_agent.serve.supervisor import ServedModel
+
+        sha = self.releases.active()
+        path = self.releases.model_path(sha) if sha else None
+        if sha is None or path is None:
+            return None
+        runtime, threads = self.releases.serving_options(sha)
+        return ServedModel(
+            sha256=sha,
+            path=str(path),
+            format=path.suffix.lstrip("."),
+            threads=threads or self.config.threads,
+            runtime=runtime,
+        )
 
     # -- jobs ------------------------------------------------------------------------------------
     def _job_loop(self) -> None:
@@ -525,8 +732,11 @@ class Agent:
                 self._publish_final(job, response)
             except (OSError, EdgeTailorError):
                 logger.exception("could not persist the result of job %s", job.job_id)
-            if not isinstance(job.cmd, BenchmarkCmd) and self._connected.is_set():
-                self._publish_birth()  # the retained birth carries the active model
+            if not isinstance(job.cmd, BenchmarkCmd):
+                if self.server is not None:
+                    self.server.load(self._served_model())
+                if self._connected.is_set():
+                    self._publish_birth()  # the retained birth carries the active model
 
     def _run_deploy(self, job: Job) -> Response:
         """cmd.deploy / cmd.rollback through device_agent.deploy, reusing fetch and worker."""
@@ -569,6 +779,12 @@ class Agent:
         except EdgeTailorError as exc:
             logger.warning("%s %s failed: %s", job.name, job.job_id, exc)
             return self.deployer.failed(cmd, "deploy_failed", str(exc))
+        except OSError as exc:
+            if not is_disk_full(exc):
+                logger.exception("%s %s failed unexpectedly", job.name, job.job_id)
+                return self.deployer.failed(cmd, "internal_error", f"{type(exc).__name__}: {exc}")
+            logger.error("%s %s failed, the disk is full: %s", job.name, job.job_id, exc)
+            return self.deployer.failed(cmd, "insufficient_storage", self._disk_full_text(exc))
         except Exception as exc:
             logger.exception("%s %s failed unexpectedly", job.name, job.job_id)
             return self.deployer.failed(cmd, "internal_error", f"{type(exc).__name__}: {exc}")
@@ -631,6 +847,12 @@ class Agent:
         except EdgeTailorError as exc:
             logger.warning("job %s failed: %s", cmd.job_id, exc)
             return _error(cmd.job_id, "job_failed", str(exc))
+        except OSError as exc:
+            if not is_disk_full(exc):
+                logger.exception("job %s failed unexpectedly", cmd.job_id)
+                return _error(cmd.job_id, "internal_error", f"{type(exc).__name__}: {exc}")
+            logger.error("job %s failed, the disk is full: %s", cmd.job_id, exc)
+            return _error(cmd.job_id, "insufficient_storage", self._disk_full_text(exc))
         except Exception as exc:
             logger.exception("job %s failed unexpectedly", cmd.job_id)
             return _error(cmd.job_id, "internal_error", f"{type(exc).__name__}: {exc}")
@@ -655,6 +877,9 @@ class Agent:
             self.outbox.put(msg_id, topic, payload, corr_id=None, job_id=job.job_id)
             self.client.publish(topic, payload, qos=QOS)
         return ref
+
+    def _disk_full_text(self, exc: OSError) -> str:
+        return f"the disk is full ({exc}); {self._free_text()}. Free space on the board and retry"
 
     def _progress(self, job: Job, stage: str) -> None:
         self._respond(
@@ -694,8 +919,12 @@ class Agent:
             except SignatureError as exc:
                 raise JobError("untrusted_manifest", f"{exc}; refused before download") from exc
         sha, fmt = manifest.sha256, manifest.format
+        job.in_use.add(sha)
         if self.store.has(sha, fmt, manifest.size_bytes):
             return self.store.path_of(sha, fmt), TransferStats(sha256=sha, already_stored=True)
+        # Checked before the first chunk is asked for: a transfer that cannot fit never starts.
+        keep = {s for s in (self.releases.active(), self.releases.previous()) if s} | job.in_use
+        self.store.make_room(sha, fmt, manifest.size_bytes, keep=keep)
         partial = self.store.open_partial(sha, fmt, manifest.size_bytes, chunk_size)
         fetch = ArtifactFetch(
             sha,
@@ -714,12 +943,36 @@ class Agent:
             stats = fetch.run()
         except BaseException:
             fetch.close()
+            if not self._stopping.is_set():
+                # Failed, not interrupted by a shutdown (which resumes after the restart): the
+                # preallocated file would only keep the disk full.
+                partial.discard()
             raise
         finally:
             with self._lock:
                 self._fetches.pop(sha, None)
             self.client.unsubscribe(topic)
         return self.store.commit(partial, sha, fmt), stats
+
+
+def _queued_for_network_thread(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """See Agent._make_client."""
+
+
+def _describe_connect_error(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "no answer (timed out); check the address, the port and any firewall"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"{exc.strerror or exc} (nothing listens on that port)"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({exc})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _artifacts_of(cmd: BenchmarkCmd | DeployCmd | RollbackCmd) -> set[str]:
+    if isinstance(cmd, RollbackCmd):
+        return set()
+    return {cmd.model.sha256} | ({cmd.eval_data.sha256} if cmd.eval_data else set())
 
 
 class _Interrupted(Exception):

@@ -4,6 +4,10 @@ Example::
 
     edgetailor-agent --broker mqtt://host:1883 --id pi-01 --data-dir /var/lib/edgetailor \\
         --tag site=lab --trust-key host.pub
+
+Every setting can also come from ``/etc/edgetailor/agent.toml`` (or ``--config FILE``) and from
+``EDGETAILOR_AGENT_<KEY>`` variables; see device_agent.config. ``--check`` reports what the
+configuration amounts to without starting the agent.
 """
 
 from __future__ import annotations
@@ -14,188 +18,114 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from device_agent import AGENT_VERSION
+from device_agent.config import CONFIG_ENV, DEFAULT_CONFIG, Settings, add_arguments, resolve
 from shared.broker_url import TlsOptions, parse_broker_url
 from shared.errors import ConfigError, EdgeTailorError
-from shared.topics import DEFAULT_BASE, Topics, check_device_id
+from shared.topics import Topics, check_device_id
+
+if TYPE_CHECKING:
+    from device_agent.agent import AgentConfig
 
 logger = logging.getLogger(__name__)
-
-
-def _tag(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key or len(key) > 128 or len(value) > 128:
-        raise argparse.ArgumentTypeError(
-            f"tag {text!r} must look like KEY=VALUE (each at most 128 chars)"
-        )
-    return key, value
-
-
-def _cpu_list(text: str) -> tuple[int, ...]:
-    try:
-        cpus = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--cpu-affinity {text!r}: give CPU numbers like 0,1"
-        ) from None
-    if not cpus or min(cpus) < 0:
-        raise argparse.ArgumentTypeError(f"--cpu-affinity {text!r}: give CPU numbers like 0,1")
-    return cpus
-
-
-def _positive(kind: type) -> object:
-    def parse(text: str) -> object:
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text} must be > 0")
-        return value
-
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgetailor-agent",
-        description="edgetailor device agent: benchmark models sent over MQTT.",
+        description="edgetailor device agent: benchmark, deploy and serve models sent over MQTT.",
     )
     parser.add_argument(
-        "--broker", required=True, help="mqtt://[user:pass@]host[:port] or mqtts://..."
-    )
-    parser.add_argument(
-        "--id", required=True, dest="device_id", help="device id (letters, digits, _ . -)"
-    )
-    parser.add_argument(
-        "--data-dir", required=True, type=Path, help="store, outbox and journal live here"
-    )
-    parser.add_argument(
-        "--threads",
-        type=_positive(int),
-        default=None,
-        help="runtime threads when a job does not say",
-    )
-    parser.add_argument("--base-topic", default=DEFAULT_BASE, help="MQTT base topic of the fleet")
-    parser.add_argument(
-        "--keepalive", type=_positive(int), default=30, help="MQTT keepalive in seconds"
-    )
-    parser.add_argument(
-        "--telemetry-interval",
-        type=_positive(float),
-        default=10.0,
-        help="seconds between telemetry",
-    )
-    parser.add_argument(
-        "--trust-key",
+        "--config",
         type=Path,
         default=None,
-        help="host's Ed25519 public key (PEM); manifests must be signed by it",
+        help=f"TOML file with the settings (default: {DEFAULT_CONFIG} when it exists; "
+        f"or ${CONFIG_ENV})",
     )
-    parser.add_argument("--tls-ca", default=None, help="CA certificate (PEM) of the broker")
+    add_arguments(parser)
     parser.add_argument(
-        "--tls-cert", default=None, help="this device's certificate (PEM), for mTLS"
-    )
-    parser.add_argument("--tls-key", default=None, help="this device's private key (PEM)")
-    parser.add_argument(
-        "--tag",
-        action="append",
-        type=_tag,
-        default=[],
-        metavar="KEY=VALUE",
-        help="announced in the birth message (repeatable), e.g. site=lab",
-    )
-    parser.add_argument(
-        "--cpu-affinity",
-        type=_cpu_list,
-        default=None,
-        help="CPUs for the benchmark worker, e.g. 2,3",
-    )
-    parser.add_argument(
-        "--worker-memory-mb",
-        type=_positive(int),
-        default=None,
-        help="RLIMIT_AS of the benchmark worker",
-    )
-    parser.add_argument(
-        "--xfer-window", type=_positive(int), default=16, help="chunks requested at a time"
-    )
-    parser.add_argument(
-        "--xfer-retry-s",
-        type=_positive(float),
-        default=3.0,
-        help="ask again for missing chunks after this long without one arriving",
-    )
-    parser.add_argument(
-        "--xfer-timeout-s",
-        type=_positive(float),
-        default=60.0,
-        help="fail a transfer after this long without progress",
-    )
-    parser.add_argument(
-        "--outbox-retry-s",
-        type=_positive(float),
-        default=15.0,
-        help="re-publish unacknowledged results this often",
-    )
-    parser.add_argument(
-        "--max-queued-jobs",
-        type=_positive(int),
-        default=32,
-        help="jobs waiting or running at most; more are refused with code 'busy'",
-    )
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="debug, info, warning or error",
+        "--check",
+        action="store_true",
+        help="check config, data dir, TLS files, broker and runtimes, then exit (1 on a problem)",
     )
     parser.add_argument("--version", action="version", version=f"edgetailor-agent {AGENT_VERSION}")
     return parser
 
 
+def agent_config(settings: Settings) -> AgentConfig:
+    from device_agent.agent import AgentConfig
+
+    Topics(settings["base_topic"])
+    trust_key = settings["trust_key"]
+    if trust_key is not None and not trust_key.is_file():
+        raise ConfigError(
+            f"--trust-key {trust_key} does not exist; copy the host's public key there"
+        )
+
+    def text(key: str) -> str | None:
+        return str(settings[key]) if settings[key] is not None else None
+
+    return AgentConfig(
+        broker=parse_broker_url(settings["broker"]),
+        device_id=check_device_id(settings["id"]),
+        data_dir=settings["data_dir"],
+        base_topic=settings["base_topic"],
+        keepalive=settings["keepalive"],
+        telemetry_interval=settings["telemetry_interval"],
+        threads=settings["threads"],
+        trust_key=trust_key,
+        tls=TlsOptions(text("tls_ca"), text("tls_cert"), text("tls_key")).check(),
+        tags=dict(settings["tags"]),
+        cpu_affinity=settings["cpu_affinity"],
+        xfer_window=settings["xfer_window"],
+        xfer_retry_s=settings["xfer_retry_s"],
+        xfer_timeout_s=settings["xfer_timeout_s"],
+        outbox_retry_s=settings["outbox_retry_s"],
+        max_queued_jobs=settings["max_queued_jobs"],
+        worker_memory_mb=settings["worker_memory_mb"],
+        max_store_mb=settings["max_store_mb"],
+        serve=settings["serve"],
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        settings = resolve(args, config=args.config)
+    except EdgeTailorError as exc:
+        print(f"edgetailor-agent: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
+        level=getattr(logging, settings["log_level"].upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from device_agent.agent import Agent, AgentConfig
+    if args.check:
+        from device_agent.check import run_check
+
+        return run_check(settings)
+    from device_agent.agent import Agent
 
     try:
-        Topics(args.base_topic)
-        config = AgentConfig(
-            broker=parse_broker_url(args.broker),
-            device_id=check_device_id(args.device_id),
-            data_dir=args.data_dir,
-            base_topic=args.base_topic,
-            keepalive=args.keepalive,
-            telemetry_interval=args.telemetry_interval,
-            threads=args.threads,
-            trust_key=args.trust_key,
-            tls=TlsOptions(args.tls_ca, args.tls_cert, args.tls_key).check(),
-            tags=dict(args.tag),
-            cpu_affinity=args.cpu_affinity,
-            xfer_window=args.xfer_window,
-            xfer_retry_s=args.xfer_retry_s,
-            xfer_timeout_s=args.xfer_timeout_s,
-            outbox_retry_s=args.outbox_retry_s,
-            max_queued_jobs=args.max_queued_jobs,
-            worker_memory_mb=args.worker_memory_mb,
-        )
-        if args.trust_key is not None and not args.trust_key.is_file():
-            raise ConfigError(
-                f"--trust-key {args.trust_key} does not exist; copy the host's public key there"
-            )
-        agent = Agent(config)
+        agent = Agent(agent_config(settings))
     except EdgeTailorError as exc:
         print(f"edgetailor-agent: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # e.g. a --data-dir this user may not create or write
         print(
-            f"edgetailor-agent: cannot prepare --data-dir {args.data_dir}: {exc}; give a "
+            f"edgetailor-agent: cannot prepare --data-dir {settings['data_dir']}: {exc}; give a "
             "directory the agent's user can write",
             file=sys.stderr,
         )
         return 2
+    logger.info(
+        "agent %s %s starting: data dir %s, broker %s",
+        settings["id"],
+        AGENT_VERSION,
+        settings["data_dir"],
+        settings["broker"],
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

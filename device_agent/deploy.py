@@ -4,6 +4,7 @@ Layout under the data dir::
 
     releases/{sha256}/model.{format}   a whole release: the model file and its manifest, fsynced
     releases/{sha256}/manifest.json    before any link points at it
+    releases/{sha256}/release.json     optional: how to run it ({"runtime": "tflite", "threads": 2})
     active -> releases/{sha256}        the model applications use: DATA_DIR/active/model.tflite
     previous -> releases/{sha256}      what the last deploy replaced (``rollback`` goes back to it)
     deploy/state.json                  the committed state: active deploy id, highest sequence
@@ -125,6 +126,24 @@ class Releases:
             return decode_manifest((self.release_dir(sha256) / "manifest.json").read_bytes())
         except (OSError, ValidationError):
             return None
+
+    def serving_options(self, sha256: str) -> tuple[str | None, int | None]:
+        """The runtime and threads recorded for a release, each None when not recorded."""
+        try:
+            meta = json.loads((self.release_dir(sha256) / "release.json").read_text("utf-8"))
+        except FileNotFoundError:
+            return None, None
+        except (OSError, ValueError) as exc:
+            logger.warning("unreadable release.json of %s: %s", sha256[:12], exc)
+            return None, None
+        if not isinstance(meta, dict):
+            return None, None
+        runtime, threads = meta.get("runtime"), meta.get("threads")
+        return (
+            runtime if isinstance(runtime, str) and runtime else None,
+            threads if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0
+            else None,
+        )  # fmt: skip
 
     def link_target(self, name: str) -> str | None:
         """The sha256 a link points at, when it points at a whole release."""

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from device_agent.errors import JobError
-from device_agent.store import PartialFile
+from device_agent.store import PartialFile, free_bytes, is_disk_full
 from shared.errors import EdgeTailorError
 from shared.messages import ChunkRequest
 from shared.results import TransferStats
@@ -54,6 +54,7 @@ class ArtifactFetch:
         self._resync = False
         self._last_arrival = time.monotonic()
         self._last_progress = time.monotonic()
+        self._disk_full: JobError | None = None
         self.duplicates = 0
         self.rejected = 0
         self.written = 0
@@ -84,7 +85,20 @@ class ArtifactFetch:
                 return
             try:
                 self.partial.write(chunk.index, chunk.payload)
-            except (OSError, EdgeTailorError) as exc:
+            except OSError as exc:
+                if is_disk_full(exc):
+                    # Asking again cannot help: fail the transfer now, not at its timeout.
+                    self._disk_full = self._disk_full_error(chunk.index, exc)
+                    self._cond.notify_all()
+                    return
+                self.rejected += 1
+                self._outstanding.discard(chunk.index)
+                logger.warning(
+                    "could not write chunk %d of %s: %s", chunk.index, self.sha256[:12], exc
+                )
+                self._cond.notify_all()
+                return
+            except EdgeTailorError as exc:
                 self.rejected += 1
                 self._outstanding.discard(chunk.index)
                 logger.warning(
@@ -96,6 +110,20 @@ class ArtifactFetch:
             self._last_progress = self._last_arrival
             self._outstanding.discard(chunk.index)
             self._cond.notify_all()
+
+    def _disk_full_error(self, index: int, exc: OSError) -> JobError:
+        directory = self.partial.part_path.parent
+        try:
+            free = f"{free_bytes(directory):,}"
+        except OSError:
+            free = "no"
+        remaining = sum(self.partial.bounds(i)[1] for i in self.partial.missing())
+        return JobError(
+            "insufficient_storage",
+            f"the disk filled up during the transfer of {self.sha256[:12]}: chunk {index} could not "
+            f"be written ({exc.strerror}); {remaining:,} bytes were still to come and {directory} "
+            f"has {free} bytes free. The partial file was removed; free space there and retry",
+        )
 
     def _claimed_index(self, payload: bytes) -> int | None:
         """The index a damaged frame claims, when its header is intact and names this artifact."""
@@ -141,6 +169,8 @@ class ArtifactFetch:
         with self._cond:
             self._last_arrival = self._last_progress = time.monotonic()
             while not self.partial.complete():
+                if self._disk_full is not None:
+                    raise self._disk_full
                 if self._cancelled.is_set():
                     raise JobError("cancelled", "the job was cancelled during the transfer")
                 now = time.monotonic()

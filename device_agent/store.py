@@ -9,13 +9,23 @@ Layout under the data dir::
 Paths are built from validated hex digests and a closed set of formats only, so a manifest cannot
 steer a write outside the data dir. The bitmap is updated after the chunk's bytes are synced, so after
 a crash it may under-report (a chunk is fetched again) but never claims a chunk that is not on disk.
+
+Disk space: the store has a budget (``--max-store-mb``, by default a quarter of the filesystem) and
+keeps a reserve of free space for the journal, outbox and results. Before a transfer starts,
+:meth:`ArtifactStore.make_room` evicts the least recently used artifacts (never the active or the
+previous release, nor what the running job uses) until the artifact fits, or fails the job with
+``insufficient_storage`` naming the bytes needed and free. Space is counted per inode, so a release
+hard-linked to its store file is counted once.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 from device_agent.errors import JobError
@@ -29,6 +39,25 @@ logger = logging.getLogger(__name__)
 FORMATS = ("tflite", "onnx", "npz")
 _HAVE_HEADER = struct.Struct("!4sIQ")
 _HAVE_MAGIC = b"ETH1"
+DEFAULT_BUDGET_FRACTION = 0.25
+# Free space kept for the journal, outbox and results: 5% of the filesystem, within these bounds.
+RESERVE_MIN_BYTES = 512 * 1024
+RESERVE_MAX_BYTES = 64 * 1024 * 1024
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _checked(sha256: str, fmt: str) -> tuple[str, str]:
@@ -73,7 +102,18 @@ class PartialFile:
         with open(self.part_path, "wb") as handle:
             try:
                 os.posix_fallocate(handle.fileno(), 0, self.size)
-            except (AttributeError, OSError):
+            except OSError as exc:
+                if is_disk_full(exc):
+                    handle.close()
+                    self.part_path.unlink(missing_ok=True)
+                    raise JobError(
+                        "insufficient_storage",
+                        f"cannot reserve {self.size:,} bytes for {self.part_path.stem[:12]}: "
+                        f"{free_bytes(self.part_path.parent):,} bytes free on "
+                        f"{self.part_path.parent}; free space there",
+                    ) from exc
+                handle.truncate(self.size)  # the filesystem cannot preallocate
+            except AttributeError:
                 handle.truncate(self.size)
         header = _HAVE_HEADER.pack(_HAVE_MAGIC, self.chunk_size, self.size)
         with open(self.have_path, "wb") as handle:
@@ -125,11 +165,15 @@ class PartialFile:
 class ArtifactStore:
     """Complete artifacts by sha256, plus the partial downloads that will become them."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, max_bytes: int | None = None) -> None:
+        self.data_dir = data_dir
         self.store_dir = data_dir / "store"
         self.partial_dir = data_dir / "partial"
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.partial_dir.mkdir(parents=True, exist_ok=True)
+        total = shutil.disk_usage(data_dir).total
+        self.max_bytes = max_bytes or int(total * DEFAULT_BUDGET_FRACTION)
+        self.reserve_bytes = min(RESERVE_MAX_BYTES, max(RESERVE_MIN_BYTES, total // 20))
 
     def path_of(self, sha256: str, fmt: str) -> Path:
         sha256, fmt = _checked(sha256, fmt)
@@ -137,7 +181,105 @@ class ArtifactStore:
 
     def has(self, sha256: str, fmt: str, size: int) -> bool:
         path = self.path_of(sha256, fmt)
-        return path.is_file() and path.stat().st_size == size
+        found = path.is_file() and path.stat().st_size == size
+        if found:
+            try:
+                os.utime(path)  # store files never change, so mtime can say when one was last used
+            except OSError:
+                pass
+        return found
+
+    # -- disk budget -----------------------------------------------------------------------------
+    def _files(self) -> Iterator[Path]:
+        for directory in (self.store_dir, self.partial_dir, self.data_dir / "releases"):
+            if directory.is_dir():
+                yield from (p for p in directory.rglob("*") if p.is_file() and not p.is_symlink())
+
+    def used_bytes(self, exclude: Path | None = None) -> int:
+        """Bytes taken by artifacts, partial downloads and releases, each inode counted once."""
+        seen: set[tuple[int, int]] = set()
+        total = 0
+        for path in self._files():
+            if exclude is not None and path == exclude:
+                continue
+            try:
+                info = path.stat()
+            except OSError:
+                continue
+            if (info.st_dev, info.st_ino) not in seen:
+                seen.add((info.st_dev, info.st_ino))
+                total += info.st_size
+        return total
+
+    def _eviction_order(self, keep: set[str]) -> list[Path]:
+        """Stale partial downloads first, then complete artifacts, least recently used first."""
+        partials = [p for p in self.partial_dir.glob("*.part") if p.stem not in keep]
+        stored = [p for p in self.store_dir.iterdir() if p.is_file() and p.stem not in keep]
+
+        def mtime(path: Path) -> float:
+            try:
+                return path.stat().st_mtime
+            except OSError:
+                return 0.0
+
+        return sorted(partials, key=mtime) + sorted(stored, key=mtime)
+
+    def _evict(self, path: Path) -> None:
+        if path.suffix == ".part":
+            path.with_suffix(".have").unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        logger.info("evicted %s from the store to make room", path.name)
+
+    def make_room(self, sha256: str, fmt: str, size: int, keep: set[str]) -> None:
+        """Evict until an artifact of ``size`` bytes fits budget and free space, or raise."""
+        sha256, fmt = _checked(sha256, fmt)
+        own = self.partial_dir / f"{sha256}.part"
+        keep = keep | {sha256}
+        victims = self._eviction_order(keep)
+        evictable = sum(_size(p) for p in victims)
+        if size > self.max_bytes and free_bytes(self.data_dir) + evictable >= size:
+            raise JobError(
+                "insufficient_storage",
+                f"artifact {sha256[:12]} has {size:,} bytes, more than the whole store budget of "
+                f"{self.max_bytes:,} bytes; raise --max-store-mb",
+            )
+        while True:
+            try:
+                allocated = min(size, own.stat().st_blocks * 512)
+            except OSError:
+                allocated = 0
+            used = self.used_bytes(exclude=own)
+            free = free_bytes(self.data_dir)
+            needed = size - allocated
+            if used + size <= self.max_bytes and free - needed >= self.reserve_bytes:
+                return
+            if not victims:
+                break
+            self._evict(victims.pop(0))
+        if free - needed < self.reserve_bytes:
+            raise JobError(
+                "insufficient_storage",
+                f"not enough disk space for artifact {sha256[:12]}: it needs {needed:,} bytes "
+                f"(and {self.reserve_bytes:,} bytes are kept free for results), but "
+                f"{self.data_dir} has {free:,} bytes free; free space there or move --data-dir "
+                "to a larger filesystem",
+            )
+        raise JobError(
+            "insufficient_storage",
+            f"artifact {sha256[:12]} ({size:,} bytes) does not fit in the store budget: "
+            f"{used:,} of {self.max_bytes:,} bytes are taken by the active and previous models "
+            "and the running job; raise --max-store-mb",
+        )
+
+    def discard_partials(self, keep: set[str]) -> None:
+        """Remove partial downloads no pending job will resume (left by a crash or an old version)."""
+        for part in self.partial_dir.glob("*.part"):
+            if part.stem not in keep:
+                logger.info("removing stale partial download %s", part.name)
+                self._evict(part)
+        for have in self.partial_dir.glob("*.have"):
+            if have.stem not in keep and not have.with_suffix(".part").exists():
+                have.unlink(missing_ok=True)
 
     def open_partial(self, sha256: str, fmt: str, size: int, chunk_size: int) -> PartialFile:
         sha256, fmt = _checked(sha256, fmt)

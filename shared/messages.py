@@ -56,6 +56,31 @@ class Birth(Body, frozen=True):
     active_sha256: Sha256 | None = None
 
 
+class ServingLatency(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+
+class ServingStats(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The local inference endpoint since the previous telemetry (``interval_s``) and in total.
+
+    ``latency_ms`` is the time the endpoint spent on each answered request (decode the input, run
+    the active model, encode the output), over the ``requests - errors`` answered in the interval.
+    """
+
+    model_sha256: Sha256 | None = None
+    runtime: ShortStr | None = None
+    interval_s: float
+    requests: int
+    errors: int
+    requests_total: int
+    errors_total: int
+    latency_ms: ServingLatency | None = None
+
+
 class Telemetry(Body, frozen=True):
     cpu_percent: float
     mem_used_mb: float
@@ -66,6 +91,8 @@ class Telemetry(Body, frozen=True):
     cpu_freq_mhz: float | None = None
     load_avg_1m: float | None = None
     active_sha256: Sha256 | None = None
+    disk_free_mb: float | None = None  # on the filesystem of the data dir
+    serving: ServingStats | None = None  # only while the agent runs with --serve
 
 
 class ChunkRequest(Body, frozen=True):

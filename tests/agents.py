@@ -34,8 +34,10 @@ class AgentProcess:
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
         python: str = sys.executable,
+        cwd: Path | None = None,
     ) -> None:
         self.python = python  # e.g. a board-like venv without torch or ai-edge-litert
+        self.cwd = Path(cwd) if cwd is not None else REPO_ROOT  # a relative data_dir is under it
         self.broker_url = broker_url
         self.device_id = device_id
         self.data_dir = Path(data_dir)
@@ -47,7 +49,7 @@ class AgentProcess:
 
     @property
     def log_path(self) -> Path:
-        return self.data_dir / "agent.log"
+        return self.cwd / self.data_dir / "agent.log"
 
     def command(self) -> list[str]:
         return [
@@ -61,13 +63,13 @@ class AgentProcess:
         ]  # fmt: skip
 
     def start(self) -> AgentProcess:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.cwd / self.data_dir).mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1", **self.env}
         self.started_at = time.time()
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, cwd=str(REPO_ROOT),
+                env=env, cwd=str(self.cwd),
             )  # fmt: skip
         return self
 
