@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install lint test demo bench clean
+.PHONY: install lint browser test demo bench clean
 
 # torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -26,17 +26,33 @@ $(BOARD_STAMP): pyproject.toml
 		psutil msgspec cryptography
 	touch $(BOARD_STAMP)
 
+# Debian's Chromium for the browser tests (tests/e2e/dashboard): Playwright drives it and never
+# downloads a browser of its own. Installed here when it is missing and this is root with apt;
+# elsewhere the browser tests skip and say why, except in CI (CI set), where they fail.
+CHROMIUM ?= /usr/bin/chromium
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
+
+browser:
+	@if [ -x "$(CHROMIUM)" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else \
+		echo "no $(CHROMIUM) and no root apt-get: the browser tests will skip (apt install chromium)"; \
+	fi
+
 install: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: $(STAMP) $(BOARD_STAMP) lint
-	EDGETAILOR_BOARD_PYTHON=$(abspath $(BOARD_VENV))/bin/python $(PY) -m pytest -q
+test: $(STAMP) $(BOARD_STAMP) lint browser
+	EDGETAILOR_BOARD_PYTHON=$(abspath $(BOARD_VENV))/bin/python EDGETAILOR_CHROMIUM=$(CHROMIUM) \
+		$(PY) -m pytest -q
 
+# Ends on the dashboard's address and keeps it (service, agents, broker) running until Ctrl-C.
 demo: $(STAMP)
-	$(VENV)/bin/edgetailor demo
+	$(VENV)/bin/edgetailor demo --serve
 
 bench: $(STAMP)
 	$(PY) -m bench.compression
