@@ -60,8 +60,14 @@ export function campaignListView(root, app) {
     form));
 
   const checked = new Set();
+  let shownDevices = null;
   function renderDevices() {
     const known = [...app.fleet.devices.entries()].filter(([, d]) => d.summary).sort(([a], [b]) => a.localeCompare(b));
+    // Telemetry changes the fleet every few seconds; the choices only when a device or its
+    // status does.
+    const key = JSON.stringify(known.map(([id, d]) => [id, d.summary.online]));
+    if (key === shownDevices) return;
+    shownDevices = key;
     if (!known.length) {
       devices.replaceChildren(h("span", { class: "muted" }, "no device known yet"));
       return;

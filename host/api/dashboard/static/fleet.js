@@ -98,6 +98,34 @@ export function fleetView(root, app) {
     }
   }
 
+  function buildRow(id, d) {
+    const summary = d.summary;
+    const state = summary.online ? "online" : "offline";
+    return h("tr", { "data-device": id, "data-online": String(summary.online), class: state },
+      h("td", { class: "device" }, h("strong", {}, id), tags(summary)),
+      h("td", { class: "status" }, h("span", { class: `badge ${state}` }, state),
+        h("div", { class: "muted small seen" }, `seen ${ago(summary.last_seen)}`)),
+      h("td", { class: "board" }, board(summary),
+        summary.agent_version ? h("div", { class: "muted small" }, `agent ${summary.agent_version}`) : null),
+      h("td", { class: "runtimes" }, (summary.runtimes || []).map((r) => h("div", {}, r))),
+      h("td", { class: "active", "data-sha256": summary.active_model ? summary.active_model.sha256 : "" },
+        h("span", { class: "model", title: summary.active_model ? summary.active_model.sha256 : "" },
+          activeName(summary, d.status) || "none"),
+        summary.active_model ? h("div", { class: "muted small sha" }, shortSha(summary.active_model.sha256)) : null),
+      desiredCell(d.status),
+      ...telemetryCells(d.telemetry),
+      h("td", { class: "actions" }, h("button", {
+        type: "button", class: "rollback", disabled: !summary.online,
+        title: summary.online ? "restore the model it ran before its last deploy" : "the device is offline",
+        onclick: () => rollback(id, summary),
+      }, "Roll back")));
+  }
+
+  // Telemetry comes every few seconds per device: a row is rebuilt only when what it says
+  // changed, otherwise its sparklines and "seen" text are updated in place, so a button is
+  // never swapped under a pointer that is pressing it.
+  const built = new Map(); // device -> {row, key}
+
   function render() {
     const devices = [...app.fleet.devices.entries()].filter(([, d]) => d.summary).sort(([a], [b]) => a.localeCompare(b));
     const online = devices.filter(([, d]) => d.summary.online).length;
@@ -105,32 +133,30 @@ export function fleetView(root, app) {
       ? `${devices.length} device${devices.length === 1 ? "" : "s"}, ${online} online`
       : "loading…";
     if (app.fleet.loaded && devices.length === 0) {
+      built.clear();
       body.replaceChildren(h("tr", {}, h("td", { colspan: 9, class: "muted" },
         "No device has announced itself yet: start an agent with edgetailor-agent --broker ... --id NAME")));
       return;
     }
-    body.replaceChildren(...devices.map(([id, d]) => {
-      const summary = d.summary;
-      const state = summary.online ? "online" : "offline";
-      return h("tr", { "data-device": id, "data-online": String(summary.online), class: state },
-        h("td", { class: "device" }, h("strong", {}, id), tags(summary)),
-        h("td", { class: "status" }, h("span", { class: `badge ${state}` }, state),
-          h("div", { class: "muted small" }, `seen ${ago(summary.last_seen)}`)),
-        h("td", { class: "board" }, board(summary),
-          summary.agent_version ? h("div", { class: "muted small" }, `agent ${summary.agent_version}`) : null),
-        h("td", { class: "runtimes" }, (summary.runtimes || []).map((r) => h("div", {}, r))),
-        h("td", { class: "active", "data-sha256": summary.active_model ? summary.active_model.sha256 : "" },
-          h("span", { class: "model", title: summary.active_model ? summary.active_model.sha256 : "" },
-            activeName(summary, d.status) || "none"),
-          summary.active_model ? h("div", { class: "muted small sha" }, shortSha(summary.active_model.sha256)) : null),
-        desiredCell(d.status),
-        ...telemetryCells(d.telemetry),
-        h("td", { class: "actions" }, h("button", {
-          type: "button", class: "rollback", disabled: !summary.online,
-          title: summary.online ? "restore the model it ran before its last deploy" : "the device is offline",
-          onclick: () => rollback(id, summary),
-        }, "Roll back")));
-    }));
+    const rows = devices.map(([id, d]) => {
+      const { last_seen: _seen, last_telemetry_at: _at, ...stable } = d.summary;
+      const key = JSON.stringify([stable, d.status && d.status.state]);
+      const known = built.get(id);
+      if (known && known.key === key) {
+        known.row.querySelector(".seen").textContent = `seen ${ago(d.summary.last_seen)}`;
+        const [cpu, temp] = telemetryCells(d.telemetry);
+        known.row.querySelector("td.cpu").replaceWith(cpu);
+        known.row.querySelector("td.temp").replaceWith(temp);
+        return known.row;
+      }
+      const row = buildRow(id, d);
+      built.set(id, { row, key });
+      return row;
+    });
+    const current = [...body.children];
+    if (rows.length !== current.length || rows.some((row, i) => row !== current[i])) {
+      body.replaceChildren(...rows);
+    }
   }
 
   const unsubscribe = app.fleet.subscribe(render);
