@@ -78,7 +78,7 @@ export function campaignListView(root, app) {
       return h("label", { class: "choice" },
         h("input", { type: "checkbox", name: "devices", value: id, checked: checked.has(id),
           onchange: (e) => (e.target.checked ? checked.add(id) : checked.delete(id)) }),
-        ` ${id}`, h("span", { class: `badge ${d.summary.online ? "online" : "offline"}` }, d.summary.online ? "online" : "offline"));
+        ` ${id} `, h("span", { class: `badge ${d.summary.online ? "online" : "offline"}` }, d.summary.online ? "online" : "offline"));
     }));
   }
 

@@ -3,6 +3,14 @@
 import { api } from "./api.js";
 import { debounce, h, shortSha, when } from "./dom.js";
 
+// Waves and the current one are counted from 1, as the API gives them.
+function waveText(r) {
+  const sizes = r.waves.map((w) => w.length).join(" + ");
+  const now = r.current_wave ? `wave ${r.current_wave} of ${r.waves.length}` : "no wave started yet";
+  return `${r.waves.length} wave${r.waves.length === 1 ? "" : "s"} (${sizes} devices), ${now}; ` +
+    `at most ${r.max_failures} failure${r.max_failures === 1 ? "" : "s"} per wave; created ${when(r.created)}`;
+}
+
 export function deploymentsView(root, app) {
   const list = h("div", { class: "rollouts" }, h("p", { class: "muted" }, "Loading…"));
   root.append(h("section", {}, h("h1", {}, "Deployments"), list));
@@ -31,16 +39,15 @@ export function deploymentsView(root, app) {
     const devices = h("table", { class: "targets" },
       h("thead", {}, h("tr", {}, ["device", "wave", "model", "state", "stage", "detail"].map((t) => h("th", {}, t)))),
       h("tbody", {}, r.devices.map((d) => h("tr", { "data-device": d.device_id, "data-state": d.state },
-        h("td", {}, d.device_id), h("td", { class: "num" }, d.wave + 1),
+        h("td", {}, d.device_id), h("td", { class: "num" }, d.wave),
         h("td", { title: d.sha256 }, d.label || shortSha(d.sha256)),
         h("td", {}, h("span", { class: `badge state-${d.state}` }, d.state)),
         h("td", {}, d.stage || ""), h("td", { class: "detail" }, d.detail || "")))));
     return h("article", { class: "rollout", "data-rollout": r.rollout_id, "data-status": r.status },
       h("header", {},
-        h("h2", {}, r.label ? `${r.label} ` : "", h("span", { class: "id" }, r.rollout_id), " ",
+        h("h2", {}, r.label ? `campaign ${r.label} ` : "", h("span", { class: "id" }, r.rollout_id), " ",
           h("span", { class: `badge status-${r.status}` }, r.status)),
-        h("div", { class: "muted" },
-          `waves ${r.waves.map((w) => w.length).join(" + ")}, now wave ${r.current_wave + 1}; at most ${r.max_failures} failure(s) per wave; created ${when(r.created)}`),
+        h("div", { class: "muted" }, waveText(r)),
         r.reason ? h("div", { class: "reason" }, r.reason) : null),
       devices,
       h("div", { class: "buttons" },
