@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install lint test demo bench clean
+.PHONY: install lint browser test demo bench clean
 
 # torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -26,6 +26,20 @@ $(BOARD_STAMP): pyproject.toml
 		psutil msgspec cryptography
 	touch $(BOARD_STAMP)
 
+# Debian's Chromium for the browser tests (tests/e2e/dashboard): Playwright drives it and never
+# downloads a browser of its own. Installed here when it is missing and this is root with apt;
+# elsewhere the browser tests skip and say why, except in CI (CI set), where they fail.
+CHROMIUM ?= /usr/bin/chromium
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
+
+browser:
+	@if [ -x "$(CHROMIUM)" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else \
+		echo "no $(CHROMIUM) and no root apt-get: the browser tests will skip (apt install chromium)"; \
+	fi
+
 install: $(STAMP)
 
 DOCKERFILES := $(filter-out %.dockerignore,$(wildcard docker/Dockerfile.*))
@@ -39,11 +53,15 @@ lint: $(STAMP)
 # Everything, the light-install test included (fresh venvs, pip from PyPI); locally, skip that
 # one with: make test PYTEST_ARGS="-m 'not install'"
 PYTEST_ARGS ?=
-test: $(STAMP) $(BOARD_STAMP) lint
-	EDGETAILOR_BOARD_PYTHON=$(abspath $(BOARD_VENV))/bin/python $(PY) -m pytest -q $(PYTEST_ARGS)
+test: $(STAMP) $(BOARD_STAMP) lint browser
+	EDGETAILOR_BOARD_PYTHON=$(abspath $(BOARD_VENV))/bin/python EDGETAILOR_CHROMIUM=$(CHROMIUM) \
+		$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# The whole loop, then the dashboard's address; `make demo DEMO_ARGS=--serve` keeps the service,
+# agents and broker running (the dashboard open) until Ctrl-C.
+DEMO_ARGS ?=
 demo: $(STAMP)
-	$(VENV)/bin/edgetailor demo
+	$(VENV)/bin/edgetailor demo $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench.compression

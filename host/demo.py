@@ -10,8 +10,10 @@ labelled with the constraint that was really applied.
 
 Then it trains the digits CNN, runs a campaign (host.campaign) over a small search space with all
 four technique families, selects per device, deploys each device's choice,
-writes the HTML report and prints the choice per device. Agents, cgroups and the broker are always
-cleaned up, whatever happens.
+writes the HTML report and prints the choice per device. Last it starts the host service
+(host.service) on the demo's broker and database, checks that its dashboard lists every agent, and
+prints the dashboard's address; with ``serve`` it keeps all of it running until Ctrl-C. Agents,
+cgroups, the service and the broker are always cleaned up, whatever happens.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,6 +223,94 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+DASHBOARD_PORT = 8000  # the service's own default, where it is free
+
+
+def _dashboard_port(requested: int | None) -> int:
+    import socket
+
+    if requested:
+        return requested
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", DASHBOARD_PORT))
+        except OSError:
+            return _free_port()
+    return DASHBOARD_PORT
+
+
+def _raise_interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def dashboard_service(
+    broker_url: str, base_topic: str, out: Path, port: int | None
+) -> Iterator[dict[str, Any]]:
+    """``edgetailor serve`` in this process, on the demo's broker and database, for as long as the
+    block runs: yields the dashboard's address (with a fresh token in its fragment) and the
+    devices its API lists, read back over HTTP as a browser would."""
+    import httpx
+    import uvicorn
+
+    from host.service.service import Service, ServiceConfig
+    from host.store.service import ServiceStore
+
+    port = _dashboard_port(port)
+    service = Service(
+        ServiceConfig(
+            broker=broker_url, db=f"sqlite:///{out / 'edgetailor.db'}", port=port,
+            base_topic=base_topic, home=out, log_level="warning",
+        )
+    )  # fmt: skip
+    # A token of the demo's own; the others (an earlier demo's) stop working.
+    token = ServiceStore(service.store).new_token(revoke_others=True)
+    server = uvicorn.Server(
+        uvicorn.Config(service.app, host="127.0.0.1", port=port, log_level="warning",
+                       access_log=False)
+    )  # fmt: skip
+    thread = threading.Thread(target=server.run, name="dashboard", daemon=True)
+    try:
+        service.start()
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise DemoError(
+                    f"the dashboard did not start on 127.0.0.1:{port} (port in use? try --port)"
+                )
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}/"
+        with httpx.Client(base_url=url, timeout=10) as client:
+            page = client.get("/")
+            devices = client.get("/api/v1/devices").json()
+        if page.status_code != 200 or "edgetailor" not in page.text:
+            raise DemoError(f"the dashboard at {url} answered {page.status_code}")
+        yield {
+            "url": url,
+            "login_url": f"{url}#token={token}",
+            "token": token,
+            "devices": sorted(d["device_id"] for d in devices if d["online"]),
+        }
+    finally:
+        server.should_exit = True
+        if thread.is_alive():
+            thread.join(timeout=10)
+        service.stop()
+
+
+def serve_until_interrupted() -> None:
+    """Block until Ctrl-C (or SIGTERM, which cleans up the same way)."""
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextmanager
 def _quiet_logs() -> Iterator[None]:
     """amqtt and litert log at INFO/WARNING about routine things; keep the demo's output readable."""
@@ -261,8 +352,14 @@ def run_demo(
     quiet: bool = False,
     runs: int = 30,
     min_s: float = 0.5,
+    serve: bool = False,
+    port: int | None = None,
+    on_ready: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the demo end to end; returns a summary with the campaign outcome and the labels."""
+    """Run the demo end to end; returns a summary with the campaign outcome and the labels.
+
+    Once the dashboard is up, ``on_ready`` gets the summary (so the CLI prints it before it
+    waits); with ``serve`` the service, agents and broker then run until Ctrl-C."""
     from rich.console import Console
 
     from host.broker import EmbeddedBroker
@@ -324,6 +421,32 @@ def run_demo(
                     ).run()
                 deploy = _deploy(outcome, fleet, store)
                 report = write_campaign_report(CampaignStore(store), campaign_id, out / "report")
+            summary: dict[str, Any] = {
+                "campaign": campaign_id,
+                "out_dir": str(out),
+                "report": str(report),
+                "profiles": [
+                    {
+                        "device": a.profile.device,
+                        "label": a.label,
+                        "threads": a.profile.threads,
+                        "cpus": a.profile.cpus,
+                        "cpu_quota_requested": a.profile.cpu_quota,
+                        "cgroup": a.group.label() if a.group else None,
+                        "cgroup_path": str(a.group.path) if a.group else None,
+                    }
+                    for a in started_agents
+                ],
+                "timings": outcome["campaign"]["timings"],
+                "deploy": deploy,
+                "outcome": outcome,
+            }
+            with dashboard_service(broker.url, base_topic, out, port) as dashboard:
+                summary["dashboard"] = {**dashboard, "served": serve}
+                if on_ready is not None:
+                    on_ready(summary)
+                if serve:
+                    serve_until_interrupted()
         finally:
             for agent in started_agents:
                 agent.stop()
@@ -331,26 +454,7 @@ def run_demo(
                 if agent.group is not None:
                     agent.group.remove()
             broker.stop()
-    return {
-        "campaign": campaign_id,
-        "out_dir": str(out),
-        "report": str(report),
-        "profiles": [
-            {
-                "device": a.profile.device,
-                "label": a.label,
-                "threads": a.profile.threads,
-                "cpus": a.profile.cpus,
-                "cpu_quota_requested": a.profile.cpu_quota,
-                "cgroup": a.group.label() if a.group else None,
-                "cgroup_path": str(a.group.path) if a.group else None,
-            }
-            for a in started_agents
-        ],
-        "timings": outcome["campaign"]["timings"],
-        "deploy": deploy,
-        "outcome": outcome,
-    }
+    return summary
 
 
 __all__ = [
@@ -358,6 +462,7 @@ __all__ = [
     "AgentProfile",
     "CpuQuotaGroup",
     "DemoError",
+    "dashboard_service",
     "default_profiles",
     "make_cpu_quota",
     "run_demo",

@@ -2,9 +2,9 @@
 
 ``create_app(ctx)`` builds the application over an :class:`ApiContext` (store, fleet, event bus);
 ``edgetailor serve`` runs it with uvicorn beside the fleet side (host.service). Everything is under
-``/api/v1`` except ``/metrics`` (Prometheus) and ``/healthz``. Mutating endpoints need the bearer
-token; reads are open to clients on the same machine. Errors are ``{"error": {"code", "message",
-"fields"}}``.
+``/api/v1`` except ``/metrics`` (Prometheus), ``/healthz`` and the dashboard (``/``, see
+host.api.dashboard). Mutating endpoints need the bearer token; reads are open to clients on the
+same machine. Errors are ``{"error": {"code", "message", "fields"}}``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from host.api import errors
+from host.api import dashboard, errors
 from host.api.context import ApiContext
 from host.api.deps import Ctx
 from host.api.models import ServiceInfo
@@ -47,6 +47,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
                    events.router):  # fmt: skip
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(metrics.router)
+    dashboard.install(app)
 
     @app.get("/healthz", response_model=ServiceInfo, tags=["service"])
     def healthz(ctx: Ctx) -> dict[str, Any]:

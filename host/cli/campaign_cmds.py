@@ -669,16 +669,35 @@ def demo_cmd(
     objective: Annotated[
         str, typer.Option("--objective", help="max_metric, min_latency, min_size, min_memory")
     ] = "min_latency",
+    serve: Annotated[
+        bool,
+        typer.Option(
+            "--serve", help="keep the service, its dashboard and the agents running until Ctrl-C"
+        ),
+    ] = False,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", help="TCP port of the dashboard (default: 8000, or a free one)"),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The whole loop on this machine: embedded broker, SQLite, local agents with different CPU
-    profiles, the digits CNN, a campaign, a choice per device, deploy, HTML report."""
+    profiles, the digits CNN, a campaign, a choice per device, deploy, HTML report, dashboard."""
     from host.demo import DEFAULT_CONSTRAINTS, DEFAULT_MODEL, run_demo
 
     started = time.monotonic()
     err = Console(stderr=True)
+
+    def ready(summary: dict[str, Any]) -> None:
+        summary["seconds"] = round(time.monotonic() - started, 1)
+        if as_json:
+            sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
+            sys.stdout.flush()
+            return
+        _print_demo(summary)
+
     with library_chatter():
-        summary = run_demo(
+        run_demo(
             agents=agents,
             out_dir=out,
             space=space,
@@ -687,11 +706,13 @@ def demo_cmd(
             objective=objective,
             console=err,
             quiet=as_json,
+            serve=serve,
+            port=port,
+            on_ready=ready,
         )
-    summary["seconds"] = round(time.monotonic() - started, 1)
-    if as_json:
-        sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
-        return
+
+
+def _print_demo(summary: dict[str, Any]) -> None:
     console = wide_console()
     outcome = summary["outcome"]
     console.print(candidates_table(outcome))
@@ -705,6 +726,15 @@ def demo_cmd(
         f"(compress {summary['timings']['candidates_s']:.0f} s, "
         f"measure {summary['timings']['measure_s']:.0f} s)"
     )
+    dashboard = summary["dashboard"]
+    listed = ", ".join(dashboard["devices"]) or "no device"
+    if dashboard["served"]:
+        console.print(f"dashboard ({listed} online; Ctrl-C stops it all): {dashboard['login_url']}")
+    else:
+        console.print(
+            f"dashboard checked ({listed} online) and stopped with the demo; "
+            f"`edgetailor demo --serve` (or `make demo`) keeps it running at {dashboard['url']}"
+        )
 
 
 # --------------------------------------------------------------------------------------------------

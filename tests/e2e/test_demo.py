@@ -1,13 +1,17 @@
 """Acceptance: `edgetailor demo` runs the whole loop on embedded defaults, measures differently
-constrained local agents, chooses per device under the constraint, and leaves nothing behind."""
+constrained local agents, chooses per device under the constraint, ends on a dashboard that lists
+every agent (kept running with --serve until Ctrl-C), and leaves nothing behind."""
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import httpx
 import psutil
 import pytest
 
@@ -18,7 +22,20 @@ pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-c", "from host.cli.main import main; main()"]
 
 
-def test_demo_measures_each_profile_chooses_per_device_and_cleans_up(tmp_path: Path) -> None:
+def _read_json_document(stream: Any) -> dict[str, Any]:
+    """The indented JSON summary the demo prints once its dashboard is up (it then keeps
+    running): the lines up to the closing brace at the start of a line."""
+    lines = []
+    for line in stream:
+        lines.append(line)
+        if line.rstrip("\n") == "}":
+            return json.loads("".join(lines))
+    raise AssertionError("the demo exited before printing its summary")
+
+
+def test_demo_measures_each_profile_chooses_per_device_serves_the_dashboard_and_cleans_up(
+    tmp_path: Path,
+) -> None:
     space = tmp_path / "space.json"
     space.write_text(
         json.dumps(
@@ -29,27 +46,35 @@ def test_demo_measures_each_profile_chooses_per_device_and_cleans_up(tmp_path: P
         )
     )
     out = tmp_path / "demo"
-    done = subprocess.run(
-        [
-            *CLI,
-            "demo",
-            "--agents",
-            "3",
-            "--out",
-            str(out),
-            "--space",
-            str(space),
-            "--json",
-            "--model",
-            "builtin:digits_cnn",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=cli_env(),
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    summary = json.loads(done.stdout)
+    err = (tmp_path / "demo.err").open("w")
+    demo = subprocess.Popen(
+        [*CLI, "demo", "--agents", "3", "--out", str(out), "--space", str(space), "--json",
+         "--model", "builtin:digits_cnn", "--serve"],
+        stdout=subprocess.PIPE, stderr=err, text=True, env=cli_env(),
+    )  # fmt: skip
+    try:
+        assert demo.stdout is not None
+        summary = _read_json_document(demo.stdout)
+        # Still running: the dashboard answers and its API lists the three agents online.
+        dashboard = summary["dashboard"]
+        assert dashboard["served"] is True and demo.poll() is None
+        page = httpx.get(dashboard["url"], timeout=30)
+        assert page.status_code == 200 and "dashboard/static/main.js" in page.text
+        listed = httpx.get(dashboard["url"] + "api/v1/devices", timeout=30).json()
+        assert sorted(d["device_id"] for d in listed if d["online"]) == dashboard["devices"]
+        assert len(dashboard["devices"]) == 3
+        # The token in the printed address is the service's: a mutation with it gets past the
+        # check (to a 404 for an unknown campaign), one without it is refused.
+        token = dashboard["login_url"].split("#token=", 1)[1]
+        cancel = dashboard["url"] + "api/v1/campaigns/no-such-campaign/cancel"
+        with_token = httpx.post(cancel, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert with_token.status_code == 404, with_token.text
+        assert httpx.post(cancel, timeout=30).status_code == 401
+    finally:
+        demo.send_signal(signal.SIGINT)  # Ctrl-C
+        returncode = demo.wait(timeout=120)
+        err.close()
+    assert returncode == 0, (tmp_path / "demo.err").read_text()[-4000:]
     outcome = summary["outcome"]
     devices = [p["device"] for p in summary["profiles"]]
     assert len(devices) == 3 and len({p["label"] for p in summary["profiles"]}) == 3

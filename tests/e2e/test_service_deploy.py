@@ -6,8 +6,6 @@ Then the CLI, as a client of the service, reads the status and rolls a board bac
 from __future__ import annotations
 
 import json
-import re
-import signal
 import subprocess
 import sys
 import time
@@ -19,49 +17,12 @@ import httpx
 import pytest
 
 from shared.hashing import sha256_file
-from tests.brokers import free_port, wait_for_port
 from tests.e2e.conftest import AgentFactory, DigitsArtifacts, cli_env
+from tests.e2e.serve import ServeProcess
 
 pytestmark = pytest.mark.slow
 
 CLI = [sys.executable, "-c", "from host.cli.main import main; main()"]
-
-
-class ServeProcess:
-    def __init__(self, broker: str, base_topic: str, db: str, home: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.args = [*CLI, "serve", "--broker", broker, "--base-topic", base_topic, "--db", db,
-                     "--port", str(self.port), "--log-level", "info"]  # fmt: skip
-        self.env = {**cli_env(), "EDGETAILOR_HOME": str(home)}
-        self.log = home / "serve.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> ServeProcess:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
-                                         env=self.env, stdin=subprocess.DEVNULL)  # fmt: skip
-        wait_for_port(self.port, timeout=120)
-        return self
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def token(self) -> str:
-        match = re.search(r"^\s+(et_\S+)$", self.log.read_text(), re.MULTILINE)
-        assert match, self.log.read_text()[-2000:]
-        return match.group(1)
 
 
 @pytest.fixture
