@@ -18,7 +18,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Self, TextIO
 
 import typer
 from rich.console import Console
@@ -688,15 +688,16 @@ def demo_cmd(
     started = time.monotonic()
     err = Console(stderr=True)
 
-    def ready(summary: dict[str, Any]) -> None:
-        summary["seconds"] = round(time.monotonic() - started, 1)
-        if as_json:
-            sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
-            sys.stdout.flush()
-            return
-        _print_demo(summary)
+    with library_chatter() as stdout:
 
-    with library_chatter():
+        def ready(summary: dict[str, Any]) -> None:
+            summary["seconds"] = round(time.monotonic() - started, 1)
+            if as_json:
+                stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
+                stdout.flush()
+                return
+            _print_demo(summary, stdout)
+
         run_demo(
             agents=agents,
             out_dir=out,
@@ -712,8 +713,8 @@ def demo_cmd(
         )
 
 
-def _print_demo(summary: dict[str, Any]) -> None:
-    console = wide_console()
+def _print_demo(summary: dict[str, Any], stdout: TextIO) -> None:
+    console = wide_console(stdout)
     outcome = summary["outcome"]
     console.print(candidates_table(outcome))
     console.print(results_table(outcome))
@@ -733,7 +734,8 @@ def _print_demo(summary: dict[str, Any]) -> None:
     else:
         console.print(
             f"dashboard checked ({listed} online) and stopped with the demo; "
-            f"`edgetailor demo --serve` (or `make demo`) keeps it running at {dashboard['url']}"
+            f"`edgetailor demo --serve` (`make demo DEMO_ARGS=--serve`) keeps it running at "
+            f"{dashboard['url']}"
         )
 
 

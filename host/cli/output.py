@@ -86,11 +86,13 @@ def configure(verbose_mode: bool) -> None:
 
 
 @contextmanager
-def library_chatter(verbose_mode: bool | None = None) -> Iterator[None]:
+def library_chatter(verbose_mode: bool | None = None) -> Iterator[TextIO]:
     """While the block runs, what libraries write to stdout goes to stderr (``-v``) or nowhere.
 
     File descriptor 1 is redirected, so C++ output follows too; without -v descriptor 2 is
     silenced as well, while ``sys.stderr`` keeps writing to the real stderr for progress and logs.
+    The block gets the real stdout, for output that must appear while it runs (the demo prints
+    its tables before it serves the dashboard until Ctrl-C).
     """
     loud = verbose() if verbose_mode is None else verbose_mode
     for stream in (sys.stdout, sys.stderr):
@@ -98,6 +100,7 @@ def library_chatter(verbose_mode: bool | None = None) -> Iterator[None]:
     saved_out, saved_err = os.dup(1), os.dup(2)
     sink_fd = os.dup(saved_err) if loud else os.open(os.devnull, os.O_WRONLY)
     real_err: TextIO = os.fdopen(os.dup(saved_err), "w", buffering=1, encoding="utf-8")
+    real_out: TextIO = os.fdopen(os.dup(saved_out), "w", buffering=1, encoding="utf-8")
     sink: TextIO = os.fdopen(os.dup(sink_fd), "w", buffering=1, encoding="utf-8")
     old_out, old_err = sys.stdout, sys.stderr
     os.dup2(sink_fd, 1)
@@ -107,9 +110,9 @@ def library_chatter(verbose_mode: bool | None = None) -> Iterator[None]:
     # A stderr that is not descriptor 2 (a test's capture) is not affected by the redirect.
     sys.stderr = real_err if _fileno(old_err) == 2 else old_err
     try:
-        yield
+        yield real_out
     finally:
-        for stream in (sys.stdout, sys.stderr):
+        for stream in (sys.stdout, sys.stderr, real_out):
             try:
                 stream.flush()
             except (OSError, ValueError):
@@ -121,12 +124,14 @@ def library_chatter(verbose_mode: bool | None = None) -> Iterator[None]:
             os.close(fd)
         sink.close()
         real_err.close()
+        real_out.close()
 
 
-def wide_console() -> Console:
-    """stdout; at least 150 columns when it is not a terminal, so piped tables stay readable."""
-    console = Console()
-    return console if console.is_terminal else Console(width=max(console.width, 150))
+def wide_console(file: TextIO | None = None) -> Console:
+    """stdout (or ``file``); at least 150 columns when it is not a terminal, so piped tables stay
+    readable."""
+    console = Console(file=file)
+    return console if console.is_terminal else Console(file=file, width=max(console.width, 150))
 
 
 def _fileno(stream: TextIO) -> int | None:
