@@ -1,0 +1,796 @@
+"""Artifact transfer speed and host egress: edgetailor against a bare paho publisher, side by side.
+
+    python -m bench.transfer [--quick] [--runs 3] [--sizes-mb 20,90] [--boards 10,100]
+                             [--brokers mosquitto,amqtt] [--out bench/results/transfer.json]
+
+Speed: for each broker (a private Mosquitto on a free port, configured with the limits the protocol
+is designed against, ``max_inflight_messages 20`` and ``max_queued_messages 100``; and the embedded
+amqtt broker, ``edgetailor broker``, in its own process) and each artifact size, one run measures,
+in the same run and on the same broker,
+
+- the baseline: a bare paho client publishing the same bytes in 128 KiB QoS 1 chunks to a bare paho
+  subscriber in another process, from the first publish to the last chunk received;
+- edgetailor: the host's ``Fleet`` serving the file, and in another process a board that fetches it
+  with the agent's own code (``device_agent.fetch.ArtifactFetch`` into the agent's
+  ``ArtifactStore`` on disk, framing from ``shared.transfer``, a paho client wired as the agent
+  wires it), from the fetch's start to the whole file verified against its sha256 and stored.
+
+The ratio is edgetailor's MB/s over the baseline's, per run; the table shows the median of the runs.
+
+Egress: N boards (10 and 100; many per process, each with its own MQTT connection and its own copy
+of the agent's fetch code, no runtime) fetch the same artifact at once from one host. The host
+reaches the broker through a TCP proxy that counts every byte the host sends; that count over the
+artifact's size is the egress ratio. Every board's file is checked against the sha256.
+
+Results go to ``bench/results/transfer.json`` with every raw sample; ``--quick`` uses small sizes and
+one run (well under a minute) for checking that the bench works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import queue
+import selectors
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+DEFAULT_OUT = Path("bench/results/transfer.json")
+RAW_CHUNK = 128 * 1024
+SPEED_GOAL = 0.5  # edgetailor MB/s over the bare publisher's, at least
+EGRESS_GOAL = 1.2  # host egress over the artifact size, at most
+MOSQUITTO_LIMITS = "max_inflight_messages 20\nmax_queued_messages 100\n"
+MB = 1e6
+
+
+# -- brokers ------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def broker(kind: str, workdir: Path) -> Iterator[str]:
+    """A private broker of ``kind`` (mosquitto or amqtt) on a free port; yields its URL."""
+    from tests.brokers import MosquittoProcess, free_port, wait_for_port
+
+    port = free_port()
+    if kind == "mosquitto":
+        mosquitto = MosquittoProcess(workdir / "mosquitto", port, extra_config=MOSQUITTO_LIMITS)
+        mosquitto.start()
+        try:
+            yield mosquitto.url
+        finally:
+            mosquitto.stop()
+        return
+    if kind != "amqtt":
+        raise ValueError(f"unknown broker {kind!r}: mosquitto or amqtt")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from host.cli.main import main; main()", "broker"]
+        + ["--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, timeout=30)
+        yield f"mqtt://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+class CountingProxy:
+    """A TCP forwarder that counts the bytes its clients send upstream (the host's egress)."""
+
+    def __init__(self, target_port: int) -> None:
+        self._target = ("127.0.0.1", target_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self.upstream_bytes = 0
+        self._closed = False
+        self._threads: list[threading.Thread] = []
+        accept = threading.Thread(target=self._accept, daemon=True)
+        accept.start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self._target)
+            for sock in (client, server):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for src, dst, counted in ((client, server, True), (server, client, False)):
+                thread = threading.Thread(target=self._pump, args=(src, dst, counted), daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, counted: bool) -> None:
+        try:
+            while data := src.recv(1 << 20):
+                if counted:
+                    self.upstream_bytes += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+
+
+# -- the board side, in child processes ---------------------------------------------------------
+class SimulatedBoard:
+    """One board's transfer path: its own MQTT connection and the agent's fetch and store code.
+
+    Wired as ``device_agent.agent.Agent`` wires them: chunks of the artifact topic go to
+    ``ArtifactFetch.on_chunk`` on the network thread, requests are QoS 1 envelopes on the device's
+    ``xfer/req`` topic (not queued while disconnected), a reconnect re-subscribes and re-asks.
+    """
+
+    def __init__(self, broker_url: str, base_topic: str, device_id: str, data_dir: Path) -> None:
+        from device_agent.store import ArtifactStore
+        from shared.broker_url import parse_broker_url
+        from shared.topics import Topics
+
+        self.device_id = device_id
+        self.topics = Topics(base_topic)
+        self.store = ArtifactStore(data_dir)
+        self.address = parse_broker_url(broker_url)
+        self.fetch: Any = None
+        self.topic: str | None = None
+        self.connected = threading.Event()
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"bench-{device_id}",
+            clean_session=True,
+            protocol=mqtt.MQTTv311,
+        )
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda *_a: self.connected.clear()
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.5, 10)
+
+    def start(self) -> None:
+        self.client.connect(self.address.host, self.address.port, keepalive=30)
+        self.client.loop_start()
+        if not self.connected.wait(30):
+            raise TimeoutError(f"{self.device_id} could not connect to {self.address}")
+
+    def _on_connect(self, client: mqtt.Client, *_args: Any) -> None:
+        fetch, topic = self.fetch, self.topic
+        if topic is not None:
+            client.subscribe(topic, qos=1)
+        self.connected.set()
+        if fetch is not None:
+            fetch.on_reconnect()
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        fetch = self.fetch
+        if fetch is not None and msg.topic == self.topic:
+            fetch.on_chunk(msg.payload)
+
+    def _request(self, request: Any) -> None:
+        from shared.messages import encode
+
+        if not self.connected.is_set():
+            return
+        self.client.publish(
+            self.topics.xfer_request(self.device_id),
+            encode(request, device_id=self.device_id),
+            qos=1,
+        )
+
+    def receive(self, sha256: str, size: int, chunk_size: int, options: dict[str, Any]) -> dict:
+        """Fetch, verify and store one artifact; returns timings and the fetch's own counters."""
+        import msgspec
+
+        from device_agent.fetch import ArtifactFetch
+        from shared.hashing import sha256_file
+
+        started = time.time()
+        partial = self.store.open_partial(sha256, "npz", size, chunk_size)
+        fetch = ArtifactFetch(sha256, partial, self._request, **options)
+        self.topic = self.topics.artifact_chunks(sha256)
+        self.fetch = fetch
+        self.client.subscribe(self.topic, qos=1)
+        try:
+            stats = fetch.run()
+        finally:
+            fetch.close()
+            self.fetch = None
+            self.client.unsubscribe(self.topic)
+        path = self.store.commit(partial, sha256, "npz")
+        finished = time.time()
+        verified = sha256_file(path) == sha256
+        path.unlink()
+        return {
+            "device_id": self.device_id,
+            "started": started,
+            "finished": finished,
+            "seconds": finished - started,
+            "verified": verified,
+            "stats": msgspec.to_builtins(stats),
+        }
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class RawSubscriber:
+    """The baseline's receiving end: counts the chunks of one topic until all have come."""
+
+    def __init__(self, broker_url: str, topic: str, count: int) -> None:
+        from shared.broker_url import parse_broker_url
+
+        self.address = parse_broker_url(broker_url)
+        self.topic = topic
+        self.count = count
+        self.received = 0
+        self.bytes = 0
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+        self.done = threading.Event()
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-raw-{uuid.uuid4().hex[:8]}"
+        )
+        self.client.on_connect = lambda c, *_a: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *_a: self.subscribed.set()
+        self.client.on_message = self._on_message
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        now = time.time()
+        if self.first_at is None:
+            self.first_at = now
+        self.received += 1
+        self.bytes += len(msg.payload)
+        self.last_at = now
+        if self.received >= self.count:
+            self.done.set()
+
+    def start(self) -> None:
+        self.client.connect(self.address.host, self.address.port, keepalive=30)
+        self.client.loop_start()
+        if not self.subscribed.wait(30):
+            raise TimeoutError("the raw subscriber got no SUBACK")
+
+    def result(self, timeout: float) -> dict[str, Any]:
+        self.done.wait(timeout)
+        self.client.disconnect()
+        self.client.loop_stop()
+        return {
+            "received": self.received,
+            "expected": self.count,
+            "bytes": self.bytes,
+            "first_at": self.first_at,
+            "last_at": self.last_at,
+        }
+
+
+def _send(line: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(line) + "\n")
+    sys.stdout.flush()
+
+
+def board_process() -> None:
+    """Child process: a set of simulated boards or a raw subscriber, driven by JSON lines on stdin."""
+    import logging
+
+    logging.basicConfig(level=logging.ERROR)
+    setup = json.loads(sys.stdin.readline())
+    if setup["mode"] == "raw":
+        sub = RawSubscriber(setup["broker"], setup["topic"], setup["count"])
+        sub.start()
+        _send({"ready": True})
+        _send({"raw": sub.result(setup["timeout_s"])})
+        return
+    data_dir = Path(setup["data_dir"])
+    boards = [
+        SimulatedBoard(setup["broker"], setup["base_topic"], name, data_dir / name)
+        for name in setup["device_ids"]
+    ]
+    for board in boards:
+        board.start()
+    _send({"ready": True})
+    json.loads(sys.stdin.readline())  # go
+    results: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    def one(board: SimulatedBoard, delay: float) -> None:
+        time.sleep(delay)
+        try:
+            results.put(
+                board.receive(setup["sha256"], setup["size"], setup["chunk_size"], setup["options"])
+            )
+        except Exception as exc:  # noqa: BLE001 -- reported to the parent, which fails the run
+            results.put({"device_id": board.device_id, "error": f"{type(exc).__name__}: {exc}"})
+
+    threads = [
+        threading.Thread(target=one, args=(b, d), daemon=True)
+        for b, d in zip(boards, setup["delays"], strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    _send({"boards": [results.get() for _ in boards]})
+    for board in boards:
+        board.close()
+
+
+@dataclass
+class Child:
+    proc: subprocess.Popen[str]
+
+    @classmethod
+    def start(cls, setup: dict[str, Any]) -> Child:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.transfer", "--board-process"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        child = cls(proc)
+        child.send(setup)
+        return child
+
+    def send(self, line: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(line) + "\n")
+        self.proc.stdin.flush()
+
+    def read(self, timeout: float) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            raise TimeoutError(f"board process {self.proc.pid} said nothing for {timeout:.0f} s")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"board process {self.proc.pid} exited ({self.proc.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+# -- one measurement each -----------------------------------------------------------------------
+def raw_transfer(broker_url: str, path: Path, timeout_s: float) -> dict[str, Any]:
+    """The baseline: publish the file's bytes in 128 KiB QoS 1 chunks to a subscriber process."""
+    from shared.broker_url import parse_broker_url
+
+    data = path.read_bytes()
+    chunks = [data[i : i + RAW_CHUNK] for i in range(0, len(data), RAW_CHUNK)]
+    topic = f"bench/raw/{uuid.uuid4().hex[:12]}"
+    child = Child.start(
+        {
+            "mode": "raw",
+            "broker": broker_url,
+            "topic": topic,
+            "count": len(chunks),
+            "timeout_s": timeout_s,
+        }
+    )
+    address = parse_broker_url(broker_url)
+    publisher = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{uuid.uuid4().hex[:8]}"
+    )
+    try:
+        child.read(30)
+        publisher.connect(address.host, address.port, keepalive=30)
+        publisher.loop_start()
+        time.sleep(0.2)
+        started = time.time()
+        for chunk in chunks:
+            publisher.publish(topic, chunk, qos=1)
+        got = child.read(timeout_s + 30)["raw"]
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+        child.close()
+    complete = got["received"] == len(chunks)
+    seconds = (got["last_at"] or started) - started
+    return {
+        "bytes": len(data),
+        "chunks": len(chunks),
+        "received": got["received"],
+        "complete": complete,
+        "seconds": seconds,
+        "mb_s": len(data) / MB / seconds if complete and seconds > 0 else None,
+    }
+
+
+def edgetailor_transfers(
+    broker_url: str,
+    path: Path,
+    sha256: str,
+    boards: int,
+    data_dir: Path,
+    *,
+    chunk_size: int,
+    fetch_options: dict[str, Any],
+    processes: int,
+    count_egress: bool,
+    timeout_s: float,
+    spread_s: float = 0.0,
+) -> dict[str, Any]:
+    """``boards`` simulated boards fetch ``path`` from one Fleet; timings and egress.
+
+    Board ``i`` starts ``i * spread_s / (boards - 1)`` s after the first: 0 is all at once.
+    """
+    from host.fleet import Fleet
+    from shared.broker_url import parse_broker_url
+
+    base_topic = f"etbench-{uuid.uuid4().hex[:10]}"
+    size = path.stat().st_size
+    address = parse_broker_url(broker_url)
+    proxy = CountingProxy(address.port) if count_egress else None
+    host_url = f"mqtt://127.0.0.1:{proxy.port}" if proxy else broker_url
+    device_ids = [f"bench-{uuid.uuid4().hex[:6]}-{i:03d}" for i in range(boards)]
+    delays = {d: i * spread_s / max(1, boards - 1) for i, d in enumerate(device_ids)}
+    groups = [device_ids[i::processes] for i in range(min(processes, boards))]
+    children: list[Child] = []
+    try:
+        with Fleet(host_url, base_topic, chunk_size=chunk_size) as fleet:
+            fleet.wait_synced(settle_s=0.2)
+            fleet.chunks.offer(sha256, path)
+            for group in groups:
+                children.append(
+                    Child.start(
+                        {
+                            "mode": "fetch",
+                            "broker": broker_url,
+                            "base_topic": base_topic,
+                            "device_ids": group,
+                            "delays": [delays[d] for d in group],
+                            "data_dir": str(data_dir),
+                            "sha256": sha256,
+                            "size": size,
+                            "chunk_size": chunk_size,
+                            "options": fetch_options,
+                        }
+                    )
+                )
+            for child in children:
+                child.read(120)
+            egress_before = proxy.upstream_bytes if proxy else 0
+            published_before = fleet.chunks.chunks_published
+            started = time.time()
+            for child in children:
+                child.send({"go": True})
+            results: list[dict[str, Any]] = []
+            for child in children:
+                results += child.read(timeout_s)["boards"]
+            finished = time.time()
+            egress = (proxy.upstream_bytes - egress_before) if proxy else None
+            published = fleet.chunks.chunks_published - published_before
+            coalesced = fleet.chunks.chunks_coalesced
+    finally:
+        for child in children:
+            child.close()
+        if proxy is not None:
+            proxy.close()
+    errors = [r for r in results if "error" in r]
+    ok = [r for r in results if "error" not in r]
+    total_chunks = -(-size // chunk_size)
+    return {
+        "boards": boards,
+        "start_spread_s": spread_s,
+        "bytes": size,
+        "chunk_size": chunk_size,
+        "chunks": total_chunks,
+        "errors": [r["error"] for r in errors],
+        "all_verified": not errors and all(r["verified"] for r in ok),
+        "seconds_all": finished - started,
+        "seconds_per_board": sorted(r["seconds"] for r in ok),
+        "mb_s": size / MB / statistics.median(r["seconds"] for r in ok) if ok else None,
+        "chunks_published": published,
+        "chunks_coalesced": coalesced,
+        "host_egress_bytes": egress,
+        "egress_ratio": egress / size if egress is not None else None,
+        "requests_sent": sum(r["stats"]["requests_sent"] for r in ok),
+        "duplicate_chunks": sum(r["stats"]["duplicate_chunks"] for r in ok),
+        "rejected_chunks": sum(r["stats"]["rejected_chunks"] for r in ok),
+    }
+
+
+# -- the bench ----------------------------------------------------------------------------------
+def _artifact(workdir: Path, size: int) -> tuple[Path, str]:
+    from shared.hashing import sha256_file
+
+    path = workdir / f"artifact-{size}.bin"
+    with open(path, "wb") as handle:
+        left = size
+        while left:
+            step = min(left, 1 << 22)
+            handle.write(os.urandom(step))
+            left -= step
+    return path, sha256_file(path)
+
+
+def _tmpfs_dir() -> Path | None:
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
+def run_bench(
+    out: Path | None,
+    *,
+    sizes_mb: list[float],
+    runs: int,
+    boards: list[int],
+    fanout_mb: float,
+    spreads_s: list[float],
+    brokers: list[str],
+    chunk_size: int,
+    fetch_options: dict[str, Any] | None = None,
+    timeout_s: float = 300.0,
+) -> dict[str, Any]:
+    from shared.transfer import DEFAULT_CHUNK_SIZE
+
+    fetch_options = fetch_options or {}
+    report: dict[str, Any] = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "chunk_size": chunk_size,
+        "default_chunk_size": DEFAULT_CHUNK_SIZE,
+        "fetch_options": fetch_options,
+        "mosquitto_config": MOSQUITTO_LIMITS.strip().splitlines(),
+        "goals": {"speed_ratio_min": SPEED_GOAL, "egress_ratio_max": EGRESS_GOAL},
+        "speed": [],
+        "egress": [],
+        "started": time.time(),
+    }
+    with tempfile.TemporaryDirectory(prefix="et-xfer-") as tmp:
+        workdir = Path(tmp)
+        artifacts = {mb: _artifact(workdir, int(mb * MB)) for mb in sorted({*sizes_mb, fanout_mb})}
+        for kind in brokers:
+            with broker(kind, workdir / kind) as url:
+                for mb in sizes_mb:
+                    path, sha = artifacts[mb]
+                    samples = []
+                    for run in range(runs):
+                        # Alternate which goes first, so neither always meets a warm broker.
+                        order = ("raw", "edgetailor") if run % 2 == 0 else ("edgetailor", "raw")
+                        sample: dict[str, Any] = {}
+                        for which in order:
+                            if which == "raw":
+                                sample["raw"] = raw_transfer(url, path, timeout_s)
+                            else:
+                                disk = workdir / f"boards-{uuid.uuid4().hex[:6]}"
+                                sample["edgetailor"] = edgetailor_transfers(
+                                    url,
+                                    path,
+                                    sha,
+                                    1,
+                                    disk,
+                                    chunk_size=chunk_size,
+                                    fetch_options=fetch_options,
+                                    processes=1,
+                                    count_egress=False,
+                                    timeout_s=timeout_s,
+                                )
+                                shutil.rmtree(disk, ignore_errors=True)
+                        raw_mb_s = sample["raw"]["mb_s"]
+                        ours_mb_s = sample["edgetailor"]["mb_s"]
+                        sample["ratio"] = (
+                            ours_mb_s / raw_mb_s
+                            if raw_mb_s and ours_mb_s and sample["edgetailor"]["all_verified"]
+                            else None
+                        )
+                        samples.append(sample)
+                        print(
+                            f"  {kind} {mb:g} MB run {run + 1}: edgetailor "
+                            f"{_fmt(ours_mb_s)} MB/s, bare paho {_fmt(raw_mb_s)} MB/s",
+                            flush=True,
+                        )
+                    report["speed"].append(_speed_row(kind, mb, samples))
+                if kind != brokers[0]:
+                    continue  # egress does not depend on the broker; measured on the first
+                path, sha = artifacts[fanout_mb]
+                for count in boards:
+                    for spread in spreads_s:
+                        report["egress"].append(
+                            _egress_row(
+                                url,
+                                kind,
+                                path,
+                                sha,
+                                count,
+                                spread,
+                                workdir,
+                                chunk_size=chunk_size,
+                                fetch_options=fetch_options,
+                                timeout_s=timeout_s,
+                            )
+                        )
+    report["seconds"] = round(time.time() - report["started"], 1)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _egress_row(
+    url: str,
+    kind: str,
+    path: Path,
+    sha: str,
+    count: int,
+    spread: float,
+    workdir: Path,
+    *,
+    chunk_size: int,
+    fetch_options: dict[str, Any],
+    timeout_s: float,
+) -> dict[str, Any]:
+    shm = _tmpfs_dir()
+    disk = Path(tempfile.mkdtemp(prefix="et-boards-", dir=shm or workdir))
+    try:
+        result = edgetailor_transfers(
+            url,
+            path,
+            sha,
+            count,
+            disk,
+            chunk_size=chunk_size,
+            fetch_options=fetch_options,
+            processes=min(count, 5),
+            count_egress=True,
+            timeout_s=timeout_s,
+            spread_s=spread,
+        )
+    finally:
+        shutil.rmtree(disk, ignore_errors=True)
+    result["broker"] = kind
+    result["board_storage"] = "tmpfs" if shm else "disk"
+    result["passes"] = bool(
+        result["all_verified"]
+        and result["egress_ratio"] is not None
+        and result["egress_ratio"] <= EGRESS_GOAL
+    )
+    print(
+        f"  {count} boards, {path.stat().st_size / MB:g} MB, starts spread over {spread:g} s: "
+        f"egress {_fmt(result['egress_ratio'], '.2f')}x, {result['chunks_published']} chunk "
+        f"sends for {result['chunks']} chunks, {result['seconds_all']:.1f} s",
+        flush=True,
+    )
+    return result
+
+
+def _speed_row(kind: str, mb: float, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    ratios = [s["ratio"] for s in samples if s["ratio"] is not None]
+    ours = [s["edgetailor"]["mb_s"] for s in samples if s["edgetailor"]["mb_s"]]
+    raw = [s["raw"]["mb_s"] for s in samples if s["raw"]["mb_s"]]
+    ratio = statistics.median(ratios) if len(ratios) == len(samples) else None
+    return {
+        "broker": kind,
+        "size_mb": mb,
+        "runs": len(samples),
+        "edgetailor_mb_s": statistics.median(ours) if ours else None,
+        "raw_mb_s": statistics.median(raw) if raw else None,
+        "ratio": ratio,
+        "passes": ratio is not None and ratio >= SPEED_GOAL,
+        "samples": samples,
+    }
+
+
+def _fmt(value: float | None, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def render(report: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="artifact transfer, edgetailor against a bare paho publisher, same run")
+    for column in ("measure", "edgetailor", "baseline, same run", "ratio", "goal", "result"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    for row in report["speed"]:
+        table.add_row(
+            f"transfer over {row['broker']}, {row['size_mb']:g} MB (median of {row['runs']})",
+            f"{_fmt(row['edgetailor_mb_s'])} MB/s",
+            f"{_fmt(row['raw_mb_s'])} MB/s",
+            _fmt(row["ratio"], ".2f"),
+            f">= {SPEED_GOAL}",
+            "pass" if row["passes"] else "MISS",
+        )
+    for row in report["egress"]:
+        table.add_row(
+            f"host egress, {row['boards']} boards fetching {row['bytes'] / MB:g} MB, "
+            + (
+                "all at once"
+                if not row["start_spread_s"]
+                else f"starts spread over {row['start_spread_s']:g} s"
+            ),
+            f"{row['host_egress_bytes'] / MB:.1f} MB ({row['chunks_published']} chunk sends)",
+            f"artifact {row['bytes'] / MB:.1f} MB ({row['chunks']} chunks)",
+            _fmt(row["egress_ratio"], ".2f"),
+            f"<= {EGRESS_GOAL}",
+            "pass" if row["passes"] else "MISS",
+        )
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:] == ["--board-process"]:
+        board_process()
+        return 0
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.transfer", description=(__doc__ or "").split("\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes, one run")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--sizes-mb", default="20,90")
+    parser.add_argument("--boards", default="10,100")
+    parser.add_argument("--fanout-mb", type=float, default=20.0)
+    parser.add_argument(
+        "--spreads-s",
+        default="0,0.5",
+        help="egress runs: the boards' starts spread evenly over each of these many seconds",
+    )
+    parser.add_argument("--brokers", default="mosquitto,amqtt")
+    parser.add_argument("--chunk-size", type=int, default=None)
+    parser.add_argument("--window", type=int, default=None, help="the fetch's window, in chunks")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    from rich.console import Console
+
+    from shared.transfer import DEFAULT_CHUNK_SIZE
+
+    if args.quick:
+        sizes, runs, boards, fanout = [4.0], 1, [10, 100], 2.0
+    else:
+        sizes = [float(s) for s in args.sizes_mb.split(",") if s]
+        runs, boards, fanout = (
+            args.runs,
+            [int(b) for b in args.boards.split(",") if b],
+            args.fanout_mb,
+        )
+    options: dict[str, Any] = {}
+    if args.window is not None:
+        options["window"] = args.window
+    report = run_bench(
+        args.out,
+        sizes_mb=sizes,
+        runs=runs,
+        boards=boards,
+        fanout_mb=fanout,
+        spreads_s=[float(s) for s in args.spreads_s.split(",") if s],
+        brokers=[b for b in args.brokers.split(",") if b],
+        chunk_size=args.chunk_size or DEFAULT_CHUNK_SIZE,
+        fetch_options=options,
+    )
+    Console().print(render(report))
+    print(f"written to {args.out} ({report['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
