@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 from device_agent import AGENT_VERSION
+from device_agent.fetch import DEFAULT_WINDOW
 from shared.broker_url import TlsOptions, parse_broker_url
 from shared.errors import ConfigError, EdgeTailorError
 from shared.topics import DEFAULT_BASE, Topics, check_device_id
@@ -116,13 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="RLIMIT_AS of the benchmark worker",
     )
     parser.add_argument(
-        "--xfer-window", type=_positive(int), default=16, help="chunks requested at a time"
+        "--xfer-window",
+        type=_positive(int),
+        default=DEFAULT_WINDOW,
+        help="most chunks asked for and not yet received; halves when chunks go missing",
     )
     parser.add_argument(
         "--xfer-retry-s",
         type=_positive(float),
         default=3.0,
-        help="ask again for missing chunks after this long without one arriving",
+        help="ask again for a chunk not come after this long (longer when chunks are slow)",
     )
     parser.add_argument(
         "--xfer-timeout-s",

@@ -106,7 +106,9 @@ class Fleet:
         self.store: Store | None = store
         self.registry = DeviceRegistry()
         self.jobs = JobTracker()
-        self.chunks = ChunkServer(self._publish_chunk, coalesce_s=coalesce_s)
+        self.chunks = ChunkServer(
+            self._publish_chunk, coalesce_s=coalesce_s, ready=self._connected_now
+        )
         self._result_listeners: list[ResultListener] = []
         self._client: mqtt.Client | None = None
         self._connack = threading.Event()
@@ -146,6 +148,7 @@ class Fleet:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         self._client = client
         self._connack.clear()
         try:
@@ -170,6 +173,7 @@ class Fleet:
 
     def close(self) -> None:
         """Publish the retained ``offline`` status and disconnect (idempotent)."""
+        self.chunks.close()
         client, self._client = self._client, None
         if client is not None:
             with self._lock:
@@ -209,6 +213,7 @@ class Fleet:
         client.publish(self.topics.host_status(), STATUS_ONLINE, qos=1, retain=True)
         self._connected.set()
         self._connack.set()
+        self.chunks.wake()
 
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
@@ -250,8 +255,19 @@ class Fleet:
             # NO_CONN: paho keeps the QoS 1 message and sends it after reconnecting.
             logger.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
 
-    def _publish_chunk(self, sha256: str, frame: bytes) -> None:
-        self._publish(self.topics.artifact_chunks(sha256), frame)
+    def _publish_chunk(self, sha256: str, frame: bytes) -> mqtt.MQTTMessageInfo | None:
+        client = self._client
+        if client is None:
+            return None  # closing
+        return client.publish(self.topics.artifact_chunks(sha256), frame, qos=1)
+
+    def _connected_now(self) -> bool:
+        return self._connected.is_set()
+
+    def _on_publish(
+        self, _client: mqtt.Client, _userdata: Any, _mid: int, _reason: Any, _props: Any
+    ) -> None:
+        self.chunks.wake()  # the chunk server may hand over the next frame
 
     # -- devices -------------------------------------------------------------------------------
     def devices(self) -> dict[str, DeviceRecord]:
@@ -344,6 +360,10 @@ class Fleet:
         )
         if on_progress is not None:
             handle.on_progress(on_progress)  # before publishing: progress may come back at once
+        for name_of_artifact in ("model", "eval_data"):
+            manifest = getattr(body, name_of_artifact, None)
+            if isinstance(manifest, ArtifactManifest):
+                self.chunks.expect(manifest.sha256, device_id)  # it will ask for the chunks soon
         if name != "ack":
             self.jobs.add(handle)
             if self.store is not None:
