@@ -152,6 +152,7 @@ class SimulatedBoard:
         from device_agent.store import ArtifactStore
         from shared.broker_url import parse_broker_url
         from shared.topics import Topics
+        from shared.transfer import no_delay
 
         self.device_id = device_id
         self.topics = Topics(base_topic)
@@ -169,6 +170,7 @@ class SimulatedBoard:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *_a: self.connected.clear()
         self.client.on_message = self._on_message
+        self.client.on_socket_open = no_delay
         self.client.reconnect_delay_set(0.5, 10)
 
     def start(self) -> None:
@@ -317,7 +319,9 @@ def board_process() -> None:
         sub.start()
         _send({"ready": True})
         sub.started_at = time.time()
-        _send({"raw": sub.result(setup["timeout_s"])})
+        cpu = time.process_time()
+        got = sub.result(setup["timeout_s"])
+        _send({"raw": got, "cpu_s": time.process_time() - cpu})
         return
     data_dir = Path(setup["data_dir"])
     boards = [
@@ -328,6 +332,7 @@ def board_process() -> None:
         board.start()
     _send({"ready": True})
     json.loads(sys.stdin.readline())  # go
+    cpu = time.process_time()
     results: queue.Queue[dict[str, Any]] = queue.Queue()
 
     def one(board: SimulatedBoard, delay: float) -> None:
@@ -347,7 +352,7 @@ def board_process() -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    _send({"boards": [results.get() for _ in boards]})
+    _send({"boards": [results.get() for _ in boards], "cpu_s": time.process_time() - cpu})
     for board in boards:
         board.close()
 
@@ -386,12 +391,60 @@ class Child:
         return json.loads(line)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
+        try:
+            self.proc.wait(10)  # it exits by itself once it has answered
+        except subprocess.TimeoutExpired:
             self.proc.kill()
-        self.proc.wait(10)
+            self.proc.wait(30)
 
 
 # -- one measurement each -----------------------------------------------------------------------
+def round_trip_ms(broker_url: str, count: int, *, nodelay: bool) -> dict[str, float]:
+    """Median and p90 of a small QoS 1 message answered by another client, through the broker.
+
+    The latency the window protocol pays per request; with ``nodelay`` both clients set
+    TCP_NODELAY as the agent and the host do (shared.transfer.no_delay).
+    """
+    from shared.broker_url import parse_broker_url
+    from shared.transfer import no_delay
+
+    address = parse_broker_url(broker_url)
+    tag = uuid.uuid4().hex[:8]
+    answered = threading.Event()
+    asker, answerer = (
+        mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{role}-{tag}")
+        for role in ("ask", "answer")
+    )
+    answerer.on_message = lambda c, _u, m: c.publish(f"bench/{tag}/answer", m.payload, qos=1)
+    asker.on_message = lambda _c, _u, _m: answered.set()
+    samples: list[float] = []
+    try:
+        for client in (asker, answerer):
+            if nodelay:
+                client.on_socket_open = no_delay
+            client.connect(address.host, address.port, keepalive=30)
+            client.loop_start()
+        answerer.subscribe(f"bench/{tag}/ask", qos=1)
+        asker.subscribe(f"bench/{tag}/answer", qos=1)
+        time.sleep(0.3)
+        for _ in range(count):
+            answered.clear()
+            sent = time.perf_counter()
+            asker.publish(f"bench/{tag}/ask", b"x" * 200, qos=1)
+            if answered.wait(5):
+                samples.append((time.perf_counter() - sent) * 1e3)
+    finally:
+        for client in (asker, answerer):
+            client.disconnect()
+            client.loop_stop()
+    samples.sort()
+    return {
+        "median_ms": statistics.median(samples) if samples else float("nan"),
+        "p90_ms": samples[int(0.9 * (len(samples) - 1))] if samples else float("nan"),
+        "samples": len(samples),
+    }
+
+
 def raw_transfer(broker_url: str, path: Path, timeout_s: float) -> dict[str, Any]:
     """The baseline: publish the file's bytes in 128 KiB QoS 1 chunks to a subscriber process."""
     from shared.broker_url import parse_broker_url
@@ -417,10 +470,12 @@ def raw_transfer(broker_url: str, path: Path, timeout_s: float) -> dict[str, Any
         publisher.connect(address.host, address.port, keepalive=30)
         publisher.loop_start()
         time.sleep(0.2)
-        started = time.time()
+        started, cpu = time.time(), time.process_time()
         for chunk in chunks:
             publisher.publish(topic, chunk, qos=1)
-        got = child.read(timeout_s + 30)["raw"]
+        answer = child.read(timeout_s + 30)
+        sender_cpu_s = time.process_time() - cpu
+        got = answer["raw"]
     finally:
         publisher.disconnect()
         publisher.loop_stop()
@@ -433,6 +488,9 @@ def raw_transfer(broker_url: str, path: Path, timeout_s: float) -> dict[str, Any
         "received": got["received"],
         "complete": complete,
         "seconds": seconds,
+        # CPU seconds of the sending and the receiving process over the transfer
+        "sender_cpu_s": sender_cpu_s,
+        "receiver_cpu_s": answer["cpu_s"],
         "mb_s": len(data) / MB / seconds if complete and seconds > 0 else None,
     }
 
@@ -450,10 +508,12 @@ def edgetailor_transfers(
     count_egress: bool,
     timeout_s: float,
     spread_s: float = 0.0,
+    announce: bool = True,
 ) -> dict[str, Any]:
     """``boards`` simulated boards fetch ``path`` from one Fleet; timings and egress.
 
     Board ``i`` starts ``i * spread_s / (boards - 1)`` s after the first: 0 is all at once.
+    ``announce``: the host knows the boards will ask, as when it sent them a deploy command.
     """
     from host.fleet import Fleet
     from shared.broker_url import parse_broker_url
@@ -490,18 +550,22 @@ def edgetailor_transfers(
                 )
             for child in children:
                 child.read(120)
-            for device_id in device_ids:
+            for device_id in device_ids if announce else ():
                 # What Fleet.send_command does for a command naming the artifact (a deploy).
                 fleet.chunks.expect(sha256, device_id)
             egress_before = proxy.upstream_bytes if proxy else 0
             published_before = fleet.chunks.chunks_published
-            started = time.time()
+            started, cpu = time.time(), time.process_time()
             for child in children:
                 child.send({"go": True})
             results: list[dict[str, Any]] = []
+            receiver_cpu_s = 0.0
             for child in children:
-                results += child.read(timeout_s)["boards"]
+                answer = child.read(timeout_s)
+                results += answer["boards"]
+                receiver_cpu_s += answer["cpu_s"]
             finished = time.time()
+            sender_cpu_s = time.process_time() - cpu
             egress = (proxy.upstream_bytes - egress_before) if proxy else None
             published = fleet.chunks.chunks_published - published_before
             coalesced = fleet.chunks.chunks_coalesced
@@ -516,12 +580,15 @@ def edgetailor_transfers(
     return {
         "boards": boards,
         "start_spread_s": spread_s,
+        "announced": announce,
         "bytes": size,
         "chunk_size": chunk_size,
         "chunks": total_chunks,
         "errors": [r["error"] for r in errors],
         "all_verified": not errors and all(r["verified"] for r in ok),
         "seconds_all": finished - started,
+        "sender_cpu_s": sender_cpu_s,  # the host process (and, with egress, its proxy)
+        "receiver_cpu_s": receiver_cpu_s,  # the board processes together
         "seconds_per_board": sorted(r["seconds"] for r in ok),
         "phases_s": [r["phases_s"] for r in ok] if boards <= 10 else None,
         "mb_s": size / MB / statistics.median(r["seconds"] for r in ok) if ok else None,
@@ -564,7 +631,10 @@ def run_bench(
     spreads_s: list[float],
     brokers: list[str],
     chunk_size: int,
+    deploy_boards: int = 10,
+    deploy_mb: float = 20.0,
     fetch_options: dict[str, Any] | None = None,
+    round_trips: int = 50,
     timeout_s: float = 300.0,
 ) -> dict[str, Any]:
     from shared.transfer import DEFAULT_CHUNK_SIZE
@@ -575,14 +645,17 @@ def run_bench(
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
+            "load_average_at_start": list(os.getloadavg()),
         },
         "chunk_size": chunk_size,
         "default_chunk_size": DEFAULT_CHUNK_SIZE,
         "fetch_options": fetch_options,
         "mosquitto_config": MOSQUITTO_LIMITS.strip().splitlines(),
         "goals": {"speed_ratio_min": SPEED_GOAL, "egress_ratio_max": EGRESS_GOAL},
+        "round_trip": {},
         "speed": [],
         "egress": [],
+        "deploy": None,
         "started": time.time(),
     }
     with tempfile.TemporaryDirectory(prefix="et-xfer-") as tmp:
@@ -590,69 +663,74 @@ def run_bench(
         artifacts = {mb: _artifact(workdir, int(mb * MB)) for mb in sorted({*sizes_mb, fanout_mb})}
         for kind in brokers:
             with broker(kind, workdir / kind) as url:
+                report["round_trip"][kind] = {
+                    "paho_defaults": round_trip_ms(url, round_trips, nodelay=False),
+                    "tcp_nodelay": round_trip_ms(url, round_trips, nodelay=True),
+                }
                 for mb in sizes_mb:
-                    path, sha = artifacts[mb]
-                    samples = []
-                    for run in range(runs):
-                        # Alternate which goes first, so neither always meets a warm broker.
-                        order = ("raw", "edgetailor") if run % 2 == 0 else ("edgetailor", "raw")
-                        sample: dict[str, Any] = {}
-                        for which in order:
-                            if which == "raw":
-                                sample["raw"] = raw_transfer(url, path, timeout_s)
-                            else:
-                                disk = workdir / f"boards-{uuid.uuid4().hex[:6]}"
-                                sample["edgetailor"] = edgetailor_transfers(
-                                    url,
-                                    path,
-                                    sha,
-                                    1,
-                                    disk,
-                                    chunk_size=chunk_size,
-                                    fetch_options=fetch_options,
-                                    processes=1,
-                                    count_egress=False,
-                                    timeout_s=timeout_s,
-                                )
-                                shutil.rmtree(disk, ignore_errors=True)
-                        raw_mb_s = sample["raw"]["mb_s"]
-                        ours_mb_s = sample["edgetailor"]["mb_s"]
-                        sample["ratio"] = (
-                            ours_mb_s / raw_mb_s
-                            if raw_mb_s and ours_mb_s and sample["edgetailor"]["all_verified"]
-                            else None
-                        )
-                        samples.append(sample)
-                        print(
-                            f"  {kind} {mb:g} MB run {run + 1}: edgetailor "
-                            f"{_fmt(ours_mb_s)} MB/s, bare paho {_fmt(raw_mb_s)} MB/s",
-                            flush=True,
-                        )
+                    samples = [
+                        _speed_sample(url, kind, mb, run, artifacts[mb], workdir, chunk_size,
+                                      fetch_options, timeout_s)
+                        for run in range(runs)
+                    ]  # fmt: skip
                     report["speed"].append(_speed_row(kind, mb, samples))
                 if kind != brokers[0]:
                     continue  # egress does not depend on the broker; measured on the first
                 path, sha = artifacts[fanout_mb]
-                for count in boards:
-                    for spread in spreads_s:
-                        report["egress"].append(
-                            _egress_row(
-                                url,
-                                kind,
-                                path,
-                                sha,
-                                count,
-                                spread,
-                                workdir,
-                                chunk_size=chunk_size,
-                                fetch_options=fetch_options,
-                                timeout_s=timeout_s,
-                            )
-                        )
+                variants = [(count, spread, True) for count in boards for spread in spreads_s]
+                variants += [(count, 0.0, False) for count in boards]
+                for count, spread, announce in variants:
+                    report["egress"].append(
+                        _egress_row(url, kind, path, sha, count, spread, announce, workdir,
+                                    chunk_size=chunk_size, fetch_options=fetch_options,
+                                    timeout_s=timeout_s)
+                    )  # fmt: skip
+                if deploy_boards:
+                    report["deploy"] = deploy_egress(
+                        url, workdir / "deploy", deploy_boards, deploy_mb, timeout_s
+                    )
     report["seconds"] = round(time.time() - report["started"], 1)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _speed_sample(
+    url: str,
+    kind: str,
+    mb: float,
+    run: int,
+    artifact: tuple[Path, str],
+    workdir: Path,
+    chunk_size: int,
+    fetch_options: dict[str, Any],
+    timeout_s: float,
+) -> dict[str, Any]:
+    """One run: the bare publisher and edgetailor, the same bytes, the same broker, back to back."""
+    path, sha = artifact
+    # Alternate which goes first, so neither always meets a warm broker.
+    order = ("raw", "edgetailor") if run % 2 == 0 else ("edgetailor", "raw")
+    sample: dict[str, Any] = {}
+    for which in order:
+        if which == "raw":
+            sample["raw"] = raw_transfer(url, path, timeout_s)
+            continue
+        disk = workdir / f"boards-{uuid.uuid4().hex[:6]}"
+        sample["edgetailor"] = edgetailor_transfers(
+            url, path, sha, 1, disk, chunk_size=chunk_size, fetch_options=fetch_options,
+            processes=1, count_egress=False, timeout_s=timeout_s,
+        )  # fmt: skip
+        shutil.rmtree(disk, ignore_errors=True)
+    raw_mb_s, ours_mb_s = sample["raw"]["mb_s"], sample["edgetailor"]["mb_s"]
+    verified = sample["edgetailor"]["all_verified"]
+    sample["ratio"] = ours_mb_s / raw_mb_s if raw_mb_s and ours_mb_s and verified else None
+    print(
+        f"  {kind} {mb:g} MB run {run + 1}: edgetailor {_fmt(ours_mb_s)} MB/s, "
+        f"bare paho {_fmt(raw_mb_s)} MB/s",
+        flush=True,
+    )
+    return sample
 
 
 def _egress_row(
@@ -662,6 +740,7 @@ def _egress_row(
     sha: str,
     count: int,
     spread: float,
+    announce: bool,
     workdir: Path,
     *,
     chunk_size: int,
@@ -672,18 +751,10 @@ def _egress_row(
     disk = Path(tempfile.mkdtemp(prefix="et-boards-", dir=shm or workdir))
     try:
         result = edgetailor_transfers(
-            url,
-            path,
-            sha,
-            count,
-            disk,
-            chunk_size=chunk_size,
-            fetch_options=fetch_options,
-            processes=min(count, 5),
-            count_egress=True,
-            timeout_s=timeout_s,
-            spread_s=spread,
-        )
+            url, path, sha, count, disk, chunk_size=chunk_size, fetch_options=fetch_options,
+            processes=min(count, 5), count_egress=True, timeout_s=timeout_s, spread_s=spread,
+            announce=announce,
+        )  # fmt: skip
     finally:
         shutil.rmtree(disk, ignore_errors=True)
     result["broker"] = kind
@@ -694,12 +765,105 @@ def _egress_row(
         and result["egress_ratio"] <= EGRESS_GOAL
     )
     print(
-        f"  {count} boards, {path.stat().st_size / MB:g} MB, starts spread over {spread:g} s: "
-        f"egress {_fmt(result['egress_ratio'], '.2f')}x, {result['chunks_published']} chunk "
-        f"sends for {result['chunks']} chunks, {result['seconds_all']:.1f} s",
+        f"  {_egress_label(result)}: egress {_fmt(result['egress_ratio'], '.2f')}x, "
+        f"{result['chunks_published']} chunk sends for {result['chunks']} chunks, "
+        f"{result['seconds_all']:.1f} s",
         flush=True,
     )
     return result
+
+
+def _egress_label(row: dict[str, Any]) -> str:
+    spread = row["start_spread_s"]
+    start = "all at once" if not spread else f"starts spread over {spread:g} s"
+    known = "sent a command" if row["announced"] else "not announced to the host"
+    return f"{row['boards']} boards fetching {row['bytes'] / MB:g} MB, {start}, {known}"
+
+
+def _mlp_model(out_dir: Path, size_mb: float) -> Path:
+    """An MLP exported to .tflite with about ``size_mb`` MB of float32 weights."""
+    import litert_torch
+    import torch
+    from torch import nn
+
+    hidden = max(64, int(size_mb * MB / 4 / (64 + 256)))
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 256), nn.ReLU(),
+        nn.Linear(256, 10),
+    ).eval()  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"mlp-{size_mb:g}mb.tflite"
+    litert_torch.convert(model, (torch.zeros(1, 1, 8, 8),)).export(str(path))
+    return path
+
+
+def deploy_egress(
+    broker_url: str, workdir: Path, boards: int, size_mb: float, timeout_s: float
+) -> dict[str, Any]:
+    """A real rollout (``host.deploy``, one wave) of one model to ``boards`` real agents.
+
+    The agents are ``edgetailor-agent`` processes with their runtime and health check; the host's
+    bytes to the broker are counted through the proxy, from the first command to the last outcome.
+    """
+    from host.deploy import Deployer, DeployTarget
+    from host.fleet import Fleet
+    from host.store import Store
+    from shared.broker_url import parse_broker_url
+    from tests.agents import AgentProcess
+
+    model = _mlp_model(workdir, size_mb)
+    size = model.stat().st_size
+    base_topic = f"etbench-{uuid.uuid4().hex[:10]}"
+    agents = [
+        AgentProcess(broker_url, f"board-{i:02d}", workdir / f"board-{i:02d}", base_topic)
+        for i in range(boards)
+    ]
+    proxy = CountingProxy(parse_broker_url(broker_url).port)
+    store = Store(f"sqlite:///{workdir / 'host.db'}")
+    try:
+        for agent in agents:
+            agent.start()
+        for agent in agents:
+            agent.wait_online(120)
+        with Fleet(f"mqtt://127.0.0.1:{proxy.port}", base_topic, store=store) as fleet:
+            fleet.wait_synced()
+            for agent in agents:
+                fleet.wait_for_device(agent.device_id, 60)
+            egress_before = proxy.upstream_bytes
+            published_before = fleet.chunks.chunks_published
+            started = time.time()
+            result = Deployer(fleet, health_runs=5, timeout_s=timeout_s).rollout(
+                [DeployTarget(agent.device_id, model) for agent in agents], waves="100%"
+            )
+            seconds = time.time() - started
+            egress = proxy.upstream_bytes - egress_before
+            published = fleet.chunks.chunks_published - published_before
+            chunk_size = fleet.chunk_size
+    finally:
+        for agent in agents:
+            agent.terminate()
+        proxy.close()
+        store.close()
+    row = {
+        "boards": boards,
+        "bytes": size,
+        "chunk_size": chunk_size,
+        "chunks": -(-size // chunk_size),
+        "committed": sum(o.ok for o in result.outcomes),
+        "outcomes": [o.outcome for o in result.outcomes],
+        "seconds": seconds,
+        "chunks_published": published,
+        "host_egress_bytes": egress,
+        "egress_ratio": egress / size,
+    }
+    row["passes"] = row["committed"] == boards and row["egress_ratio"] <= EGRESS_GOAL
+    print(
+        f"  deploy to {boards} agents, {size / MB:.1f} MB: egress {row['egress_ratio']:.2f}x, "
+        f"{published} chunk sends for {row['chunks']} chunks, {row['committed']} committed",
+        flush=True,
+    )
+    return row
 
 
 def _speed_row(kind: str, mb: float, samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -729,6 +893,15 @@ def render(report: dict[str, Any]) -> Any:
     table = Table(title="artifact transfer, edgetailor against a bare paho publisher, same run")
     for column in ("measure", "edgetailor", "baseline, same run", "ratio", "goal", "result"):
         table.add_column(column, justify="left" if column == "measure" else "right")
+    for kind, trip in report["round_trip"].items():
+        table.add_row(
+            f"small-message round trip over {kind} (median)",
+            f"{trip['tcp_nodelay']['median_ms']:.1f} ms (TCP_NODELAY)",
+            f"{trip['paho_defaults']['median_ms']:.1f} ms (paho defaults)",
+            "",
+            "",
+            "info",
+        )
     for row in report["speed"]:
         table.add_row(
             f"transfer over {row['broker']}, {row['size_mb']:g} MB (median of {row['runs']})",
@@ -740,17 +913,23 @@ def render(report: dict[str, Any]) -> Any:
         )
     for row in report["egress"]:
         table.add_row(
-            f"host egress, {row['boards']} boards fetching {row['bytes'] / MB:g} MB, "
-            + (
-                "all at once"
-                if not row["start_spread_s"]
-                else f"starts spread over {row['start_spread_s']:g} s"
-            ),
+            f"host egress, {_egress_label(row)}",
             f"{row['host_egress_bytes'] / MB:.1f} MB ({row['chunks_published']} chunk sends)",
             f"artifact {row['bytes'] / MB:.1f} MB ({row['chunks']} chunks)",
             _fmt(row["egress_ratio"], ".2f"),
+            f"<= {EGRESS_GOAL}" if row["announced"] else "",
+            ("pass" if row["passes"] else "MISS") if row["announced"] else "info",
+        )
+    deploy = report.get("deploy")
+    if deploy:
+        table.add_row(
+            f"host egress, one {deploy['bytes'] / MB:.0f} MB model deployed to {deploy['boards']} "
+            f"real agents at once ({deploy['committed']} committed)",
+            f"{deploy['host_egress_bytes'] / MB:.1f} MB ({deploy['chunks_published']} chunk sends)",
+            f"artifact {deploy['bytes'] / MB:.1f} MB ({deploy['chunks']} chunks)",
+            f"{deploy['egress_ratio']:.2f}",
             f"<= {EGRESS_GOAL}",
-            "pass" if row["passes"] else "MISS",
+            "pass" if deploy["passes"] else "MISS",
         )
     return table
 
@@ -762,7 +941,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.transfer", description=(__doc__ or "").split("\n")[0]
     )
-    parser.add_argument("--quick", action="store_true", help="small sizes, one run")
+    parser.add_argument("--quick", action="store_true", help="small sizes, one run, no deploy")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sizes-mb", default="20,90")
     parser.add_argument("--boards", default="10,100")
@@ -772,6 +951,8 @@ def main(argv: list[str] | None = None) -> int:
         default="0,0.5",
         help="egress runs: the boards' starts spread evenly over each of these many seconds",
     )
+    parser.add_argument("--deploy-boards", type=int, default=10, help="real agents; 0 skips")
+    parser.add_argument("--deploy-mb", type=float, default=20.0)
     parser.add_argument("--brokers", default="mosquitto,amqtt")
     parser.add_argument("--chunk-size", type=int, default=None)
     parser.add_argument("--window", type=int, default=None, help="the fetch's window, in chunks")
@@ -781,30 +962,29 @@ def main(argv: list[str] | None = None) -> int:
 
     from shared.transfer import DEFAULT_CHUNK_SIZE
 
-    if args.quick:
-        sizes, runs, boards, fanout = [4.0], 1, [10, 100], 2.0
-    else:
-        sizes = [float(s) for s in args.sizes_mb.split(",") if s]
-        runs, boards, fanout = (
-            args.runs,
-            [int(b) for b in args.boards.split(",") if b],
-            args.fanout_mb,
-        )
     options: dict[str, Any] = {}
     if args.window is not None:
-        options["window"] = args.window
+        options["window"] = options["initial_window"] = args.window
+    settings: dict[str, Any] = {
+        "sizes_mb": [float(v) for v in args.sizes_mb.split(",") if v],
+        "runs": args.runs,
+        "boards": [int(v) for v in args.boards.split(",") if v],
+        "fanout_mb": args.fanout_mb,
+        "spreads_s": [float(v) for v in args.spreads_s.split(",") if v],
+        "deploy_boards": args.deploy_boards,
+        "deploy_mb": args.deploy_mb,
+        "round_trips": 50,
+    }
+    if args.quick:
+        settings.update(sizes_mb=[4.0], runs=1, fanout_mb=2.0, deploy_boards=0, round_trips=10)
     report = run_bench(
         args.out,
-        sizes_mb=sizes,
-        runs=runs,
-        boards=boards,
-        fanout_mb=fanout,
-        spreads_s=[float(s) for s in args.spreads_s.split(",") if s],
         brokers=[b for b in args.brokers.split(",") if b],
         chunk_size=args.chunk_size or DEFAULT_CHUNK_SIZE,
         fetch_options=options,
+        **settings,
     )
-    Console().print(render(report))
+    Console(width=200).print(render(report))
     print(f"written to {args.out} ({report['seconds']:.0f} s)")
     return 0
 

@@ -69,6 +69,7 @@ from shared.messages import (
 )
 from shared.results import BenchmarkResult, TransferStats, from_data, to_data
 from shared.topics import STATUS_OFFLINE, STATUS_ONLINE, Topics
+from shared.transfer import no_delay
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +170,7 @@ class Agent:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_socket_open = no_delay  # chunk requests are small: do not let Nagle hold them
         return client
 
     def _on_connect(

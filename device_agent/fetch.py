@@ -8,10 +8,11 @@ way while the rest of the window still arrives, so the link does not wait a roun
 The window adapts to the broker: it starts at ``initial_window``, doubles per window received
 without loss up to ``window``, and halves when a chunk it asked for is late (a broker drops QoS 1
 messages past a subscriber's queue: Mosquitto past ``max_queued_messages``); then exactly the late
-chunks are asked for again. Late means: not come within ``retry_s``, or within four times the time
-chunks have been taking (a smoothed mean plus four deviations, as TCP's retransmission timer), when
-that is longer: a host serving a hundred boards at once answers slower, and asking it again then
-would only add load. The default of 64 x 128 KiB stays below
+chunks are asked for again. Late means: asked for longer ago than ``retry_s``, or than four times
+the time chunks have been taking (a smoothed mean plus four deviations, as TCP's retransmission
+timer) when that is longer, and no chunk at all arrived for as long. While chunks still flow, the
+missing ones are most likely queued behind them at the broker: a board behind a fast stream that
+asked again for those would only make the host send them twice. The default of 64 x 128 KiB stays below
 Mosquitto's 20 in flight plus 100 queued per subscriber, with room for chunks other devices asked
 for on the same topic; after a reconnect the device re-asks for exactly the chunks it lacks.
 
@@ -88,6 +89,7 @@ class ArtifactFetch:
         self._rttvar = 0.0
         self._unsynced_bytes = 0
         self._unsynced_since = 0.0
+        self._last_arrival = time.monotonic()
         self._last_progress = time.monotonic()
         self.duplicates = 0
         self.rejected = 0
@@ -102,6 +104,7 @@ class ArtifactFetch:
             self._check_matches_manifest(chunk.sha256, chunk.index, chunk.total, chunk.offset)
         except EdgeTailorError as exc:
             with self._cond:
+                self._last_arrival = time.monotonic()
                 self.rejected += 1
                 index = self._claimed_index(payload)
                 if index is None:
@@ -113,6 +116,7 @@ class ArtifactFetch:
             logger.warning("rejected a chunk of %s: %s", self.sha256[:12], exc)
             return
         with self._cond:
+            self._last_arrival = time.monotonic()
             asked_at = self._outstanding.pop(chunk.index, None)
             if asked_at is not None and chunk.index not in self._asked_again:
                 self._sample_delay(time.monotonic() - asked_at)
@@ -183,7 +187,7 @@ class ArtifactFetch:
     def run(self) -> TransferStats:
         started = time.monotonic()
         with self._cond:
-            self._last_progress = time.monotonic()
+            self._last_progress = self._last_arrival = time.monotonic()
             self._running = True
             try:
                 while not self.partial.complete():
@@ -207,8 +211,8 @@ class ArtifactFetch:
                         self._unsynced_bytes and now - self._unsynced_since >= self.sync_s
                     ):
                         self._sync()
-                    if not self._hash_ahead():
-                        self._cond.wait(timeout=_TICK_S)
+                    self._hash_ahead()
+                    self._cond.wait(timeout=_TICK_S)
                 self._sync()
             finally:
                 self._running = False
@@ -247,12 +251,11 @@ class ArtifactFetch:
             return self.retry_s
         return max(self.retry_s, self._srtt + 4 * self._rttvar)
 
-    def _hash_ahead(self) -> bool:
-        """Hash the in-order stored prefix while chunks land (PartialFile.hash_ahead); any done?"""
-        before = self.partial.hashed_chunks
+    def _hash_ahead(self) -> None:
+        """Hash the in-order stored prefix while chunks land (see PartialFile.hash_ahead)."""
         self._cond.release()
         try:
-            self.partial.hash_ahead()
+            self.partial.hash_ahead(max_bytes=self.partial.size)
         except OSError as exc:
             raise JobError(
                 "write_failed",
@@ -261,10 +264,13 @@ class ArtifactFetch:
             ) from exc
         finally:
             self._cond.acquire()
-        return self.partial.hashed_chunks > before
 
     def _ask_again_for_late_chunks(self, now: float) -> None:
         late_after = self.late_after_s()
+        if now - self._last_arrival <= late_after:
+            # Chunks still flow (asked for by this device or by others on the same topic): the
+            # missing ones are most likely queued behind them at the broker, not lost.
+            return
         late = [i for i, asked_at in self._outstanding.items() if now - asked_at > late_after]
         if not late:
             return

@@ -145,10 +145,6 @@ class PartialFile:
             self._hashed += 1
             done += length
 
-    @property
-    def hashed_chunks(self) -> int:
-        return self._hashed
-
     def digest(self) -> str | None:
         """The whole file's sha256 once :meth:`hash_ahead` has read all of it, else None."""
         return self._hasher.hexdigest() if self._hashed == self.total else None

@@ -22,14 +22,17 @@ asked yet, its first chunks wait for them, until the last one has asked or ``coa
 passed, so that a rollout to many boards at once sends each chunk once rather than once for the
 first board and again for the ones that started a few hundred milliseconds later.
 
-A sender thread reads the chunks from disk one at a time and hands them to the broker connection
-with at most ``max_in_flight`` unacknowledged: paho queues whatever it is given in memory, without
-bound, so the server never publishes faster than the link drains, however many devices ask.
+Chunks are read from disk one at a time and handed to the broker connection with at most
+``max_in_flight`` unacknowledged: paho queues whatever it is given in memory, without bound, so the
+server never publishes faster than the link drains, however many devices ask. They are handed over
+on the thread that brings the news (a request or a PUBACK, on paho's network thread); a timer
+thread hands over held chunks as they fall due.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -56,6 +59,8 @@ REQUEST_HISTORY = 10_000
 
 class Delivery(Protocol):
     """What publishing returns: paho's MQTTMessageInfo, acknowledged once the broker has it."""
+
+    mid: int
 
     def is_published(self) -> bool: ...
 
@@ -114,6 +119,7 @@ class _Stream:
     queued: set[int] = field(default_factory=set)
     held: dict[int, float] = field(default_factory=dict)  # index -> when it is due
     sessions: dict[str, _Session] = field(default_factory=dict)
+    started: float = float("-inf")  # the first request after the stream was quiet
     gather_until: float = float("-inf")  # fresh chunks wait for expected devices until then
     error: str | None = None
 
@@ -151,8 +157,13 @@ class ChunkServer:
         self._streams: dict[tuple[str, int], _Stream] = {}
         self._turn: deque[tuple[str, int]] = deque()  # streams with queued chunks, round robin
         self._in_flight: deque[tuple[Delivery, float]] = deque()
+        # Ids acknowledged before their frame was counted in flight (any publish of the
+        # connection reports here; the recent ones are enough).
+        self._acknowledged_early: deque[int] = deque(maxlen=64)
         self._cond = threading.Condition()
-        self._sender: threading.Thread | None = None
+        self._timer: threading.Thread | None = None
+        self._pumping = False  # one thread hands chunks over at a time, in order
+        self._pump_again = False
         self._closed = False
         self._last_prune = clock()
         self.requests: deque[RequestRecord] = deque(maxlen=REQUEST_HISTORY)
@@ -181,7 +192,13 @@ class ChunkServer:
     def expect(self, sha256: str, device_id: str) -> None:
         """``device_id`` was sent a command naming this artifact: it will probably ask for it soon."""
         with self._cond:
-            self._expected.setdefault(sha256, {})[device_id] = self._clock()
+            now = self._clock()
+            self._expected.setdefault(sha256, {})[device_id] = now
+            for (sha, _size), stream in self._streams.items():
+                if sha == sha256 and device_id not in stream.sessions:
+                    # Commands of one rollout go out one by one; a stream the first device has
+                    # just started waits for the later ones too, within the same window.
+                    stream.gather_until = max(stream.gather_until, stream.started + self.coalesce_s)
 
     def offers(self, sha256: str) -> bool:
         with self._cond:
@@ -227,11 +244,10 @@ class ChunkServer:
                     scheduled.append(index)
             if stream.queue and (stream.offered.sha256, stream.chunk_size) not in self._turn:
                 self._turn.append((stream.offered.sha256, stream.chunk_size))
-            if scheduled or stream.held:
-                self._start_sender()
-            self._cond.notify_all()  # also when a join released held chunks
+            self._cond.notify_all()  # the timer: a join may have released held chunks
             if now - self._last_prune > self.session_idle_s / 4:
                 self._prune(now)
+        self._pump()
         self.requests.append(
             RequestRecord(
                 device_id,
@@ -287,6 +303,8 @@ class ChunkServer:
                     stream.held[index] = now
         elif quiet:
             stream.gather_until = now + self.coalesce_s
+        if quiet:
+            stream.started = now
         return session
 
     def _schedule(self, stream: _Stream, session: _Session, index: int, now: float) -> bool:
@@ -334,20 +352,29 @@ class ChunkServer:
             if not expected:
                 del self._expected[sha256]
 
-    # -- acknowledgements (the MQTT network thread) ----------------------------------------------
-    def wake(self) -> None:
-        """The connection acknowledged a publish (or reconnected): there may be room to send."""
-        with self._cond:
-            self._cond.notify_all()
+    # -- sending (whichever thread has news: a request, an acknowledgement, a due time) -----------
+    def wake(self, acknowledged_mid: int | None = None) -> None:
+        """The connection acknowledged publish ``acknowledged_mid`` (or reconnected): send more.
+
+        paho calls on_publish before it marks the message published, so the id is what says
+        which frame left the in-flight count.
+        """
+        if acknowledged_mid is not None:
+            with self._cond:
+                kept = deque(entry for entry in self._in_flight if entry[0].mid != acknowledged_mid)
+                if len(kept) == len(self._in_flight):
+                    self._acknowledged_early.append(acknowledged_mid)  # not counted in yet
+                self._in_flight = kept
+        self._pump()
 
     def close(self) -> None:
-        """Stop the sender thread, forget the streams; a later request starts afresh."""
+        """Stop the timer thread, forget the streams; a later request starts afresh."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-            sender, self._sender = self._sender, None
-        if sender is not None and sender is not threading.current_thread():
-            sender.join(timeout=5)
+            timer, self._timer = self._timer, None
+        if timer is not None and timer is not threading.current_thread():
+            timer.join(timeout=5)
         with self._cond:
             for stream in self._streams.values():
                 stream.file.close()
@@ -356,23 +383,37 @@ class ChunkServer:
             self._in_flight.clear()
             self._closed = False
 
-    # -- the sender thread -----------------------------------------------------------------------
-    def _start_sender(self) -> None:
-        if self._sender is None and not self._closed:
-            self._sender = threading.Thread(
-                target=self._send_loop, name="edgetailor-chunks", daemon=True
-            )
-            self._sender.start()
+    def _pump(self) -> None:
+        """Hand over chunks while some are due and the in-flight bound allows.
 
-    def _send_loop(self) -> None:
+        Runs on the thread that brought the news, mostly paho's network thread (a request, a
+        PUBACK), so a chunk goes out without a hop to another thread; held chunks that fall due
+        meanwhile are handed over by the timer thread.
+        """
+        with self._cond:
+            if self._pumping:  # another thread is at it: it will look again before it stops
+                self._pump_again = True
+                return
+            self._pumping = True
+        try:
+            self._pump_until_none_due()
+        except BaseException:
+            with self._cond:
+                self._pumping = False
+            raise
+
+    def _pump_until_none_due(self) -> None:
         while True:
             with self._cond:
                 picked = self._next_chunk()
-                while picked is None:
-                    if self._closed:
-                        return
-                    self._cond.wait(timeout=self._wait_s())
-                    picked = self._next_chunk()
+                if picked is None and self._pump_again:
+                    self._pump_again = False
+                    continue
+                if picked is None:
+                    self._pumping = False  # under the same lock as the look: no news is lost
+                    if any(s.held for s in self._streams.values()):
+                        self._start_timer()
+                    return
                 stream, index = picked
                 stream.queued.discard(index)
                 # Stamped before the frame is handed over: a device that joins from now on may
@@ -380,23 +421,43 @@ class ChunkServer:
                 stream.last_published[index] = self._clock()
             try:
                 frame = self._frame(stream, index)
-            except ValueError as exc:
-                if stream.file.closed:
-                    continue  # withdrawn or forgotten meanwhile
-                raise ValidationError(str(exc)) from exc
-            except (OSError, ValidationError) as exc:
+            except (OSError, ValueError) as exc:
                 with self._cond:
+                    if stream.file.closed:
+                        continue  # withdrawn or forgotten meanwhile
                     stream.error = (
-                        f"artifact {stream.offered.sha256[:12]}: {exc}; re-offer its file "
-                        f"{stream.offered.path}"
+                        f"artifact {stream.offered.sha256[:12]} cannot be served: {exc}; "
+                        f"re-offer its file {stream.offered.path}"
                     )
-                logger.error("cannot serve chunk %d: %s", index, stream.error)
+                logger.error("%s", stream.error)
                 continue
             delivery = self._publish(stream.offered.sha256, frame)
             with self._cond:
                 self.chunks_published += 1
-                if delivery is not None:
+                if delivery is None:
+                    continue
+                if delivery.mid in self._acknowledged_early:
+                    self._acknowledged_early.remove(delivery.mid)  # acknowledged on the way here
+                else:
                     self._in_flight.append((delivery, self._clock()))
+
+    def _start_timer(self) -> None:
+        if self._timer is None and not self._closed:
+            self._timer = threading.Thread(
+                target=self._timer_loop, name="edgetailor-chunks", daemon=True
+            )
+            self._timer.start()
+
+    def _timer_loop(self) -> None:
+        """Hand over held chunks as they fall due (also retries after a stale acknowledgement)."""
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                self._cond.wait(timeout=self._wait_s())
+                if self._closed:
+                    return
+            self._pump()
 
     def _next_chunk(self) -> tuple[_Stream, int] | None:
         """The next chunk to hand over, round robin over streams; None when none may go now."""
@@ -442,8 +503,7 @@ class ChunkServer:
     def _frame(self, stream: _Stream, index: int) -> bytes:
         offered = stream.offered
         offset, length = chunk_bounds(offered.size, stream.chunk_size, index)
-        stream.file.seek(offset)
-        payload = stream.file.read(length)
+        payload = os.pread(stream.file.fileno(), length, offset)  # no shared file position
         if len(payload) != length:
             raise ValidationError(f"{offered.path} is shorter than when it was offered")
         return encode_chunk(offered.sha256, index, stream.total, offset, payload)

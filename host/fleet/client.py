@@ -57,7 +57,7 @@ from shared.messages import (
 )
 from shared.signing import sign_manifest
 from shared.topics import DEFAULT_BASE, STATUS_OFFLINE, STATUS_ONLINE, Topics, check_device_id
-from shared.transfer import DEFAULT_CHUNK_SIZE, check_chunk_size
+from shared.transfer import DEFAULT_CHUNK_SIZE, check_chunk_size, no_delay
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -118,6 +118,7 @@ class Fleet:
         self._subscribed = threading.Event()
         self._lock = threading.Lock()
         self._unconfirmed_acks: list[mqtt.MQTTMessageInfo] = []
+        self._digests: dict[tuple[str, int, int, int], str] = {}
 
     # -- connection ----------------------------------------------------------------------------
     def __enter__(self) -> Self:
@@ -149,6 +150,7 @@ class Fleet:
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_socket_open = no_delay
         self._client = client
         self._connack.clear()
         try:
@@ -265,9 +267,9 @@ class Fleet:
         return self._connected.is_set()
 
     def _on_publish(
-        self, _client: mqtt.Client, _userdata: Any, _mid: int, _reason: Any, _props: Any
+        self, _client: mqtt.Client, _userdata: Any, mid: int, _reason: Any, _props: Any
     ) -> None:
-        self.chunks.wake()  # the chunk server may hand over the next frame
+        self.chunks.wake(mid)  # the chunk server may hand over the next frame
 
     # -- devices -------------------------------------------------------------------------------
     def devices(self) -> dict[str, DeviceRecord]:
@@ -307,10 +309,11 @@ class Fleet:
         elif self.signing_key is not None and manifest.signature is None:
             manifest = sign_manifest(manifest, self.signing_key)
         try:
-            size = path.stat().st_size
+            stat = path.stat()
         except OSError as exc:
             raise ConfigError(f"cannot read artifact {path}: {exc}") from exc
-        if verify and (size != manifest.size_bytes or sha256_file(path) != manifest.sha256):
+        size = stat.st_size
+        if verify and (size != manifest.size_bytes or self._digest(path, stat) != manifest.sha256):
             raise IntegrityError(
                 f"{path} does not match its manifest (sha256 {manifest.sha256[:12]}, "
                 f"{manifest.size_bytes} bytes); rebuild the manifest from the file"
@@ -319,6 +322,28 @@ class Fleet:
         if self.store is not None:
             self.store.add_artifact(msgspec.to_builtins(manifest), str(path.resolve()))
         return manifest
+
+    def _digest(self, path: Path, stat: os.stat_result) -> str:
+        """sha256 of the file, hashed again only when it changed since the last offer.
+
+        A rollout offers the same artifact to every device of a wave; hashing a 20 MB file before
+        each command spread the commands, and so the boards' fetches, over a second.
+        """
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        with self._lock:
+            known = self._digests.get(key)
+        if known is not None:
+            return known
+        hashed_at = time.time_ns()
+        digest = sha256_file(path)
+        # File times tick coarsely: a file written within the last second could be written again
+        # with the same size and time, so only an older one is remembered (as git's racy check).
+        if stat.st_mtime_ns < hashed_at - 1_000_000_000:
+            with self._lock:
+                if len(self._digests) >= 1024:
+                    self._digests.clear()
+                self._digests[key] = digest
+        return digest
 
     # -- commands and jobs ---------------------------------------------------------------------
     def on_result(self, listener: ResultListener) -> None:

@@ -52,7 +52,11 @@ class Recorder:
 class Delivery:
     """Stands for paho's MQTTMessageInfo: acknowledged when the test says the broker has it."""
 
+    count = 0
+
     def __init__(self) -> None:
+        Delivery.count += 1
+        self.mid = Delivery.count
         self.acknowledged = False
 
     def is_published(self) -> bool:
@@ -214,6 +218,9 @@ def test_no_more_chunks_are_handed_over_than_the_in_flight_bound_until_acknowled
         for delivery in recorder.deliveries[:2]:
             delivery.acknowledged = True
         assert _settle(server, recorder, 5, blocked=True) == [0, 1, 2, 3, 4]
+        # paho reports the id before it marks the message published: the id alone frees a slot.
+        server.wake(recorder.deliveries[2].mid)
+        assert _settle(server, recorder, 6, blocked=True) == [0, 1, 2, 3, 4, 5]
     finally:
         server.close()
 
@@ -268,3 +275,21 @@ def test_a_withdrawn_artifact_is_refused_and_its_stream_forgotten(
     assert server.streams() == {}
     with pytest.raises(UnknownArtifactError, match="does not offer"):
         _ask(server, sha, "dev-a", [1])
+
+
+def test_a_device_sent_its_command_after_the_stream_started_is_still_waited_for(
+    server: ChunkServer, artifact: tuple[str, Path], recorder: Recorder, clock: Clock
+) -> None:
+    sha, _ = artifact
+    server.expect(sha, "dev-a")
+    _ask(server, sha, "dev-a", [0, 1])  # nobody else expected yet: the stream starts at once
+    assert _settle(server, recorder, 2) == [0, 1]
+    clock.now += 0.1
+    server.expect(sha, "dev-b")  # the rollout's next command
+    _ask(server, sha, "dev-a", [2, 3])
+    assert _settle(server, recorder, 2) == [0, 1]  # new chunks wait for dev-b
+    clock.now += 0.1
+    _ask(server, sha, "dev-b", [0, 1, 2, 3])
+    assert _settle(server, recorder, 4) == [0, 1, 2, 3]  # once, for both
+    clock.now += 1.0
+    assert _settle(server, recorder, 6) == [0, 1, 2, 3, 0, 1]  # dev-b's repeat of what it missed

@@ -151,3 +151,24 @@ def test_an_offered_file_deleted_since_is_answered_with_unknown_artifact(
     answer = device.responses.get(timeout=5)
     assert answer.corr_id == "req-gone-1"
     assert answer.body.error.code == "unknown_artifact" and "re-offer" in answer.body.error.message
+
+
+def test_offering_a_file_again_after_it_changed_checks_it_again(
+    fleet: Fleet, artifact: Path
+) -> None:
+    from shared.errors import IntegrityError
+    from shared.manifest import ArtifactManifest
+
+    manifest = ArtifactManifest(
+        sha256=sha256_file(artifact),
+        size_bytes=artifact.stat().st_size,
+        format="npz",
+        precision="data",
+    )
+    assert fleet.offer(artifact, manifest).sha256 == manifest.sha256
+    assert fleet.offer(artifact, manifest).sha256 == manifest.sha256
+    data = bytearray(artifact.read_bytes())
+    data[0] ^= 0xFF
+    artifact.write_bytes(bytes(data))  # same size, other bytes
+    with pytest.raises(IntegrityError, match="does not match its manifest"):
+        fleet.offer(artifact, manifest)
