@@ -2,19 +2,18 @@
 
 The job thread runs :meth:`ArtifactFetch.run`; the MQTT network thread feeds :meth:`on_chunk`.
 
-Pacing. The device keeps a window of chunks requested and unanswered, and asks for the next batch
-from the network thread as soon as a quarter of the window is free: the next requests are on their
-way while the rest of the window still arrives, so the link does not wait a round trip per window.
-The window adapts to the broker: it starts at ``initial_window``, doubles per window received
-without loss up to ``window``, and halves when a chunk it asked for is late (a broker drops QoS 1
-messages past a subscriber's queue: Mosquitto past ``max_queued_messages``); then exactly the late
-chunks are asked for again. Late means: asked for longer ago than ``retry_s``, or than four times
-the time chunks have been taking (a smoothed mean plus four deviations, as TCP's retransmission
-timer) when that is longer, and no chunk at all arrived for as long. While chunks still flow, the
-missing ones are most likely queued behind them at the broker: a board behind a fast stream that
-asked again for those would only make the host send them twice. The default of 64 x 128 KiB stays below
-Mosquitto's 20 in flight plus 100 queued per subscriber, with room for chunks other devices asked
-for on the same topic; after a reconnect the device re-asks for exactly the chunks it lacks.
+Pacing. The device keeps a window of chunks asked for and not yet received, and asks for the next
+batch from the network thread as soon as a quarter of the window is free: the next requests are on
+their way while the rest of the window still arrives, so the link does not wait a round trip per
+window. The default of 64 x 128 KiB stays below Mosquitto's 20 in flight plus 100 queued per
+subscriber, with room for chunks other devices asked for on the same topic. The window halves when
+chunks it asked for are late (a broker drops QoS 1 messages past a subscriber's queue) and doubles
+back per window received without loss; exactly the late chunks are asked for again. Late means:
+asked for longer ago than ``retry_s`` (or than four times the delay chunks have been taking, a
+smoothed mean plus four deviations as TCP's retransmission timer, when that is longer) and no chunk
+at all arrived for as long. While chunks still flow, the missing ones are most likely queued behind
+them at the broker; a board behind a fast stream that asked again would only make the host send
+them twice. After a reconnect the device asks again for exactly the chunks it lacks.
 
 Durability. Chunks are written as they land; the job thread syncs them to disk and records them in
 the bitmap every ``sync_bytes``, at least every ``sync_s`` while some wait, and at the end, not once
