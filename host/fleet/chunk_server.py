@@ -18,9 +18,10 @@ sent it) and which chunks it asked for. A requested chunk is
 
 The host also knows who is about to ask: the Fleet calls :meth:`ChunkServer.expect` for every
 device it sends a command naming the artifact. When a stream starts while such devices have not
-asked yet, its first chunks wait for them, until the last one has asked or ``coalesce_s`` has
-passed, so that a rollout to many boards at once sends each chunk once rather than once for the
-first board and again for the ones that started a few hundred milliseconds later.
+asked yet, its first chunks wait for them, until the last one has asked (and, when the commands
+came in quick succession as a rollout sends them, until no further one seems to follow) or
+``coalesce_s`` has passed, so that a rollout to many boards at once sends each chunk once rather
+than once for the first board and again for the ones that started a few hundred milliseconds later.
 
 Chunks are read from disk one at a time and handed to the broker connection with at most
 ``max_in_flight`` unacknowledged: paho queues whatever it is given in memory, without bound, so the
@@ -154,6 +155,7 @@ class ChunkServer:
         self._clock = clock
         self._offers: dict[str, OfferedArtifact] = {}
         self._expected: dict[str, dict[str, float]] = {}  # sha256 -> device -> since when
+        self._command_times: dict[str, deque[float]] = {}  # sha256 -> the last two expect()s
         self._streams: dict[tuple[str, int], _Stream] = {}
         self._turn: deque[tuple[str, int]] = deque()  # streams with queued chunks, round robin
         self._in_flight: deque[tuple[Delivery, float]] = deque()
@@ -194,11 +196,14 @@ class ChunkServer:
         with self._cond:
             now = self._clock()
             self._expected.setdefault(sha256, {})[device_id] = now
+            self._command_times.setdefault(sha256, deque(maxlen=2)).append(now)
             for (sha, _size), stream in self._streams.items():
                 if sha == sha256 and device_id not in stream.sessions:
                     # Commands of one rollout go out one by one; a stream the first device has
                     # just started waits for the later ones too, within the same window.
-                    stream.gather_until = max(stream.gather_until, stream.started + self.coalesce_s)
+                    cap = stream.started + self.coalesce_s
+                    if cap > max(now, stream.gather_until):
+                        self._gather(stream, cap)
 
     def offers(self, sha256: str) -> bool:
         with self._cond:
@@ -297,15 +302,35 @@ class ChunkServer:
                 del expected[other]
         if not expected:
             self._expected.pop(stream.offered.sha256, None)
-            if stream.gather_until > now:  # the last expected device is here: no more waiting
-                stream.gather_until = now
-                for index in [i for i in stream.held if i not in stream.last_published]:
-                    stream.held[index] = now
+            done_at = self._commands_done_at(stream.offered.sha256, now)
+            if stream.gather_until > done_at:  # the last expected device is here
+                self._gather(stream, done_at)
         elif quiet:
-            stream.gather_until = now + self.coalesce_s
+            self._gather(stream, now + self.coalesce_s)
         if quiet:
             stream.started = now
         return session
+
+    def _gather(self, stream: _Stream, until: float) -> None:
+        """Fresh chunks of this stream wait until ``until``, those already waiting included."""
+        stream.gather_until = until
+        for index in [i for i in stream.held if i not in stream.last_published]:
+            stream.held[index] = until
+
+    def _commands_done_at(self, sha256: str, now: float) -> float:
+        """When the commands naming this artifact have probably all gone out.
+
+        A rollout sends them one by one, a few tens of milliseconds apart, and its first devices
+        may ask before the last command is sent. When the last two came close together, another
+        may follow: wait two such gaps after the last. A single command waits for nothing.
+        """
+        times = self._command_times.get(sha256)
+        if not times or len(times) < 2:
+            return now
+        gap = times[-1] - times[-2]
+        if gap > self.coalesce_s / 4 or now - times[-1] > self.coalesce_s:
+            return now
+        return max(now, times[-1] + 2 * gap)
 
     def _schedule(self, stream: _Stream, session: _Session, index: int, now: float) -> bool:
         """Whether this device's ask makes ``index`` go out (now or held); see the module doc."""
@@ -326,7 +351,7 @@ class ChunkServer:
             self.chunks_held += 1
             return False
         if last is None and now < stream.gather_until:
-            stream.held[index] = stream.gather_until
+            stream.held[index] = stream.gather_until  # see _gather
             self.chunks_held += 1
         elif last is None or last + self.coalesce_s <= now:
             stream.enqueue(index)
@@ -351,6 +376,9 @@ class ChunkServer:
                     del expected[device_id]
             if not expected:
                 del self._expected[sha256]
+        for sha256, times in list(self._command_times.items()):
+            if now - times[-1] > EXPECT_S:
+                del self._command_times[sha256]
 
     # -- sending (whichever thread has news: a request, an acknowledgement, a due time) -----------
     def wake(self, acknowledged_mid: int | None = None) -> None:

@@ -290,6 +290,42 @@ def test_a_device_sent_its_command_after_the_stream_started_is_still_waited_for(
     assert _settle(server, recorder, 2) == [0, 1]  # new chunks wait for dev-b
     clock.now += 0.1
     _ask(server, sha, "dev-b", [0, 1, 2, 3])
+    # Two commands 0.1 s apart: a third may follow as soon, so the stream waits two such gaps.
+    assert _settle(server, recorder, 2) == [0, 1]
+    clock.now += 0.15
     assert _settle(server, recorder, 4) == [0, 1, 2, 3]  # once, for both
     clock.now += 1.0
     assert _settle(server, recorder, 6) == [0, 1, 2, 3, 0, 1]  # dev-b's repeat of what it missed
+
+
+def test_a_rollout_whose_first_boards_ask_before_its_last_command_is_sent_sends_each_chunk_once(
+    server: ChunkServer, artifact: tuple[str, Path], recorder: Recorder, clock: Clock
+) -> None:
+    sha, _ = artifact
+    start = clock.now
+    server.expect(sha, "dev-a")
+    clock.now = start + 0.02
+    server.expect(sha, "dev-b")
+    clock.now = start + 0.03
+    _ask(server, sha, "dev-a", [0, 1, 2, 3])
+    clock.now = start + 0.04
+    _ask(server, sha, "dev-b", [0, 1, 2, 3])  # everyone sent a command so far has asked...
+    assert _settle(server, recorder, 0) == []  # ...but commands are still coming
+    clock.now = start + 0.05
+    server.expect(sha, "dev-c")
+    clock.now = start + 0.08
+    _ask(server, sha, "dev-c", [0, 1, 2, 3])
+    assert _settle(server, recorder, 0) == []
+    clock.now = start + 0.12  # no command for two gaps: the rollout has sent them all
+    assert _settle(server, recorder, 4) == [0, 1, 2, 3]
+    clock.now = start + 5.0
+    assert _settle(server, recorder, 4) == [0, 1, 2, 3]  # and nothing is repeated later
+
+
+def test_a_single_command_does_not_delay_its_device(
+    server: ChunkServer, artifact: tuple[str, Path], recorder: Recorder
+) -> None:
+    sha, _ = artifact
+    server.expect(sha, "dev-a")
+    _ask(server, sha, "dev-a", [0, 1])
+    assert _settle(server, recorder, 2) == [0, 1]
