@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--xfer-retry-s",
         type=_positive(float),
         default=3.0,
-        help="ask again for a chunk not come after this long (longer when chunks are slow)",
+        help="ask again for missing chunks after this long with none arriving (more if slow)",
     )
     parser.add_argument(
         "--xfer-timeout-s",

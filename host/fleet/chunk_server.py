@@ -192,7 +192,7 @@ class ChunkServer:
             self._drop_streams(sha256)
 
     def expect(self, sha256: str, device_id: str) -> None:
-        """``device_id`` was sent a command naming this artifact: it will probably ask for it soon."""
+        """``device_id`` was sent a command naming this artifact: it will likely ask for it soon."""
         with self._cond:
             now = self._clock()
             self._expected.setdefault(sha256, {})[device_id] = now

@@ -38,4 +38,5 @@ def test_the_transfer_bench_compares_both_sides_of_one_run_and_counts_real_egres
         assert row["host_egress_bytes"] >= row["bytes"]
     trip = report["round_trip"]["mosquitto"]
     assert trip["paho_defaults"]["samples"] == trip["tcp_nodelay"]["samples"] == 3
-    assert render(report).row_count == 1 + 1 + 2
+    assert report["round_trip"]["mosquitto_set_tcp_nodelay"]["tcp_nodelay"]["samples"] == 3
+    assert render(report).row_count == 2 + 1 + 2
