@@ -89,6 +89,7 @@ from shared.results import (
     to_data,
 )
 from shared.topics import STATUS_OFFLINE, STATUS_ONLINE, Topics
+from shared.transfer import no_delay
 
 if TYPE_CHECKING:
     from device_agent.serve.supervisor import InferenceServer, ServedModel
@@ -222,6 +223,7 @@ class Agent:
         # queue its packet for that loop (woken at once) instead of writing the socket itself,
         # so packets leave in the order they were published.
         client.on_socket_register_write = _queued_for_network_thread
+        client.on_socket_open = no_delay  # chunk requests are small: do not let Nagle hold them
         return client
 
     def _on_connect(

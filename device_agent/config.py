@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from device_agent.fetch import DEFAULT_WINDOW
 from shared.errors import ConfigError
 from shared.topics import DEFAULT_BASE
 
@@ -146,12 +147,17 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "disk budget of stored artifacts, partial downloads and releases, in MB",
     ),
-    Setting("xfer_window", _positive_int, 16, "chunks requested at a time"),
+    Setting(
+        "xfer_window",
+        _positive_int,
+        DEFAULT_WINDOW,
+        "most chunks asked for and not yet received; halves when chunks go missing",
+    ),
     Setting(
         "xfer_retry_s",
         _positive_float,
         3.0,
-        "ask again for missing chunks after this long without one arriving",
+        "ask again for missing chunks after this long with none arriving (more if slow)",
     ),
     Setting(
         "xfer_timeout_s", _positive_float, 60.0, "fail a transfer after this long without progress"

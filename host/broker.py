@@ -4,6 +4,12 @@ Mosquitto is the broker to use in production (about 4x faster on large chunks); 
 that a fresh machine can run the whole loop with nothing but the Python install. amqtt keeps retained
 messages and delivers Last Wills, which the contract relies on (device birth/status, host status).
 ``EmbeddedBroker`` runs the asyncio broker on a daemon thread so it can live inside another program.
+
+amqtt 0.12.1 hands every client, as it connects, the retained messages of every topic filter any
+client ever subscribed to, whether or not this client subscribed to it: a fresh client watching an
+unrelated topic received the fleet's retained host status and every device's birth and status.
+The broker here delivers retained messages only for the client's own subscriptions; the report for
+amqtt, with a reproduction, is docs/upstream/amqtt-retained-messages.md.
 """
 
 from __future__ import annotations
@@ -35,6 +41,25 @@ def broker_config(host: str, port: int) -> dict[str, Any]:
             "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
         },
     }
+
+
+def _broker_class() -> type[Any]:
+    """amqtt's Broker, delivering retained messages only to the subscriptions they match."""
+    from amqtt.broker import Broker
+    from amqtt.session import Session
+
+    class OwnSubscriptionsBroker(Broker):  # type: ignore[misc]
+        async def _publish_retained_messages_for_subscription(
+            self, subscription: tuple[str, int], session: Session
+        ) -> None:
+            # amqtt calls this on CONNECT for every filter in its broker-wide table (which keeps
+            # filters whose subscribers left), and after a SUBSCRIBE for the new filter. Only the
+            # filters this client holds may bring it retained messages.
+            holders = self._subscriptions.get(subscription[0], ())
+            if any(held.client_id == session.client_id for held, _qos in holders):
+                await super()._publish_retained_messages_for_subscription(subscription, session)
+
+    return OwnSubscriptionsBroker
 
 
 def _port_is_taken(host: str, port: int) -> bool:
@@ -100,9 +125,7 @@ class EmbeddedBroker:
             loop.close()
 
     async def _start_broker(self) -> None:
-        from amqtt.broker import Broker
-
-        self._broker = Broker(broker_config(self.host, self.port))
+        self._broker = _broker_class()(broker_config(self.host, self.port))
         await self._broker.start()
 
     def stop(self) -> None:

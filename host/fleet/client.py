@@ -59,7 +59,7 @@ from shared.messages import (
 )
 from shared.signing import sign_manifest
 from shared.topics import DEFAULT_BASE, STATUS_OFFLINE, STATUS_ONLINE, Topics, check_device_id
-from shared.transfer import DEFAULT_CHUNK_SIZE, check_chunk_size
+from shared.transfer import DEFAULT_CHUNK_SIZE, check_chunk_size, no_delay
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -109,7 +109,9 @@ class Fleet:
         self.store: Store | None = store
         self.registry = DeviceRegistry()
         self.jobs = JobTracker()
-        self.chunks = ChunkServer(self._publish_chunk, coalesce_s=coalesce_s)
+        self.chunks = ChunkServer(
+            self._publish_chunk, coalesce_s=coalesce_s, ready=self._connected_now
+        )
         if outputs_dir is None:
             from host.security import edgetailor_home
 
@@ -124,6 +126,7 @@ class Fleet:
         self._subscribed = threading.Event()
         self._lock = threading.Lock()
         self._unconfirmed_acks: list[mqtt.MQTTMessageInfo] = []
+        self._digests: dict[tuple[str, int, int, int], str] = {}
 
     # -- connection ----------------------------------------------------------------------------
     def __enter__(self) -> Self:
@@ -154,6 +157,8 @@ class Fleet:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_socket_open = no_delay
         self._client = client
         self._connack.clear()
         try:
@@ -178,6 +183,7 @@ class Fleet:
 
     def close(self) -> None:
         """Publish the retained ``offline`` status and disconnect (idempotent)."""
+        self.chunks.close()
         client, self._client = self._client, None
         if client is not None:
             with self._lock:
@@ -217,6 +223,7 @@ class Fleet:
         client.publish(self.topics.host_status(), STATUS_ONLINE, qos=1, retain=True)
         self._connected.set()
         self._connack.set()
+        self.chunks.wake()
 
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
@@ -263,8 +270,19 @@ class Fleet:
         same envelope again after a restart; the agent's journal runs it once)."""
         self._publish(self.topics.cmd(check_device_id(device_id), name), payload)
 
-    def _publish_chunk(self, sha256: str, frame: bytes) -> None:
-        self._publish(self.topics.artifact_chunks(sha256), frame)
+    def _publish_chunk(self, sha256: str, frame: bytes) -> mqtt.MQTTMessageInfo | None:
+        client = self._client
+        if client is None:
+            return None  # closing
+        return client.publish(self.topics.artifact_chunks(sha256), frame, qos=1)
+
+    def _connected_now(self) -> bool:
+        return self._connected.is_set()
+
+    def _on_publish(
+        self, _client: mqtt.Client, _userdata: Any, mid: int, _reason: Any, _props: Any
+    ) -> None:
+        self.chunks.wake(mid)  # the chunk server may hand over the next frame
 
     # -- devices -------------------------------------------------------------------------------
     def devices(self) -> dict[str, DeviceRecord]:
@@ -304,10 +322,11 @@ class Fleet:
         elif self.signing_key is not None and manifest.signature is None:
             manifest = sign_manifest(manifest, self.signing_key)
         try:
-            size = path.stat().st_size
+            stat = path.stat()
         except OSError as exc:
             raise ConfigError(f"cannot read artifact {path}: {exc}") from exc
-        if verify and (size != manifest.size_bytes or sha256_file(path) != manifest.sha256):
+        size = stat.st_size
+        if verify and (size != manifest.size_bytes or self._digest(path, stat) != manifest.sha256):
             raise IntegrityError(
                 f"{path} does not match its manifest (sha256 {manifest.sha256[:12]}, "
                 f"{manifest.size_bytes} bytes); rebuild the manifest from the file"
@@ -316,6 +335,28 @@ class Fleet:
         if self.store is not None:
             self.store.add_artifact(msgspec.to_builtins(manifest), str(path.resolve()))
         return manifest
+
+    def _digest(self, path: Path, stat: os.stat_result) -> str:
+        """sha256 of the file, hashed again only when it changed since the last offer.
+
+        A rollout offers the same artifact to every device of a wave; hashing a 20 MB file before
+        each command spread the commands, and so the boards' fetches, over a second.
+        """
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        with self._lock:
+            known = self._digests.get(key)
+        if known is not None:
+            return known
+        hashed_at = time.time_ns()
+        digest = sha256_file(path)
+        # File times tick coarsely: a file written within the last second could be written again
+        # with the same size and time, so only an older one is remembered (as git's racy check).
+        if stat.st_mtime_ns < hashed_at - 1_000_000_000:
+            with self._lock:
+                if len(self._digests) >= 1024:
+                    self._digests.clear()
+                self._digests[key] = digest
+        return digest
 
     # -- commands and jobs ---------------------------------------------------------------------
     def on_result(self, listener: ResultListener) -> None:
@@ -357,6 +398,10 @@ class Fleet:
         )
         if on_progress is not None:
             handle.on_progress(on_progress)  # before publishing: progress may come back at once
+        for name_of_artifact in ("model", "eval_data"):
+            manifest = getattr(body, name_of_artifact, None)
+            if isinstance(manifest, ArtifactManifest):
+                self.chunks.expect(manifest.sha256, device_id)  # it will ask for the chunks soon
         if name != "ack":
             self.jobs.add(handle)
             if self.store is not None:

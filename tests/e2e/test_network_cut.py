@@ -43,6 +43,7 @@ def test_a_cut_longer_than_the_keepalive_shows_offline_then_online_and_the_job_f
     )  # fmt: skip
     seen: list[bool] = []
     with Fleet(shared_broker_url, base_topic, chunk_size=SMALL_CHUNK) as fleet:
+        fleet.chunks.max_in_flight = 1  # one chunk per round trip: the cut falls mid-transfer
         job = fleet.submit_benchmark("board-n", wide_model.tflite, runs=3, min_s=0.0, timeout_s=120)
         _wait(lambda: fleet.chunks.chunks_published > 20, 30, "transfer start")
         proxy.cut()

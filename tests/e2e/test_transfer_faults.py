@@ -48,8 +48,11 @@ def test_a_broker_killed_mid_transfer_the_transfer_resumes_without_asking_for_st
         private_broker.kill()
         killed_at = time.time()
         have_file = agent.data_dir / "partial" / f"{sha}.have"
-        stored_before = _stored_chunks(have_file, total)
-        assert 0 < len(stored_before) < total, "the broker must die in the middle of the transfer"
+        # The agent records received chunks on disk in batches, at least once a second.
+        while not (stored_before := _stored_chunks(have_file, total)):
+            assert time.monotonic() < deadline, "no chunk was ever recorded on disk"
+            time.sleep(0.05)
+        assert len(stored_before) < total, "the broker must die in the middle of the transfer"
         private_broker.start()
 
         result = job.result(timeout=180)

@@ -140,3 +140,62 @@ def test_the_broker_command_serves_clients_until_interrupted() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+def _collect(got: queue.Queue[tuple[str, bytes, bool]], quiet_s: float = 1.0) -> list[str]:
+    topics = []
+    while True:
+        try:
+            topics.append(got.get(timeout=quiet_s)[0])
+        except queue.Empty:
+            return topics
+
+
+def test_a_fresh_client_gets_no_retained_message_of_topics_it_did_not_subscribe_to(
+    embedded_broker: EmbeddedBroker, base_topic: str
+) -> None:
+    from host.fleet import Fleet
+    from shared.topics import Topics
+    from tests.host.fleet_helpers import ScriptedDevice
+
+    topics = Topics(base_topic)
+    device = ScriptedDevice(embedded_broker.url, base_topic, "pi-retained")
+    device.announce()  # retained birth and status; the device subscribed to host/status
+    try:
+        with Fleet(embedded_broker.url, base_topic) as fleet:  # retained host status
+            fleet.wait_for_device("pi-retained", timeout=5)
+            unrelated, got = _subscriber(embedded_broker.port, topics.artifact_chunks("ab" * 32))
+            try:
+                assert _collect(got) == []
+            finally:
+                unrelated.loop_stop()
+                unrelated.disconnect()
+            watcher, got = _subscriber(embedded_broker.port, f"{topics.root}/dev/+/birth")
+            try:
+                assert _collect(got) == [topics.birth("pi-retained")]  # its own filter, once
+            finally:
+                watcher.loop_stop()
+                watcher.disconnect()
+    finally:
+        device.close()
+
+
+def test_a_client_holding_a_wildcard_gets_the_matching_retained_messages_once(
+    embedded_broker: EmbeddedBroker,
+) -> None:
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pub-wild")
+    publisher.connect("127.0.0.1", embedded_broker.port)
+    publisher.loop_start()
+    for topic in ("r/a/status", "r/b/status", "r/a/birth", "other"):
+        publisher.publish(topic, b"x", qos=1, retain=True).wait_for_publish(5)
+    publisher.disconnect()
+    publisher.loop_stop()
+    first, got_first = _subscriber(embedded_broker.port, "r/+/status")
+    second, got_second = _subscriber(embedded_broker.port, "r/a/#")
+    try:
+        assert sorted(_collect(got_first)) == ["r/a/status", "r/b/status"]
+        assert sorted(_collect(got_second)) == ["r/a/birth", "r/a/status"]
+    finally:
+        for client in (first, second):
+            client.loop_stop()
+            client.disconnect()

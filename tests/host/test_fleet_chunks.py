@@ -1,4 +1,4 @@
-"""The host's chunk server over a real Mosquitto: coalescing, offsets, unknown artifacts."""
+"""The host's chunk server over a real Mosquitto: fan-out, offsets, unknown artifacts."""
 
 from __future__ import annotations
 
@@ -45,11 +45,13 @@ def _offer_raw(fleet: Fleet, path: Path) -> str:
     return sha
 
 
-def test_two_devices_asking_for_a_chunk_at_once_get_it_published_once(
+def test_two_devices_sent_a_command_for_an_artifact_get_each_chunk_published_once(
     fleet: Fleet, devices: list[ScriptedDevice], artifact: Path
 ) -> None:
+    fleet.chunks.coalesce_s = 30.0  # the wait ends when both have asked, not by time
     sha = _offer_raw(fleet, artifact)
     for device in devices:
+        fleet.chunks.expect(sha, device.device_id)  # what send_command does for cmd.deploy
         device.watch_artifact(sha)
     for device in devices:
         device.send(
@@ -58,20 +60,32 @@ def test_two_devices_asking_for_a_chunk_at_once_get_it_published_once(
         )
     received = [sorted(c.index for c in device.drain_chunks()) for device in devices]
     assert received == [[0, 1], [0, 1]]  # each device got each chunk once, via the broker
-    assert (fleet.chunks.chunks_published, fleet.chunks.chunks_coalesced) == (2, 2)
+    assert fleet.chunks.chunks_published == 2
 
 
-def test_a_chunk_is_published_again_once_the_coalescing_window_has_passed(
+def test_sending_a_benchmark_command_makes_the_host_expect_the_device_for_its_artifacts(
+    fleet: Fleet, devices: list[ScriptedDevice], tmp_path: Path
+) -> None:
+    import numpy as np
+
+    eval_file = tmp_path / "eval.npz"
+    np.savez(eval_file, x=np.zeros((4, 1, 8, 8), np.float32), y=np.arange(4, dtype=np.int64))
+    device = devices[0]
+    device.announce()
+    fleet.submit_benchmark(device.device_id, eval_file)
+    assert fleet.chunks.expected(sha256_file(eval_file)) == {device.device_id}
+
+
+def test_a_device_asking_again_for_a_chunk_gets_it_again(
     fleet: Fleet, devices: list[ScriptedDevice], artifact: Path
 ) -> None:
-    fleet.chunks.coalesce_s = 0.3
     sha = _offer_raw(fleet, artifact)
     device = devices[0]
     device.watch_artifact(sha)
     request = ChunkRequest(sha256=sha, chunk_size=CHUNK, indices=[2])
     device.send(fleet.topics.xfer_request(device.device_id), request)
     assert [c.index for c in device.drain_chunks()] == [2]
-    device.send(fleet.topics.xfer_request(device.device_id), request)
+    device.send(fleet.topics.xfer_request(device.device_id), request)  # it lost that copy
     assert [c.index for c in device.drain_chunks()] == [2]
     assert fleet.chunks.chunks_published == 2
 
@@ -139,15 +153,22 @@ def test_an_offered_file_deleted_since_is_answered_with_unknown_artifact(
     assert answer.body.error.code == "unknown_artifact" and "re-offer" in answer.body.error.message
 
 
-def test_the_coalescing_memory_forgets_sends_older_than_the_window(artifact: Path) -> None:
-    from host.fleet.chunk_server import PRUNE_ABOVE, ChunkServer
+def test_offering_a_file_again_after_it_changed_checks_it_again(
+    fleet: Fleet, artifact: Path
+) -> None:
+    from shared.errors import IntegrityError
+    from shared.manifest import ArtifactManifest
 
-    now = [0.0]
-    server = ChunkServer(lambda _sha, _frame: None, coalesce_s=1.0, clock=lambda: now[0])
-    sha = sha256_file(artifact)
-    server.offer(sha, artifact)
-    for step in range(PRUNE_ABOVE // 6 + 2):
-        now[0] = float(step) * 2.0  # every request is past the window of the previous ones
-        server.handle("dev", ChunkRequest(sha256=sha, chunk_size=1024, indices=list(range(6))))
-    assert len(server._last_sent) <= PRUNE_ABOVE
-    assert server.chunks_coalesced == 0
+    manifest = ArtifactManifest(
+        sha256=sha256_file(artifact),
+        size_bytes=artifact.stat().st_size,
+        format="npz",
+        precision="data",
+    )
+    assert fleet.offer(artifact, manifest).sha256 == manifest.sha256
+    assert fleet.offer(artifact, manifest).sha256 == manifest.sha256
+    data = bytearray(artifact.read_bytes())
+    data[0] ^= 0xFF
+    artifact.write_bytes(bytes(data))  # same size, other bytes
+    with pytest.raises(IntegrityError, match="does not match its manifest"):
+        fleet.offer(artifact, manifest)

@@ -61,3 +61,14 @@ def test_random_frames_raise_only_contract_errors(data: bytes) -> None:
         decode_chunk(data)
     except (ValidationError, IntegrityError):
         pass
+
+
+def test_no_delay_turns_nagle_off_on_the_socket_paho_opens() -> None:
+    import socket
+
+    from shared.transfer import no_delay
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        no_delay(None, None, sock)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    no_delay(None, None, object())  # a transport without socket options is left alone
