@@ -8,6 +8,7 @@ import pytest
 
 from device_agent.cli import build_parser
 from device_agent.config import SETTINGS, resolve
+from device_agent.fetch import DEFAULT_WINDOW
 from shared.errors import ConfigError
 
 
@@ -29,7 +30,9 @@ def test_file_environment_and_flags_override_each_other_in_that_order(tmp_path: 
     assert settings["keepalive"] == 13 and settings.sources["keepalive"] == "--keepalive"
     assert settings["cpu_affinity"] == (2, 3) and settings["tags"] == {"site": "lab"}
     assert settings["data_dir"] == Path.cwd() / "from-file"  # made absolute
-    assert settings["xfer_window"] == 16 and settings.sources["xfer_window"] == "default"
+    assert (
+        settings["xfer_window"] == DEFAULT_WINDOW and settings.sources["xfer_window"] == "default"
+    )
 
 
 def test_config_file_is_found_through_the_environment(tmp_path: Path) -> None:
