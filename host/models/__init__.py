@@ -54,7 +54,7 @@ INIT_SEED = 0
 
 def load_model(spec: str, **kwargs: Any) -> ModelBundle:
     """Resolve a model spec; errors are :class:`host.errors.ModelSpecError` saying what to fix."""
-    from host.models import zoo  # noqa: F401 - registers the builtins
+    from host.models import hf, zoo  # noqa: F401 - registers the builtins
 
     if not isinstance(spec, str) or not spec.strip():
         raise ModelSpecError(
