@@ -34,7 +34,8 @@ _MAX_STUDENT_PRUNING = 0.9
 
 
 def _factory_takes_width(spec: str) -> bool:
-    """Whether the factory behind ``spec`` has a ``width`` parameter (or takes any keyword)."""
+    """Whether the factory behind ``spec`` names a ``width`` parameter. A factory taking only
+    ``**kwargs`` (timm.create_model) would pass it to a model class that does not know it."""
     import inspect
 
     from host.models import MODELS, resolve_factory, split_spec_params
@@ -49,10 +50,7 @@ def _factory_takes_width(spec: str) -> bool:
             factory = resolve_factory(base, what="model")
     except Exception:  # noqa: BLE001 - a bundle built in code has no factory to call again
         return False
-    params = inspect.signature(factory).parameters
-    return "width" in params or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
-    )
+    return "width" in inspect.signature(factory).parameters
 
 
 def build_student(teacher: ModelBundle, student: float | str) -> tuple[ModelBundle, str]:
