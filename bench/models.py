@@ -67,7 +67,7 @@ ARCHS: tuple[Arch, ...] = (
         "builtin:hf_resnet18",
         {"hidden_sizes": [16, 32, 64, 128]},
         "vision",
-        epochs=5,
+        epochs=3,
         lr=1e-3,
     ),
     Arch("mobilenetv2", "builtin:hf_mobilenetv2", {"depth_multiplier": 0.35}, "vision", 8, 3e-3),
@@ -77,7 +77,7 @@ ARCHS: tuple[Arch, ...] = (
         "builtin:hf_vit",
         {"hidden_size": 64, "layers": 2, "heads": 2, "intermediate_size": 128},
         "vision",
-        epochs=10,
+        epochs=8,
         lr=1e-3,
         params={"hidden_size": 128, "layers": 4, "heads": 4, "intermediate_size": 512},
     ),
@@ -433,6 +433,69 @@ def run_arch(
     }
 
 
+def tflite_ops(path: Path) -> dict[str, Any]:
+    """Op counts of a .tflite file by (op, input dtypes), the ops with a float input, and the bytes
+    of its quantization parameters (a float32 scale and an int64 zero point per channel)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops: dict[str, int] = {}
+    float_ops: dict[str, int] = {}
+    # A private but stable accessor: the public API lists tensors, not operators.
+    for op in interpreter._get_ops_details():
+        if op["op_name"] == "DELEGATE":
+            continue
+        dtypes = sorted(
+            {np.dtype(tensors[i]["dtype"]).name for i in op["inputs"] if i >= 0 and i in tensors}
+        )
+        key = f"{op['op_name']}({','.join(dtypes)})"
+        ops[key] = ops.get(key, 0) + 1
+        if "float32" in dtypes:
+            float_ops[op["op_name"]] = float_ops.get(op["op_name"], 0) + 1
+    quant_bytes = 0
+    for t in tensors.values():
+        q = t.get("quantization_parameters") or {}
+        quant_bytes += 4 * len(q.get("scales", [])) + 8 * len(q.get("zero_points", []))
+    return {"ops": ops, "float_ops": float_ops, "quant_param_bytes": quant_bytes}
+
+
+def int8_investigation(fleet: Any, device: str, workdir: Path, runs: int) -> dict[str, Any]:
+    """The zoo MobileNetV2 at 128 px in fp32, full int8 and dynamic int8: size, which ops keep a
+    float input, quantization-parameter bytes, host and agent latency (1 thread)."""
+    from host.data import Split, write_eval_npz
+    from host.export import ExportConfig, export, measure_latency
+    from host.models import load_model
+
+    bundle = load_model("builtin:mobilenetv2", input_shape=(3, 128, 128))
+    rng = np.random.default_rng(0)
+    calib = Split((rng.normal(size=(64, 3, 128, 128)).astype(np.float32),))
+    out = workdir / "mobilenetv2-128"
+    eval_npz = write_eval_npz(calib.subset(8), out / "eval.npz")
+    rows = {}
+    for precision in ("fp32", "int8", "int8_dynamic"):
+        artifact = export(
+            bundle, None, ExportConfig(precision=precision, calibration_samples=64), out,
+            calibration=calib,
+        )  # fmt: skip
+        host = measure_latency(artifact.path, calib, threads=1, runs=100)
+        board = board_measure(fleet, device, artifact, eval_npz, runs)
+        rows[precision] = {
+            "size_bytes": artifact.manifest.size_bytes,
+            "host_p50_ms": host["p50_ms"],
+            "board_p50_ms": board.get("p50_ms"),
+            **tflite_ops(artifact.path),
+        }
+    base = rows["fp32"]
+    for row in rows.values():
+        row["size_ratio"] = base["size_bytes"] / row["size_bytes"]
+        row["host_speedup"] = base["host_p50_ms"] / row["host_p50_ms"]
+        if row["board_p50_ms"] and base["board_p50_ms"]:
+            row["board_speedup"] = base["board_p50_ms"] / row["board_p50_ms"]
+    return {"model": "builtin:mobilenetv2?input_shape=[3,128,128]", "rows": rows}
+
+
 def run_bench(
     out: Path | None = DEFAULT_OUT,
     *,
@@ -440,6 +503,7 @@ def run_bench(
     models: list[str] | None = None,
     recipe_names: list[str] | None = None,
     runs: int = 30,
+    int8_report: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     import torch
@@ -450,7 +514,11 @@ def run_bench(
     recipes = bench_recipes(quick, recipe_names)
     started = time.perf_counter()
     results = []
+    int8 = None
     with tempfile.TemporaryDirectory() as tmp, real_agent(Path(tmp)) as (fleet, device):
+        if int8_report:
+            log("int8 investigation: builtin:mobilenetv2 at 128 px")
+            int8 = int8_investigation(fleet, device, Path(tmp), runs)
         for arch in archs:
             results.append(run_arch(arch, recipes, quick, fleet, device, Path(tmp), runs, log))
     report = {
@@ -469,6 +537,8 @@ def run_bench(
         "seconds": round(time.perf_counter() - started, 1),
         "archs": results,
     }
+    if int8 is not None:
+        report["int8_mobilenetv2_128"] = int8
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2, default=str))
@@ -521,6 +591,26 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def int8_markdown(section: dict[str, Any]) -> str:
+    lines = [
+        (
+            "| precision | file bytes | smaller | quant. params bytes | ops with a float input |"
+            " host p50 ms | speed-up | agent p50 ms | speed-up |"
+        ),
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, row in section["rows"].items():
+        floats = ", ".join(f"{k} x{v}" for k, v in sorted(row["float_ops"].items())) or "none"
+        board = row.get("board_p50_ms")
+        lines.append(
+            f"| {name} | {row['size_bytes']:,} | {row['size_ratio']:.2f}x | "
+            f"{row['quant_param_bytes']:,} | {floats} | {row['host_p50_ms']:.3f} | "
+            f"{row['host_speedup']:.2f}x | {'-' if board is None else f'{board:.3f}'} | "
+            f"{row.get('board_speedup', 0):.2f}x |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     from rich.console import Console
 
@@ -531,6 +621,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipes", help="comma list of named recipes (baseline always runs)")
     parser.add_argument("--runs", type=int, default=30, help="timed runs per board benchmark")
     parser.add_argument(
+        "--int8-only", action="store_true", help="only the MobileNetV2 128 px int8 investigation"
+    )
+    parser.add_argument(
         "--merge", nargs="+", type=Path, help="combine per-model JSON files into --out and print"
     )
     args = parser.parse_args(argv)
@@ -538,6 +631,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.merge:
         parts = [json.loads(p.read_text()) for p in args.merge]
         merged = {**parts[0], "archs": [a for part in parts for a in part["archs"]]}
+        for part in parts:
+            if "int8_mobilenetv2_128" in part:
+                merged["int8_mobilenetv2_128"] = part["int8_mobilenetv2_128"]
         merged["seconds"] = round(sum(p["seconds"] for p in parts), 1)
         merged["command"] = "; ".join(p["command"] for p in parts)
         args.out.write_text(json.dumps(merged, indent=2, default=str))
@@ -547,12 +643,15 @@ def main(argv: list[str] | None = None) -> None:
     report = run_bench(
         args.out,
         quick=args.quick,
-        models=args.models.split(",") if args.models else None,
+        models=["none"] if args.int8_only else (args.models.split(",") if args.models else None),
         recipe_names=args.recipes.split(",") if args.recipes else None,
         runs=args.runs,
+        int8_report=args.int8_only or not args.models,
         log=lambda text: console.log(text),
     )
     print(markdown(report))
+    if "int8_mobilenetv2_128" in report:
+        print(int8_markdown(report["int8_mobilenetv2_128"]))
     console.print(f"{report['seconds']} s; written to {args.out}")
 
 

@@ -187,7 +187,7 @@ def note_fit(ctx: CompressContext, log: FitLog, lr: float) -> None:
     if log.kept_epoch is not None:
         ctx.detail("kept_epoch", log.kept_epoch)
         ctx.detail("validation", {"metric": log.metric, "start": log.start_score,
-                                  "best": log.best_score})  # fmt: skip
+                                  "best": log.best_score, "epochs": log.epoch_scores})  # fmt: skip
         if log.kept_epoch == 0:
             ctx.note(
                 "no epoch beat the starting weights on validation %s (%.4f); kept them",
