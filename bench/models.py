@@ -281,13 +281,13 @@ def board_measure(
 # ------------------------------------------------------------------ recipes
 
 
-def bench_recipes(quick: bool, names: list[str] | None) -> list[Any]:
+def bench_recipes(quick: bool, names: list[str] | None, epoch_scale: float) -> list[Any]:
     from host.compress import NAMED_RECIPES
 
     chosen = names or list(QUICK_RECIPES if quick else NAMED_RECIPES)
     recipes = [NAMED_RECIPES.get(n) for n in chosen]
-    if quick:
-        recipes = [_scaled(r, 0.2) for r in recipes]
+    if epoch_scale != 1.0:
+        recipes = [_scaled(r, epoch_scale) for r in recipes]
     if recipes and recipes[0].name != "baseline":
         recipes.insert(0, NAMED_RECIPES.get("baseline"))
     return recipes
@@ -342,6 +342,7 @@ def run_arch(
     arch: Arch,
     recipes: list[Any],
     quick: bool,
+    compact: bool,
     fleet: Any,
     device: str,
     workdir: Path,
@@ -353,14 +354,13 @@ def run_arch(
     from host.metrics import count_params, predict
     from shared.errors import EdgeTailorError
 
-    scale = 0.2 if quick else 1.0
     if arch.data == "vision":
         labelled = digits_rgb32()
         vocab = 0
     else:
         labelled, vocab = sentence_data()
-    bundle = build(arch, quick, vocab)
-    epochs = max(1, round(arch.epochs * scale))
+    bundle = build(arch, compact, vocab)
+    epochs = max(1, round(arch.epochs * (0.2 if quick else 1.0)))
     started = time.perf_counter()
     teacher = pretrain(arch, bundle, labelled, epochs)
     pretrain_s = time.perf_counter() - started
@@ -424,7 +424,7 @@ def run_arch(
     return {
         "arch": arch.key,
         "spec": arch.spec,
-        "params": dict(arch.quick_params if quick else arch.params),
+        "params": dict(arch.quick_params if compact else arch.params),
         "task": teacher.task,
         "data": labelled.name,
         "pretrain_epochs": epochs,
@@ -503,6 +503,8 @@ def run_bench(
     models: list[str] | None = None,
     recipe_names: list[str] | None = None,
     runs: int = 30,
+    compact: bool | None = None,
+    epoch_scale: float | None = None,
     int8_report: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -511,7 +513,9 @@ def run_bench(
 
     torch.set_num_threads(2)
     archs = [a for a in ARCHS if models is None or a.key in models]
-    recipes = bench_recipes(quick, recipe_names)
+    compact = quick if compact is None else compact
+    epoch_scale = (0.2 if quick else 1.0) if epoch_scale is None else epoch_scale
+    recipes = bench_recipes(quick, recipe_names, epoch_scale)
     started = time.perf_counter()
     results = []
     int8 = None
@@ -520,12 +524,18 @@ def run_bench(
             log("int8 investigation: builtin:mobilenetv2 at 128 px")
             int8 = int8_investigation(fleet, device, Path(tmp), runs)
         for arch in archs:
-            results.append(run_arch(arch, recipes, quick, fleet, device, Path(tmp), runs, log))
+            results.append(
+                run_arch(arch, recipes, quick, compact, fleet, device, Path(tmp), runs, log)
+            )
     report = {
         "command": "python -m bench.models"
         + (" --quick" if quick else "")
+        + (" --compact" if compact and not quick else "")
+        + (f" --epoch-scale {epoch_scale:g}" if epoch_scale != (0.2 if quick else 1.0) else "")
         + (f" --models {','.join(models)}" if models else ""),
         "quick": quick,
+        "compact_configs": compact,
+        "recipe_epoch_scale": epoch_scale,
         "host": {
             "machine": platform.machine(),
             "python": platform.python_version(),
@@ -621,6 +631,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipes", help="comma list of named recipes (baseline always runs)")
     parser.add_argument("--runs", type=int, default=30, help="timed runs per board benchmark")
     parser.add_argument(
+        "--compact", action="store_true", help="the smaller configs of --quick with every recipe"
+    )
+    parser.add_argument(
+        "--epoch-scale",
+        type=float,
+        help="multiply the named recipes' epochs (default 1; quick 0.2)",
+    )
+    parser.add_argument(
         "--int8-only", action="store_true", help="only the MobileNetV2 128 px int8 investigation"
     )
     parser.add_argument(
@@ -646,6 +664,8 @@ def main(argv: list[str] | None = None) -> None:
         models=["none"] if args.int8_only else (args.models.split(",") if args.models else None),
         recipe_names=args.recipes.split(",") if args.recipes else None,
         runs=args.runs,
+        compact=True if args.compact else None,
+        epoch_scale=args.epoch_scale,
         int8_report=args.int8_only or not args.models,
         log=lambda text: console.log(text),
     )
