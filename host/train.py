@@ -12,7 +12,9 @@ With ``keep_best`` the state that scores best on the validation split is returne
 the module started from competes too: a recovery step never hands back a model worse than the one
 it was given. When the first epoch leaves the model worse than it started (a learning rate tuned on
 one architecture is far too high for another, e.g. 3e-3 with Adam for a transformer), training
-restarts from the starting weights with a tenth of the learning rate, at most ``lr_retries`` times.
+restarts from the starting weights with a tenth of the learning rate, at most ``lr_retries`` times
+(recovery steps ask for 2; training from scratch asks for none: its start is chance, and a first
+epoch just below chance says nothing about the learning rate).
 
 It runs on CUDA when the host has it (:func:`train_device`) and leaves the module there; callers that
 export move it back (exporters deepcopy to the CPU anyway).
@@ -76,7 +78,7 @@ def fit(
     task: str = "classification",
     weight_decay: float = 0.0,
     keep_best: bool = True,
-    lr_retries: int = 2,
+    lr_retries: int = 0,
     masks: dict[str, torch.Tensor] | None = None,
     log: FitLog | None = None,
 ) -> nn.Module:

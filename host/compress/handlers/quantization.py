@@ -206,7 +206,7 @@ def apply_qat(bundle: ModelBundle, cfg: QuantAwareTraining, ctx: CompressContext
     start, up to validation noise; an uncalibrated start (ranges learnt from the first training
     batches of a model in train mode) was what could leave QAT far below PTQ.
     """
-    from host.compress.handlers.training import note_fit
+    from host.compress.handlers.training import RECOVERY_LR_RETRIES, note_fit
     from host.export import QuantizedGraph
     from host.train import FitLog, fit
 
@@ -227,6 +227,7 @@ def apply_qat(bundle: ModelBundle, cfg: QuantAwareTraining, ctx: CompressContext
         seed=ctx.seed,
         task=bundle.task,
         log=log,
+        lr_retries=RECOVERY_LR_RETRIES,
         progress=lambda label, frac: ctx.report(f"qat {label}", frac),
     )
     trained = trained.cpu().eval()

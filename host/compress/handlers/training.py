@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# Recovery steps retry at a tenth of the learning rate when their first epoch makes things worse.
+RECOVERY_LR_RETRIES = 2
+
 # A student pruned harder than this keeps too few channels to learn from its teacher.
 _MAX_STUDENT_PRUNING = 0.9
 
@@ -159,6 +162,7 @@ def apply_distill(bundle: ModelBundle, cfg: Distill, ctx: CompressContext) -> Mo
         seed=ctx.seed,
         task=bundle.task,
         log=log,
+        lr_retries=RECOVERY_LR_RETRIES,
         progress=lambda label, frac: ctx.report(f"distill {label}", frac),
     )
     ctx.detail("teacher_params", teacher_params)
@@ -231,6 +235,7 @@ def apply_finetune(bundle: ModelBundle, cfg: FineTune, ctx: CompressContext) -> 
         task=bundle.task,
         masks=masks,
         log=log,
+        lr_retries=RECOVERY_LR_RETRIES,
         progress=lambda label, frac: ctx.report(f"finetune {label}", frac),
     )
     ctx.note(
