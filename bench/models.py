@@ -77,7 +77,7 @@ ARCHS: tuple[Arch, ...] = (
         "builtin:hf_vit",
         {"hidden_size": 64, "layers": 2, "heads": 2, "intermediate_size": 128},
         "vision",
-        epochs=8,
+        epochs=20,
         lr=1e-3,
         params={"hidden_size": 128, "layers": 4, "heads": 4, "intermediate_size": 512},
     ),
