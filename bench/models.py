@@ -348,6 +348,7 @@ def run_arch(
     workdir: Path,
     runs: int,
     log: Callable[[str], None],
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     from host.compress import compress
     from host.export import run_artifact
@@ -403,6 +404,8 @@ def run_arch(
         row["board"] = board_measure(fleet, device, artifact, out / "eval.npz", runs)
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
+        if checkpoint is not None:
+            checkpoint({"arch": arch.key, "partial": True, "task": teacher.task, "rows": rows})
         log(
             f"  {row['host_metric_name']} {row['host_metric']:.4f} "
             f"[{interval[0]:.3f}, {interval[1]:.3f}] board {row['board']}"
@@ -524,8 +527,19 @@ def run_bench(
             log("int8 investigation: builtin:mobilenetv2 at 128 px")
             int8 = int8_investigation(fleet, device, Path(tmp), runs)
         for arch in archs:
+
+            def checkpoint(partial: dict[str, Any]) -> None:
+                # A long run that is stopped still leaves the rows it measured.
+                if out is not None:
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.with_suffix(".partial.json").write_text(
+                        json.dumps({"archs": [*results, partial]}, indent=2, default=str)
+                    )
+
             results.append(
-                run_arch(arch, recipes, quick, compact, fleet, device, Path(tmp), runs, log)
+                run_arch(
+                    arch, recipes, quick, compact, fleet, device, Path(tmp), runs, log, checkpoint
+                )
             )
     report = {
         "command": "python -m bench.models"
