@@ -338,6 +338,24 @@ def changed_anything(row: dict[str, Any], base: dict[str, Any]) -> bool:
 # ------------------------------------------------------------------ one architecture
 
 
+def finish_rows(rows: list[dict[str, Any]], task: str) -> None:
+    """Ratios to the baseline (the first row), goals and the changed-anything check, in place."""
+    base = rows[0]
+    for row in rows:
+        if "error" in row or "error" in base:
+            continue
+        row["size_ratio"] = base["size_bytes"] / row["size_bytes"]
+        row["params_ratio"] = base["params"] / row["params"]
+        row["macs_ratio"] = base["macs"] / row["macs"] if row.get("macs") else None
+        board, base_board = row["board"], base["board"]
+        if "p50_ms" in board and "p50_ms" in base_board and board["p50_ms"]:
+            row["board_speedup"] = base_board["p50_ms"] / board["p50_ms"]
+        goal, check = goal_of(row["recipe"], task)
+        row["goal"] = goal
+        row["goal_met"] = bool(check(row, base)) if goal else None
+        row["changed"] = changed_anything(row, base)
+
+
 def run_arch(
     arch: Arch,
     recipes: list[Any],
@@ -410,20 +428,7 @@ def run_arch(
             f"  {row['host_metric_name']} {row['host_metric']:.4f} "
             f"[{interval[0]:.3f}, {interval[1]:.3f}] board {row['board']}"
         )
-    base = rows[0]
-    for row in rows:
-        if "error" in row or "error" in base:
-            continue
-        row["size_ratio"] = base["size_bytes"] / row["size_bytes"]
-        row["params_ratio"] = base["params"] / row["params"]
-        row["macs_ratio"] = base["macs"] / row["macs"] if row.get("macs") else None
-        board, base_board = row["board"], base["board"]
-        if "p50_ms" in board and "p50_ms" in base_board and board["p50_ms"]:
-            row["board_speedup"] = base_board["p50_ms"] / board["p50_ms"]
-        goal, check = goal_of(row["recipe"], teacher.task)
-        row["goal"] = goal
-        row["goal_met"] = bool(check(row, base)) if goal else None
-        row["changed"] = changed_anything(row, base)
+    finish_rows(rows, teacher.task)
     return {
         "arch": arch.key,
         "spec": arch.spec,
@@ -663,11 +668,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.merge:
         parts = [json.loads(p.read_text()) for p in args.merge]
         merged = {**parts[0], "archs": [a for part in parts for a in part["archs"]]}
+        for arch in merged["archs"]:
+            if arch.get("partial"):
+                finish_rows(arch["rows"], arch["task"])
         for part in parts:
             if "int8_mobilenetv2_128" in part:
                 merged["int8_mobilenetv2_128"] = part["int8_mobilenetv2_128"]
-        merged["seconds"] = round(sum(p["seconds"] for p in parts), 1)
-        merged["command"] = "; ".join(p["command"] for p in parts)
+        merged["seconds"] = round(sum(p.get("seconds", 0) for p in parts), 1)
+        merged["command"] = "; ".join(p["command"] for p in parts if "command" in p)
         args.out.write_text(json.dumps(merged, indent=2, default=str))
         print(markdown(merged))
         return
