@@ -188,3 +188,16 @@ def test_a_real_agent_runs_every_encoder_candidate_with_two_integer_inputs(
                 assert benchmark.latency_ms.p50 > 0
     finally:
         agent.terminate()
+
+
+def test_lowrank_on_a_vit_leaves_whole_the_layer_its_code_reads_and_the_model_still_runs() -> None:
+    bundle = load_model("builtin:hf_vit", **TINY["hf_vit"])
+    model, done, skipped = factorize_module(
+        bundle.module, bundle.example_inputs, LowRank(ratio=0.5)
+    )
+    reasons = {s.name: s.reason for s in skipped}
+    projection = "model.vit.embeddings.patch_embeddings.projection"
+    assert "the model's code needs it as is" in reasons[projection]
+    assert len(done) >= 8
+    with torch.no_grad():
+        assert model(*bundle.example_inputs).shape == (1, 10)
