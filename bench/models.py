@@ -678,6 +678,8 @@ def main(argv: list[str] | None = None) -> None:
         merged["command"] = "; ".join(p["command"] for p in parts if "command" in p)
         args.out.write_text(json.dumps(merged, indent=2, default=str))
         print(markdown(merged))
+        if "int8_mobilenetv2_128" in merged:
+            print(int8_markdown(merged["int8_mobilenetv2_128"]))
         return
     console = Console(stderr=True)
     report = run_bench(
