@@ -690,7 +690,7 @@ def main(argv: list[str] | None = None) -> None:
         runs=args.runs,
         compact=True if args.compact else None,
         epoch_scale=args.epoch_scale,
-        int8_report=args.int8_only or not args.models,
+        int8_report=args.int8_only or not (args.models or args.quick),
         log=lambda text: console.log(text),
     )
     print(markdown(report))
