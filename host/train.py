@@ -4,8 +4,17 @@
 
 * no teacher, labels -> cross-entropy (classification) or MSE to the labels (regression);
 * teacher and labels -> Hinton distillation: ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) +
-  (1 - alpha) * CE``;
-* teacher, no labels -> fidelity to the teacher only (softened KL for classifiers, MSE otherwise).
+  (1 - alpha) * hard loss``;
+* teacher, no labels -> fidelity to the teacher only: softened KL for classifiers, ``1 - cosine``
+  plus the MSE relative to the teacher's mean square for embeddings, MSE for regressors.
+
+With ``keep_best`` the state that scores best on the validation split is returned, and the state
+the module started from competes too: a recovery step never hands back a model worse than the one
+it was given. When the first epoch leaves the model worse than it started (a learning rate tuned on
+one architecture is far too high for another, e.g. 3e-3 with Adam for a transformer), training
+restarts from the starting weights with a tenth of the learning rate, at most ``lr_retries`` times
+(recovery steps ask for 2; training from scratch asks for none: its start is chance, and a first
+epoch just below chance says nothing about the learning rate).
 
 It runs on CUDA when the host has it (:func:`train_device`) and leaves the module there; callers that
 export move it back (exporters deepcopy to the CPU anyway).
@@ -15,20 +24,39 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from host.data import DataSet, Split
 from host.errors import CompressionError
-from host.metrics import to_tensor
+from host.metrics import score_outputs, to_tensor
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[str, float], None]
+
+# A first epoch that loses more than this much validation score (one point of accuracy, agreement
+# or cosine) means the learning rate is too high for the model, not noise of a few samples.
+_WORSE_MARGIN = 0.01
+
+
+@dataclass
+class FitLog:
+    """What :func:`fit` did, for the step notes: the learning rate used, the epoch kept, scores."""
+
+    lr: float = 0.0
+    start_score: float | None = None
+    best_score: float | None = None
+    kept_epoch: int | None = None  # 0: the starting weights; None: no validation
+    metric: str = ""
+    retries: int = 0
+    epoch_scores: list[float] = field(default_factory=list)
 
 
 def train_device() -> torch.device:
@@ -50,12 +78,16 @@ def fit(
     task: str = "classification",
     weight_decay: float = 0.0,
     keep_best: bool = True,
+    lr_retries: int = 0,
+    masks: dict[str, torch.Tensor] | None = None,
+    log: FitLog | None = None,
 ) -> nn.Module:
     """Train ``module`` on ``data.train``; ``progress(message, fraction_done)`` after each epoch.
 
-    With ``keep_best`` the weights of the epoch that scored best on ``data.val`` are the ones
-    returned (accuracy with labels, agreement with the teacher without them): a short fine-tune of
-    a freshly pruned network can otherwise end on a worse epoch than one it passed through.
+    With ``keep_best`` the weights that scored best on ``data.val`` (accuracy with labels,
+    agreement or cosine with the teacher without them), the starting weights included, are the ones
+    returned. ``masks`` maps parameter names to 0/1 tensors kept applied after every step (so a
+    sparse model stays sparse). ``log`` receives what happened.
     """
     if epochs < 0:
         raise CompressionError(f"epochs must be >= 0, got {epochs}")
@@ -71,81 +103,179 @@ def fit(
             "training without labels needs a teacher (the uncompressed model) to match; "
             "give labelled data or train by distillation"
         )
+    log = log if log is not None else FitLog()
+    log.lr = lr
     if epochs == 0:
         return module
-    torch.manual_seed(seed)
     device = train_device()
-    module.to(device).train()
-    if teacher is not None:
-        teacher.to(device).eval()
+    module.to(device)
+    targets = _teacher_outputs(teacher, data.train, device, batch_size)
+    validate = keep_best and len(data.val) > 0
+    val_reference = _teacher_outputs(teacher, data.val, device, batch_size) if validate else None
+    start_state = copy.deepcopy(module.state_dict())
+    best: tuple[float, int, dict[str, Any]] | None = None
+    if validate:
+        score, log.metric = _val_score(module, data.val, val_reference, task, device, batch_size)
+        log.start_score = score
+        best = (score, 0, start_state)
+    for attempt in range(lr_retries + 1):
+        log.retries, log.lr, log.epoch_scores = attempt, lr, []
+        torch.manual_seed(seed)
+        outcome = _train(
+            module, data, epochs, lr, targets, val_reference, temperature, alpha, batch_size, seed,
+            task, weight_decay, masks, device, validate, attempt < lr_retries, best, log,
+            progress,
+        )  # fmt: skip
+        best = outcome
+        first = log.epoch_scores[0] if log.epoch_scores else None
+        worse = (
+            validate
+            and first is not None
+            and log.start_score is not None
+            and first < log.start_score - _WORSE_MARGIN
+        )
+        if not worse or attempt == lr_retries:
+            break
+        logger.info(
+            "epoch 1 at lr %g scored %.4f, below the starting %.4f: retrying at lr %g",
+            lr,
+            first,
+            log.start_score,
+            lr / 10,
+        )
+        module.load_state_dict(start_state)
+        lr /= 10
+    if best is not None:
+        log.best_score, log.kept_epoch = best[0], best[1]
+        if best[1] != epochs:
+            logger.info("keeping epoch %d of %d (best on the validation split)", best[1], epochs)
+            module.load_state_dict(best[2])
+    module.eval()
+    return module
+
+
+def _train(
+    module: nn.Module,
+    data: DataSet,
+    epochs: int,
+    lr: float,
+    targets: np.ndarray | None,
+    val_reference: np.ndarray | None,
+    temperature: float,
+    alpha: float,
+    batch_size: int,
+    seed: int,
+    task: str,
+    weight_decay: float,
+    masks: dict[str, torch.Tensor] | None,
+    device: torch.device,
+    validate: bool,
+    can_retry: bool,
+    best: tuple[float, int, dict[str, Any]] | None,
+    log: FitLog,
+    progress: Progress | None,
+) -> tuple[float, int, dict[str, Any]] | None:
+    module.train()
+    params = dict(module.named_parameters())
+    mask_pairs = [
+        (params[name], mask.to(device)) for name, mask in (masks or {}).items() if name in params
+    ]
     optimizer = torch.optim.Adam(
         [p for p in module.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay
     )
     steps_per_epoch = max(1, -(-len(data.train) // batch_size))
-    best: tuple[float, int, dict[str, Any]] | None = None
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=epochs * steps_per_epoch
     )
     for epoch in range(epochs):
         total, count = 0.0, 0
-        for inputs, labels in data.train.batches(batch_size, shuffle=True, seed=seed + epoch):
+        for inputs, labels, teacher_out in _batches(data.train, targets, batch_size, seed + epoch):
             tensors = [to_tensor(a, device) for a in inputs]
             out = _first(module(*tensors))
             target = None if labels is None else torch.from_numpy(labels).to(device)
-            loss = _loss(out, target, teacher, tensors, temperature, alpha, task)
+            soft = None if teacher_out is None else torch.from_numpy(teacher_out).to(device)
+            loss = _loss(out, target, soft, temperature, alpha, task)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if mask_pairs:
+                with torch.no_grad():
+                    for param, mask in mask_pairs:
+                        param.mul_(mask)
             total += float(loss.detach()) * len(tensors[0])
             count += len(tensors[0])
         mean = total / max(count, 1)
         logger.debug("epoch %d/%d loss %.4f", epoch + 1, epochs, mean)
-        if keep_best and len(data.val) > 0:
-            score = _val_score(module, data.val, teacher, task, device, batch_size)
+        if validate:
+            score, _ = _val_score(module, data.val, val_reference, task, device, batch_size)
+            log.epoch_scores.append(score)
             if best is None or score > best[0]:
-                best = (score, epoch, copy.deepcopy(module.state_dict()))
+                best = (score, epoch + 1, copy.deepcopy(module.state_dict()))
             module.train()
+            start = log.start_score
+            if can_retry and epoch == 0 and start is not None and score < start - _WORSE_MARGIN:
+                if progress is not None:
+                    progress(f"epoch 1/{epochs} made it worse at lr {lr:g}", 1 / epochs)
+                return best  # the caller retries at a lower learning rate
         if progress is not None:
             progress(f"epoch {epoch + 1}/{epochs} loss {mean:.4f}", (epoch + 1) / epochs)
-    if best is not None and best[1] != epochs - 1:
-        logger.info("keeping epoch %d of %d (best on the validation split)", best[1] + 1, epochs)
-        module.load_state_dict(best[2])
-    module.eval()
-    return module
+    return best
+
+
+def _batches(
+    split: Split, targets: np.ndarray | None, size: int, seed: int
+) -> Iterator[tuple[tuple[np.ndarray, ...], np.ndarray | None, np.ndarray | None]]:
+    order = np.random.default_rng(seed).permutation(len(split))
+    for start in range(0, len(split), size):
+        idx = order[start : start + size]
+        labels = None if split.labels is None else split.labels[idx]
+        yield (
+            tuple(a[idx] for a in split.inputs),
+            labels,
+            None if targets is None else targets[idx],
+        )
+
+
+def _teacher_outputs(
+    teacher: nn.Module | None, split: Split, device: torch.device, batch_size: int
+) -> np.ndarray | None:
+    """The teacher's outputs on ``split``, computed once: every epoch reuses them."""
+    if teacher is None:
+        return None
+    return _predict(teacher, split, device, max(batch_size, 128))
 
 
 @torch.no_grad()
+def _predict(module: nn.Module, split: Split, device: torch.device, batch_size: int) -> np.ndarray:
+    was_training = module.training
+    module.to(device).eval()
+    outs = []
+    for inputs, _ in split.batches(batch_size):
+        tensors = [to_tensor(a, device) for a in inputs]
+        outs.append(_first(module(*tensors)).float().cpu().numpy())
+    module.train(was_training)
+    return np.concatenate(outs)
+
+
 def _val_score(
     module: nn.Module,
     split: Split,
-    teacher: nn.Module | None,
+    reference: np.ndarray | None,
     task: str,
     device: torch.device,
     batch_size: int,
-) -> float:
-    """Higher is better: accuracy, agreement with the teacher, or negative mean squared error."""
-    module.eval()
-    hits, count, sq_error = 0, 0, 0.0
-    for inputs, labels in split.batches(batch_size):
-        tensors = [to_tensor(a, device) for a in inputs]
-        out = _first(module(*tensors)).float()
-        if labels is not None:
-            target = torch.from_numpy(labels).to(device)
-        elif teacher is not None:
-            target = _first(teacher(*tensors)).float()
-            if task == "classification":
-                target = target.argmax(dim=-1)
-        else:
-            return 0.0
-        if task == "classification":
-            hits += int((out.argmax(dim=-1) == target).sum())
-        else:
-            sq_error += float(F.mse_loss(out, target.float().view_as(out), reduction="sum"))
-        count += len(tensors[0])
-    if count == 0:
-        return 0.0
-    return hits / count if task == "classification" else -sq_error / count
+) -> tuple[float, str]:
+    """Higher is better: accuracy with labels, else agreement/cosine with the teacher's outputs."""
+    outputs = _predict(module, split, device, batch_size)
+    if split.labels is None and reference is None:
+        return 0.0, ""
+    if split.labels is not None and task != "classification":
+        flat = outputs.reshape(len(outputs), -1)
+        return -float(np.mean((flat - split.labels.reshape(len(flat), -1)) ** 2)), "-mse"
+    labels = split.labels if task == "classification" else None
+    result = score_outputs(outputs, labels, reference, task)
+    return result.value, result.name
 
 
 def _first(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -155,8 +285,7 @@ def _first(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
 def _loss(
     out: torch.Tensor,
     labels: torch.Tensor | None,
-    teacher: nn.Module | None,
-    inputs: list[torch.Tensor],
+    teacher_out: torch.Tensor | None,
     temperature: float,
     alpha: float,
     task: str,
@@ -169,14 +298,20 @@ def _loss(
             if classification
             else F.mse_loss(out, labels.float().view_as(out))
         )
-    if teacher is None:
+    if teacher_out is None:
         if hard is None:
             raise CompressionError("no labels and no teacher: nothing to train towards")
         return hard
-    with torch.no_grad():
-        teacher_out = _first(teacher(*inputs))
-    if classification:
-        soft = (
+    soft = fidelity_loss(out, teacher_out, task, temperature)
+    return soft if hard is None else alpha * soft + (1.0 - alpha) * hard
+
+
+def fidelity_loss(
+    out: torch.Tensor, teacher_out: torch.Tensor, task: str, temperature: float = 4.0
+) -> torch.Tensor:
+    """How far ``out`` is from the teacher's outputs, in the terms the task is scored in."""
+    if task == "classification":
+        return (
             F.kl_div(
                 F.log_softmax(out / temperature, dim=-1),
                 F.softmax(teacher_out / temperature, dim=-1),
@@ -184,9 +319,14 @@ def _loss(
             )
             * temperature**2
         )
-    else:
-        soft = F.mse_loss(out, teacher_out)
-    return soft if hard is None else alpha * soft + (1.0 - alpha) * hard
+    a = out.reshape(len(out), -1).float()
+    b = teacher_out.reshape(len(teacher_out), -1).float()
+    mse = F.mse_loss(a, b)
+    if task == "embedding":
+        # Cosine is what an embedding is scored by; the relative MSE keeps its scale from drifting.
+        cosine = F.cosine_similarity(a, b, dim=1, eps=1e-8).mean()
+        return (1.0 - cosine) + mse / b.square().mean().clamp_min(1e-8)
+    return mse
 
 
-__all__ = ["Progress", "fit", "train_device"]
+__all__ = ["FitLog", "Progress", "fidelity_loss", "fit", "train_device"]

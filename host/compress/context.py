@@ -55,6 +55,8 @@ class CompressContext:
     precision: str = "fp32"
     calibration_samples: int = 256
     quantizer_state: Any = None
+    # Set by unstructured pruning: later retraining keeps the zeroed weights at zero.
+    sparse: bool = False
     progress: ProgressFn | None = None
     seed: int = 0
     log: list[StepRecord] = field(default_factory=list)

@@ -1,9 +1,12 @@
 """Model specs: turn ``builtin:NAME``, ``path/file.py:factory`` or ``pkg.module:factory`` into a
 :class:`ModelBundle` (module, example inputs, task).
 
-A user factory may return a :class:`ModelBundle`, a ``(module, example_inputs)`` pair, or a
+A user factory may return a :class:`ModelBundle`, a ``(module, example_inputs)`` pair, a
 ``(module, example_inputs, info)`` triple where ``info`` is a dict with optional ``task``,
-``num_classes`` and ``name``. Keyword arguments given to :func:`load_model` are passed on to the
+``num_classes`` and ``name``, or a bare ``nn.Module`` -- as torchvision's and timm's factories do,
+unchanged: ``torchvision.models:resnet18?num_classes=10&input_shape=[3,64,64]``. ``input_shape``
+(without the batch) then gives the example input; it is passed to a factory only when the factory
+names it. Keyword arguments given to :func:`load_model` are passed on to the
 factory when its signature accepts them (``width``, ``num_classes``, ``input_shape``, ...).
 """
 
@@ -55,7 +58,7 @@ INIT_SEED = 0
 
 def load_model(spec: str, **kwargs: Any) -> ModelBundle:
     """Resolve a model spec; errors are :class:`host.errors.ModelSpecError` saying what to fix."""
-    from host.models import zoo  # noqa: F401 - registers the builtins
+    from host.models import hf, zoo  # noqa: F401 - registers the builtins
 
     if not isinstance(spec, str) or not spec.strip():
         raise ModelSpecError(
@@ -107,7 +110,7 @@ def _check_params(factory: Callable[..., Any], params: dict[str, Any], spec: str
     accepted = inspect.signature(factory).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
         return
-    unknown = sorted(set(params) - set(accepted))
+    unknown = sorted(set(params) - set(accepted) - {"input_shape"})
     if unknown:
         raise ModelSpecError(
             f"model spec {spec!r}: the factory takes no {', '.join(unknown)}; it takes "
@@ -160,7 +163,11 @@ def resolve_factory(spec: str, *, what: str) -> Callable[..., Any]:
 def _call(factory: Callable[..., Any], kwargs: dict[str, Any], spec: str) -> Any:
     params = inspect.signature(factory).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    accepted = {k: v for k, v in kwargs.items() if takes_any or k in params}
+    # input_shape shapes the example input of a factory that returns a bare module; a factory
+    # taking **kwargs (timm.create_model) would hand it to the model's constructor.
+    accepted = {
+        k: v for k, v in kwargs.items() if k in params or (takes_any and k != "input_shape")
+    }
     ignored = sorted(set(kwargs) - set(accepted))
     if ignored:
         logger.debug("factory for %s does not take %s; ignored", spec, ", ".join(ignored))
@@ -181,6 +188,18 @@ def _call(factory: Callable[..., Any], kwargs: dict[str, Any], spec: str) -> Any
 def _to_bundle(result: Any, spec: str, kwargs: dict[str, Any]) -> ModelBundle:
     if isinstance(result, ModelBundle):
         return result
+    if isinstance(result, nn.Module):
+        shape = kwargs.get("input_shape")
+        if not isinstance(shape, (list, tuple)) or not all(
+            isinstance(d, int) and d > 0 for d in shape
+        ):
+            raise ModelSpecError(
+                f"model factory {spec!r} returned a bare {type(result).__name__}; say the input it "
+                "takes with input_shape (without the batch), e.g. "
+                f"'{spec.partition('?')[0]}?input_shape=[3,224,224]', or return "
+                "(module, example_inputs)"
+            )
+        result = (result, (torch.randn(1, *shape),))
     info: dict[str, Any] = {}
     if isinstance(result, tuple) and len(result) == 3 and isinstance(result[2], dict):
         result, info = result[:2], result[2]

@@ -166,3 +166,44 @@ def test_builtin_initial_weights_do_not_depend_on_the_global_random_state() -> N
 def test_bad_spec_parameters_are_clear_errors(spec: str, match: str) -> None:
     with pytest.raises(ModelSpecError, match=match):
         load_model(spec)
+
+
+TORCHVISION_STYLE = textwrap.dedent(
+    """
+    from torch import nn
+
+    def resnet_like(*, weights=None, progress=True, num_classes=1000, **kwargs):
+        # The signature of torchvision.models.resnet18: returns a bare module.
+        return nn.Sequential(
+            nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(8, num_classes),
+        )
+
+    def create_model(model_name, pretrained=False, **kwargs):
+        # timm.create_model passes unknown keywords to the model class, which would refuse them.
+        if set(kwargs) - {"num_classes"}:
+            raise TypeError(f"unexpected {sorted(kwargs)}")
+        return resnet_like(num_classes=kwargs.get("num_classes", 1000))
+    """
+)
+
+
+def test_torchvision_and_timm_style_factories_returning_a_bare_module_load_unchanged(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "vision_zoo.py"
+    path.write_text(TORCHVISION_STYLE)
+    bundle = load_model(f"{path}:resnet_like?num_classes=10&input_shape=[3,32,32]")
+    assert bundle.example_inputs[0].shape == (1, 3, 32, 32)
+    assert bundle.task == "classification" and bundle.num_classes == 10
+    timm_like = load_model(
+        f"{path}:create_model?model_name=resnet18&num_classes=4&input_shape=[3,16,16]"
+    )
+    assert timm_like.module(*timm_like.example_inputs).shape == (1, 4)
+
+
+def test_a_bare_module_without_input_shape_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "vision_zoo.py"
+    path.write_text(TORCHVISION_STYLE)
+    with pytest.raises(ModelSpecError, match=r"input_shape=\[3,224,224\]"):
+        load_model(f"{path}:resnet_like")

@@ -219,6 +219,17 @@ def _selected(name: str, layer: nn.Module, cfg: LowRank) -> bool:
     return True
 
 
+def _forward_error(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> str | None:
+    import torch
+
+    try:
+        with torch.no_grad():
+            model.eval()(*example_inputs)
+    except Exception as exc:  # noqa: BLE001 - any failure means this replacement cannot stay
+        return f"{type(exc).__name__}: {exc}"[:160]
+    return None
+
+
 def factorize_module(
     module: nn.Module, example_inputs: tuple[torch.Tensor, ...], cfg: LowRank
 ) -> tuple[nn.Module, list[FactorizedLayer], list[SkippedLayer]]:
@@ -259,6 +270,13 @@ def factorize_module(
         parent_name, _, child = name.rpartition(".")
         parent = modules[parent_name] if parent_name else model
         setattr(parent, child, replacement)
+        broken = _forward_error(model, example_inputs)
+        if broken is not None:
+            # The model's own code reads this layer's attributes (transformers' ViT casts its
+            # input to ``patch_embeddings.projection.weight.dtype``): leave that layer whole.
+            setattr(parent, child, layer)
+            skipped.append(SkippedLayer(name, f"the model's code needs it as is ({broken})"))
+            continue
         kind = "linear-svd" if isinstance(layer, nn.Linear) else f"conv-{cfg.method}"
         if kind == "conv-tucker2" and len(replacement) == 2:
             kind = "conv-svd"

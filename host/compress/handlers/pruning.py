@@ -9,6 +9,7 @@ exported file, the MACs and the latency really drop.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from host.compress.config import ChannelPrune, UnstructuredPrune
@@ -66,6 +67,7 @@ def apply_unstructured(
 ) -> ModelBundle:
     model = magnitude_prune(bundle.module, cfg.amount, cfg.scope)
     achieved = sparsity(model)
+    ctx.sparse = True
     ctx.detail("sparsity", round(achieved, 4))
     ctx.note("zeroed %.1f%% of Linear/Conv weights (%s magnitude)", 100 * achieved, cfg.scope)
     ctx.note(
@@ -87,23 +89,130 @@ def _importance(kind: str) -> object:
     return tp.importance.MagnitudeImportance(p=2)
 
 
-def channel_prune(
+# Attribute names of the query/key/value projections of a multi-head attention block, and of its
+# head count and head width, in the layouts of Hugging Face transformers (BERT, RoBERTa, ViT, LLaMA
+# style, DistilBERT) and of most hand-written attention modules.
+_QKV_NAMES = (
+    ("query", "key", "value"),
+    ("q_proj", "k_proj", "v_proj"),
+    ("q_lin", "k_lin", "v_lin"),
+    ("q", "k", "v"),
+)
+_HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads")
+_HEAD_DIM_ATTRS = ("attention_head_size", "head_dim", "head_size")
+
+
+@dataclass(frozen=True)
+class AttentionBlock:
+    """A multi-head attention module found in a model: its q/k/v Linears and head bookkeeping."""
+
+    module: nn.Module
+    qkv: tuple[nn.Linear, nn.Linear, nn.Linear]
+    heads_attr: str
+    heads: int
+    head_dim: int
+
+
+def find_attention_blocks(model: nn.Module) -> list[AttentionBlock]:
+    """Modules with q/k/v Linear children and an integer head count that divides their width."""
+    from torch import nn
+
+    blocks: list[AttentionBlock] = []
+    for module in model.modules():
+        heads_attr = next(
+            (a for a in _HEAD_COUNT_ATTRS if isinstance(getattr(module, a, None), int)), None
+        )
+        if heads_attr is None:
+            continue
+        for names in _QKV_NAMES:
+            layers = [getattr(module, n, None) for n in names]
+            if not all(isinstance(layer, nn.Linear) for layer in layers):
+                continue
+            heads = int(getattr(module, heads_attr))
+            width = layers[0].out_features
+            if heads < 1 or width % heads or any(layer.out_features != width for layer in layers):
+                continue
+            blocks.append(AttentionBlock(module, tuple(layers), heads_attr, heads, width // heads))
+            break
+    return blocks
+
+
+def _update_attention_bookkeeping(blocks: list[AttentionBlock]) -> list[tuple[int, int]]:
+    """After heads were removed, make each block's head count agree with its q/k/v widths."""
+    changes = []
+    for block in blocks:
+        width = block.qkv[0].out_features
+        heads = width // block.head_dim
+        setattr(block.module, block.heads_attr, heads)
+        if isinstance(getattr(block.module, "all_head_size", None), int):
+            block.module.all_head_size = width
+        for attr in _HEAD_DIM_ATTRS:
+            if isinstance(getattr(block.module, attr, None), int):
+                setattr(block.module, attr, block.head_dim)
+        changes.append((block.heads, heads))
+    return changes
+
+
+def _output_shapes(out: object) -> list[tuple[int, ...]]:
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [tuple(out.shape)]
+    if isinstance(out, (tuple, list)):
+        return [s for o in out for s in _output_shapes(o)]
+    return []
+
+
+@dataclass
+class PruneOutcome:
+    """The pruned model and what happened to its attention heads (before, after per block)."""
+
+    model: nn.Module
+    heads: list[tuple[int, int]]
+
+
+def structured_prune(
     module: nn.Module,
     example_inputs: tuple[torch.Tensor, ...],
     cfg: ChannelPrune,
     ignored: list[nn.Module] | None = None,
-) -> nn.Module:
+) -> PruneOutcome:
     """A copy of ``module`` with ``cfg.ratio`` of the channels of every prunable group removed.
 
-    The output head is never pruned (its width is the number of classes / output features).
+    The output head is never pruned (its width is the number of classes / output features). In a
+    model with multi-head attention, whole heads (q/k/v together, at the same ratio) and FFN
+    channels are removed while the residual width stays, so the output keeps its size; the
+    attention modules' head counts are updated to match.
     """
     import torch
     import torch_pruning as tp
+    from torch import nn
 
     model = cpu_copy(module).eval()
     inputs = tuple(t.cpu() for t in example_inputs)
+    with torch.no_grad():
+        shapes_before = _output_shapes(model(*inputs))
     head = head_module(model, inputs)
     ignored_layers = ([head] if head is not None else []) + list(ignored or [])
+    blocks = find_attention_blocks(model)
+    attention: dict[str, object] = {}
+    if blocks:
+        # The residual stream runs through every LayerNorm (and the embeddings): leaving those
+        # alone keeps the hidden width, so only heads and FFN channels go.
+        ignored_layers += [
+            m for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.Embedding))
+        ]
+        attention = {
+            "num_heads": {layer: b.heads for b in blocks for layer in b.qkv},
+            "prune_num_heads": True,
+            "prune_head_dims": False,
+            "head_pruning_ratio": cfg.ratio,
+        }
+    unwrapped = [
+        (p, -1)
+        for name, p in model.named_parameters(recurse=True)
+        if not any(name.endswith(s) for s in (".weight", ".bias")) and p.dim() > 1
+    ]
     try:
         pruner = tp.pruner.BasePruner(
             model,
@@ -113,6 +222,8 @@ def channel_prune(
             global_pruning=cfg.global_pruning,
             ignored_layers=ignored_layers,
             round_to=cfg.round_to,
+            unwrapped_parameters=unwrapped or None,
+            **attention,
         )
         pruner.step()
     except Exception as exc:  # torch-pruning raises bare Python errors from its graph tracer
@@ -120,15 +231,31 @@ def channel_prune(
             f"structured pruning failed while tracing/pruning the model: {type(exc).__name__}: "
             f"{exc}; try prune_unstructured or lowrank for this architecture"
         ) from exc
+    heads = _update_attention_bookkeeping(blocks)
     with torch.no_grad():
         try:
-            model(*inputs)
+            shapes_after = _output_shapes(model(*inputs))
         except Exception as exc:
             raise CompressionError(
                 f"the channel-pruned model no longer runs ({exc}); this architecture has a "
                 "dependency torch-pruning cannot follow"
             ) from exc
-    return model
+    if shapes_after != shapes_before:
+        raise CompressionError(
+            f"channel pruning changed the model's output shape {shapes_before} -> {shapes_after}; "
+            "its output is not produced by a Linear/Conv head torch-pruning can leave alone"
+        )
+    return PruneOutcome(model, heads)
+
+
+def channel_prune(
+    module: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    cfg: ChannelPrune,
+    ignored: list[nn.Module] | None = None,
+) -> nn.Module:
+    """:func:`structured_prune`, returning only the pruned model."""
+    return structured_prune(module, example_inputs, cfg, ignored).model
 
 
 @handles(ChannelPrune)
@@ -136,7 +263,8 @@ def apply_channel_prune(
     bundle: ModelBundle, cfg: ChannelPrune, ctx: CompressContext
 ) -> ModelBundle:
     before = param_count(bundle.module)
-    model = channel_prune(bundle.module, bundle.example_inputs, cfg)
+    outcome = structured_prune(bundle.module, bundle.example_inputs, cfg)
+    model = outcome.model
     after = param_count(model)
     if after >= before:
         raise CompressionError(
@@ -150,4 +278,14 @@ def apply_channel_prune(
         before,
         after,
     )
+    if outcome.heads:
+        kept = sum(h for _, h in outcome.heads)
+        total = sum(h for h, _ in outcome.heads)
+        ctx.detail("attention_heads", [list(h) for h in outcome.heads])
+        ctx.note(
+            "attention: kept %d of %d heads over %d block(s); hidden width unchanged",
+            kept,
+            total,
+            len(outcome.heads),
+        )
     return with_module(bundle, model)

@@ -1,0 +1,203 @@
+"""Architectures nobody here wrote -- transformers' own ResNet, MobileNetV2, EfficientNet, ViT and
+BERT classes, built offline from tiny configs -- go through structured pruning (heads and FFN
+channels for attention models), low-rank, and export; the BERT encoder's candidates run on a real
+agent with two integer inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.sentences import WordTokenizer, sentences
+from host.compress import (
+    ChannelPrune,
+    FineTune,
+    Fp16,
+    Int8Dynamic,
+    LowRank,
+    Recipe,
+    compress,
+)
+from host.compress.handlers.lowrank import factorize_module
+from host.compress.handlers.pruning import find_attention_blocks, structured_prune
+from host.data import DataSet, Split, split_arrays
+from host.metrics import count_params
+from host.models import ModelBundle, load_model
+
+pytest.importorskip("transformers")
+
+TINY = {
+    "hf_resnet18": {"hidden_sizes": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "image_size": 16},
+    "hf_mobilenetv2": {"depth_multiplier": 0.35, "image_size": 16},
+    "hf_efficientnet_b0": {"image_size": 32},
+    "hf_vit": {"image_size": 16, "hidden_size": 32, "layers": 2, "heads": 4,
+               "intermediate_size": 64},
+}  # fmt: skip
+SEQ_LEN = 12
+
+
+@pytest.fixture(scope="session")
+def sentence_data() -> tuple[DataSet, int]:
+    texts, labels = sentences(per_topic=40)
+    tokenizer = WordTokenizer(texts)
+    ids, mask = tokenizer.encode(texts, SEQ_LEN)
+    labelled = split_arrays("sentences", (ids, mask), np.asarray(labels), 0)
+    unlabelled = DataSet(
+        "sentences", *(Split(s.inputs) for s in (labelled.train, labelled.val, labelled.test))
+    )
+    return unlabelled, tokenizer.vocab_size
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(sentence_data: tuple[DataSet, int]) -> ModelBundle:
+    """A 2-layer BERT with hidden 32 (4 heads), mean-pooled over its attention mask."""
+    _, vocab = sentence_data
+    return load_model(
+        "builtin:hf_bert", vocab_size=vocab, seq_len=SEQ_LEN, hidden_size=32, layers=2,
+        heads=4, intermediate_size=64,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_transformers_image_models_build_offline_and_return_class_scores(name: str) -> None:
+    bundle = load_model(f"builtin:{name}", **TINY[name])
+    with torch.no_grad():
+        out = bundle.module(*bundle.example_inputs)
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 10)
+    assert bundle.task == "classification" and bundle.num_classes == 10
+
+
+def test_bert_encoder_takes_two_integer_inputs_and_gives_a_mean_pooled_embedding(
+    tiny_bert: ModelBundle,
+) -> None:
+    ids, mask = tiny_bert.example_inputs
+    assert ids.dtype == torch.int64 and mask.dtype == torch.int64
+    with torch.no_grad():
+        out = tiny_bert.module(ids, mask)
+        # Padding does not change the embedding: the mean runs over real tokens only.
+        padded = ids.clone()
+        padded[mask == 0] = 3
+        again = tiny_bert.module(padded, mask)
+    assert out.shape == (1, 32) and tiny_bert.task == "embedding"
+    torch.testing.assert_close(out, again)
+
+
+def test_pruning_a_bert_encoder_removes_whole_heads_and_ffn_channels_keeping_its_width(
+    tiny_bert: ModelBundle,
+) -> None:
+    outcome = structured_prune(tiny_bert.module, tiny_bert.example_inputs, ChannelPrune(0.5))
+    assert outcome.heads == [(4, 2), (4, 2)]
+    blocks = find_attention_blocks(outcome.model)
+    assert [b.heads for b in blocks] == [2, 2]
+    for block in blocks:
+        assert all(layer.out_features == 2 * 8 for layer in block.qkv)  # head width 8 kept
+        assert block.module.all_head_size == 16
+    encoder = outcome.model.model.encoder
+    assert all(layer.intermediate.dense.out_features == 32 for layer in encoder.layer)
+    with torch.no_grad():
+        assert outcome.model(*tiny_bert.example_inputs).shape == (1, 32)
+    assert count_params(outcome.model) < 0.8 * count_params(tiny_bert.module)
+
+
+def test_pruning_a_vit_keeps_whole_heads_and_its_class_count() -> None:
+    bundle = load_model("builtin:hf_vit", **TINY["hf_vit"])
+    outcome = structured_prune(bundle.module, bundle.example_inputs, ChannelPrune(0.5))
+    assert outcome.heads == [(4, 2), (4, 2)]
+    with torch.no_grad():
+        assert outcome.model(*bundle.example_inputs).shape == (1, 10)
+
+
+@pytest.mark.parametrize("name", ["hf_resnet18", "hf_mobilenetv2", "hf_efficientnet_b0"])
+def test_pruning_transformers_conv_nets_halves_channels_and_keeps_the_output(name: str) -> None:
+    bundle = load_model(f"builtin:{name}", **TINY[name])
+    outcome = structured_prune(bundle.module, bundle.example_inputs, ChannelPrune(0.5))
+    assert outcome.heads == []
+    assert count_params(outcome.model) < 0.5 * count_params(bundle.module)
+    with torch.no_grad():
+        assert outcome.model(*bundle.example_inputs).shape == (1, 10)
+
+
+def test_lowrank_factorizes_the_linear_layers_of_a_bert_encoder(tiny_bert: ModelBundle) -> None:
+    model, done, _ = factorize_module(
+        tiny_bert.module, tiny_bert.example_inputs, LowRank(ratio=0.5, layers="linear")
+    )
+    assert len(done) >= 8  # q, k, v, attention output, FFN in and out of both layers
+    assert all(f.params_after <= 0.5 * f.params_before for f in done)
+    with torch.no_grad():
+        assert model(*tiny_bert.example_inputs).shape == (1, 32)
+
+
+@pytest.fixture(scope="module")
+def encoder_candidates(
+    tiny_bert: ModelBundle,
+    sentence_data: tuple[DataSet, int],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, list]:
+    data, _ = sentence_data
+    out = tmp_path_factory.mktemp("encoder")
+    recipes = [
+        Recipe.of(name="baseline"),
+        Recipe.of(Fp16(), name="fp16"),
+        Recipe.of(Int8Dynamic(), name="int8_dynamic"),
+        Recipe.of(ChannelPrune(0.5), FineTune(epochs=2, lr=1e-3), Int8Dynamic(), name="p50"),
+        Recipe.of(LowRank(ratio=0.5), FineTune(epochs=2, lr=1e-3), name="lowrank"),
+    ]
+    return out, [compress(tiny_bert, data, r, out) for r in recipes]
+
+
+def test_every_encoder_candidate_exports_with_two_integer_inputs_and_keeps_fidelity(
+    encoder_candidates: tuple[Path, list],
+) -> None:
+    _, results = encoder_candidates
+    for result in results:
+        (artifact,) = result.artifacts
+        inputs = artifact.manifest.inputs
+        assert [t.dtype for t in inputs] == ["int32", "int32"], result.recipe.name
+        assert [t.shape for t in inputs] == [[1, SEQ_LEN], [1, SEQ_LEN]]
+        assert result.artifact_metrics[0]["metric"] == "cosine"
+        assert result.artifact_metrics[0]["metric_value"] > 0.9, result.recipe.name
+    pruned = next(r for r in results if r.recipe.name == "p50")
+    assert any("kept 4 of 8 heads" in n for n in pruned.steps[0].notes)
+    assert any("no labels" in n for n in pruned.steps[1].notes)
+
+
+@pytest.mark.slow
+def test_a_real_agent_runs_every_encoder_candidate_with_two_integer_inputs(
+    encoder_candidates: tuple[Path, list], shared_broker_url: str, base_topic: str, tmp_path: Path
+) -> None:
+    from host.fleet import Fleet
+    from tests.agents import AgentProcess
+
+    out, results = encoder_candidates
+    agent = AgentProcess(shared_broker_url, "enc-board", tmp_path / "agent", base_topic)
+    agent.start()
+    try:
+        agent.wait_online(timeout=60)
+        with Fleet(shared_broker_url, base_topic) as fleet:
+            for result in results:
+                artifact = result.artifacts[0]
+                job = fleet.submit_benchmark(
+                    "enc-board", artifact.path, artifact.manifest, eval_path=out / "eval.npz",
+                    runs=3, min_s=0.05,
+                )  # fmt: skip
+                benchmark = job.result(timeout=120)
+                assert benchmark.eval_samples > 0, result.recipe.name
+                assert benchmark.latency_ms.p50 > 0
+    finally:
+        agent.terminate()
+
+
+def test_lowrank_on_a_vit_leaves_whole_the_layer_its_code_reads_and_the_model_still_runs() -> None:
+    bundle = load_model("builtin:hf_vit", **TINY["hf_vit"])
+    model, done, skipped = factorize_module(
+        bundle.module, bundle.example_inputs, LowRank(ratio=0.5)
+    )
+    reasons = {s.name: s.reason for s in skipped}
+    projection = "model.vit.embeddings.patch_embeddings.projection"
+    assert "the model's code needs it as is" in reasons[projection]
+    assert len(done) >= 8
+    with torch.no_grad():
+        assert model(*bundle.example_inputs).shape == (1, 10)
