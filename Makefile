@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install lint browser test demo bench clean
+.PHONY: install lint browser test demo bench bench-full clean
 
 # torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -63,9 +63,13 @@ DEMO_ARGS ?=
 demo: $(STAMP)
 	$(VENV)/bin/edgetailor demo $(DEMO_ARGS)
 
+# Every benchmark and one table of goals (bench/__main__.py): quick settings in a few minutes,
+# JSON under bench/results/quick/; `make bench-full` runs the README's settings into bench/results/.
 bench: $(STAMP)
-	$(PY) -m bench.compression
-	$(PY) -m bench.models --quick --out bench/results/models-quick.json
+	$(PY) -m bench
+
+bench-full: $(STAMP)
+	$(PY) -m bench --full
 
 clean:
 	rm -rf $(VENV) $(BOARD_VENV) .pytest_cache build *.egg-info

@@ -40,6 +40,7 @@ from typing import Any
 
 import msgspec
 
+from bench.goals import GoalRow
 from device_agent.errors import JobError
 from device_agent.fetch import ArtifactFetch
 from device_agent.store import ArtifactStore
@@ -750,6 +751,79 @@ def render(report: dict[str, Any]) -> Any:
             f"host {fuzz['host_inputs']} inputs / {fuzz['host_tracebacks']} tracebacks",
         )  # fmt: skip
     return table
+
+
+def goal_rows(report: dict[str, Any]) -> list[GoalRow]:
+    """Faults have no baseline: the goal is that none gets through."""
+    rows: list[GoalRow] = []
+    tamper = report.get("tamper")
+    if tamper:
+        for name in ("artifact_flips", "chunk_flips", "manifest_flips"):
+            row = tamper[name]
+            rows.append(
+                GoalRow(
+                    "faults",
+                    f"{row['tried']} bit flips ({name.replace('_', ' ')})",
+                    f"{row['accepted']} accepted, {row['store_changed']} store changes",
+                    "0 accepted",
+                    row["accepted"] == 0 and row["store_changed"] == 0,
+                )
+            )
+        refused = sum(1 for v in tamper["policy"].values() if v)
+        rows.append(
+            GoalRow(
+                "faults",
+                f"{len(tamper['policy'])} named attacks",
+                f"{refused} refused",
+                "all refused",
+                refused == len(tamper["policy"]),
+            )
+        )
+    broker = report.get("broker")
+    if broker:
+        rows.append(
+            GoalRow(
+                "faults",
+                f"Mosquitto SIGKILLed in {broker['transfers']} transfers",
+                f"{broker['outcomes']}, {broker['invalid_stored_artifacts']} invalid stored",
+                "all complete, 0 invalid",
+                broker["outcomes"].get("ok", 0) == broker["transfers"]
+                and broker["invalid_stored_artifacts"] == 0,
+            )
+        )
+    agent = report.get("agent")
+    if agent:
+        rows.append(
+            GoalRow(
+                "faults",
+                f"{agent['kills']} agent SIGKILLs",
+                f"delivered once {agent['results_delivered_once']}, twice+ "
+                f"{agent['results_delivered_twice_or_more']}, active old/new "
+                f"{agent['active_old_or_new']}",
+                "exactly once; active old or new",
+                agent["results_delivered_twice_or_more"] == 0
+                and agent["invalid_stored_artifacts"] == 0
+                and _all_of(agent["active_old_or_new"]),
+            )
+        )
+    fuzz = report.get("fuzz")
+    if fuzz:
+        rows.append(
+            GoalRow(
+                "faults",
+                f"{fuzz['agent_inputs'] + fuzz['host_inputs']} fuzzed messages",
+                f"{fuzz['agent_tracebacks'] + fuzz['host_tracebacks']} tracebacks",
+                "0 tracebacks",
+                fuzz["agent_tracebacks"] + fuzz["host_tracebacks"] == 0,
+            )
+        )
+    return rows
+
+
+def _all_of(fraction: str) -> bool:
+    """ "8/8" -> True."""
+    done, _, total = str(fraction).partition("/")
+    return done == total
 
 
 def main(argv: list[str] | None = None) -> int:

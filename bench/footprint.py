@@ -18,9 +18,11 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psutil
 
+from bench.goals import GoalRow
 from shared.broker_url import parse_broker_url
 
 DEFAULT_OUT = Path("bench/results/footprint.json")
@@ -86,6 +88,20 @@ def measure(broker: str, settle_s: float = 4.0, samples: int = 12) -> dict[str, 
         "ratio": round(agent_mb / bare_mb, 3),
         "goal_ratio": GOAL_RATIO,
     }
+
+
+def goal_rows(report: dict[str, Any]) -> list[GoalRow]:
+    return [
+        GoalRow(
+            "footprint",
+            "idle agent RSS",
+            f"{report['agent_rss_mb']} MB",
+            f"<= {report['goal_ratio']}",
+            report["ratio"] <= report["goal_ratio"],
+            baseline=f"{report['bare_paho_psutil_rss_mb']} MB (bare paho + psutil)",
+            ratio=report["ratio"],
+        )
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.goals import GoalRow
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path("bench/results/models.json")
@@ -638,6 +640,30 @@ def int8_markdown(section: dict[str, Any]) -> str:
             f"{row.get('board_speedup', 0):.2f}x |"
         )
     return "\n".join(lines)
+
+
+def goal_rows(report: dict[str, Any]) -> list[GoalRow]:
+    """Every recipe with a goal, and every recipe that changed nothing, for ``make bench``."""
+    rows: list[GoalRow] = []
+    for arch in report["archs"]:
+        for row in arch["rows"]:
+            name = f"{arch['arch']} {row['recipe']}"
+            if "error" in row:
+                rows.append(GoalRow("models", name, f"failed: {row['error'][:60]}", "", None))
+                continue
+            if row.get("goal"):
+                rows.append(
+                    GoalRow(
+                        "models",
+                        name,
+                        f"{_fmt_metric(row)}, {row.get('params_ratio') or 0:.2f}x fewer params",
+                        row["goal"],
+                        bool(row.get("goal_met")),
+                    )
+                )
+            if row.get("changed") is False:
+                rows.append(GoalRow("models", name, "changed nothing", "changes something", False))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
