@@ -80,6 +80,7 @@ from shared.messages import (
     new_msg_id,
     peek_ids,
 )
+from shared.mqtt import make_client
 from shared.results import (
     BenchmarkResult,
     OutputsRef,
@@ -89,7 +90,6 @@ from shared.results import (
     to_data,
 )
 from shared.topics import STATUS_OFFLINE, STATUS_ONLINE, Topics
-from shared.transfer import no_delay
 
 if TYPE_CHECKING:
     from device_agent.serve.supervisor import InferenceServer, ServedModel
@@ -201,21 +201,14 @@ class Agent:
 
     # -- MQTT lifecycle --------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"edgetailor-agent-{self.device_id}",
-            clean_session=True,
-            protocol=mqtt.MQTTv311,
+        client = make_client(
+            f"edgetailor-agent-{self.device_id}",
+            self.config.broker,
+            self.config.tls,
+            will=(self.topics.status(self.device_id), STATUS_OFFLINE, QOS),
             # The connection thread retries, so that each failure is logged with its reason.
             reconnect_on_failure=False,
         )
-        client.will_set(self.topics.status(self.device_id), STATUS_OFFLINE, qos=QOS, retain=True)
-        broker = self.config.broker
-        if broker.username:
-            client.username_pw_set(broker.username, broker.password)
-        tls = self.config.tls.check()
-        if broker.tls or tls.enabled:
-            client.tls_set(ca_certs=tls.ca, certfile=tls.cert, keyfile=tls.key)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -223,7 +216,6 @@ class Agent:
         # queue its packet for that loop (woken at once) instead of writing the socket itself,
         # so packets leave in the order they were published.
         client.on_socket_register_write = _queued_for_network_thread
-        client.on_socket_open = no_delay  # chunk requests are small: do not let Nagle hold them
         return client
 
     def _on_connect(

@@ -25,7 +25,7 @@ from pathlib import Path
 from device_agent import AGENT_VERSION
 from device_agent.config import Settings
 from device_agent.lock import DataDirLock
-from shared.broker_url import BrokerAddress, parse_broker_url
+from shared.broker_url import BrokerAddress, TlsOptions, parse_broker_url
 from shared.errors import EdgeTailorError
 from shared.topics import Topics, check_device_id
 
@@ -179,21 +179,24 @@ def _mqtt_connack(settings: Settings, broker: BrokerAddress) -> str | None:
     """None when the broker accepts an MQTT connection with these credentials, else why not."""
     import paho.mqtt.client as mqtt
 
+    from shared.mqtt import make_client
+
     outcome: list[str | None] = []
     done = threading.Event()
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2,
-        client_id=f"edgetailor-check-{settings['id']}-{uuid.uuid4().hex[:6]}",
-        reconnect_on_failure=False,
+    tls = TlsOptions(
+        ca=str(settings["tls_ca"]) if settings["tls_ca"] else None,
+        cert=str(settings["tls_cert"]) if settings["tls_cert"] else None,
+        key=str(settings["tls_key"]) if settings["tls_key"] else None,
     )
-    if broker.username:
-        client.username_pw_set(broker.username, broker.password)
-    if broker.tls or settings["tls_ca"] or settings["tls_cert"]:
-        client.tls_set(
-            ca_certs=str(settings["tls_ca"]) if settings["tls_ca"] else None,
-            certfile=str(settings["tls_cert"]) if settings["tls_cert"] else None,
-            keyfile=str(settings["tls_key"]) if settings["tls_key"] else None,
+    try:
+        client = make_client(
+            f"edgetailor-check-{settings['id']}-{uuid.uuid4().hex[:6]}",
+            broker,
+            tls,
+            reconnect_on_failure=False,
         )
+    except EdgeTailorError as exc:
+        return str(exc)
 
     def on_connect(c: mqtt.Client, u: object, f: object, reason: object, p: object) -> None:
         failed = getattr(reason, "is_failure", False)

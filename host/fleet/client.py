@@ -57,9 +57,10 @@ from shared.messages import (
     new_msg_id,
     schema_of,
 )
+from shared.mqtt import make_client
 from shared.signing import sign_manifest
 from shared.topics import DEFAULT_BASE, STATUS_OFFLINE, STATUS_ONLINE, Topics, check_device_id
-from shared.transfer import DEFAULT_CHUNK_SIZE, check_chunk_size, no_delay
+from shared.transfer import DEFAULT_CHUNK_SIZE, check_chunk_size
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -138,27 +139,18 @@ class Fleet:
 
     def connect(self) -> None:
         """Connect and wait for a successful CONNACK; raise FleetConnectionError otherwise."""
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            clean_session=True,
-            protocol=mqtt.MQTTv311,
+        client = make_client(
+            self.client_id,
+            self.address,
+            self.tls,
+            will=(self.topics.host_status(), STATUS_OFFLINE, 1),
         )
-        if self.address.username:
-            client.username_pw_set(self.address.username, self.address.password)
-        if self.address.tls or self.tls.enabled:
-            try:
-                client.tls_set(ca_certs=self.tls.ca, certfile=self.tls.cert, keyfile=self.tls.key)
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"cannot load the TLS files {self.tls}: {exc}") from exc
-        client.will_set(self.topics.host_status(), STATUS_OFFLINE, qos=1, retain=True)
         client.reconnect_delay_set(0.5, 10)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.on_publish = self._on_publish
-        client.on_socket_open = no_delay
         self._client = client
         self._connack.clear()
         try:
