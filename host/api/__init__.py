@@ -17,7 +17,15 @@ from host.api import dashboard, errors
 from host.api.context import ApiContext
 from host.api.deps import Ctx
 from host.api.models import ServiceInfo
-from host.api.routers import artifacts, campaigns, deployments, devices, events, metrics
+from host.api.routers import (
+    artifacts,
+    benchmarks,
+    campaigns,
+    deployments,
+    devices,
+    events,
+    metrics,
+)
 
 API_PREFIX = "/api/v1"
 
@@ -44,7 +52,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.state.ctx = ctx
     errors.install(app)
     for router in (devices.router, artifacts.router, campaigns.router, deployments.router,
-                   events.router):  # fmt: skip
+                   benchmarks.router, events.router):  # fmt: skip
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(metrics.router)
     dashboard.install(app)

@@ -203,6 +203,38 @@ class DeploymentStatus(BaseModel):
     updated: float
 
 
+# -- benchmarks ----------------------------------------------------------------------------------
+class BenchmarkCreate(Strict):
+    device_id: str = DeviceId
+    sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="a .tflite/.onnx this service stores"
+    )
+    eval_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="stored eval .npz (x, and y or ref)"
+    )
+    threads: int | None = Field(None, ge=1, le=256)
+    runs: int = Field(50, ge=1, le=100_000)
+    timeout_s: float = Field(300.0, gt=0, le=86_400)
+    task: Literal["classification", "embedding", "regression"] | None = None
+    device_timeout_s: float = Field(
+        5.0, ge=0, le=60, description="how long to wait for an offline device before 503"
+    )
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    device_id: str
+    kind: str
+    status: str = Field(description="submitted | <progress stage> | ok | error")
+    finished: bool
+    model_sha256: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    submitted: float
+    updated: float
+    result: dict[str, Any] | None = Field(None, description="the BenchmarkResult, once ok")
+
+
 class DeviceRollback(Strict):
     deploy_id: str | None = Field(None, max_length=64, description="only if this one is active")
     reason: str = Field("", max_length=4000)

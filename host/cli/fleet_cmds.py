@@ -18,10 +18,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from host.cli.client import ServerOpt, TokenOpt
 from host.cli.main import app
 from host.errors import JobFailedError, JobTimeoutError
 from shared.broker_url import TlsOptions
-from shared.results import BenchmarkResult, to_data
+from shared.results import BenchmarkResult, from_data, to_data
 from shared.topics import DEFAULT_BASE
 from shared.transfer import DEFAULT_CHUNK_SIZE
 
@@ -95,14 +96,8 @@ def devices_cmd(
     tls_ca: TlsCaOpt = None,
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
-    server: Annotated[
-        str | None,
-        typer.Option("--server", help="URL of `edgetailor serve`: go through its API instead"),
-    ] = None,
-    token: Annotated[
-        str | None,
-        typer.Option("--token", help="API token for --server (default: $EDGETAILOR_TOKEN)"),
-    ] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """List devices: what the broker's retained birth/status messages say, then the devices only
     the database knows (marked: they may belong to another broker or base topic)."""
@@ -263,6 +258,8 @@ def bench_cmd(
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
     signing_key: SigningKeyOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Push a model to one device, benchmark it there, print latency, memory and accuracy."""
     from host.artifacts import format_of
@@ -271,6 +268,11 @@ def bench_cmd(
     if format_of(model) not in ("tflite", "onnx"):
         raise typer.BadParameter(f"{model} is not a .tflite or .onnx model", param_hint="MODEL")
     err = Console(stderr=True)
+    if server is not None:
+        body = {"device_id": device, "threads": threads, "runs": runs, "timeout_s": timeout,
+                "task": task, "device_timeout_s": min(device_timeout, 60.0)}  # fmt: skip
+        _bench_through(server, token, model, eval_file, body, as_json, err)
+        return
     tls = TlsOptions(tls_ca, tls_cert, tls_key)
     with (
         Store(db) as store,
@@ -299,3 +301,43 @@ def bench_cmd(
         sys.stdout.write(json.dumps(to_data(result), indent=2) + "\n")
     else:
         _print_result(result, device)
+
+
+def _bench_through(
+    server: str,
+    token: str | None,
+    model: Path,
+    eval_file: Path | None,
+    body: dict[str, Any],
+    as_json: bool,
+    err: Console,
+) -> None:
+    """`bench --server`: upload the files, queue the benchmark on the service, poll its job."""
+    from host.cli.client import ApiClient
+
+    client = ApiClient(server, token)
+    body["sha256"] = client.upload(model)
+    if eval_file is not None:
+        body["eval_sha256"] = client.upload(eval_file)
+    job = client.post("/benchmarks", json={k: v for k, v in body.items() if v is not None})
+    deadline = time.monotonic() + body["timeout_s"] + TRANSFER_ALLOWANCE_S
+    with err.status(f"{body['device_id']}: sent job {job['job_id']} through {server}") as status:
+        while not job["finished"]:
+            if time.monotonic() > deadline:
+                job = {**job, "status": "error", "error_code": "timeout",
+                       "error_message": f"no result within {body['timeout_s']:.0f} s"}  # fmt: skip
+                break
+            time.sleep(0.5)
+            job = client.get(f"/jobs/{job['job_id']}")
+            status.update(f"{body['device_id']}: {job['status']}")
+    if job["status"] != "ok" or job["result"] is None:
+        message = job.get("error_message") or job["status"]
+        err.print(f"[red]benchmark failed:[/] {job.get('error_code')}: {message}")
+        if as_json:
+            error = {"code": job.get("error_code") or "error", "message": message}
+            typer.echo(json.dumps({"error": error, "job_id": job["job_id"]}))
+        raise typer.Exit(1)
+    if as_json:
+        sys.stdout.write(json.dumps(job["result"], indent=2) + "\n")
+    else:
+        _print_result(from_data(job["result"], BenchmarkResult), body["device_id"])

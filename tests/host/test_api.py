@@ -105,6 +105,7 @@ def test_reads_are_open_on_localhost_and_need_the_token_from_elsewhere(
         ("post", "/api/v1/deployments/roll-1/cancel"),
         ("post", "/api/v1/devices/pi-1/rollback"),
         ("post", "/api/v1/artifacts?filename=m.tflite"),
+        ("post", "/api/v1/benchmarks"),
     ],
 )
 def test_every_mutation_needs_a_valid_token_even_from_localhost(
@@ -135,6 +136,7 @@ def test_unknown_ids_are_404s_that_name_the_id(local: TestClient) -> None:
         ("/api/v1/campaigns/camp-404/results", "camp-404"),
         ("/api/v1/campaigns/camp-404/selection", "camp-404"),
         ("/api/v1/deployments/roll-404", "roll-404"),
+        ("/api/v1/jobs/job-404", "job-404"),
     ]:
         response = local.get(path)
         assert response.status_code == 404, path
@@ -310,6 +312,22 @@ def test_device_rollback_without_a_broker_says_so(
     assert response.status_code == 503 and "no broker" in response.json()["error"]["message"]
     unknown = local.post("/api/v1/devices/pi-9/rollback", json={}, headers=auth(token))
     assert unknown.status_code == 404
+
+
+def test_a_benchmark_names_an_unknown_artifact_and_without_a_broker_says_so(
+    local: TestClient, store: Store, token: str, tmp_path: Path
+) -> None:
+    unknown = local.post("/api/v1/benchmarks", json={"device_id": "pi-1", "sha256": "c" * 64},
+                         headers=auth(token))  # fmt: skip
+    assert unknown.status_code == 404 and "c" * 64 in unknown.json()["error"]["message"]
+    sha = _stored_model(store, tmp_path)
+    no_fleet = local.post("/api/v1/benchmarks", json={"device_id": "pi-1", "sha256": sha},
+                          headers=auth(token))  # fmt: skip
+    assert no_fleet.status_code == 503 and "no broker" in no_fleet.json()["error"]["message"]
+    bad = local.post("/api/v1/benchmarks", json={"device_id": "pi-1", "sha256": sha, "runs": 0},
+                     headers=auth(token))  # fmt: skip
+    assert bad.status_code == 422
+    assert {f["field"] for f in bad.json()["error"]["fields"]} == {"body.runs"}
 
 
 def test_events_stream_device_and_deployment_changes_as_they_are_stored(

@@ -64,7 +64,8 @@ def _rollout(ctx: ApiContext, rollout_id: str) -> RolloutInfo:
     return rollout
 
 
-def _stored(ctx: ApiContext, sha256: str, what: str) -> tuple[Path, ArtifactManifest]:
+def stored_artifact(ctx: ApiContext, sha256: str, what: str) -> tuple[Path, ArtifactManifest]:
+    """A stored artifact's file and its unsigned manifest; 404/400 when it is unknown or gone."""
     import msgspec
 
     artifact = ctx.store.get_artifact(sha256)
@@ -95,7 +96,7 @@ def create_deployment(ctx: Ctx, body: DeploymentCreate) -> dict[str, Any]:
             "give exactly one of campaign_id, sha256 (with devices) or targets; got "
             f"{', '.join(given) or 'none'}",
         )  # fmt: skip
-    eval_path = _stored(ctx, body.eval_sha256, "eval set")[0] if body.eval_sha256 else None
+    eval_path = stored_artifact(ctx, body.eval_sha256, "eval set")[0] if body.eval_sha256 else None
     if body.campaign_id is not None:
         targets = targets_from_campaign(
             ctx.store, body.campaign_id, devices=body.devices,
@@ -111,7 +112,7 @@ def create_deployment(ctx: Ctx, body: DeploymentCreate) -> dict[str, Any]:
             raise ApiError(422, "invalid_request", "devices: name at least one device")
         targets = []
         for device, sha in pairs:
-            path, manifest = _stored(ctx, str(sha), "artifact")
+            path, manifest = stored_artifact(ctx, str(sha), "artifact")
             targets.append(DeployTarget(
                 device_id=device, artifact=path, manifest=manifest, eval_path=eval_path,
                 latency_budget_ms=body.latency_budget_ms, min_metric=body.min_metric,

@@ -1,0 +1,80 @@
+"""Benchmarks: one stored model on one device, as `edgetailor bench` does; and any job's state.
+
+The job and its result live in the database (the fleet records both), so a result that arrives
+while no client is polling is kept, and ``GET /jobs/{id}`` answers after a restart of the service.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from host.api.context import ApiContext
+from host.api.deps import Ctx, Reader, Writer
+from host.api.errors import AUTH_ERRORS, ERRORS, ApiError, not_found
+from host.api.models import BenchmarkCreate, JobStatus
+from host.api.routers.deployments import stored_artifact
+from host.errors import DeviceUnavailableError
+from host.store.repository import JobInfo
+
+router = APIRouter(tags=["benchmarks"])
+
+
+def _status(ctx: ApiContext, job: JobInfo) -> dict[str, Any]:
+    result = ctx.store.get_result(job.job_id) if job.finished is not None else None
+    return {
+        "job_id": job.job_id,
+        "device_id": job.device_id,
+        "kind": job.kind,
+        "status": job.status,
+        "finished": job.finished is not None,
+        "model_sha256": job.model_sha256,
+        "error_code": job.error_code,
+        "error_message": job.error_message,
+        "submitted": job.submitted,
+        "updated": job.updated,
+        "result": result.data if result is not None and result.status == "ok" else None,
+    }
+
+
+@router.post("/benchmarks", response_model=JobStatus, status_code=202, dependencies=[Writer],
+             responses={**ERRORS, **AUTH_ERRORS, 503: ERRORS[400]})  # fmt: skip
+async def create_benchmark(ctx: Ctx, body: BenchmarkCreate) -> dict[str, Any]:
+    """Send a stored model (and eval set) to a device and benchmark it there; poll the job."""
+    model, manifest = stored_artifact(ctx, body.sha256, "artifact")
+    if manifest.format not in ("tflite", "onnx"):
+        raise ApiError(422, "invalid_request", f"sha256: {body.sha256} is not a .tflite or .onnx")
+    eval_path, eval_manifest = (
+        stored_artifact(ctx, body.eval_sha256, "eval set") if body.eval_sha256 else (None, None)
+    )
+    if ctx.fleet is None:
+        raise ApiError(503, "no_fleet", "this API serves the database only: no broker connected")
+
+    def submit() -> str:
+        handle = ctx.fleet.submit_benchmark(
+            body.device_id, model, manifest, eval_path=eval_path, eval_manifest=eval_manifest,
+            threads=body.threads, runs=body.runs, timeout_s=body.timeout_s, task=body.task,
+            device_timeout_s=body.device_timeout_s,
+        )  # fmt: skip
+        return str(handle.job_id)
+
+    try:
+        job_id = await run_in_threadpool(submit)
+    except DeviceUnavailableError as exc:
+        raise ApiError(503, "device_unavailable", str(exc)) from exc
+    job = ctx.store.get_job(job_id)
+    if job is None:  # the fleet records the job before it sends the command
+        raise ApiError(500, "internal", f"job {job_id} was sent but not recorded")
+    return _status(ctx, job)
+
+
+@router.get("/jobs/{job_id}", response_model=JobStatus, dependencies=[Reader],
+            responses={**ERRORS, **AUTH_ERRORS})  # fmt: skip
+def get_job(ctx: Ctx, job_id: str) -> dict[str, Any]:
+    """A job's state; its result once the device answered."""
+    job = ctx.store.get_job(job_id)
+    if job is None:
+        raise not_found("job", job_id, "benchmark jobs are made with POST /api/v1/benchmarks")
+    return _status(ctx, job)
