@@ -41,7 +41,8 @@ BENCHES: tuple[Bench, ...] = (
         ("--flips", "100", "--transfers", "3", "--kills", "3", "--fuzz-examples", "200"),
         ("--transfers", "20", "--kills", "20"),
     ),
-    Bench("models", ("--quick",), ("--compact", "--epoch-scale", "0.5")),
+    # Quick: one architecture (each takes minutes to train here); --full runs all five.
+    Bench("models", ("--quick", "--models", "resnet18"), ("--compact", "--epoch-scale", "0.5")),
     Bench("compression", ("--quick",), (), has_goals=False),
     Bench("scoring", ("--sentences", "200"), (), has_goals=False),
 )
