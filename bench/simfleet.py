@@ -581,3 +581,30 @@ def write_artifact(
         precision="fp32",
         name=f"simulated-{size_bytes}",
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bench.simfleet BROKER BASE COUNT``: boards online until stdin closes.
+
+    Prints ``online`` once every board is online, and the board-side counters (JSON) at the end.
+    """
+    import argparse
+    import json
+    import sys
+    from dataclasses import asdict
+
+    parser = argparse.ArgumentParser(prog="python -m bench.simfleet", description=main.__doc__)
+    parser.add_argument("broker")
+    parser.add_argument("base_topic")
+    parser.add_argument("count", type=int)
+    parser.add_argument("--run-s", type=float, default=0.05, help="synthesized benchmark time")
+    args = parser.parse_args(argv)
+    with SimFleet(args.broker, args.base_topic, args.count, run_s=args.run_s) as sims:
+        sims.wait_online(120)
+        print("online", flush=True)
+        sys.stdin.read()
+        print(json.dumps(asdict(sims.stats)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
