@@ -24,6 +24,7 @@ from shared.hashing import is_sha256_hex
 
 DEFAULT_BASE = "edgetailor"
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+SHARE_GROUP = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}\Z")
 STATUS_ONLINE = b"online"
 STATUS_OFFLINE = b"offline"
@@ -91,14 +92,22 @@ class Topics:
         """What an agent subscribes to (artifact topics are added per transfer)."""
         return [f"{self.device(device_id)}/cmd/+", self.host_status()]
 
-    def host_subscriptions(self) -> list[str]:
+    def host_subscriptions(self, share_group: str | None = None) -> list[str]:
+        """What a host subscribes to.
+
+        With ``share_group`` the responses and chunk requests are MQTT shared subscriptions
+        (``$share/{group}/...``): the broker hands each message to one host of the group, so
+        replicas on one database store each result once. Status, birth and telemetry stay plain
+        subscriptions: every replica keeps the whole device registry and can serve the API.
+        """
         dev = f"{self.root}/dev/+"
+        shared = f"$share/{check_share_group(share_group)}/" if share_group else ""
         return [
             f"{dev}/status",
             f"{dev}/birth",
             f"{dev}/telemetry",
-            f"{dev}/resp/+",
-            f"{dev}/xfer/req",
+            f"{shared}{dev}/resp/+",
+            f"{shared}{dev}/xfer/req",
         ]
 
     # -- parsing -------------------------------------------------------------------------------
@@ -121,6 +130,15 @@ class Topics:
             if rest == ["xfer", "req"]:
                 return ParsedTopic("xfer_req", device_id=device_id)
         raise ValidationError(f"topic {topic!r} is not part of the edgetailor contract")
+
+
+def check_share_group(group: str) -> str:
+    """Return ``group`` if it can name an MQTT shared subscription group, else raise."""
+    if not isinstance(group, str) or not SHARE_GROUP.match(group):
+        raise ConfigError(
+            f"invalid shared subscription group {group!r}: use 1-64 letters, digits, '_', '.', '-'"
+        )
+    return group
 
 
 def _check_name(name: str) -> str:

@@ -41,6 +41,14 @@ def serve_cmd(
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
     signing_key: SigningKeyOpt = None,
+    share_group: Annotated[
+        str | None,
+        typer.Option(
+            "--share-group",
+            help="run as one of several replicas on one database: results and chunk requests "
+            "arrive through the MQTT shared subscription $share/GROUP/..., each to one replica",
+        ),
+    ] = None,
 ) -> None:
     """Run the fleet side, deployments, campaign jobs and the REST API in one process."""
     from host.security import edgetailor_home
@@ -55,6 +63,7 @@ def serve_cmd(
             broker=broker, db=db, host=host, port=port, base_topic=base_topic,
             tls=TlsOptions(tls_ca, tls_cert, tls_key), signing_key=signing_key,
             home=edgetailor_home(), new_token=new_token, log_level=log_level.lower(),
+            share_group=share_group,
         )
     )  # fmt: skip
     service.serve()

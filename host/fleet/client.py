@@ -59,7 +59,14 @@ from shared.messages import (
 )
 from shared.mqtt import make_client
 from shared.signing import sign_manifest
-from shared.topics import DEFAULT_BASE, STATUS_OFFLINE, STATUS_ONLINE, Topics, check_device_id
+from shared.topics import (
+    DEFAULT_BASE,
+    STATUS_OFFLINE,
+    STATUS_ONLINE,
+    Topics,
+    check_device_id,
+    check_share_group,
+)
 from shared.transfer import DEFAULT_CHUNK_SIZE, check_chunk_size
 
 if TYPE_CHECKING:
@@ -93,12 +100,14 @@ class Fleet:
         connect_timeout: float = 10.0,
         client_id: str | None = None,
         outputs_dir: str | os.PathLike[str] | None = None,
+        share_group: str | None = None,
     ) -> None:
         self.address: BrokerAddress = parse_broker_url(broker_url)
         self.topics = Topics(base_topic)
         self.tls = (tls or TlsOptions()).check()
         self.signing_key = resolve_signing_key(signing_key)
         self.chunk_size = check_chunk_size(chunk_size)
+        self.share_group = check_share_group(share_group) if share_group else None
         self.keepalive = keepalive
         self.connect_timeout = connect_timeout
         self.client_id = client_id or f"edgetailor-host-{uuid.uuid4().hex[:12]}"
@@ -209,7 +218,7 @@ class Fleet:
         with self._lock:
             self._pending_subs.clear()
             self._subscribed.clear()
-            for topic in self.topics.host_subscriptions():
+            for topic in self.topics.host_subscriptions(share_group=self.share_group):
                 _rc, mid = client.subscribe(topic, qos=1)
                 self._pending_subs.add(mid)
         client.publish(self.topics.host_status(), STATUS_ONLINE, qos=1, retain=True)
@@ -548,6 +557,8 @@ class Fleet:
 
     def _on_chunk_request(self, device_id: str, message: Message, request: ChunkRequest) -> None:
         try:
+            if not self.chunks.offers(request.sha256):
+                self._offer_from_store(request.sha256)
             self.chunks.handle(device_id, request, sent_at=message.ts)
         except UnknownArtifactError as exc:
             logger.warning("%s", exc)
@@ -555,6 +566,23 @@ class Fleet:
         except ValidationError as exc:
             logger.warning("bad chunk request from %s: %s", device_id, exc)
             self._answer_xfer(device_id, message.msg_id, "bad_request", str(exc))
+
+    def _offer_from_store(self, sha256: str) -> None:
+        """Serve an artifact another host process offered, from the path the database records.
+
+        Replicas sharing the chunk requests (``share_group``) each get some of them: the one that
+        gets a request serves it, whichever replica sent the command.
+        """
+        if self.store is None:
+            return
+        known = self.store.get_artifact(sha256)
+        path = known.get("path") if known else None
+        if not path:
+            return
+        try:
+            self.chunks.offer(sha256, path)
+        except OSError as exc:
+            logger.warning("artifact %s recorded at %s cannot be read: %s", sha256[:12], path, exc)
 
     def _answer_xfer(self, device_id: str, corr_id: str, code: str, text: str) -> None:
         response = Response(status="error", error=ErrorInfo(code=code, message=text[:4096]))

@@ -40,6 +40,8 @@ class ServiceConfig:
     home: Path = Path("~/.edgetailor")
     new_token: bool = False
     log_level: str = "info"
+    # Replicas on one database share results and chunk requests through $share/<group>/...
+    share_group: str | None = None
 
 
 class Service:
@@ -55,6 +57,7 @@ class Service:
         self.fleet = Fleet(
             config.broker, config.base_topic, store=self.store, tls=config.tls,
             signing_key=config.signing_key, client_id=f"edgetailor-serve-{self.owner}"[:64],
+            share_group=config.share_group,
         )  # fmt: skip
         self.bus = EventBus()
         self.driver = DeploymentDriver(self.store, self.fleet, owner=self.owner)

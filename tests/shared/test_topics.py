@@ -45,3 +45,21 @@ def test_topics_outside_the_contract_are_rejected(topic: str) -> None:
 def test_a_base_topic_with_wildcards_is_refused() -> None:
     with pytest.raises(ConfigError):
         Topics("a/+")
+
+
+def test_a_share_group_makes_responses_and_chunk_requests_shared_subscriptions() -> None:
+
+    plain = Topics("b").host_subscriptions()
+    shared = Topics("b").host_subscriptions(share_group="hosts")
+    assert "$share/hosts/b/v1/dev/+/resp/+" in shared
+    assert "$share/hosts/b/v1/dev/+/xfer/req" in shared
+    assert "b/v1/dev/+/status" in shared and "b/v1/dev/+/birth" in shared
+    assert not any(t.startswith("$share") for t in plain)
+
+
+def test_a_share_group_with_a_slash_or_wildcard_is_refused() -> None:
+    from shared.topics import check_share_group
+
+    for bad in ("a/b", "a+", "#", ""):
+        with pytest.raises(ConfigError):
+            check_share_group(bad)

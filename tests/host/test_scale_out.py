@@ -1,0 +1,126 @@
+"""Host replicas on one PostgreSQL database share the results through MQTT shared subscriptions."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from sqlalchemy import create_engine, text
+
+from bench.simfleet import SimFleet, write_artifact
+from host.store import Store
+
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+ROOT = Path(__file__).resolve().parents[2]
+BOARDS = 50
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A schema of its own in the shared test database, dropped afterwards."""
+    schema = f"et_scale_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE SCHEMA {schema}"))
+    except Exception as exc:  # noqa: BLE001 - the message names what is missing
+        pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not usable: {exc}")
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def _start_replica(
+    tmp_path: Path, name: str, broker: str, base: str, db: str, artifact: Path,
+    manifest_json: str, devices: list[str],
+) -> tuple[subprocess.Popen[bytes], Path]:  # fmt: skip
+    ready = tmp_path / f"{name}.ready"
+    log = (tmp_path / f"{name}.log").open("wb")
+    args = [broker, base, db, str(tmp_path / name), "hosts", str(artifact), manifest_json,
+            ",".join(devices), str(ready)]  # fmt: skip
+    env = {**os.environ, "EDGETAILOR_HOME": str(tmp_path / name)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.host.replica", *args], cwd=ROOT, stdout=log, stderr=log,
+        env=env,
+    )  # fmt: skip
+    return proc, ready
+
+
+def _wait(what: str, check: object, timeout: float, procs: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        for proc in procs:
+            if proc.poll() not in (None, -signal.SIGKILL):
+                pytest.fail(f"a replica exited with {proc.returncode} while waiting for {what}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_two_replicas_store_every_result_once_even_when_one_is_sigkilled(
+    tmp_path: Path, pg_url: str, shared_broker_url: str, base_topic: str
+) -> None:
+    store = Store(pg_url)  # creates the tables before the replicas race to
+    artifact = tmp_path / "model.onnx"
+    manifest = write_artifact(artifact, 20_000, seed=11)
+    manifest_json = msgspec.json.encode(manifest).decode()
+    procs: list[subprocess.Popen[bytes]] = []
+    # Results come 0.9-2.4 s after each board has its artifact: the kill lands mid-campaign.
+    with SimFleet(
+        shared_broker_url, base_topic, BOARDS, run_s=1.5, retry_s=1.0, outbox_retry_s=1.0
+    ) as sims:
+        sims.wait_online(30)
+        ids = sims.device_ids
+        half = BOARDS // 2
+        doomed, doomed_ready = _start_replica(
+            tmp_path, "a", shared_broker_url, base_topic, pg_url, artifact, manifest_json,
+            ids[:half],
+        )  # fmt: skip
+        survivor, survivor_ready = _start_replica(
+            tmp_path, "b", shared_broker_url, base_topic, pg_url, artifact, manifest_json,
+            ids[half:],
+        )  # fmt: skip
+        procs = [doomed, survivor]
+        try:
+            _wait("both replicas to send their jobs", lambda: doomed_ready.exists()
+                  and survivor_ready.exists(), 40, procs)  # fmt: skip
+            _wait("the first results", lambda: len(store.list_results()) >= 3, 20, procs)
+            doomed.send_signal(signal.SIGKILL)
+            doomed.wait(10)
+            stored_at_kill = len(store.list_results())
+            _wait(
+                f"all {BOARDS} results (had {stored_at_kill} when a replica was killed)",
+                lambda: len(store.list_results()) >= BOARDS, 40, [survivor],
+            )  # fmt: skip
+            _wait("every result acknowledged", lambda: sims.outbox_sizes() == 0, 10, [survivor])
+            time.sleep(1.5)  # a re-sent result arriving now must not be stored twice
+            results = store.list_results()
+            jobs = store.list_jobs()
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            store.close()
+    assert stored_at_kill < BOARDS
+    assert len(jobs) == BOARDS
+    assert len(results) == BOARDS
+    assert sorted(r.job_id for r in results) == sorted(j.job_id for j in jobs)
+    assert {r.device_id for r in results} == set(ids)
+    assert all(r.status == "ok" for r in results)
+    assert sims.stats.hash_failures == 0
