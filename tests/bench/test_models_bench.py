@@ -1,0 +1,30 @@
+"""bench.models: a real agent scores each file with the host's metric for the model's task."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.models import markdown, run_bench
+
+pytest.importorskip("transformers")
+
+
+def test_the_agent_scores_the_encoder_by_cosine_and_agrees_with_the_host_on_the_fp32_file(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "models.json"
+    report = run_bench(
+        out, quick=True, models=["bert"], recipe_names=["baseline"], runs=5, int8_report=False,
+        log=lambda _: None,
+    )  # fmt: skip
+    assert json.loads(out.read_text())["archs"][0]["task"] == "embedding"
+    (row,) = report["archs"][0]["rows"]
+    assert row["host_metric_name"] == row["board"]["metric"] == "cosine"
+    assert row["board"]["task"] == "embedding"
+    assert row["board"]["metric_value"] == pytest.approx(row["host_metric"], abs=1e-3)
+    low, high = row["host_interval"]
+    assert low <= row["host_metric"] <= high
+    assert "| bert | baseline | fp32 |" in markdown(report)
