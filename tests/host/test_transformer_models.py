@@ -228,3 +228,26 @@ def test_full_int8_of_transformers_mobilenetv2_exports_through_its_tf_padding(
     assert quantized.shape == reference.shape == (32, 10)
     assert reference.std(axis=0).mean() > 0.05
     assert np.corrcoef(quantized.ravel(), reference.ravel())[0, 1] > 0.95
+
+
+def test_a_width_less_vit_student_narrows_its_residual_width_to_half_the_parameters() -> None:
+    from host.compress.handlers.training import build_student
+
+    teacher = load_model("builtin:hf_vit", **TINY["hf_vit"])
+    student, how = build_student(teacher, 0.5)
+    assert count_params(student.module) <= 0.5 * count_params(teacher.module)
+    embeddings = student.module.model.vit.embeddings
+    assert embeddings.cls_token.shape[-1] < TINY["hf_vit"]["hidden_size"]
+    assert embeddings.position_embeddings.shape[-1] == embeddings.cls_token.shape[-1]
+    with torch.no_grad():
+        assert student.module(*teacher.example_inputs).shape == (1, 10)
+    assert "structurally pruned" in how
+
+
+def test_a_width_less_encoder_student_keeps_its_embedding_width(tiny_bert: ModelBundle) -> None:
+    from host.compress.handlers.training import build_student
+
+    student, _ = build_student(tiny_bert, 0.5)
+    assert count_params(student.module) < count_params(tiny_bert.module)
+    with torch.no_grad():
+        assert student.module(*tiny_bert.example_inputs).shape == (1, 32)
