@@ -409,6 +409,35 @@ def run_arch(
     }
 
 
+def merge_reports(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Combine runs: a model seen again takes the later run's rows for the recipes it reran (each
+    keeps the ratios to its own run's baseline and names its run); other models are appended."""
+    merged: dict[str, Any] = {**parts[0], "archs": []}
+    by_key: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for arch in part["archs"]:
+            if arch.get("partial"):
+                finish_rows(arch["rows"], arch["task"])
+            known = by_key.get(arch["arch"])
+            if known is None:
+                arch = {**arch, "rows": list(arch["rows"])}
+                by_key[arch["arch"]] = arch
+                merged["archs"].append(arch)
+                continue
+            index = {row["recipe"]: i for i, row in enumerate(known["rows"])}
+            for row in arch["rows"]:
+                if row["recipe"] == "baseline":
+                    continue
+                row = {**row, "run": part.get("command", "")}
+                if row["recipe"] in index:
+                    known["rows"][index[row["recipe"]]] = row
+                else:
+                    known["rows"].append(row)
+    merged["seconds"] = round(sum(p.get("seconds", 0) for p in parts), 1)
+    merged["command"] = "; ".join(p["command"] for p in parts if "command" in p)
+    return merged
+
+
 def tflite_ops(path: Path) -> dict[str, Any]:
     """Op counts of a .tflite file by (op, input dtypes), the ops with a float input, and the bytes
     of its quantization parameters (a float32 scale and an int64 zero point per channel)."""
@@ -635,15 +664,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     if args.merge:
         parts = [json.loads(p.read_text()) for p in args.merge]
-        merged = {**parts[0], "archs": [a for part in parts for a in part["archs"]]}
-        for arch in merged["archs"]:
-            if arch.get("partial"):
-                finish_rows(arch["rows"], arch["task"])
+        merged = merge_reports(parts)
         for part in parts:
             if "int8_mobilenetv2_128" in part:
                 merged["int8_mobilenetv2_128"] = part["int8_mobilenetv2_128"]
-        merged["seconds"] = round(sum(p.get("seconds", 0) for p in parts), 1)
-        merged["command"] = "; ".join(p["command"] for p in parts if "command" in p)
         args.out.write_text(json.dumps(merged, indent=2, default=str))
         print(markdown(merged))
         if "int8_mobilenetv2_128" in merged:

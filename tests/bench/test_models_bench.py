@@ -28,3 +28,35 @@ def test_the_agent_scores_the_encoder_by_cosine_and_agrees_with_the_host_on_the_
     low, high = row["host_interval"]
     assert low <= row["host_metric"] <= high
     assert "| bert | baseline | fp32 |" in markdown(report)
+
+
+def test_merging_a_rerun_replaces_the_rows_it_reran_and_keeps_the_others() -> None:
+    from bench.models import merge_reports
+
+    def row(recipe: str, metric: float) -> dict[str, object]:
+        return {"recipe": recipe, "host_metric": metric}
+
+    first = {
+        "command": "first",
+        "seconds": 10,
+        "archs": [
+            {"arch": "vit", "rows": [row("baseline", 0.9), row("int8", 0.9), row("prune", 0.8)]}
+        ],
+    }
+    rerun = {
+        "command": "rerun",
+        "seconds": 5,
+        "archs": [
+            {"arch": "vit", "rows": [row("baseline", 0.9), row("prune", 0.89)]},
+            {"arch": "bert", "rows": [row("baseline", 1.0)]},
+        ],
+    }
+    merged = merge_reports([first, rerun])
+    vit, bert = merged["archs"]
+    assert [(r["recipe"], r["host_metric"]) for r in vit["rows"]] == [
+        ("baseline", 0.9), ("int8", 0.9), ("prune", 0.89),
+    ]  # fmt: skip
+    assert vit["rows"][2]["run"] == "rerun" and "run" not in vit["rows"][1]
+    assert bert["arch"] == "bert" and merged["seconds"] == 15
+    assert merged["command"] == "first; rerun"
+    assert [r["recipe"] for r in first["archs"][0]["rows"]] == ["baseline", "int8", "prune"]
