@@ -152,39 +152,6 @@ def without_labels(data: Any) -> Any:
     )
 
 
-# ------------------------------------------------------------------ intervals
-
-
-def wilson_interval(hits: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion ``hits / n``."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = hits / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
-
-
-def bootstrap_interval(
-    values: np.ndarray, resamples: int = 2000, seed: int = 0
-) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the mean of ``values``."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) == 0:
-        return (0.0, 0.0)
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
-    return (float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)))
-
-
-def per_sample_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a.reshape(len(a), -1).astype(np.float64)
-    b = b.reshape(len(b), -1).astype(np.float64)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return np.where(den == 0, 1.0, (a * b).sum(1) / np.where(den == 0, 1.0, den))
-
-
 # ------------------------------------------------------------------ models
 
 
@@ -252,8 +219,10 @@ def real_agent(workdir: Path) -> Iterator[tuple[Any, str]]:
 
 
 def board_measure(
-    fleet: Any, device: str, artifact: Any, eval_path: Path, runs: int
+    fleet: Any, device: str, artifact: Any, eval_path: Path, runs: int, task: str | None = None
 ) -> dict[str, Any]:
+    """Benchmark one file on the agent; ``task`` travels in the job, so the agent scores the same
+    metric (shared.scoring) as the host did for the same file."""
     from shared.errors import EdgeTailorError
 
     try:
@@ -267,6 +236,7 @@ def board_measure(
             min_s=0.5,
             timeout_s=600,
             device_timeout_s=60,
+            task=task,
         )
         result = job.result(timeout=900)
     except EdgeTailorError as exc:
@@ -274,6 +244,8 @@ def board_measure(
     return {
         "metric": result.metric,
         "metric_value": result.metric_value,
+        "metric_interval": result.metric_interval,
+        "task": result.task,
         "p50_ms": result.latency_ms.p50,
         "peak_rss_mb": result.peak_rss_mb,
         "runtime": result.runtime,
@@ -371,8 +343,7 @@ def run_arch(
     checkpoint: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     from host.compress import compress
-    from host.export import run_artifact
-    from host.metrics import count_params, predict
+    from host.metrics import count_params
     from shared.errors import EdgeTailorError
 
     if arch.data == "vision":
@@ -387,7 +358,6 @@ def run_arch(
     pretrain_s = time.perf_counter() - started
     data = without_training_labels(labelled) if arch.data == "vision" else without_labels(labelled)
     out = workdir / arch.key
-    reference = predict(teacher.module, data.test)
     rows: list[dict[str, Any]] = []
     for recipe in recipes:
         log(f"{arch.key}: {recipe.name}")
@@ -403,13 +373,9 @@ def run_arch(
             continue
         artifact = result.artifacts[0]
         entry = result.artifact_metrics[0]
-        outputs = run_artifact(artifact.path, data.test)
-        if entry["metric"] == "cosine":
-            values = per_sample_cosine(outputs, reference)
-            interval = bootstrap_interval(values)
-        else:
-            n = len(data.test)
-            interval = wilson_interval(entry["metric_value"] * n, n)
+        # The host's own score of the exported file (host.metrics, i.e. shared.scoring): the same
+        # functions and intervals the agent scores with.
+        interval = tuple(entry["metric_interval"])
         row.update(
             precision=artifact.manifest.precision,
             params=count_params(result.bundle.module),
@@ -421,7 +387,9 @@ def run_arch(
             host_interval=interval,
             notes=[n for s in result.steps for n in s.notes],
         )
-        row["board"] = board_measure(fleet, device, artifact, out / "eval.npz", runs)
+        row["board"] = board_measure(
+            fleet, device, artifact, out / "eval.npz", runs, task=teacher.task
+        )
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
         if checkpoint is not None:
@@ -441,6 +409,35 @@ def run_arch(
         "pretrain_seconds": round(pretrain_s, 1),
         "rows": rows,
     }
+
+
+def merge_reports(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Combine runs: a model seen again takes the later run's rows for the recipes it reran (each
+    keeps the ratios to its own run's baseline and names its run); other models are appended."""
+    merged: dict[str, Any] = {**parts[0], "archs": []}
+    by_key: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for arch in part["archs"]:
+            if arch.get("partial"):
+                finish_rows(arch["rows"], arch["task"])
+            known = by_key.get(arch["arch"])
+            if known is None:
+                arch = {**arch, "rows": list(arch["rows"])}
+                by_key[arch["arch"]] = arch
+                merged["archs"].append(arch)
+                continue
+            index = {row["recipe"]: i for i, row in enumerate(known["rows"])}
+            for row in arch["rows"]:
+                if row["recipe"] == "baseline":
+                    continue
+                row = {**row, "run": part.get("command", "")}
+                if row["recipe"] in index:
+                    known["rows"][index[row["recipe"]]] = row
+                else:
+                    known["rows"].append(row)
+    merged["seconds"] = round(sum(p.get("seconds", 0) for p in parts), 1)
+    merged["command"] = "; ".join(p["command"] for p in parts if "command" in p)
+    return merged
 
 
 def tflite_ops(path: Path) -> dict[str, Any]:
@@ -693,15 +690,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     if args.merge:
         parts = [json.loads(p.read_text()) for p in args.merge]
-        merged = {**parts[0], "archs": [a for part in parts for a in part["archs"]]}
-        for arch in merged["archs"]:
-            if arch.get("partial"):
-                finish_rows(arch["rows"], arch["task"])
+        merged = merge_reports(parts)
         for part in parts:
             if "int8_mobilenetv2_128" in part:
                 merged["int8_mobilenetv2_128"] = part["int8_mobilenetv2_128"]
-        merged["seconds"] = round(sum(p.get("seconds", 0) for p in parts), 1)
-        merged["command"] = "; ".join(p["command"] for p in parts if "command" in p)
         args.out.write_text(json.dumps(merged, indent=2, default=str))
         print(markdown(merged))
         if "int8_mobilenetv2_128" in merged:

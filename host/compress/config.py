@@ -127,6 +127,9 @@ class ChannelPrune(TechniqueConfig):
     importance: Literal["l2", "l1", "bn", "random"] = "l2"
     global_pruning: bool = False
     round_to: int | None = None
+    # Transformers: also prune the residual (hidden) width -- embeddings, LayerNorms, patch
+    # projection -- not only heads and FFN channels. Needs an output head that keeps its width.
+    hidden: bool = False
 
     def __post_init__(self) -> None:
         _check_fraction(

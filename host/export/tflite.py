@@ -81,6 +81,7 @@ class TfliteExporter(Exporter):
             # the flag litert-torch checks is left to clear.
             for submodule in converted.modules():
                 submodule.training = False
+            _private_dequantize(converted)
         except Exception as exc:
             raise export_error(
                 exc, request.module, request.example_inputs, "int8 conversion"
@@ -88,6 +89,43 @@ class TfliteExporter(Exporter):
         self._convert(
             converted, request.examples_for_litert(), path, QuantConfig(pt2e_quantizer=quantizer)
         )
+
+
+def _private_dequantize(graph_module: Any) -> int:
+    """Give every dequantize node of a converted PT2E graph one user (a copy per extra user).
+
+    torchao's DuplicateDQPass copies a shared dequantize only for users its quantizer annotated, so
+    a quantized tensor feeding an annotated op and an unannotated one (the residual of an inverted
+    block feeding both an ``add`` and the ``pad`` of TF-style "SAME" padding, as in transformers'
+    MobileNetV2) keeps one shared node. litert-torch's layout pass then places its two users in
+    different layouts; inserting the (transpose, q, dq) for the first overwrites the shared node's
+    metadata, shape included, so the second fails with "Attempting to convert non-NHWC compatible
+    node to NHWC". A private dequantize per user is numerically the same graph. Returns how many
+    copies were made.
+    """
+    import torch
+
+    dequantize = {
+        torch.ops.quantized_decomposed.dequantize_per_tensor.default,
+        torch.ops.quantized_decomposed.dequantize_per_tensor.tensor,
+        torch.ops.quantized_decomposed.dequantize_per_channel.default,
+    }
+    graph = graph_module.graph
+    copies = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in dequantize:
+            continue
+        for user in list(node.users)[1:]:
+            with graph.inserting_after(node):
+                private = graph.node_copy(node)
+            private.meta = dict(node.meta)
+            user.replace_input_with(node, private)
+            copies += 1
+    if copies:
+        graph.lint()
+        graph_module.recompile()
+        logger.debug("gave %d shared dequantize node(s) a private copy per user", copies)
+    return copies
 
 
 def _prepare_static(request: ExportRequest) -> tuple[Any, Any]:

@@ -383,3 +383,48 @@ def test_every_tflite_precision_runs_unchanged_in_tflite_runtime_2_14(
     for artifact in artifacts:
         new = run_artifact(artifact.path, digits.test.subset(60)).argmax(1).tolist()
         assert old[str(artifact.path)] == new, artifact.manifest.precision
+
+
+class _PaddedResidual(nn.Module):
+    """One quantized tensor feeds both a residual ``add`` and the ``F.pad`` of TF-style "SAME"
+    padding, as in transformers' MobileNetV2 and EfficientNet blocks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Conv2d(8, 8, 3)
+        self.down = nn.Conv2d(8, 8, 3, stride=2)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        y = x + torch.relu(self.body(nn.functional.pad(x, (1, 1, 1, 1))))
+        z = self.down(nn.functional.pad(y, (0, 1, 0, 1)))
+        return self.head(z.mean((2, 3)) + y.mean((2, 3)))
+
+
+def test_full_int8_exports_a_tensor_shared_by_an_add_and_a_pad_and_tracks_fp32(
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(0)
+    bundle = ModelBundle(
+        module=_PaddedResidual().eval(),
+        example_inputs=(torch.randn(1, 3, 16, 16),),
+        name="padded_residual",
+        task="classification",
+        num_classes=4,
+        factory="code",
+    )
+    rng = np.random.default_rng(0)
+    calib = Split((rng.normal(size=(64, 3, 16, 16)).astype(np.float32),))
+    artifact = export(
+        bundle, None, ExportConfig("tflite", "int8", calibration_samples=64), tmp_path,
+        calibration=calib,
+    )  # fmt: skip
+    assert artifact.manifest.inputs[0].dtype == "int8"
+    quantized = run_artifact(artifact.path, calib)
+    reference = predict(bundle.module, calib)
+    cosine = (quantized * reference).sum(1) / (
+        np.linalg.norm(quantized, axis=1) * np.linalg.norm(reference, axis=1)
+    )
+    assert float(cosine.mean()) > 0.98

@@ -249,3 +249,22 @@ def test_search_spaces_expand_into_distinct_valid_recipes() -> None:
         assert len({r.to_json() for r in recipes}) == len(recipes), name
     precisions = {r.precision for r in SEARCH_SPACES.get("quantize").expand()}
     assert precisions == {"fp32", "fp16", "int8_dynamic", "int8"}
+
+
+def test_prune50_ft_without_labels_recovers_within_two_points_of_its_teacher(
+    tmp_path_factory: pytest.TempPathFactory, digits: DataSet, trained_digits_cnn
+) -> None:
+    from host.compress import compress
+
+    unlabelled = DataSet(
+        "digits", Split(digits.train.inputs), Split(digits.val.inputs), digits.test
+    )
+    baseline = compress(trained_digits_cnn, unlabelled, "baseline", tmp_path_factory.mktemp("b"))
+    pruned = compress(trained_digits_cnn, unlabelled, "prune50_ft", tmp_path_factory.mktemp("p"))
+    before = baseline.artifact_metrics[0]["metric_value"]
+    after = pruned.artifact_metrics[0]["metric_value"]
+    assert pruned.artifact_metrics[0]["metric"] == "accuracy"
+    assert count_params(pruned.bundle.module) < 0.5 * count_params(trained_digits_cnn.module)
+    assert after >= before - 0.02
+    notes = " ".join(n for step in pruned.steps for n in step.notes)
+    assert "no labels" in notes and "15 epoch(s)" in notes

@@ -201,3 +201,53 @@ def test_lowrank_on_a_vit_leaves_whole_the_layer_its_code_reads_and_the_model_st
     assert len(done) >= 8
     with torch.no_grad():
         assert model(*bundle.example_inputs).shape == (1, 10)
+
+
+def test_full_int8_of_transformers_mobilenetv2_exports_through_its_tf_padding(
+    tmp_path: Path,
+) -> None:
+    from host.export import ExportConfig, export, run_artifact
+    from host.metrics import predict
+
+    torch.manual_seed(0)
+    bundle = load_model("builtin:hf_mobilenetv2", **TINY["hf_mobilenetv2"])
+    # transformers initialises convolutions with std 0.02: at 16 px the logits come out constant.
+    # He initialisation gives outputs that differ from input to input, so fidelity means something.
+    with torch.no_grad():
+        for layer in bundle.module.modules():
+            if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+                torch.nn.init.kaiming_normal_(layer.weight)
+    rng = np.random.default_rng(0)
+    calib = Split((rng.normal(size=(32, 3, 16, 16)).astype(np.float32),))
+    artifact = export(
+        bundle, None, ExportConfig("tflite", "int8", calibration_samples=32), tmp_path,
+        calibration=calib,
+    )  # fmt: skip
+    assert artifact.manifest.inputs[0].dtype == "int8"
+    quantized, reference = run_artifact(artifact.path, calib), predict(bundle.module, calib)
+    assert quantized.shape == reference.shape == (32, 10)
+    assert reference.std(axis=0).mean() > 0.05
+    assert np.corrcoef(quantized.ravel(), reference.ravel())[0, 1] > 0.95
+
+
+def test_a_width_less_vit_student_narrows_its_residual_width_to_half_the_parameters() -> None:
+    from host.compress.handlers.training import build_student
+
+    teacher = load_model("builtin:hf_vit", **TINY["hf_vit"])
+    student, how = build_student(teacher, 0.5)
+    assert count_params(student.module) <= 0.5 * count_params(teacher.module)
+    embeddings = student.module.model.vit.embeddings
+    assert embeddings.cls_token.shape[-1] < TINY["hf_vit"]["hidden_size"]
+    assert embeddings.position_embeddings.shape[-1] == embeddings.cls_token.shape[-1]
+    with torch.no_grad():
+        assert student.module(*teacher.example_inputs).shape == (1, 10)
+    assert "structurally pruned" in how
+
+
+def test_a_width_less_encoder_student_keeps_its_embedding_width(tiny_bert: ModelBundle) -> None:
+    from host.compress.handlers.training import build_student
+
+    student, _ = build_student(tiny_bert, 0.5)
+    assert count_params(student.module) < count_params(tiny_bert.module)
+    with torch.no_grad():
+        assert student.module(*tiny_bert.example_inputs).shape == (1, 32)

@@ -182,7 +182,9 @@ def structured_prune(
     The output head is never pruned (its width is the number of classes / output features). In a
     model with multi-head attention, whole heads (q/k/v together, at the same ratio) and FFN
     channels are removed while the residual width stays, so the output keeps its size; the
-    attention modules' head counts are updated to match.
+    attention modules' head counts are updated to match. ``cfg.hidden`` prunes the residual width
+    too (embeddings, LayerNorms, patch projection, class token and position embeddings), which only
+    works where an output head keeps the output's width (a ViT classifier, not a sentence encoder).
     """
     import torch
     import torch_pruning as tp
@@ -197,11 +199,12 @@ def structured_prune(
     blocks = find_attention_blocks(model)
     attention: dict[str, object] = {}
     if blocks:
-        # The residual stream runs through every LayerNorm (and the embeddings): leaving those
-        # alone keeps the hidden width, so only heads and FFN channels go.
-        ignored_layers += [
-            m for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.Embedding))
-        ]
+        if not cfg.hidden:
+            # The residual stream runs through every LayerNorm (and the embeddings): leaving those
+            # alone keeps the hidden width, so only heads and FFN channels go.
+            ignored_layers += [
+                m for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.Embedding))
+            ]
         attention = {
             "num_heads": {layer: b.heads for b in blocks for layer in b.qkv},
             "prune_num_heads": True,
@@ -283,9 +286,10 @@ def apply_channel_prune(
         total = sum(h for h, _ in outcome.heads)
         ctx.detail("attention_heads", [list(h) for h in outcome.heads])
         ctx.note(
-            "attention: kept %d of %d heads over %d block(s); hidden width unchanged",
+            "attention: kept %d of %d heads over %d block(s); hidden width %s",
             kept,
             total,
             len(outcome.heads),
+            "pruned too" if cfg.hidden else "unchanged",
         )
     return with_module(bundle, model)

@@ -108,19 +108,26 @@ def build_student(teacher: ModelBundle, student: float | str) -> tuple[ModelBund
 
 def _pruned_student(teacher: ModelBundle, width: float) -> ModelBundle:
     """The teacher pruned to ``width``: at least ``1 - width`` of each prunable group's channels go,
-    more where needed (a transformer keeps its residual width and embeddings) until the student
-    holds at most ``width`` of the teacher's parameters, as a width multiplier promises."""
+    more where needed until the student holds at most ``width`` of the teacher's parameters, as a
+    width multiplier promises. A transformer loses residual width too where its output allows."""
     from host.compress.config import ChannelPrune
-    from host.compress.handlers.pruning import structured_prune
+    from host.compress.handlers.pruning import find_attention_blocks, structured_prune
 
     target = width * param_count(teacher.module)
     ratio = 1.0 - width
+    # A transformer keeps its residual width under head/FFN pruning, which leaves a small one (a
+    # ViT with few heads) well above ``width`` of its parameters; narrowing the residual stream
+    # too makes it a student of that width. A model whose output *is* the residual stream (a
+    # sentence encoder) cannot: pruning it would change the output width, so it keeps it.
+    hidden = bool(find_attention_blocks(teacher.module))
     while True:
         try:
-            outcome = structured_prune(
-                teacher.module, teacher.example_inputs, ChannelPrune(ratio=round(ratio, 3))
-            )
+            cfg = ChannelPrune(ratio=round(ratio, 3), hidden=hidden)
+            outcome = structured_prune(teacher.module, teacher.example_inputs, cfg)
         except CompressionError as exc:
+            if hidden:
+                hidden = False
+                continue
             raise CompressionError(
                 f"cannot build a width-{width:g} student of {teacher.name}: its factory takes no "
                 f"width and structured pruning failed ({exc}); give the student as a model spec, "
