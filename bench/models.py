@@ -503,7 +503,23 @@ def int8_investigation(fleet: Any, device: str, workdir: Path, runs: int) -> dic
     return {"model": "builtin:mobilenetv2?input_shape=[3,128,128]", "rows": rows}
 
 
-def run_bench(
+def run_bench(out: Path | None = DEFAULT_OUT, **options: Any) -> dict[str, Any]:
+    """Train, compress and measure (see the module's docstring); torch on 2 threads meanwhile.
+
+    The thread count is put back afterwards: a caller's later training (a test suite's) must not
+    run with other numerics because a bench ran before it.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        return _run_bench(out, **options)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_bench(
     out: Path | None = DEFAULT_OUT,
     *,
     quick: bool = False,
@@ -518,7 +534,6 @@ def run_bench(
     import torch
     import transformers
 
-    torch.set_num_threads(2)
     archs = [a for a in ARCHS if models is None or a.key in models]
     compact = quick if compact is None else compact
     epoch_scale = (0.2 if quick else 1.0) if epoch_scale is None else epoch_scale
