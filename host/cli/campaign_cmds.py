@@ -123,6 +123,8 @@ def results_table(outcome: dict[str, Any]) -> Table:
         "device",
         "candidate",
         "precision",
+        "runtime",
+        "threads",
         "KiB",
         "mean ms",
         "p50 ms",
@@ -144,6 +146,8 @@ def results_table(outcome: dict[str, Any]) -> Table:
             row["device"],
             row["candidate"] + mark,
             str(row.get("precision") or "-"),
+            str(row.get("runtime") or "-"),
+            str(row.get("threads") or "-"),
             _fmt((row.get("size_bytes") or 0) / 1024, 1),
             _fmt(lat.get("mean")),
             _fmt(lat.get("p50")),
@@ -256,8 +260,12 @@ def campaign_cmd(
         float, typer.Option("--min-s", min=0, help="at least this many seconds of timed runs")
     ] = 1.0,
     threads: Annotated[
-        int | None,
-        typer.Option("--threads", min=1, help="runtime threads (default: the agent's)"),
+        str | None,
+        typer.Option(
+            "--threads",
+            help="thread counts to sweep, e.g. 1,2: each (candidate, threads) is measured and "
+            "selected as a variant of its own (default: the agent's)",
+        ),
     ] = None,
     job_timeout: Annotated[
         float, typer.Option("--job-timeout", help="seconds one benchmark may take")
@@ -313,6 +321,7 @@ def campaign_cmd(
 ) -> None:
     """Compress a model into candidates, benchmark each on every target device, choose per device."""
     from host.campaign import CampaignSpec, parse_devices, run_campaign
+    from host.campaign.spec import parse_threads
     from host.fleet import Fleet
     from host.store import Store
     from host.store.campaigns import CampaignStore
@@ -324,7 +333,7 @@ def campaign_cmd(
             "constraints": list(constraint or ()), "objective": objective,
             "formats": [f.strip() for f in formats.split(",") if f.strip()],
             "pretrain_epochs": pretrain_epochs, "runs": runs, "min_s": min_s,
-            "threads": threads, "eval_samples": eval_samples, "task": task, "metric": metric,
+            "threads": list(parse_threads(threads)), "eval_samples": eval_samples, "task": task, "metric": metric,
             "strict": strict, "job_timeout_s": job_timeout,
             "retries": retries, "offline_deadline_s": offline_deadline,
             "screen_margin": screen_margin,
@@ -353,7 +362,7 @@ def campaign_cmd(
                 weights=weights,
                 runs=runs,
                 min_s=min_s,
-                threads=threads,
+                threads=parse_threads(threads),
                 eval_samples=eval_samples,
                 task=task,
                 metric=metric,
