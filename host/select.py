@@ -127,7 +127,7 @@ class ResultRow:
             "drop_interval": _interval_or_none(self.drop_interval),
             "eval_samples": self.eval_samples,
             "warnings": list(self.warnings),
-            "artifact": self.artifact_id,
+            "artifact": self.artifact,
             "runtime": self.runtime,
             "threads": self.threads,
         }

@@ -147,7 +147,7 @@ class DeviceScheduler:
 
     def _device_formats(self, device: str) -> set[str] | None:
         """The model formats the device's birth says it can run (None: not known yet)."""
-        record = self.ctx.fleet.devices().get(device)
+        record = self.ctx.fleet.registry.get(device)
         birth = getattr(record, "birth", None) if record is not None else None
         if birth is None or not birth.runtimes:
             return None
