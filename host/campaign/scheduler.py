@@ -440,6 +440,11 @@ class DeviceScheduler:
             runtime_version=result.runtime,
             threads=result.threads,
             load_ms=result.load_ms,
+            import_ms=result.import_ms,
+            invoke_ms=to_data(result.invoke_ms) if result.invoke_ms is not None else None,
+            latency_cv=result.latency_ms.cv,
+            p50_ci=result.latency_ms.p50_ci,
+            p90_ci=result.latency_ms.p90_ci,
             board=result.board,
             transfers=[to_data(t) for t in result.transfers],
         )

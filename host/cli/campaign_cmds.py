@@ -117,6 +117,12 @@ class LiveProgress:
             self.console.log(event.message)
 
 
+def _interval_cell(interval: Any) -> str:
+    if not interval or len(interval) != 2:
+        return "-"
+    return f"[{_fmt(interval[0])}, {_fmt(interval[1])}]"
+
+
 def results_table(outcome: dict[str, Any]) -> Table:
     table = Table(title=f"campaign {outcome['campaign']['id']}: results")
     for column in (
@@ -128,14 +134,19 @@ def results_table(outcome: dict[str, Any]) -> Table:
         "KiB",
         "mean ms",
         "p50 ms",
+        "p50 95% CI",
         "p90 ms",
+        "CV",
+        "invoke p50 ms",
         "peak RSS MB",
         "metric",
         "status",
     ):
         table.add_column(
             column,
-            justify="right" if "ms" in column or column in ("KiB", "peak RSS MB") else "left",
+            justify="right"
+            if "ms" in column or column in ("KiB", "peak RSS MB", "CV", "p50 95% CI")
+            else "left",
         )
     chosen = {(d, s["candidate"]) for d, s in outcome["selection"].items()}
     for row in sorted(outcome["results"], key=lambda r: (r["device"], r["candidate"])):
@@ -151,7 +162,10 @@ def results_table(outcome: dict[str, Any]) -> Table:
             _fmt((row.get("size_bytes") or 0) / 1024, 1),
             _fmt(lat.get("mean")),
             _fmt(lat.get("p50")),
+            _interval_cell(row.get("p50_ci")),
             _fmt(lat.get("p90")),
+            _fmt(row.get("latency_cv"), 3),
+            _fmt((row.get("invoke_ms") or {}).get("p50")),
             _fmt(row.get("peak_rss_mb"), 1),
             metric_text(row) if status == "ok" else "-",
             status if status == "ok" else f"[red]{status}[/]: {(row.get('error') or '')[:60]}",

@@ -182,6 +182,10 @@ def devices_cmd(
     Console().print(table)
 
 
+def _ci(interval: list[float] | None) -> str:
+    return "-" if not interval else f"[{interval[0]:.3f}, {interval[1]:.3f}] ms"
+
+
 def _print_result(result: BenchmarkResult, device_id: str) -> None:
     table = Table(title=f"benchmark of {result.model_sha256[:12]} on {device_id}")
     table.add_column("metric")
@@ -191,9 +195,21 @@ def _print_result(result: BenchmarkResult, device_id: str) -> None:
         ("runtime", f"{result.backend} ({result.runtime})"),
         ("threads", str(result.threads)),
         ("size", f"{result.size_bytes / 1024:.1f} KiB"),
+        (
+            "import of the runtime",
+            "-" if result.import_ms is None else f"{result.import_ms:.1f} ms",
+        ),
         ("load", f"{result.load_ms:.1f} ms"),
         ("latency mean", f"{lat.mean:.3f} ms"),
         ("latency p50 / p90 / p99", f"{lat.p50:.3f} / {lat.p90:.3f} / {lat.p99:.3f} ms"),
+        ("p50 / p90 95% interval", f"{_ci(lat.p50_ci)} / {_ci(lat.p90_ci)}"),
+        ("coefficient of variation", "-" if lat.cv is None else f"{lat.cv:.3f}"),
+        (
+            "invoke()-only p50 / p90",
+            "-"
+            if result.invoke_ms is None
+            else f"{result.invoke_ms.p50:.3f} / {result.invoke_ms.p90:.3f} ms",
+        ),
         ("runs", str(result.runs)),
         ("peak RSS (worker)", f"{result.peak_rss_mb:.1f} MB"),
     ]
