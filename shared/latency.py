@@ -86,7 +86,7 @@ def latency_spread(samples_ms: Sequence[float]) -> dict[str, float | list[float]
     out["cv"] = None if cv is None else round(cv, 5)
     for name, q in (("p50_ci", 0.5), ("p90_ci", 0.9)):
         interval = quantile_interval(samples_ms, q)
-        out[name] = None if interval is None else [round(interval[0], 4), round(interval[1], 4)]
+        out[name] = None if interval is None else [round(interval[0], 6), round(interval[1], 6)]
     return out
 
 

@@ -123,14 +123,14 @@ def _latency_stats(samples_ms: list[float]) -> dict[str, float]:
     arr = np.asarray(samples_ms, dtype=np.float64)
     pct = np.percentile(arr, [50, 90, 95, 99])
     return {
-        "mean": round(float(arr.mean()), 4),
-        "std": round(float(arr.std()), 4),
-        "min": round(float(arr.min()), 4),
-        "p50": round(float(pct[0]), 4),
-        "p90": round(float(pct[1]), 4),
-        "p95": round(float(pct[2]), 4),
-        "p99": round(float(pct[3]), 4),
-        "max": round(float(arr.max()), 4),
+        "mean": round(float(arr.mean()), 6),
+        "std": round(float(arr.std()), 6),
+        "min": round(float(arr.min()), 6),
+        "p50": round(float(pct[0]), 6),
+        "p90": round(float(pct[1]), 6),
+        "p95": round(float(pct[2]), 6),
+        "p99": round(float(pct[3]), 6),
+        "max": round(float(arr.max()), 6),
     }
 
 
