@@ -146,6 +146,7 @@ def devices_cmd(
                 for key in ("arch", "cpu_model", "cores", "ram_mb", "os", "agent_version"):
                     row[key] = birth.get(key)
                 row["runtimes"] = birth.get("runtimes", [])
+                row["delegates"] = birth.get("delegates", [])
                 rows[known.device_id] = row
             if row.get("telemetry") is None and known.telemetry is not None:
                 row["telemetry"] = known.telemetry
@@ -155,7 +156,9 @@ def devices_cmd(
         typer.echo(json.dumps(ordered, indent=2))
         return
     table = Table(title=f"devices on {broker} ({base_topic})")
-    for column in ("id", "online", "arch", "cores", "RAM MB", "runtimes", "agent", "telemetry"):
+    for column in (
+        "id", "online", "arch", "cores", "RAM MB", "runtimes", "accelerators", "agent", "telemetry",
+    ):  # fmt: skip
         table.add_column(column)
     for row in sorted(ordered, key=lambda r: (r.get("source") != "broker", r["device_id"])):
         tele = row.get("telemetry") or {}
@@ -176,6 +179,7 @@ def devices_cmd(
             str(row.get("cores") or "-"),
             f"{row['ram_mb']:.0f}" if row.get("ram_mb") else "-",
             ", ".join(f"{r['name']} {r['version']}" for r in row.get("runtimes") or []) or "-",
+            ", ".join(row.get("delegates") or []) or "-",
             str(row.get("agent_version") or "-"),
             telemetry,
         )
