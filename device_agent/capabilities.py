@@ -1,6 +1,9 @@
 """What this board is and can run, announced in the retained birth message.
 
-Runtimes are found without importing them (the agent stays small): see device_agent.backends.
+Runtimes are found without importing them (the agent stays small): see device_agent.backends. Which
+delegates and execution providers actually load is tried in a short-lived process
+(device_agent.probe); where that probe cannot run, the delegates whose libraries are present are
+listed instead.
 """
 
 from __future__ import annotations
@@ -53,6 +56,14 @@ def cpu_model() -> str:
 
 
 def delegates() -> list[str]:
+    """What loads, from the probe process; the delegate libraries present where it fails."""
+    from device_agent.probe import probe_delegates
+
+    probed = probe_delegates()
+    return probed if probed is not None else library_delegates()
+
+
+def library_delegates() -> list[str]:
     found = []
     for name, libs in _DELEGATE_LIBS.items():
         if any(Path(d, lib).exists() for d in _LIB_DIRS for lib in libs):

@@ -145,6 +145,11 @@ class Releases:
             else None,
         )  # fmt: skip
 
+    def record_serving_options(self, sha256: str, runtime: str | None, threads: int | None) -> None:
+        """Write ``release.json``: the runtime and threads the deploy chose for this release."""
+        meta = {"runtime": runtime, "threads": threads}
+        atomic_write(self.release_dir(sha256) / "release.json", json.dumps(meta).encode("utf-8"))
+
     def link_target(self, name: str) -> str | None:
         """The sha256 a link points at, when it points at a whole release."""
         try:
@@ -366,6 +371,9 @@ class Deployer:
             eval_path = obtain(cmd.eval_data, cmd.chunk_size) if cmd.eval_data else None
             progress("staging")
             staged = releases.stage(cmd.model, model_path)
+            releases.record_serving_options(
+                cmd.model.sha256, cmd.runtime, cmd.threads or self.threads
+            )
         except JobError as exc:
             if exc.code == "cancelled":
                 raise

@@ -79,6 +79,12 @@ class ResultRow:
     drop_interval: tuple[float, float] | None = None
     eval_samples: int = 0
     warnings: tuple[str, ...] = ()
+    # The variant: ``candidate`` is the unit selection weighs, ``artifact`` the candidate whose file
+    # it runs (the same id unless threads were swept), on the backend ``runtime`` (tflite, onnx)
+    # with ``threads`` threads (None: the agent's default).
+    artifact: str = ""
+    runtime: str = ""
+    threads: int | None = None
 
     # Rows carry a dict, so the generated hash would fail; identity is (candidate, device).
     __hash__ = None  # type: ignore[assignment]
@@ -121,7 +127,15 @@ class ResultRow:
             "drop_interval": _interval_or_none(self.drop_interval),
             "eval_samples": self.eval_samples,
             "warnings": list(self.warnings),
+            "artifact": self.artifact,
+            "runtime": self.runtime,
+            "threads": self.threads,
         }
+
+    @property
+    def artifact_id(self) -> str:
+        """The candidate whose file this variant runs."""
+        return self.artifact or self.candidate
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResultRow:
@@ -149,6 +163,9 @@ class ResultRow:
                 drop_interval=_read_interval(data.get("drop_interval")),
                 eval_samples=int(data.get("eval_samples") or 0),
                 warnings=tuple(str(w) for w in data.get("warnings") or ()),
+                artifact=str(data.get("artifact") or ""),
+                runtime=str(data.get("runtime") or ""),
+                threads=None if data.get("threads") is None else int(data["threads"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"cannot read result row {data!r}: {exc}") from exc
@@ -199,6 +216,8 @@ class ResultRow:
             drop_interval=drop_interval,
             eval_samples=result.eval_samples,
             warnings=tuple(result.eval_warnings),
+            runtime=result.backend,
+            threads=result.threads,
         )
 
     @classmethod

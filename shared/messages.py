@@ -156,7 +156,7 @@ class BenchmarkCmd(Body, frozen=True):
     return_outputs: bool = False
 
 
-class DeployCmd(Body, frozen=True):
+class DeployCmd(Body, frozen=True, omit_defaults=True):
     """Make ``model`` the device's active model: fetch, health-check, switch atomically, commit or roll back.
 
     The health check loads the model in the isolated worker, runs the eval inputs, and fails on NaN/inf
@@ -168,6 +168,9 @@ class DeployCmd(Body, frozen=True):
     eval_data: ArtifactManifest | None = None
     chunk_size: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024)] = 128 * 1024
     threads: Annotated[int, msgspec.Meta(ge=1, le=256)] | None = None
+    # The backend the board should run the model on (e.g. "tflite", "onnx"); with ``threads`` it is
+    # recorded in the release. Omitted when None, so agents that predate it still accept the command.
+    runtime: ShortStr | None = None
     latency_budget_ms: Annotated[float, msgspec.Meta(gt=0)] | None = None
     min_metric: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     health_runs: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 20

@@ -31,6 +31,11 @@ class LatencyStats(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     p95: float
     p99: float
     max: float
+    # How far the figures can be trusted (shared.latency): coefficient of variation and 95%
+    # order-statistic intervals on p50 and p90; None where the samples are too few.
+    cv: float | None = None
+    p50_ci: Annotated[list[float], msgspec.Meta(min_length=2, max_length=2)] | None = None
+    p90_ci: Annotated[list[float], msgspec.Meta(min_length=2, max_length=2)] | None = None
 
 
 class TransferStats(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -62,7 +67,7 @@ class BenchmarkResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     runtime: str  # module and version that actually ran the model
     threads: int | None
     size_bytes: int
-    load_ms: float
+    load_ms: float  # creating the interpreter/session and allocating it; the import is apart
     warmup_runs: int
     runs: int
     latency_ms: LatencyStats
@@ -82,6 +87,10 @@ class BenchmarkResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
         list[Annotated[str, msgspec.Meta(max_length=1000)]], msgspec.Meta(max_length=16)
     ] = []
     outputs: OutputsRef | None = None
+    import_ms: float | None = None  # importing the runtime's module in the fresh worker
+    # invoke()-only latency (inputs set once, outputs not read) beside ``latency_ms``, which is
+    # end to end: set inputs, invoke, read outputs. None where the backend cannot split them.
+    invoke_ms: LatencyStats | None = None
     board: dict[str, Any] = {}  # temperature, throttling, frequency before/after, cpu affinity
     transfers: list[TransferStats] = []
 

@@ -40,6 +40,9 @@ class LoadedModel:
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
     run: Any  # Callable[[list[np.ndarray]], list[np.ndarray]]
+    # Callable[[list[np.ndarray]], Callable[[], None]]: sets the inputs once and returns the
+    # runtime's bare invoke (outputs not read), for invoke()-only timing; None: not separable.
+    prepare: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -48,6 +51,10 @@ class Backend(Protocol):
     formats: tuple[str, ...]
 
     def probe(self) -> RuntimeInfo | None: ...
+
+    def import_runtime(self) -> None:
+        """Import the runtime's module (timed apart from ``load``)."""
+        ...
 
     def load(self, path: str, threads: int | None) -> LoadedModel: ...
 

@@ -65,6 +65,15 @@ class OnnxBackend:
         def run(feeds: list[Any]) -> list[Any]:
             return list(session.run(names, {i.name: v for i, v in zip(inputs, feeds, strict=True)}))
 
+        def prepare(feeds: list[Any]) -> Any:
+            # Inputs bound once and outputs left on the session: run_with_iobinding is the invoke.
+            binding = session.io_binding()
+            for arg, value in zip(inputs, feeds, strict=True):
+                binding.bind_cpu_input(arg.name, value)
+            for name in names:
+                binding.bind_output(name)
+            return lambda: session.run_with_iobinding(binding)
+
         def info(arg: Any) -> TensorInfo:
             shape = tuple(d if isinstance(d, int) else 1 for d in arg.shape)
             return TensorInfo(name=arg.name, shape=shape, dtype=_ORT_TYPES.get(arg.type, "float32"))
@@ -74,7 +83,11 @@ class OnnxBackend:
             inputs=[info(i) for i in inputs],
             outputs=[info(o) for o in outputs],
             run=run,
+            prepare=prepare,
         )
+
+    def import_runtime(self) -> None:
+        import onnxruntime  # noqa: F401
 
 
 BACKEND = OnnxBackend()

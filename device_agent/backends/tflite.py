@@ -56,13 +56,22 @@ class TfliteBackend:
             interpreter.invoke()
             return [interpreter.get_tensor(detail["index"]) for detail in outputs]
 
+        def prepare(feeds: list[Any]) -> Any:
+            for detail, value in zip(inputs, feeds, strict=True):
+                interpreter.set_tensor(detail["index"], value)
+            return interpreter.invoke
+
         version = installed_version(module, dict(_CANDIDATES)[module]) or "unknown"
         return LoadedModel(
             runtime=f"{module} {version}",
             inputs=[_tensor_info(d) for d in inputs],
             outputs=[_tensor_info(d) for d in outputs],
             run=run,
+            prepare=prepare,
         )
+
+    def import_runtime(self) -> None:
+        self._interpreter_class()
 
     @staticmethod
     def _interpreter_class() -> tuple[Any, str]:

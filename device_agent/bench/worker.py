@@ -40,6 +40,7 @@ from device_agent.backends import LoadedModel, TensorInfo, discover
 from device_agent.errors import JobError
 from device_agent.telemetry import board_state
 from shared.errors import EdgeTailorError
+from shared.latency import latency_spread
 
 logger = logging.getLogger(__name__)
 
@@ -122,14 +123,14 @@ def _latency_stats(samples_ms: list[float]) -> dict[str, float]:
     arr = np.asarray(samples_ms, dtype=np.float64)
     pct = np.percentile(arr, [50, 90, 95, 99])
     return {
-        "mean": round(float(arr.mean()), 4),
-        "std": round(float(arr.std()), 4),
-        "min": round(float(arr.min()), 4),
-        "p50": round(float(pct[0]), 4),
-        "p90": round(float(pct[1]), 4),
-        "p95": round(float(pct[2]), 4),
-        "p99": round(float(pct[3]), 4),
-        "max": round(float(arr.max()), 4),
+        "mean": round(float(arr.mean()), 6),
+        "std": round(float(arr.std()), 6),
+        "min": round(float(arr.min()), 6),
+        "p50": round(float(pct[0]), 6),
+        "p90": round(float(pct[1]), 6),
+        "p95": round(float(pct[2]), 6),
+        "p99": round(float(pct[3]), 6),
+        "max": round(float(arr.max()), 6),
     }
 
 
@@ -326,7 +327,11 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     board_before = board_state()
     rss_before = _rss_mb()
     started = time.perf_counter()
+    import_runtime = getattr(backend, "import_runtime", None)
     try:
+        if import_runtime is not None:
+            import_runtime()
+        imported = time.perf_counter()
         model = backend.load(job["model_path"], job.get("threads"))
     except EdgeTailorError:
         raise
@@ -334,7 +339,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         raise JobError(
             "model_load_failed", f"{backend.name} could not load the model: {exc}"
         ) from exc
-    load_ms = (time.perf_counter() - started) * 1000.0
+    import_ms = (imported - started) * 1000.0 if import_runtime is not None else None
+    load_ms = (time.perf_counter() - imported) * 1000.0
 
     metrics: dict[str, Any] = {"eval_samples": 0}
     feeds: list[Any] | None = None
@@ -364,6 +370,18 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         model.run(feeds)
         samples.append((time.perf_counter() - t0) * 1000.0)
 
+    invoke_stats = None
+    if model.prepare is not None:
+        invoke = model.prepare(feeds)
+        invoke()  # the first call after binding may set up buffers
+        bare: list[float] = []
+        deadline = time.perf_counter() + job["min_s"]
+        while len(bare) < job["runs"] or time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            invoke()
+            bare.append((time.perf_counter() - t0) * 1000.0)
+        invoke_stats = {**_latency_stats(bare), **latency_spread(bare)}
+
     board = {"before": board_before, "after": board_state()}
     try:
         board["cpu_affinity"] = sorted(os.sched_getaffinity(0))
@@ -377,9 +395,11 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         "threads": job.get("threads"),
         "size_bytes": os.path.getsize(job["model_path"]),
         "load_ms": round(load_ms, 3),
+        "import_ms": None if import_ms is None else round(import_ms, 3),
         "warmup_runs": warmup_runs,
         "runs": len(samples),
-        "latency_ms": _latency_stats(samples),
+        "latency_ms": {**_latency_stats(samples), **latency_spread(samples)},
+        "invoke_ms": invoke_stats,
         "peak_rss_mb": round(_peak_rss_mb(), 2),
         "rss_growth_mb": round(_rss_mb() - rss_before, 2),
         "board": board,

@@ -7,7 +7,7 @@ shared/messages.py, shared/manifest.py and shared/results.py.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -88,7 +88,9 @@ class CampaignCreate(Strict):
     pretrain_epochs: int = Field(0, ge=0, le=1000)
     runs: int = Field(50, ge=1, le=100_000)
     min_s: float = Field(1.0, ge=0, le=3600)
-    threads: int | None = Field(None, ge=1, le=256)
+    threads: list[Annotated[int, Field(ge=1, le=256)]] = Field(
+        [], max_length=16, description="thread counts to sweep; empty: the agent's default"
+    )
     eval_samples: int | None = Field(
         1000, ge=1, le=1_000_000, description="the test split, at most this many (null: all of it)"
     )

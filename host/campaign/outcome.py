@@ -142,6 +142,9 @@ def campaign_outcome(cstore: CampaignStore, campaign_id: str) -> dict[str, Any]:
     selection = {
         device: {
             "candidate": sel.chosen_id,
+            "artifact": sel.candidate.artifact_id if sel.candidate else None,
+            "runtime": sel.candidate.runtime if sel.candidate else None,
+            "threads": sel.candidate.threads if sel.candidate else None,
             "reason": sel.reason,
             "latency_p90_ms": sel.candidate.latency_ms.get("p90") if sel.candidate else None,
             "metric": sel.candidate.metric if sel.candidate else None,

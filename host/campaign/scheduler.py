@@ -16,7 +16,7 @@ from typing import Any
 
 from host.campaign.candidates import Prepared
 from host.campaign.context import CampaignContext
-from host.campaign.spec import CampaignError
+from host.campaign.spec import CampaignError, variant_id
 from host.errors import DeviceUnavailableError, JobFailedError, JobTimeoutError
 from host.store.campaigns import (
     FINAL_JOB_STATES,
@@ -47,6 +47,8 @@ class DeviceScheduler:
         self._lock = threading.Lock()
         self._done = 0
         self._total = 0
+        # variant id -> (the candidate whose file it runs, thread count or None: the agent's)
+        self._variants: dict[str, tuple[str, int | None]] = {}
 
     # -- 4. devices ----------------------------------------------------------------------------
     def resolve_devices(self) -> list[str]:
@@ -78,8 +80,16 @@ class DeviceScheduler:
     ) -> None:
         if prepared.user_metric is not None:
             self._check_outputs_fit(survivors, prepared)
+        survivors = self._expand_variants(survivors)
         for device in devices:
+            formats = self._device_formats(device)
             for cand in survivors:
+                if formats is not None and cand.format not in formats:
+                    logger.info(
+                        "%s has no runtime for %s models; %s is not measured there",
+                        device, cand.format, cand.candidate_id,
+                    )  # fmt: skip
+                    continue
                 self.ctx.cstore.ensure_job(
                     self.ctx.campaign_id, cand.candidate_id, device, cand.position
                 )
@@ -120,6 +130,28 @@ class DeviceScheduler:
             thread.start()
         for thread in threads:
             thread.join()
+
+    def _expand_variants(self, survivors: list[CandidateInfo]) -> list[CandidateInfo]:
+        """One (candidate, threads) variant per swept thread count; each is a job of its own."""
+        sweep = self.ctx.spec.threads
+        counts: tuple[int | None, ...] = sweep or (None,)
+        variants = []
+        for cand in survivors:
+            for index, count in enumerate(counts):
+                vid = variant_id(cand.candidate_id, count, sweep)
+                self._variants[vid] = (cand.candidate_id, count)
+                variants.append(
+                    replace(cand, candidate_id=vid, position=cand.position * len(counts) + index)
+                )
+        return variants
+
+    def _device_formats(self, device: str) -> set[str] | None:
+        """The model formats the device's birth says it can run (None: not known yet)."""
+        record = self.ctx.fleet.registry.get(device)
+        birth = getattr(record, "birth", None) if record is not None else None
+        if birth is None or not birth.runtimes:
+            return None
+        return {fmt for runtime in birth.runtimes for fmt in runtime.formats}
 
     def _check_outputs_fit(self, survivors: list[CandidateInfo], prepared: Prepared) -> None:
         """A user metric needs the raw eval outputs back: refuse before any job if they cannot
@@ -253,7 +285,7 @@ class DeviceScheduler:
                     device,
                     cand.path,
                     eval_path=prepared.eval_path,
-                    threads=self.ctx.spec.threads,
+                    threads=self._variants.get(cand.candidate_id, (cand.candidate_id, None))[1],
                     runs=self.ctx.spec.runs,
                     timeout_s=self.ctx.spec.job_timeout_s,
                     warmup_s=self.ctx.spec.warmup_s,
@@ -403,9 +435,16 @@ class DeviceScheduler:
             return JOB_FAILED
         row.update(
             job_id=result.job_id,
-            runtime=result.runtime,
+            artifact=self._variants.get(cand.candidate_id, (cand.candidate_id, None))[0],
+            runtime=result.backend,
+            runtime_version=result.runtime,
             threads=result.threads,
             load_ms=result.load_ms,
+            import_ms=result.import_ms,
+            invoke_ms=to_data(result.invoke_ms) if result.invoke_ms is not None else None,
+            latency_cv=result.latency_ms.cv,
+            p50_ci=result.latency_ms.p50_ci,
+            p90_ci=result.latency_ms.p90_ci,
             board=result.board,
             transfers=[to_data(t) for t in result.transfers],
         )

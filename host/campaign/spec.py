@@ -81,7 +81,9 @@ class CampaignSpec:
     runs: int = 50
     min_s: float = 1.0
     warmup_s: float = 0.5
-    threads: int | None = None
+    # Thread counts to measure every candidate with: each (candidate, threads) is a variant that
+    # selection weighs on its own. Empty: the agent's default, one variant per candidate.
+    threads: tuple[int, ...] = ()
     eval_samples: int | None = 1000  # the test split, at most this many (None: all of it)
     job_timeout_s: float = 300.0
     retries: int = 1
@@ -92,6 +94,7 @@ class CampaignSpec:
     strict: bool = False  # point comparisons instead of the 95% intervals in selection
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "threads", parse_threads(self.threads))
         if not self.devices:
             raise ConfigError("a campaign needs target devices: --devices all or --devices ID,ID")
         if "all" not in self.devices:
@@ -127,7 +130,7 @@ class CampaignSpec:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        for key in ("devices", "constraints", "formats"):
+        for key in ("devices", "constraints", "formats", "threads"):
             data[key] = list(data[key])
         return data
 
@@ -144,6 +147,34 @@ class CampaignSpec:
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)
+
+
+def parse_threads(value: Any) -> tuple[int, ...]:
+    """Thread counts from ``1,2``, an int, a list, or None (specs stored before the sweep)."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        items: list[Any] = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, int):
+        items = [value]
+    else:
+        items = list(value)
+    counts = []
+    for item in items:
+        try:
+            count = int(item)
+        except (TypeError, ValueError):
+            raise ConfigError(f"thread count {item!r} is not an integer; use e.g. --threads 1,2")
+        if isinstance(item, bool) or not 1 <= count <= 256 or str(item).strip() != str(count):
+            raise ConfigError(f"thread count {item!r} must be an integer from 1 to 256")
+        if count not in counts:
+            counts.append(count)
+    return tuple(counts)
+
+
+def variant_id(candidate_id: str, threads: int | None, sweep: tuple[int, ...]) -> str:
+    """The id of one (candidate, threads) variant: the candidate's own id unless threads are swept."""
+    return candidate_id if len(sweep) <= 1 or threads is None else f"{candidate_id}@t{threads}"
 
 
 def parse_devices(text: str) -> tuple[str, ...]:

@@ -117,23 +117,36 @@ class LiveProgress:
             self.console.log(event.message)
 
 
+def _interval_cell(interval: Any) -> str:
+    if not interval or len(interval) != 2:
+        return "-"
+    return f"[{_fmt(interval[0])}, {_fmt(interval[1])}]"
+
+
 def results_table(outcome: dict[str, Any]) -> Table:
     table = Table(title=f"campaign {outcome['campaign']['id']}: results")
     for column in (
         "device",
         "candidate",
         "precision",
+        "runtime",
+        "threads",
         "KiB",
         "mean ms",
         "p50 ms",
+        "p50 95% CI",
         "p90 ms",
+        "CV",
+        "invoke p50 ms",
         "peak RSS MB",
         "metric",
         "status",
     ):
         table.add_column(
             column,
-            justify="right" if "ms" in column or column in ("KiB", "peak RSS MB") else "left",
+            justify="right"
+            if "ms" in column or column in ("KiB", "peak RSS MB", "CV", "p50 95% CI")
+            else "left",
         )
     chosen = {(d, s["candidate"]) for d, s in outcome["selection"].items()}
     for row in sorted(outcome["results"], key=lambda r: (r["device"], r["candidate"])):
@@ -144,10 +157,15 @@ def results_table(outcome: dict[str, Any]) -> Table:
             row["device"],
             row["candidate"] + mark,
             str(row.get("precision") or "-"),
+            str(row.get("runtime") or "-"),
+            str(row.get("threads") or "-"),
             _fmt((row.get("size_bytes") or 0) / 1024, 1),
             _fmt(lat.get("mean")),
             _fmt(lat.get("p50")),
+            _interval_cell(row.get("p50_ci")),
             _fmt(lat.get("p90")),
+            _fmt(row.get("latency_cv"), 3),
+            _fmt((row.get("invoke_ms") or {}).get("p50")),
             _fmt(row.get("peak_rss_mb"), 1),
             metric_text(row) if status == "ok" else "-",
             status if status == "ok" else f"[red]{status}[/]: {(row.get('error') or '')[:60]}",
@@ -256,8 +274,12 @@ def campaign_cmd(
         float, typer.Option("--min-s", min=0, help="at least this many seconds of timed runs")
     ] = 1.0,
     threads: Annotated[
-        int | None,
-        typer.Option("--threads", min=1, help="runtime threads (default: the agent's)"),
+        str | None,
+        typer.Option(
+            "--threads",
+            help="thread counts to sweep, e.g. 1,2: each (candidate, threads) is measured and "
+            "selected as a variant of its own (default: the agent's)",
+        ),
     ] = None,
     job_timeout: Annotated[
         float, typer.Option("--job-timeout", help="seconds one benchmark may take")
@@ -313,6 +335,7 @@ def campaign_cmd(
 ) -> None:
     """Compress a model into candidates, benchmark each on every target device, choose per device."""
     from host.campaign import CampaignSpec, parse_devices, run_campaign
+    from host.campaign.spec import parse_threads
     from host.fleet import Fleet
     from host.store import Store
     from host.store.campaigns import CampaignStore
@@ -324,7 +347,7 @@ def campaign_cmd(
             "constraints": list(constraint or ()), "objective": objective,
             "formats": [f.strip() for f in formats.split(",") if f.strip()],
             "pretrain_epochs": pretrain_epochs, "runs": runs, "min_s": min_s,
-            "threads": threads, "eval_samples": eval_samples, "task": task, "metric": metric,
+            "threads": list(parse_threads(threads)), "eval_samples": eval_samples, "task": task, "metric": metric,
             "strict": strict, "job_timeout_s": job_timeout,
             "retries": retries, "offline_deadline_s": offline_deadline,
             "screen_margin": screen_margin,
@@ -353,7 +376,7 @@ def campaign_cmd(
                 weights=weights,
                 runs=runs,
                 min_s=min_s,
-                threads=threads,
+                threads=parse_threads(threads),
                 eval_samples=eval_samples,
                 task=task,
                 metric=metric,

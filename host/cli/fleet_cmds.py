@@ -141,6 +141,7 @@ def devices_cmd(
                 for key in ("arch", "cpu_model", "cores", "ram_mb", "os", "agent_version"):
                     row[key] = birth.get(key)
                 row["runtimes"] = birth.get("runtimes", [])
+                row["delegates"] = birth.get("delegates", [])
                 rows[known.device_id] = row
             if row.get("telemetry") is None and known.telemetry is not None:
                 row["telemetry"] = known.telemetry
@@ -150,7 +151,9 @@ def devices_cmd(
         typer.echo(json.dumps(ordered, indent=2))
         return
     table = Table(title=f"devices on {broker} ({base_topic})")
-    for column in ("id", "online", "arch", "cores", "RAM MB", "runtimes", "agent", "telemetry"):
+    for column in (
+        "id", "online", "arch", "cores", "RAM MB", "runtimes", "accelerators", "agent", "telemetry",
+    ):  # fmt: skip
         table.add_column(column)
     for row in sorted(ordered, key=lambda r: (r.get("source") != "broker", r["device_id"])):
         tele = row.get("telemetry") or {}
@@ -171,10 +174,15 @@ def devices_cmd(
             str(row.get("cores") or "-"),
             f"{row['ram_mb']:.0f}" if row.get("ram_mb") else "-",
             ", ".join(f"{r['name']} {r['version']}" for r in row.get("runtimes") or []) or "-",
+            ", ".join(row.get("delegates") or []) or "-",
             str(row.get("agent_version") or "-"),
             telemetry,
         )
     Console().print(table)
+
+
+def _ci(interval: list[float] | None) -> str:
+    return "-" if not interval else f"[{interval[0]:.3f}, {interval[1]:.3f}] ms"
 
 
 def _print_result(result: BenchmarkResult, device_id: str) -> None:
@@ -186,9 +194,21 @@ def _print_result(result: BenchmarkResult, device_id: str) -> None:
         ("runtime", f"{result.backend} ({result.runtime})"),
         ("threads", str(result.threads)),
         ("size", f"{result.size_bytes / 1024:.1f} KiB"),
+        (
+            "import of the runtime",
+            "-" if result.import_ms is None else f"{result.import_ms:.1f} ms",
+        ),
         ("load", f"{result.load_ms:.1f} ms"),
         ("latency mean", f"{lat.mean:.3f} ms"),
         ("latency p50 / p90 / p99", f"{lat.p50:.3f} / {lat.p90:.3f} / {lat.p99:.3f} ms"),
+        ("p50 / p90 95% interval", f"{_ci(lat.p50_ci)} / {_ci(lat.p90_ci)}"),
+        ("coefficient of variation", "-" if lat.cv is None else f"{lat.cv:.3f}"),
+        (
+            "invoke()-only p50 / p90",
+            "-"
+            if result.invoke_ms is None
+            else f"{result.invoke_ms.p50:.3f} / {result.invoke_ms.p90:.3f} ms",
+        ),
         ("runs", str(result.runs)),
         ("peak RSS (worker)", f"{result.peak_rss_mb:.1f} MB"),
     ]

@@ -272,7 +272,9 @@ class DeploymentDriver:
             manifest = sign_manifest(manifest, self.fleet.signing_key)
         params = {
             "chunk_size": int(settings.get("chunk_size") or self.fleet.chunk_size),
-            "threads": settings.get("threads"),
+            # The picked variant's thread count wins over the rollout-wide setting.
+            "threads": target.threads or settings.get("threads"),
+            "runtime": target.runtime,
             "latency_budget_ms": target.latency_budget_ms,
             "min_metric": target.min_metric,
             "health_runs": int(settings.get("health_runs", 20)),

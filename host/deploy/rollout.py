@@ -120,7 +120,8 @@ def _new_target(target: DeployTarget, wave: int) -> NewTarget:
         manifest=msgspec.to_builtins(manifest) if manifest is not None else None,
         eval_path=str(Path(eval_path).resolve()) if eval_path is not None else None,
         latency_budget_ms=target.latency_budget_ms, min_metric=target.min_metric,
-        label=target.label, failed_detail=failed,
+        label=target.label, runtime=target.runtime, threads=target.threads,
+        failed_detail=failed,
     )  # fmt: skip
 
 

@@ -31,6 +31,9 @@ class DeployTarget:
     latency_budget_ms: float | None = None
     min_metric: float | None = None
     label: str = ""  # e.g. the campaign candidate id
+    # The variant's runtime and thread count the board should use (None: the agent's default).
+    runtime: str | None = None
+    threads: int | None = None
 
 
 def _latency_bound(constraints: Sequence[str]) -> float | None:
@@ -77,7 +80,7 @@ def targets_from_selection(
                 f"no candidate met the constraints on {device} ({choice.get('reason', '')}); "
                 "relax the constraints or leave the device out with --devices"
             )
-        candidate = by_id.get(str(candidate_id))
+        candidate = by_id.get(str(choice.get("artifact") or candidate_id))
         path = Path(candidate["path"]) if candidate and candidate.get("path") else None
         if path is None or not path.is_file():
             raise DeployError(
@@ -88,6 +91,8 @@ def targets_from_selection(
             device_id=device, artifact=path,
             eval_path=eval_path if eval_path is not None and eval_path.is_file() else None,
             latency_budget_ms=budget, min_metric=min_metric, label=str(candidate_id),
+            runtime=choice.get("runtime") or None,
+            threads=int(choice["threads"]) if choice.get("threads") else None,
         ))  # fmt: skip
     return targets
 

@@ -103,6 +103,9 @@ class RolloutTargetRow(Base):
     eval_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     latency_budget_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     min_metric: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # How the board should run it (the variant a campaign picked); None: the agent's default.
+    runtime: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    threads: Mapped[int | None] = mapped_column(Integer, nullable=True)
     state: Mapped[str] = mapped_column(String(24), index=True)
     sequence: Mapped[int | None] = mapped_column(Integer, nullable=True)
     command_msg_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -155,6 +158,8 @@ class TargetInfo:
     eval_path: str | None
     latency_budget_ms: float | None
     min_metric: float | None
+    runtime: str | None
+    threads: int | None
     state: str
     sequence: int | None
     command_msg_id: str | None
@@ -199,6 +204,8 @@ class NewTarget:
     latency_budget_ms: float | None = None
     min_metric: float | None = None
     label: str = ""
+    runtime: str | None = None
+    threads: int | None = None
     # A target that cannot be sent at all (its file is missing) starts final, with the reason.
     failed_detail: str | None = None
 
@@ -274,7 +281,7 @@ class DeploymentStore:
                     wave=target.wave, label=target.label, sha256=target.sha256,
                     artifact_path=target.artifact_path, manifest=target.manifest,
                     eval_path=target.eval_path, latency_budget_ms=target.latency_budget_ms,
-                    min_metric=target.min_metric,
+                    min_metric=target.min_metric, runtime=target.runtime, threads=target.threads,
                     state=FAILED if failed else (PENDING if target.wave == 1 else WAITING),
                     error_code="not_sent" if failed else None, detail=target.failed_detail or "",
                     finished_at=now if failed else None, rollback_reason="",

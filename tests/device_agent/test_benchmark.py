@@ -13,7 +13,7 @@ from shared.results import BenchmarkResult, from_data
 from tests.agents import AgentProcess
 from tests.device_agent.minihost import MiniHost, result_of
 
-FAST = dict(warmup_runs=1, warmup_s=0.0, runs=5, min_s=0.0, timeout_s=60.0)
+FAST = dict(warmup_runs=1, warmup_s=0.0, runs=40, min_s=0.0, timeout_s=60.0)
 
 
 def host_accuracy(model_path: Path, eval_path: Path) -> float:
@@ -74,6 +74,7 @@ def test_tflite_model_is_fetched_in_chunks_stored_by_sha_and_benchmarked_with_ho
     assert result.runs >= 5 and result.warmup_runs >= 1
     lat = result.latency_ms
     assert 0 < lat.min <= lat.p50 <= lat.p90 <= lat.p95 <= lat.p99 <= lat.max
+    _check_fidelity(result)
     assert result.metric == "accuracy" and result.eval_samples == 40
     assert result.accuracy == pytest.approx(
         host_accuracy(model_path, model_dir / "eval.npz"), abs=1e-9
@@ -137,5 +138,18 @@ def test_onnx_model_is_benchmarked_with_onnxruntime_and_agrees_with_reference_ou
         and result.runtime.startswith("onnxruntime")
         and result.threads == 1
     )
+    _check_fidelity(result)
     assert result.metric == "agreement" and result.accuracy is None
     assert result.metric_value == pytest.approx(1 - changed / len(x))
+
+
+def _check_fidelity(result: BenchmarkResult) -> None:
+    """The import is timed apart from the load; invoke()-only latency sits beside end-to-end,
+    both with their spread."""
+    assert result.import_ms is not None and result.import_ms >= 0 and result.load_ms > 0
+    assert result.invoke_ms is not None and result.invoke_ms.min > 0
+    assert result.invoke_ms.p50 <= result.latency_ms.p50 * 1.5  # bare invoke does less work
+    for stats in (result.latency_ms, result.invoke_ms):
+        assert stats.cv is not None and stats.cv >= 0
+        assert stats.p50_ci is not None and stats.p50_ci[0] <= stats.p50 <= stats.p50_ci[1]
+        assert stats.p90_ci is not None and stats.p90_ci[0] <= stats.p90 <= stats.p90_ci[1]

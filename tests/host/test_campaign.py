@@ -235,3 +235,16 @@ def test_campaign_with_a_user_metric_scores_the_outputs_boards_send_back_with_in
     assert outcome["selection"]["enc-1"]["candidate"] in rows
     html = report.read_text()
     assert "95% interval" in html and "fewer than 100" in html
+
+
+def test_campaign_threads_come_as_a_list_an_int_or_a_comma_string_and_bad_counts_are_refused() -> (
+    None
+):
+    base = {"model": "builtin:digits_cnn", "data": "builtin:digits"}
+    assert CampaignSpec(**base, threads="1, 2,2").threads == (1, 2)
+    assert CampaignSpec.from_dict({**base, "threads": 4}).threads == (4,)  # specs stored before
+    assert CampaignSpec.from_dict({**base, "threads": None}).threads == ()
+    assert CampaignSpec.from_dict(CampaignSpec(**base, threads=(1, 3)).to_dict()).threads == (1, 3)
+    for bad in ("0", "x", "1,300"):
+        with pytest.raises(ConfigError, match="thread count"):
+            CampaignSpec(**base, threads=bad)

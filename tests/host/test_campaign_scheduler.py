@@ -5,7 +5,7 @@ offline ends its jobs as offline. Real agents: tests/e2e/test_campaign_resume.py
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -37,20 +37,23 @@ class ScriptedFleet:
     registry: DeviceRegistry = field(default_factory=DeviceRegistry)
     sent: list[tuple[str, str]] = field(default_factory=list)
     fail_first: set[str] = field(default_factory=set)
+    threads: list[int | None] = field(default_factory=list)
 
     def offer(self, *_a: Any, **_k: Any) -> None:
         return None
 
-    def submit_benchmark(self, device: str, model_path: Any, **_kw: Any) -> DoneHandle:
+    def submit_benchmark(self, device: str, model_path: Any, **kw: Any) -> DoneHandle:
         job_id = f"job-{len(self.sent)}"
         self.sent.append((device, str(model_path)))
+        self.threads.append(kw.get("threads"))
         key = f"{device}:{model_path}"
         if key in self.fail_first:
             self.fail_first.discard(key)
             return DoneHandle(job_id, JobFailedError(f"job {job_id} failed: [worker_crashed]", "x"))
         latency = LatencyStats(mean=1, std=0, min=1, p50=1, p90=1, p95=1, p99=1, max=1)
         return DoneHandle(job_id, BenchmarkResult(
-            job_id=job_id, model_sha256="0" * 64, backend="tflite", runtime="fake 1", threads=1,
+            job_id=job_id, model_sha256="0" * 64, backend="tflite", runtime="fake 1",
+            threads=kw.get("threads"),
             size_bytes=10, load_ms=1.0, warmup_runs=1, runs=5, latency_ms=latency,
             peak_rss_mb=10.0, rss_growth_mb=0.0, metric="accuracy", metric_value=0.9,
         ))  # fmt: skip
@@ -104,6 +107,41 @@ def test_every_survivor_is_measured_on_every_device_and_a_failed_job_is_retried_
     assert jobs[("b", "c2")].attempts == 2 and len(jobs[("b", "c2")].job_ids) == 2
     assert jobs[("a", "c1")].row["metric_value"] == 0.9
     assert len(fleet.sent) == 5
+
+
+def test_a_thread_sweep_measures_every_candidate_and_thread_count_as_its_own_variant(
+    tmp_path: Path,
+) -> None:
+    fleet = ScriptedFleet()
+    for device in ("a", "b"):
+        fleet.registry.set_birth(device, sample_birth())
+        fleet.registry.set_status(device, True)
+    ctx, survivors = _setup(tmp_path, fleet, threads=(1, 4))
+    DeviceScheduler(ctx).measure(survivors, ["a", "b"], _prepared(tmp_path))
+    rows = {(j.device_id, j.candidate_id): j.row for j in ctx.cstore.jobs("camp")}
+    assert sorted(rows) == [
+        (d, f"{c}@t{t}") for d in ("a", "b") for c in ("c1", "c2") for t in (1, 4)
+    ]
+    for (_device, variant), row in rows.items():
+        assert row is not None and row["candidate"] == variant
+        assert row["artifact"] == variant.split("@")[0]
+        assert row["threads"] == int(variant.split("@t")[1]) and row["runtime"] == "tflite"
+    assert sorted(fleet.threads) == [1, 1, 1, 1, 4, 4, 4, 4]
+
+
+def test_a_board_without_a_runtime_for_a_format_is_not_sent_candidates_of_that_format(
+    tmp_path: Path,
+) -> None:
+    fleet = ScriptedFleet()
+    for device in ("a", "b"):
+        fleet.registry.set_birth(device, sample_birth())  # tflite only
+        fleet.registry.set_status(device, True)
+    ctx, survivors = _setup(tmp_path, fleet)
+    survivors = [survivors[0], replace(survivors[1], format="onnx")]
+    DeviceScheduler(ctx).measure(survivors, ["a", "b"], _prepared(tmp_path))
+    assert sorted((j.device_id, j.candidate_id) for j in ctx.cstore.jobs("camp")) == [
+        ("a", "c1"), ("b", "c1"),
+    ]  # fmt: skip
 
 
 def test_the_jobs_of_a_device_that_stays_offline_end_as_offline_with_how_to_resume(

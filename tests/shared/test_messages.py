@@ -151,3 +151,14 @@ def test_decode_handles_structurally_plausible_envelopes_without_crashing(
         messages.decode(data)
     except ValidationError:
         pass
+
+
+def test_deploy_command_carries_runtime_and_threads_and_omits_an_unset_runtime_for_older_agents() -> (
+    None
+):
+    picked = messages.DeployCmd(deploy_id="d1", model=MANIFEST, runtime="onnx", threads=2)
+    body = json.loads(messages.encode(picked))["body"]
+    assert body["runtime"] == "onnx" and body["threads"] == 2
+    assert messages.decode(messages.encode(picked)).body == picked
+    plain = json.loads(messages.encode(messages.DeployCmd(deploy_id="d2", model=MANIFEST)))["body"]
+    assert "runtime" not in plain  # an agent that predates the field still decodes the command
