@@ -58,6 +58,7 @@ def _reference(broker: str, base: str, boards: int, artifact: Path) -> dict[str,
     import paho.mqtt.client as mqtt
 
     from bench.simfleet import write_artifact
+    from host.fleet.client import subscription_qos
     from shared.broker_url import parse_broker_url
     from shared.messages import AckCmd, BenchmarkCmd, ChunkRequest, Response, decode, encode
     from shared.topics import STATUS_ONLINE, Topics
@@ -109,7 +110,7 @@ def _reference(broker: str, base: str, boards: int, artifact: Path) -> dict[str,
     address = parse_broker_url(broker)
     client.connect(address.host, address.port)
     for topic in topics.host_subscriptions():
-        client.subscribe(topic, qos=1)
+        client.subscribe(topic, qos=subscription_qos(topic))  # the host's choice, see there
     client.loop_start()
     if not registered.wait(120):
         raise RuntimeError(f"only {len(online & births)} of {boards} boards registered")
@@ -147,7 +148,7 @@ def _edgetailor(
         store = Store(db)
         fleet = Fleet(broker, base, store=store, outputs_dir=workdir / "outputs")
         fleet.connect()
-        fleet.wait_synced(settle_s=0.2)
+        fleet.wait_synced(timeout=120, settle_s=0.2)
     try:
         deadline = time.monotonic() + 120
         while True:

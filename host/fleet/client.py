@@ -77,6 +77,19 @@ logger = logging.getLogger(__name__)
 
 ResultListener = Callable[[JobHandle, Response], None]
 STAGE_WRITE_S = 0.2  # how often progress stages reach the store
+STATE_SUFFIXES = ("/status", "/birth", "/telemetry")
+
+
+def subscription_qos(topic: str) -> int:
+    """QoS 0 for the device state topics, QoS 1 for responses and chunk requests.
+
+    On subscribing, a broker sends every retained status and birth at the subscription's QoS; at
+    QoS 1 Mosquitto 2.0 keeps 20 in flight and 1,000 queued per client and drops the rest, so a
+    host starting beside 1,000 online boards learned 20 of them (bench.fleet). At QoS 0 all 2,000
+    arrive. State loses nothing at QoS 0: it is retained, so a reconnect delivers it again, and
+    telemetry is periodic.
+    """
+    return 0 if topic.endswith(STATE_SUFFIXES) else 1
 
 
 class FleetConnectionError(HostError):
@@ -244,7 +257,7 @@ class Fleet:
             self._pending_subs.clear()
             self._subscribed.clear()
             for topic in self.topics.host_subscriptions(share_group=self.share_group):
-                _rc, mid = client.subscribe(topic, qos=1)
+                _rc, mid = client.subscribe(topic, qos=subscription_qos(topic))
                 self._pending_subs.add(mid)
         client.publish(self.topics.host_status(), STATUS_ONLINE, qos=1, retain=True)
         self._connected.set()
