@@ -98,7 +98,9 @@ def test_two_replicas_store_every_result_once_even_when_one_is_sigkilled(
             _wait("the first results", lambda: len(store.list_results()) >= 3, 20, procs)
             doomed.send_signal(signal.SIGKILL)
             doomed.wait(10)
-            stored_at_kill = len(store.list_results())
+            at_kill = store.list_results()
+            stored_at_kill = len(at_kill)
+            doomed_done_at_kill = sum(r.device_id in ids[:half] for r in at_kill)
             _wait(
                 f"all {BOARDS} results (had {stored_at_kill} when a replica was killed)",
                 lambda: len(store.list_results()) >= BOARDS, 40, [survivor],
@@ -118,6 +120,8 @@ def test_two_replicas_store_every_result_once_even_when_one_is_sigkilled(
                     proc.kill()
             store.close()
     assert stored_at_kill < BOARDS
+    # The killed replica's own jobs were unfinished: the survivor stored the rest of them.
+    assert doomed_done_at_kill < half
     assert len(jobs) == BOARDS
     assert len(results) == BOARDS
     assert sorted(r.job_id for r in results) == sorted(j.job_id for j in jobs)
