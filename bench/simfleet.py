@@ -401,7 +401,7 @@ class SimFleet:
         seed: int = 0,
         run_s: float = 0.05,
         retry_s: float = 3.0,
-        outbox_retry_s: float = 5.0,
+        outbox_retry_s: float = 15.0,  # the agent's default
         keepalive: int = 60,
     ) -> None:
         self.address = parse_broker_url(broker_url)
