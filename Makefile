@@ -66,6 +66,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.compression
 	$(PY) -m bench.models --quick --out bench/results/models-quick.json
+	$(PY) -m bench.fleet --quick --out bench/results/fleet-quick.json
 
 clean:
 	rm -rf $(VENV) $(BOARD_VENV) .pytest_cache build *.egg-info
