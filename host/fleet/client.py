@@ -15,6 +15,8 @@ the per-artifact topic, coalesced; each final response stored (deduplicated by r
 by job id), delivered to its caller once, then acknowledged with ``cmd.ack`` so the agent can drop
 it from its outbox. Final responses for jobs this host neither submitted nor finds in its store are
 left unacknowledged: they belong to another host process, which must get the chance to store them.
+Replicas on one database pass ``share_group``: responses and chunk requests then come through MQTT
+shared subscriptions, each to one replica, which finds the job and the artifact in the database.
 """
 
 from __future__ import annotations
