@@ -233,7 +233,10 @@ class SimBoard:
         fetch = self.fetches.get(sha) if sha else None
         if fetch is not None:
             fetch.subscribed = True
-            self._request_missing(fetch)
+            if self.fleet.fetch_delay_s > 0:  # a board busy with something else first
+                self.fleet.later(self.fleet.fetch_delay_s, lambda: self._request_missing(fetch))
+            else:
+                self._request_missing(fetch)
 
     def _request_missing(self, fetch: _Fetch) -> None:
         if not (self.connected and fetch.subscribed):
@@ -401,7 +404,8 @@ class SimFleet:
         seed: int = 0,
         run_s: float = 0.05,
         retry_s: float = 3.0,
-        outbox_retry_s: float = 5.0,
+        outbox_retry_s: float = 15.0,  # the agent's default
+        fetch_delay_s: float = 0.0,
         keepalive: int = 60,
     ) -> None:
         self.address = parse_broker_url(broker_url)
@@ -410,6 +414,7 @@ class SimFleet:
         self.run_s = run_s
         self.retry_s = retry_s
         self.outbox_retry_s = outbox_retry_s
+        self.fetch_delay_s = fetch_delay_s
         self.keepalive = keepalive
         self.client_prefix = f"simfleet-{new_msg_id()[:8]}"
         self.stats = SimStats()

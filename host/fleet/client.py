@@ -15,6 +15,8 @@ the per-artifact topic, coalesced; each final response stored (deduplicated by r
 by job id), delivered to its caller once, then acknowledged with ``cmd.ack`` so the agent can drop
 it from its outbox. Final responses for jobs this host neither submitted nor finds in its store are
 left unacknowledged: they belong to another host process, which must get the chance to store them.
+Replicas on one database pass ``share_group``: responses and chunk requests then come through MQTT
+shared subscriptions, each to one replica, which finds the job and the artifact in the database.
 """
 
 from __future__ import annotations
@@ -77,6 +79,20 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ResultListener = Callable[[JobHandle, Response], None]
+STAGE_WRITE_S = 0.2  # how often progress stages reach the store
+STATE_SUFFIXES = ("/status", "/birth", "/telemetry")
+
+
+def subscription_qos(topic: str) -> int:
+    """QoS 0 for the device state topics, QoS 1 for responses and chunk requests.
+
+    On subscribing, a broker sends every retained status and birth at the subscription's QoS; at
+    QoS 1 Mosquitto 2.0 keeps 20 in flight and 1,000 queued per client and drops the rest, so a
+    host starting beside 1,000 online boards learned 20 of them (bench.fleet). At QoS 0 all 2,000
+    arrive. State loses nothing at QoS 0: it is retained, so a reconnect delivers it again, and
+    telemetry is periodic.
+    """
+    return 0 if topic.endswith(STATE_SUFFIXES) else 1
 
 
 class FleetConnectionError(HostError):
@@ -137,6 +153,12 @@ class Fleet:
         self._lock = threading.Lock()
         self._unconfirmed_acks: list[mqtt.MQTTMessageInfo] = []
         self._digests: dict[tuple[str, int, int, int], str] = {}
+        self._recorded: set[tuple[bytes, str]] = set()  # (manifest, path) in the store already
+        # Progress stages waiting to be written, newest per job: one transaction per interval
+        # instead of one commit per progress message on the network thread.
+        self._stages: dict[str, str] = {}
+        self._stages_stop = threading.Event()
+        self._stage_writer: threading.Thread | None = None
 
     # -- connection ----------------------------------------------------------------------------
     def __enter__(self) -> Self:
@@ -171,6 +193,12 @@ class Fleet:
                 "running and that --broker names the right host and port"
             ) from exc
         client.loop_start()
+        if self.store is not None and self._stage_writer is None:
+            self._stages_stop.clear()
+            self._stage_writer = threading.Thread(
+                target=self._write_stages_forever, name="fleet-stages", daemon=True
+            )
+            self._stage_writer.start()
         if not self._connack.wait(self.connect_timeout) or self._connack_reason is not None:
             reason = self._connack_reason or f"no CONNACK within {self.connect_timeout:.0f} s"
             client.loop_stop()
@@ -203,6 +231,10 @@ class Fleet:
             client.disconnect()
             client.loop_stop()
         self._connected.clear()
+        writer, self._stage_writer = self._stage_writer, None
+        if writer is not None:
+            self._stages_stop.set()
+            writer.join(timeout=10)
         if self._owns_store and self.store is not None:
             self.store.close()
 
@@ -219,7 +251,7 @@ class Fleet:
             self._pending_subs.clear()
             self._subscribed.clear()
             for topic in self.topics.host_subscriptions(share_group=self.share_group):
-                _rc, mid = client.subscribe(topic, qos=1)
+                _rc, mid = client.subscribe(topic, qos=subscription_qos(topic))
                 self._pending_subs.add(mid)
         client.publish(self.topics.host_status(), STATUS_ONLINE, qos=1, retain=True)
         self._connected.set()
@@ -334,7 +366,17 @@ class Fleet:
             )
         self.chunks.offer(manifest.sha256, path)
         if self.store is not None:
-            self.store.add_artifact(msgspec.to_builtins(manifest), str(path.resolve()))
+            # A rollout offers one artifact per device: it is recorded once per manifest and path.
+            record = msgspec.to_builtins(manifest)
+            key = (msgspec.json.encode(record), str(path.resolve()))
+            with self._lock:
+                known = key in self._recorded
+            if not known:
+                self.store.add_artifact(record, key[1])
+                with self._lock:
+                    if len(self._recorded) >= 1024:
+                        self._recorded.clear()
+                    self._recorded.add(key)
         return manifest
 
     def _digest(self, path: Path, stat: os.stat_result) -> str:
@@ -597,14 +639,14 @@ class Fleet:
             if handle is not None:
                 handle._progress(response.data or {})
                 if self.store is not None:
-                    self.store.update_job_status(handle.job_id, handle.stage)
+                    self._note_stage(handle.job_id, handle.stage)
             elif self.store is not None and message.corr_id is not None:
-                # A job recorded by another part of the host (the deployment driver): its stage
-                # is read from the store.
+                # A job recorded by another part of the host (the deployment driver) or another
+                # replica: its stage is read from the store.
                 stored = self.store.find_job_by_command(message.corr_id)
                 if stored is not None:
                     stage = str((response.data or {}).get("stage", "progress"))[:16]
-                    self.store.update_job_status(stored.job_id, stage)
+                    self._note_stage(stored.job_id, stage)
             return
         job_id = handle.job_id if handle is not None else None
         if job_id is None and self.store is not None and message.corr_id is not None:
@@ -636,6 +678,28 @@ class Fleet:
                     logger.exception("result listener failed for job %s", job_id)
         elif handle is not None:
             logger.info("duplicate final response %s for job %s ignored", message.msg_id, job_id)
+
+    def _note_stage(self, job_id: str, stage: str) -> None:
+        with self._lock:
+            self._stages[job_id] = stage
+
+    def _write_stages_forever(self) -> None:
+        """Write the noted progress stages every STAGE_WRITE_S, and once more when closing.
+
+        A stage written after the job's result is ignored by the store: a finished job keeps its
+        final status.
+        """
+        while True:
+            stopping = self._stages_stop.wait(STAGE_WRITE_S)
+            with self._lock:
+                stages, self._stages = self._stages, {}
+            if stages and self.store is not None:
+                try:
+                    self.store.update_job_statuses(stages)
+                except Exception:  # the stages are progress only; the next ones follow
+                    logger.exception("could not record the progress of %d jobs", len(stages))
+            if stopping:
+                return
 
     def _on_outputs_part(self, device_id: str, message: Message, part: OutputsPart) -> None:
         known = self.jobs.by_job(part.job_id) is not None or (

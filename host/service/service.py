@@ -89,7 +89,8 @@ class Service:
     def start(self) -> None:
         self.ensure_token()
         self.fleet.connect()
-        self.fleet.wait_synced(settle_s=0.5)
+        # Beside a large fleet the SUBACKs queue behind every retained status and birth.
+        self.fleet.wait_synced(timeout=120, settle_s=0.5)
         for name, target in (
             ("deploy-driver", self._drive_forever),
             ("campaign-jobs", self.campaigns.run_forever),

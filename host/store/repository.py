@@ -342,6 +342,17 @@ class Store:
                 row.status = status
                 row.updated = time.time()
 
+    def update_job_statuses(self, stages: dict[str, str]) -> None:
+        """Record the progress stage of several jobs in one transaction (see update_job_status)."""
+        if not stages:
+            return
+        now = time.time()
+        with self._lock, self._session() as session:
+            for row in session.scalars(select(JobRow).where(JobRow.job_id.in_(list(stages)))):
+                if row.finished is None:
+                    row.status = stages[row.job_id]
+                    row.updated = now
+
     def get_job(self, job_id: str) -> JobInfo | None:
         with self._session() as session:
             row = session.get(JobRow, job_id)

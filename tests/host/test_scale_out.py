@@ -72,33 +72,40 @@ def test_two_replicas_store_every_result_once_even_when_one_is_sigkilled(
     tmp_path: Path, pg_url: str, shared_broker_url: str, base_topic: str
 ) -> None:
     store = Store(pg_url)  # creates the tables before the replicas race to
-    artifact = tmp_path / "model.onnx"
-    manifest = write_artifact(artifact, 20_000, seed=11)
-    manifest_json = msgspec.json.encode(manifest).decode()
+    # One artifact per replica: a chunk request the broker hands to the other replica is served
+    # from the path the database records.
+    artifacts = [tmp_path / "a.onnx", tmp_path / "b.onnx"]
+    manifests = [
+        msgspec.json.encode(write_artifact(path, 20_000, seed=seed)).decode()
+        for path, seed in zip(artifacts, (11, 12), strict=True)
+    ]
     procs: list[subprocess.Popen[bytes]] = []
-    # Results come 0.9-2.4 s after each board has its artifact: the kill lands mid-campaign.
+    # Boards ask for their artifact 2 s after the command and report 0.9-2.4 s after that: the
+    # kill, as soon as the doomed replica has sent its commands, lands before any of its boards
+    # fetched, so the survivor must serve the dead replica's artifact and take its results.
     with SimFleet(
-        shared_broker_url, base_topic, BOARDS, run_s=1.5, retry_s=1.0, outbox_retry_s=1.0
-    ) as sims:
+        shared_broker_url, base_topic, BOARDS, run_s=1.5, retry_s=1.0, outbox_retry_s=1.0,
+        fetch_delay_s=2.0,
+    ) as sims:  # fmt: skip
         sims.wait_online(30)
         ids = sims.device_ids
         half = BOARDS // 2
         doomed, doomed_ready = _start_replica(
-            tmp_path, "a", shared_broker_url, base_topic, pg_url, artifact, manifest_json,
+            tmp_path, "a", shared_broker_url, base_topic, pg_url, artifacts[0], manifests[0],
             ids[:half],
         )  # fmt: skip
         survivor, survivor_ready = _start_replica(
-            tmp_path, "b", shared_broker_url, base_topic, pg_url, artifact, manifest_json,
+            tmp_path, "b", shared_broker_url, base_topic, pg_url, artifacts[1], manifests[1],
             ids[half:],
         )  # fmt: skip
         procs = [doomed, survivor]
         try:
-            _wait("both replicas to send their jobs", lambda: doomed_ready.exists()
-                  and survivor_ready.exists(), 40, procs)  # fmt: skip
-            _wait("the first results", lambda: len(store.list_results()) >= 3, 20, procs)
+            _wait("the doomed replica to send its jobs", doomed_ready.exists, 40, procs)
             doomed.send_signal(signal.SIGKILL)
             doomed.wait(10)
-            stored_at_kill = len(store.list_results())
+            at_kill = store.list_results()
+            stored_at_kill = len(at_kill)
+            doomed_done_at_kill = sum(r.device_id in ids[:half] for r in at_kill)
             _wait(
                 f"all {BOARDS} results (had {stored_at_kill} when a replica was killed)",
                 lambda: len(store.list_results()) >= BOARDS, 40, [survivor],
@@ -118,6 +125,9 @@ def test_two_replicas_store_every_result_once_even_when_one_is_sigkilled(
                     proc.kill()
             store.close()
     assert stored_at_kill < BOARDS
+    # The killed replica's own jobs were unfinished: the survivor stored them.
+    assert doomed_done_at_kill == 0
+    assert survivor_ready.exists()
     assert len(jobs) == BOARDS
     assert len(results) == BOARDS
     assert sorted(r.job_id for r in results) == sorted(j.job_id for j in jobs)
