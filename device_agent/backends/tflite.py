@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -61,9 +62,8 @@ class TfliteBackend:
                 interpreter.set_tensor(detail["index"], value)
             return interpreter.invoke
 
-        version = installed_version(module, dict(_CANDIDATES)[module]) or "unknown"
         return LoadedModel(
-            runtime=f"{module} {version}",
+            runtime=self._runtime_name(module),
             inputs=[_tensor_info(d) for d in inputs],
             outputs=[_tensor_info(d) for d in outputs],
             run=run,
@@ -71,7 +71,13 @@ class TfliteBackend:
         )
 
     def import_runtime(self) -> None:
-        self._interpreter_class()
+        _cls, module = self._interpreter_class()
+        self._runtime_name(module)  # the metadata lookup is not load time either
+
+    @functools.cache  # noqa: B019 -- one backend object per process
+    def _runtime_name(self, module: str) -> str:
+        version = installed_version(module, dict(_CANDIDATES)[module]) or "unknown"
+        return f"{module} {version}"
 
     @staticmethod
     def _interpreter_class() -> tuple[Any, str]:
