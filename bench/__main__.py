@@ -36,6 +36,8 @@ class Bench:
 BENCHES: tuple[Bench, ...] = (
     Bench("transfer", ("--quick",)),
     Bench("footprint", ()),
+    Bench("runtime_fidelity", ("--quick",)),
+    Bench("fleet", ("--quick",), ("--boards", "1000", "--runs", "3")),
     Bench(
         "faults",
         ("--flips", "100", "--transfers", "3", "--kills", "3", "--fuzz-examples", "200"),
@@ -64,6 +66,31 @@ def run(bench: Bench, full: bool, out_dir: Path) -> tuple[list[GoalRow], float, 
     return module.goal_rows(json.loads(out.read_text())), seconds, None
 
 
+def markdown(rows: list[GoalRow], failed: dict[str, str]) -> str:
+    lines = [
+        "| bench | measure | edgetailor | baseline, same run | ratio | goal | result |",
+        "| --- | --- | --- | --- | ---: | --- | --- |",
+    ]
+    for r in rows:
+        result = {"MISS": "**MISS**"}.get(r.result, r.result)
+        cells = [r.bench, r.measure, r.measured, r.baseline, fmt_ratio(r.ratio), r.goal, result]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    lines += [
+        f"| {name} | benchmark failed | {error} | | | | FAILED |" for name, error in failed.items()
+    ]
+    return "\n".join(lines)
+
+
+def tabulate(bench: Bench, out_dir: Path) -> tuple[list[GoalRow], float, str | None]:
+    out = out_dir / f"{bench.name}.json"
+    if not out.is_file():
+        return [], 0.0, f"no {out} yet"
+    if not bench.has_goals:
+        return [], 0.0, None
+    module = importlib.import_module(f"bench.{bench.name}")
+    return module.goal_rows(json.loads(out.read_text())), 0.0, None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="the README's settings (long)")
@@ -71,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         "--only", default="", help="comma list of: " + ",".join(b.name for b in BENCHES)
     )
     parser.add_argument("--out-dir", type=Path, default=None)
+    parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    parser.add_argument(
+        "--from-results",
+        action="store_true",
+        help="run nothing: tabulate the JSON the last runs left in the output folder",
+    )
     args = parser.parse_args(argv)
     only = {n for n in args.only.split(",") if n}
     unknown = only - {b.name for b in BENCHES}
@@ -84,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     for bench in BENCHES:
         if only and bench.name not in only:
             continue
-        bench_rows, timings[bench.name], error = run(bench, args.full, out_dir)
+        if args.from_results:
+            bench_rows, timings[bench.name], error = tabulate(bench, out_dir)
+        else:
+            bench_rows, timings[bench.name], error = run(bench, args.full, out_dir)
         rows += bench_rows
         if error:
             failed[bench.name] = error
@@ -109,14 +145,18 @@ def main(argv: list[str] | None = None) -> int:
                       row.goal, row.result)  # fmt: skip
     for name, error in failed.items():
         table.add_row(name, "benchmark failed", error, "", "", "", "FAILED")
-    Console(width=220).print(table)
+    if args.markdown:
+        print(markdown(rows, failed))
+    else:
+        Console(width=220).print(table)
     summary = {
         "mode": "full" if args.full else "quick",
         "seconds": {k: round(v, 1) for k, v in timings.items()},
         "failed": failed,
         "rows": [r.to_json() for r in rows],
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if not args.from_results:
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     met = sum(r.met is True for r in rows)
     missed = sum(r.met is False for r in rows)
     print(f"{met} goals met, {missed} missed, {len(failed)} benchmarks failed; "

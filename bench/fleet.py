@@ -40,6 +40,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from bench.goals import GoalRow
+
 DEFAULT_OUT = Path("bench/results/fleet.json")
 ARTIFACT_BYTES = 64 * 1024
 GOAL = 2.0
@@ -266,6 +268,36 @@ def _table(rows: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
             f"{'-' if r['driver'] == 'reference' else ('pass' if passed else 'MISS')} |"
         )
     return "\n".join(lines), verdicts
+
+
+def goal_rows(report: dict[str, Any]) -> list[GoalRow]:
+    """Wall time, host CPU and peak RSS of each driver against the bare paho reference."""
+    rows = {r["driver"]: r for r in report["rows"]}
+    ref = rows["reference"]
+    out: list[GoalRow] = []
+    for verdict in report["verdicts"]:
+        driver = verdict["driver"]
+        if driver == "reference":
+            continue
+        row = rows[driver]
+        for key, label, field, unit in (
+            ("wall", "wall time", "wall_s", "s"),
+            ("cpu", "host CPU", "cpu_s", "s"),
+            ("rss", "peak RSS", "peak_rss_mb", "MB"),
+        ):
+            ratio = verdict["ratios"][key]
+            out.append(
+                GoalRow(
+                    "fleet",
+                    f"{label}, {report['boards']} simulated boards, {driver}",
+                    f"{row[field]:.1f} {unit}",
+                    f"<= {GOAL:g}",
+                    ratio <= GOAL and row.get("stored_once") is not False,
+                    baseline=f"{ref[field]:.1f} {unit} (bare paho)",
+                    ratio=ratio,
+                )
+            )
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -669,7 +669,8 @@ def goal_rows(report: dict[str, Any]) -> list[GoalRow]:
                     GoalRow(
                         "models",
                         name,
-                        f"{_fmt_metric(row)}, {row.get('params_ratio') or 0:.2f}x fewer params",
+                        f"{_fmt_metric(row)}; file {row.get('size_ratio') or 0:.2f}x smaller, "
+                        f"{row.get('params_ratio') or 0:.2f}x fewer params",
                         row["goal"],
                         bool(row.get("goal_met")),
                     )

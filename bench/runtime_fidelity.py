@@ -27,6 +27,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench.goals import GoalRow
+
 DEFAULT_OUT = Path("bench/results/runtime_fidelity.json")
 LATENCY_GOAL = 1.05
 LOAD_GOAL = 1.25
@@ -161,6 +163,21 @@ def table(data: dict[str, Any]) -> list[dict[str, Any]]:
                 "ratio": ratio, "goal": f"<= {goal}", "pass": ratio <= goal,
             })  # fmt: skip
     return rows
+
+
+def goal_rows(report: dict[str, Any]) -> list[GoalRow]:
+    return [
+        GoalRow(
+            "runtime_fidelity",
+            f"{r['measure']}, {r['model']}",
+            f"{r['edgetailor_ms']:.4f} ms",
+            r["goal"],
+            r["pass"],
+            baseline=f"{r['bare_ms']:.4f} ms (bare loop)",
+            ratio=r["ratio"],
+        )
+        for r in report["table"]
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
