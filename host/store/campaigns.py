@@ -139,7 +139,7 @@ class CampaignStore:
     def __init__(self, store: Store) -> None:
         self.store = store
         # Store() created the tables known when it was opened; these may be new to the database.
-        Base.metadata.create_all(store.engine)
+        store.ensure_tables()
 
     # -- campaigns -----------------------------------------------------------------------------
     def create_campaign(self, campaign_id: str, spec: dict[str, Any]) -> CampaignInfo:

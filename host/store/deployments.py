@@ -215,7 +215,7 @@ class DeploymentStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        Base.metadata.create_all(store.engine)
+        store.ensure_tables()
 
     # -- sequences ------------------------------------------------------------------------------
     @staticmethod

@@ -77,7 +77,7 @@ class ServiceStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        Base.metadata.create_all(store.engine)
+        store.ensure_tables()
 
     # -- tokens ---------------------------------------------------------------------------------
     def has_token(self) -> bool:

@@ -149,3 +149,37 @@ def test_processes_opening_a_fresh_database_at_once_all_succeed(tmp_path: Path) 
     assert [p.returncode for p in procs] == [0, 0, 0, 0], [
         err.decode()[-500:] for _, err in outcomes
     ]
+
+
+def test_a_database_from_an_older_version_gets_the_new_nullable_columns_and_keeps_its_rows(
+    tmp_path: Path,
+) -> None:
+    from host.store.deployments import DeploymentStore
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    with Store(url) as store:
+        DeploymentStore(store)
+    engine = create_engine(url)
+    with engine.begin() as conn:  # what the tables looked like before variants existed
+        conn.execute(text("ALTER TABLE rollout_targets DROP COLUMN runtime"))
+        conn.execute(text("ALTER TABLE rollout_targets DROP COLUMN threads"))
+        conn.execute(text("INSERT INTO devices (device_id, online, first_seen, last_seen) "
+                          "VALUES ('pi-old', 0, 1.0, 1.0)"))  # fmt: skip
+    with Store(url) as store:
+        DeploymentStore(store)
+        assert [d.device_id for d in store.list_devices()] == ["pi-old"]
+    with engine.connect() as conn:
+        columns = {row[1] for row in conn.execute(text("PRAGMA table_info(rollout_targets)"))}
+    assert {"runtime", "threads"} <= columns
+    engine.dispose()
+
+
+def test_a_missing_column_that_cannot_be_null_is_an_error_naming_it(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'odd.db'}"
+    Store(url).close()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE jobs DROP COLUMN kind"))
+    engine.dispose()
+    with pytest.raises(StoreError, match=r"table jobs without the column kind"):
+        Store(url)
