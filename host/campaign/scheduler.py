@@ -338,10 +338,13 @@ class DeviceScheduler:
         if campaign is None or cand.sha256 is None:
             return None
         known = {jid for j in self.ctx.cstore.jobs(self.ctx.campaign_id) for jid in j.job_ids}
+        # Variants of one file differ only in their thread count: adopt only the job of this one.
+        threads = self._variants.get(cand.candidate_id, (cand.candidate_id, None))[1]
         for fleet_job in self.ctx.store.list_jobs(device):
             if (
                 fleet_job.kind == "benchmark"
                 and fleet_job.model_sha256 == cand.sha256
+                and fleet_job.params.get("threads") == threads
                 and fleet_job.submitted >= campaign.created
                 and fleet_job.job_id not in known
             ):

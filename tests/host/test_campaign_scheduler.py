@@ -158,3 +158,37 @@ def test_the_jobs_of_a_device_that_stays_offline_end_as_offline_with_how_to_resu
         status, error = states[("b", candidate)]
         assert status == "offline" and "--resume camp" in (error or "")
     assert all(device == "a" for device, _ in fleet.sent)
+
+
+def test_after_a_restart_a_job_sent_for_one_thread_count_is_adopted_by_that_variant_only(
+    tmp_path: Path,
+) -> None:
+    from shared.results import to_data
+
+    fleet = ScriptedFleet()
+    for device in ("a", "b"):
+        fleet.registry.set_birth(device, sample_birth())
+        fleet.registry.set_status(device, True)
+    ctx, survivors = _setup(tmp_path, fleet, threads=(1, 4))
+    # The run that died sent c1 on 4 threads to "a", and the answer arrived, but it never noted
+    # the job id in the campaign.
+    ctx.store.create_job(
+        job_id="job-before", command_msg_id="m-before", device_id="a", kind="benchmark",
+        model_sha256=survivors[0].sha256, eval_sha256=None, params={"threads": 4},
+    )  # fmt: skip
+    latency = LatencyStats(mean=2, std=0, min=2, p50=2, p90=2, p95=2, p99=2, max=2)
+    answered = BenchmarkResult(
+        job_id="job-before", model_sha256=survivors[0].sha256 or "", backend="tflite",
+        runtime="fake 1", threads=4, size_bytes=10, load_ms=1.0, warmup_runs=1, runs=5,
+        latency_ms=latency, peak_rss_mb=10.0, rss_growth_mb=0.0, metric="accuracy",
+        metric_value=0.8,
+    )  # fmt: skip
+    ctx.store.record_result(job_id="job-before", response_msg_id="r-before", device_id="a",
+                            status="ok", data=to_data(answered))  # fmt: skip
+    DeviceScheduler(ctx).measure(survivors, ["a", "b"], _prepared(tmp_path))
+    jobs = {(j.device_id, j.candidate_id): j for j in ctx.cstore.jobs("camp")}
+    assert jobs[("a", "c1@t4")].job_ids == ["job-before"]
+    assert jobs[("a", "c1@t4")].row["metric_value"] == 0.8
+    assert "job-before" not in jobs[("a", "c1@t1")].job_ids
+    assert jobs[("a", "c1@t1")].row["threads"] == 1
+    assert len(fleet.sent) == 7  # every variant but the adopted one
