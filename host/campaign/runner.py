@@ -72,7 +72,7 @@ class CampaignRunner:
     def run(self) -> dict[str, Any]:
         started = time.monotonic()
         existing = self.cstore.get_campaign(self.campaign_id)
-        if existing is not None and existing.spec != self.spec.to_dict():
+        if existing is not None and not self.spec.same_as(existing.spec):
             raise CampaignError(
                 f"campaign {self.campaign_id} exists with another spec; resume it with "
                 f"`--resume {self.campaign_id}` (which reuses its spec) or pick a new --campaign-id"

@@ -134,6 +134,17 @@ class CampaignSpec:
             data[key] = list(data[key])
         return data
 
+    def same_as(self, stored: dict[str, Any]) -> bool:
+        """Whether a spec stored by this or an earlier version asks for the same campaign.
+
+        The stored one is read as :meth:`from_dict` reads it, so fields that an earlier version
+        wrote differently (``threads: null``, ``eval_limit``) compare by what they mean.
+        """
+        try:
+            return CampaignSpec.from_dict(stored).to_dict() == self.to_dict()
+        except (ConfigError, TypeError):
+            return False
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CampaignSpec:
         known = set(cls.__dataclass_fields__) | {"eval_limit"}

@@ -248,3 +248,12 @@ def test_campaign_threads_come_as_a_list_an_int_or_a_comma_string_and_bad_counts
     for bad in ("0", "x", "1,300"):
         with pytest.raises(ConfigError, match="thread count"):
             CampaignSpec(**base, threads=bad)
+
+
+def test_a_spec_stored_by_an_earlier_version_is_the_same_campaign_when_it_means_the_same() -> None:
+    spec = CampaignSpec(model="builtin:digits_cnn", data="builtin:digits")
+    stored = spec.to_dict() | {"threads": None}  # as written before thread sweeps
+    assert stored != spec.to_dict() and spec.same_as(stored)
+    assert not spec.same_as(stored | {"threads": [2]})
+    assert not spec.same_as(stored | {"runs": spec.runs + 1})
+    assert not spec.same_as(stored | {"from_the_future": 1})

@@ -66,7 +66,7 @@ def create_campaign(ctx: Ctx, body: CampaignCreate) -> dict[str, Any]:
     campaign_id = body.campaign_id or new_campaign_id()
     cstore = CampaignStore(ctx.store)
     existing = cstore.get_campaign(campaign_id)
-    if existing is not None and existing.spec != spec.to_dict():
+    if existing is not None and not spec.same_as(existing.spec):
         raise ApiError(
             409, "conflict",
             f"campaign {campaign_id} exists with another spec; resume it with its own spec "
