@@ -1,4 +1,6 @@
-"""ONNX backend: onnxruntime on CPU; models that reference external data files are refused."""
+"""ONNX backend: onnxruntime, on the board's accelerators where its build has them (TensorRT, then
+CUDA, as on a Jetson with onnxruntime-gpu), else on CPU; the result names the provider that ran.
+Models that reference external data files are refused."""
 
 from __future__ import annotations
 
@@ -13,6 +15,10 @@ from shared.messages import RuntimeInfo
 logger = logging.getLogger(__name__)
 
 _DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino")
+# Execution providers in the order onnxruntime should try them; CPU always comes last. A provider
+# that the build lists but cannot start (no CUDA libraries on this board) makes onnxruntime fall
+# back to the next, so the list is what the build has, and the result says what was used.
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 _ORT_TYPES = {
     "tensor(float)": "float32",
     "tensor(float16)": "float16",
@@ -23,6 +29,11 @@ _ORT_TYPES = {
     "tensor(int64)": "int64",
     "tensor(bool)": "bool",
 }
+
+
+def providers_for(available: list[str]) -> list[str]:
+    """The providers to ask for, best first, of those this onnxruntime build has."""
+    return [p for p in PREFERRED_PROVIDERS if p in available] + ["CPUExecutionProvider"]
 
 
 class OnnxBackend:
@@ -48,7 +59,9 @@ class OnnxBackend:
         # model pointing at files outside the artifact (unverified, maybe outside the store) fails.
         try:
             session = ort.InferenceSession(
-                Path(path).read_bytes(), sess_options=options, providers=["CPUExecutionProvider"]
+                Path(path).read_bytes(),
+                sess_options=options,
+                providers=providers_for(ort.get_available_providers()),
             )
         except Exception as exc:
             if "external" in str(exc).lower():
@@ -79,7 +92,7 @@ class OnnxBackend:
             return TensorInfo(name=arg.name, shape=shape, dtype=_ORT_TYPES.get(arg.type, "float32"))
 
         return LoadedModel(
-            runtime=f"onnxruntime {ort.__version__}",
+            runtime=f"onnxruntime {ort.__version__} ({session.get_providers()[0]})",
             inputs=[info(i) for i in inputs],
             outputs=[info(o) for o in outputs],
             run=run,
