@@ -32,6 +32,19 @@ class TensorInfo:
     zero_point: int = 0
 
 
+def shaped_for(array: Any, spec: TensorInfo) -> Any:
+    """``array`` (holding as many values as ``spec``'s shape) reshaped and cast to the input's
+    dtype; float data is quantized with the input's scale and zero point for an integer input."""
+    import numpy as np  # only the worker processes feed models: the agent itself stays light
+
+    array = np.asarray(array).reshape(spec.shape)
+    target = np.dtype(spec.dtype)
+    if np.issubdtype(target, np.integer) and spec.scale and np.issubdtype(array.dtype, np.floating):
+        info = np.iinfo(target)
+        array = np.clip(np.round(array / spec.scale + spec.zero_point), info.min, info.max)
+    return array.astype(target, copy=False)
+
+
 @dataclass
 class LoadedModel:
     """A model ready to run: ``run`` takes and returns arrays in the model's own dtypes."""

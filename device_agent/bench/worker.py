@@ -36,7 +36,7 @@ from typing import Any
 
 import psutil
 
-from device_agent.backends import LoadedModel, TensorInfo, discover
+from device_agent.backends import LoadedModel, TensorInfo, discover, shaped_for
 from device_agent.errors import JobError
 from device_agent.telemetry import board_state
 from shared.errors import EdgeTailorError
@@ -70,12 +70,7 @@ def _to_model_input(sample: Any, spec: TensorInfo) -> Any:
             f"an eval sample has {array.size} values but model input {spec.name!r} has shape "
             f"{list(spec.shape)}; ship samples shaped like one model input",
         )
-    array = array.reshape(spec.shape)
-    target = np.dtype(spec.dtype)
-    if np.issubdtype(target, np.integer) and spec.scale and np.issubdtype(array.dtype, np.floating):
-        info = np.iinfo(target)
-        array = np.clip(np.round(array / spec.scale + spec.zero_point), info.min, info.max)
-    return array.astype(target, copy=False)
+    return shaped_for(array, spec)
 
 
 def _to_float(output: Any, spec: TensorInfo) -> Any:

@@ -41,7 +41,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from device_agent.backends import Backend, LoadedModel, TensorInfo, discover
+from device_agent.backends import Backend, LoadedModel, TensorInfo, discover, shaped_for
 from device_agent.bench.worker import _latency_stats
 from shared.errors import EdgeTailorError
 
@@ -99,12 +99,7 @@ def _to_input(index: int, array: Any, spec: TensorInfo) -> Any:
             f"input {index} ({spec.name!r}) takes shape {list(spec.shape)} ({size} values), "
             f"got an array of shape {list(array.shape)}",
         )
-    array = array.reshape(spec.shape)
-    target = np.dtype(spec.dtype)
-    if np.issubdtype(target, np.integer) and spec.scale and np.issubdtype(array.dtype, np.floating):
-        info = np.iinfo(target)
-        array = np.clip(np.round(array / spec.scale + spec.zero_point), info.min, info.max)
-    return array.astype(target, copy=False)
+    return shaped_for(array, spec)
 
 
 def _to_output(array: Any, spec: TensorInfo, raw: bool) -> Any:
