@@ -10,10 +10,11 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import paho.mqtt.client as mqtt
 
+from device_agent.serve.client import InferenceClient, InferenceError
 from shared.broker_url import parse_broker_url
 from shared.errors import ValidationError
 from shared.messages import decode
@@ -178,3 +179,18 @@ class AgentProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.terminate()
+
+
+def wait_serving(client: InferenceClient, sha256: str, timeout: float = 60.0) -> dict[str, Any]:
+    """The agent's local endpoint's model description, once it serves ``sha256``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            info = client.model()
+            if info["sha256"] == sha256:
+                return info
+        except InferenceError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the endpoint does not serve {sha256[:12]}")
+        time.sleep(0.1)

@@ -8,7 +8,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -22,7 +21,7 @@ from shared.manifest import ArtifactManifest
 from shared.messages import DeployCmd, Telemetry, decode
 from shared.results import DeployResult, from_data
 from shared.topics import Topics
-from tests.agents import AgentProcess
+from tests.agents import AgentProcess, wait_serving
 from tests.device_agent.conftest import INPUT_SHAPE
 from tests.device_agent.minihost import MiniHost
 
@@ -111,20 +110,6 @@ def _deploy(host: MiniHost, device_id: str, model: ArtifactManifest, deploy_id: 
     assert from_data(response.data, DeployResult).outcome == "committed", response
 
 
-def _wait_serving(client: InferenceClient, sha256: str, timeout: float = 60.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            info = client.model()
-            if info["sha256"] == sha256:
-                return info
-        except InferenceError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the endpoint does not serve {sha256[:12]}")
-        time.sleep(0.1)
-
-
 def test_endpoint_answers_a_stream_of_requests_while_a_deploy_switches_the_model_with_no_failure(
     model_dir: Path,
     tmp_path: Path,
@@ -145,7 +130,7 @@ def test_endpoint_answers_a_stream_of_requests_while_a_deploy_switches_the_model
     first = minihost.offer(model_dir / "float.tflite", "tflite")
     second = minihost.offer(model_dir / "int8.tflite", "tflite", "int8")
     _deploy(minihost, device_id, first, "serve-1")
-    info = _wait_serving(client, first.sha256)
+    info = wait_serving(client, first.sha256)
     assert info["inputs"][0]["shape"] == list(INPUT_SHAPE) and "ai_edge_litert" in info["runtime"]
     with pytest.raises(InferenceError) as caught:
         client.infer(np.zeros((3, 3), np.float32))
@@ -230,7 +215,7 @@ def test_killed_inference_worker_is_restarted_on_the_same_socket_with_the_active
     model = minihost.offer(model_dir / "float.tflite", "tflite")
     _deploy(minihost, device_id, model, "serve-k")
     client = InferenceClient(f"unix:{socket_path}")
-    _wait_serving(client, model.sha256)
+    wait_serving(client, model.sha256)
     client.close()
     assert agent.proc is not None
     (worker,) = [

@@ -9,36 +9,21 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
 
-from device_agent.serve.client import InferenceClient, InferenceError
+from device_agent.serve.client import InferenceClient
 from host.campaign import CampaignSpec, run_campaign
 from host.deploy import Deployer, targets_from_campaign
 from host.fleet import Fleet
 from host.store import Store
 from shared.hashing import sha256_file
-from tests.agents import AgentProcess
+from tests.agents import AgentProcess, wait_serving
 
 pytestmark = pytest.mark.slow
 
 BOARD_PYTHON = os.environ.get("EDGETAILOR_BOARD_PYTHON")
-
-
-def _serving(client: InferenceClient, sha256: str, timeout: float = 60.0) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            info = client.model()
-            if info["sha256"] == sha256:
-                return info
-        except InferenceError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the endpoint does not serve {sha256[:12]}")
-        time.sleep(0.2)
 
 
 @pytest.mark.skipif(not BOARD_PYTHON, reason="needs EDGETAILOR_BOARD_PYTHON (the board-like venv)")
@@ -107,7 +92,7 @@ def test_campaign_with_tflite_and_onnx_and_a_thread_sweep_picks_a_variant_per_bo
         sha = sha256_file(chosen.artifact)
         release = json.loads((full.data_dir / "releases" / sha / "release.json").read_text())
         assert release == {"runtime": chosen.runtime, "threads": chosen.threads}
-        served = _serving(InferenceClient(f"unix:{socket_path}"), sha)
+        served = wait_serving(InferenceClient(f"unix:{socket_path}"), sha)
         assert served["threads"] == chosen.threads
         board_pick = by_device["var-board"]
         board_release = board.data_dir / "releases" / sha256_file(board_pick.artifact)
