@@ -60,10 +60,8 @@ def run(bench: Bench, full: bool, out_dir: Path) -> tuple[list[GoalRow], float, 
     seconds = time.monotonic() - started
     if done.returncode != 0:
         return [], seconds, f"exit code {done.returncode}"
-    if not bench.has_goals:
-        return [], seconds, None
-    module = importlib.import_module(f"bench.{bench.name}")
-    return module.goal_rows(json.loads(out.read_text())), seconds, None
+    rows, _, error = tabulate(bench, out_dir)
+    return rows, seconds, error
 
 
 def markdown(rows: list[GoalRow], failed: dict[str, str]) -> str:
@@ -82,6 +80,7 @@ def markdown(rows: list[GoalRow], failed: dict[str, str]) -> str:
 
 
 def tabulate(bench: Bench, out_dir: Path) -> tuple[list[GoalRow], float, str | None]:
+    """The goal rows of the report a run of ``bench`` left in ``out_dir``."""
     out = out_dir / f"{bench.name}.json"
     if not out.is_file():
         return [], 0.0, f"no {out} yet"
