@@ -18,6 +18,7 @@ import importlib.util
 import inspect
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,6 +119,18 @@ def _check_params(factory: Callable[..., Any], params: dict[str, Any], spec: str
         )
 
 
+def _with_working_directory_on_path() -> None:
+    """Let ``pkg.module:factory`` name a package in the directory the command runs from.
+
+    ``python -m`` puts it on ``sys.path``; an installed console script (``edgetailor``) puts its
+    own bin directory there instead, so a user's ``mymodels.nets:build`` would not import from
+    their project root. Appended, not prepended: an installed package of the same name wins.
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+
+
 def resolve_factory(spec: str, *, what: str) -> Callable[..., Any]:
     """``path/file.py:name`` or ``pkg.module:name`` -> the callable it names."""
     from host.errors import ConfigError
@@ -147,6 +160,7 @@ def resolve_factory(spec: str, *, what: str) -> Callable[..., Any]:
             sys.modules.pop(mod_name, None)
             raise error(f"{what} spec {spec!r}: importing {path} failed: {exc}") from exc
     else:
+        _with_working_directory_on_path()
         try:
             module = importlib.import_module(target)
         except ImportError as exc:

@@ -161,6 +161,35 @@ def test_data_of_the_wrong_shape_is_one_line_exit_2_and_out_keeps_only_what_it_h
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
 
 
+def test_the_installed_command_imports_model_and_metric_packages_from_the_working_directory(
+    tmp_path: Path,
+) -> None:
+    """`edgetailor` (the console script, not ``python -c``) run from a user's project root finds
+    ``mymodels.nets:make`` there, as ``python -m`` would."""
+    package = tmp_path / "mymodels_cwd"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text(
+        "import numpy as np\nimport torch\nfrom torch import nn\n\n"
+        "def make():\n"
+        "    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))\n"
+        "    return net, (torch.zeros(1, 1, 8, 8),), {'task': 'classification'}\n\n"
+        "def top1(outputs, labels):\n"
+        "    return float(np.mean(outputs.argmax(1) == labels))\n"
+    )
+    script = Path(sys.executable).with_name("edgetailor")
+    done = subprocess.run(
+        [str(script), "compress", "--model", "mymodels_cwd.nets:make", "--data", "builtin:digits",
+         "--metric", "mymodels_cwd.nets:top1", "--recipe", "baseline", "--out", "out", "--json"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (artifact,) = json.loads(done.stdout)["artifacts"]
+    assert artifact["user_metric"]["metric"] == "top1"
+    assert artifact["user_metric"]["metric_value"] == pytest.approx(artifact["metric_value"])
+    assert (tmp_path / "out" / f"{artifact['sha256']}.json").is_file()
+
+
 def test_json_stdout_stays_json_while_the_int8_converter_prints(tmp_path: Path) -> None:
     # litert-torch's quantizer prints "Relu partition has more than one output node" for every
     # residual add+ReLU of resnet8, from Python and C++, on stdout.
