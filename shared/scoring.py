@@ -320,8 +320,14 @@ def eval_warnings(
     labels: Any | None,
     reference: Any | None,
     task: str,
+    predictions: Any | None = None,
 ) -> list[str]:
-    """What makes this eval set say little about a model; empty when nothing does."""
+    """What makes this eval set say little about a model; empty when nothing does.
+
+    ``predictions`` are the uncompressed model's outputs where they are not the reference (a
+    classifier scored against labels): a model whose top-1 never changes is untrained or does not
+    fit the data, and every candidate's accuracy then measures the class balance, not the model.
+    """
     warnings: list[str] = []
     if samples < MIN_TRUSTED_SAMPLES:
         warnings.append(
@@ -352,6 +358,14 @@ def eval_warnings(
                     f"the reference's top-1 is {int(first[0])} for every eval sample: agreement "
                     "says nothing (is this a classifier? try --task embedding or regression)"
                 )
+    if metric == "accuracy" and predictions is not None and samples > 1:
+        top1 = as_rows(predictions)[:samples].argmax(axis=1)
+        if top1.size and np.all(top1 == top1[0]):
+            warnings.append(
+                f"the uncompressed model predicts class {int(top1[0])} for every eval sample: it "
+                "is untrained or does not fit this data, so accuracy measures the class balance "
+                "(train it first: --pretrain-epochs, or --weights)"
+            )
     return warnings
 
 

@@ -137,7 +137,7 @@ class CandidateBuilder:
         every = predict_all(bundle.module, split)
         outputs = user_outputs(every)
         baseline = score_outputs(every[0], split.labels, reference, bundle.task)
-        warnings = eval_set_warnings(split, reference, bundle.task, dataset)
+        warnings = eval_set_warnings(split, reference, bundle.task, dataset, every[0])
         for warning in warnings:
             self.ctx.emit("stage", f"warning: {warning}", warning=warning)
         user_baseline = None

@@ -106,12 +106,17 @@ def eval_split(data: DataSet, eval_samples: int | None = DEFAULT_EVAL_SAMPLES) -
 
 
 def eval_set_warnings(
-    split: Split, reference: np.ndarray | None, task: str, data: DataSet | None = None
+    split: Split,
+    reference: np.ndarray | None,
+    task: str,
+    data: DataSet | None = None,
+    predictions: np.ndarray | None = None,
 ) -> list[str]:
-    """shared.scoring's warnings about an eval set, with where its samples came from."""
+    """shared.scoring's warnings about an eval set, with where its samples came from.
+    ``predictions``: the uncompressed model's outputs on ``split`` when it is scored on labels."""
     from shared import scoring
 
-    warnings = scoring.eval_warnings(len(split), split.labels, reference, task)
+    warnings = scoring.eval_warnings(len(split), split.labels, reference, task, predictions)
     if data is not None and warnings and len(split) < scoring.MIN_TRUSTED_SAMPLES:
         total = len(data.train) + len(data.val) + len(data.test)
         warnings[0] += (
@@ -415,7 +420,11 @@ def _compress(
         progress=progress,
     )
     reference = reference_outputs(bundle, dataset, split) if evaluate else None
-    warnings = eval_set_warnings(split, reference, bundle.task, dataset) if evaluate else []
+    warnings: list[str] = []
+    if evaluate:
+        # Scored on labels, the uncompressed model's own outputs show whether it predicts at all.
+        predictions = predict(bundle.module, split) if reference is None else None
+        warnings = eval_set_warnings(split, reference, bundle.task, dataset, predictions)
     for warning in warnings:
         logger.warning("eval set: %s", warning)
     if user_metric is not None and evaluate:

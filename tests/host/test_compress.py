@@ -372,3 +372,23 @@ def test_qat_without_labels_keeps_batch_statistics_and_ends_within_the_interval_
     p = _file_metric(ptq)
     half_interval = 1.96 * np.sqrt(p * (1 - p) / n) + 1 / n
     assert _file_metric(qat) >= p - half_interval, (_file_metric(qat), p)
+
+
+def test_a_labelled_run_flags_a_model_that_predicts_one_class_for_everything(
+    tmp_path: Path,
+) -> None:
+    """Accuracy 0.1 on digits then measures the class balance, not the model: the run says so in
+    its result and in the manifest, not only when the eval set has no labels."""
+    stuck = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with torch.no_grad():
+        stuck[1].weight.zero_()
+        stuck[1].bias.copy_(torch.arange(10.0) == 3)
+    bundle = ModelBundle(
+        module=stuck.eval(), example_inputs=(torch.zeros(1, 1, 8, 8),), name="stuck",
+        task="classification", num_classes=10, factory="tests:stuck",
+    )  # fmt: skip
+    result = compress(bundle, "builtin:digits", "baseline", tmp_path)
+    (warning,) = result.eval_warnings
+    assert "predicts class 3 for every eval sample" in warning
+    manifest = json.loads((tmp_path / f"{result.artifacts[0].manifest.sha256}.json").read_text())
+    assert "predicts class 3" in manifest["metrics"]["eval_warnings"]

@@ -105,6 +105,12 @@ def test_eval_warnings_name_a_small_set_a_constant_top1_and_outputs_near_zero() 
     assert "near zero" in zero and "cosine" in zero
     (labels,) = scoring.eval_warnings(200, np.zeros(200, np.int64), None, "classification")
     assert "every eval label is 0" in labels
+    # Scored on labels, a model that predicts one class everywhere is flagged too.
+    labelled = np.arange(200) % 10
+    (stuck,) = scoring.eval_warnings(200, labelled, None, "classification", constant)
+    assert "predicts class 1 for every eval sample" in stuck and "--pretrain-epochs" in stuck
+    varied = np.eye(10)[labelled]
+    assert scoring.eval_warnings(200, labelled, None, "classification", varied) == []
 
 
 _BOARD_SCRIPT = """
