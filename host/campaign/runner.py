@@ -81,7 +81,9 @@ class CampaignRunner:
         if resumed and existing.state.get("work_dir"):
             self.ctx.work_dir = Path(existing.state["work_dir"])
         self.cstore.create_campaign(self.campaign_id, self.spec.to_dict())
-        self.cstore.update_campaign(self.campaign_id, state={"work_dir": str(self.ctx.work_dir)})
+        self.cstore.update_campaign(
+            self.campaign_id, state={"work_dir": str(self.ctx.work_dir), "error": None}
+        )
         self.ctx.emit(
             "stage",
             f"campaign {self.campaign_id} {'resumed' if resumed else 'started'}",
@@ -89,16 +91,27 @@ class CampaignRunner:
             resumed=resumed,
         )
 
-        self.cstore.update_campaign(self.campaign_id, status="compressing")
-        prepared = self.builder.prepare()
-        self.builder.make_candidates(prepared)
-        survivors = self.builder.screen()
-        candidates_s = time.monotonic() - started
-        devices = self.scheduler.resolve_devices()
-        self.cstore.update_campaign(
-            self.campaign_id, status="measuring", state={"devices": devices}
-        )
-        self.scheduler.measure(survivors, devices, prepared)
+        work_dir_existed = self.work_dir.exists()
+        try:
+            self.cstore.update_campaign(self.campaign_id, status="compressing")
+            prepared = self.builder.prepare()
+            self.builder.make_candidates(prepared)
+            survivors = self.builder.screen()
+            candidates_s = time.monotonic() - started
+            devices = self.scheduler.resolve_devices()
+            self.cstore.update_campaign(
+                self.campaign_id, status="measuring", state={"devices": devices}
+            )
+            self.scheduler.measure(survivors, devices, prepared)
+        except Exception as exc:
+            # The stored campaign says it failed and why (not "compressing" for ever), and a work
+            # folder this run made and left empty goes. `--resume` retries it once fixed.
+            self.cstore.update_campaign(
+                self.campaign_id, status="failed", state={"error": f"{exc}"[:2000]}
+            )
+            if not work_dir_existed:
+                _remove_if_empty(self.work_dir)
+            raise
         outcome = self.outcome()
         outcome["campaign"]["timings"] = {
             "candidates_s": round(candidates_s, 1),
@@ -119,6 +132,17 @@ class CampaignRunner:
 
     def outcome(self) -> dict[str, Any]:
         return campaign_outcome(self.cstore, self.campaign_id)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` and the empty folders inside it; anything with a file in it stays."""
+    if not folder.is_dir():
+        return
+    for sub in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if sub.is_dir() and not any(sub.iterdir()):
+            sub.rmdir()
+    if not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def run_campaign(

@@ -37,7 +37,9 @@ class CampaignRow(Base):
 
     campaign_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16))  # created | compressing | measuring | done
+    status: Mapped[str] = mapped_column(
+        String(16)
+    )  # created | compressing | measuring | done | failed
     state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # baseline metric, devices...
     selection: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created: Mapped[float] = mapped_column(Float)

@@ -304,6 +304,28 @@ def test_campaigns_are_queued_listed_described_and_cancelled(
     assert [d["label"] for d in deploy.json()["devices"]] == ["orig"]
 
 
+def test_a_campaign_posted_with_task_metric_strict_and_eval_samples_stores_them_in_its_spec(
+    local: TestClient, store: Store, token: str
+) -> None:
+    created = local.post(
+        "/api/v1/campaigns",
+        json={"model": "tests.taskmodels:unnamed_encoder", "data": "tests.taskmodels:sentences",
+              "devices": ["pi-1"], "task": "embedding", "metric": "tests.taskmodels:negative_distance",
+              "strict": True, "eval_samples": 50, "campaign_id": "camp-task"},
+        headers=auth(token),
+    )  # fmt: skip
+    assert created.status_code == 202, created.text
+    spec = CampaignStore(store).get_campaign("camp-task").spec
+    assert spec["task"] == "embedding" and spec["strict"] is True
+    assert spec["metric"] == "tests.taskmodels:negative_distance" and spec["eval_samples"] == 50
+    unknown = local.post(
+        "/api/v1/campaigns", json={"model": "m", "data": "d", "task": "vision"},
+        headers=auth(token),
+    )  # fmt: skip
+    assert unknown.status_code == 422
+    assert {f["field"] for f in unknown.json()["error"]["fields"]} == {"body.task"}
+
+
 def test_device_rollback_without_a_broker_says_so(
     local: TestClient, store: Store, token: str
 ) -> None:

@@ -35,7 +35,8 @@ def _summary(ctx: ApiContext, campaign: CampaignInfo) -> dict[str, Any]:
         "devices": campaign.state.get("devices") or list(campaign.spec.get("devices") or []),
         "jobs": {s: states.count(s) for s in sorted(set(states))},
         "progress": job.progress if job else {},
-        "error": job.error if job else None,
+        # A campaign run from the CLI has no service job; its failure is stored with it.
+        "error": (job.error if job else None) or campaign.state.get("error"),
         "created": campaign.created,
         "updated": max(campaign.updated, job.updated if job else 0.0),
     }
