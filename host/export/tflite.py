@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from host.errors import ExportError
 from host.export import Exporter, ExportRequest, QuantizedGraph
 from host.export.diagnose import export_error
+from host.export.observers import static_int8_config
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,34 @@ def _private_dequantize(graph_module: Any) -> int:
     return copies
 
 
+# Calibration batches: every observer updates its histogram once per call, so feeding samples one
+# at a time cost as much as the conversion itself on a small MobileNetV2.
+CALIBRATION_BATCH = 32
+
+
+def _capture(module: Any, examples: tuple[Any, ...]) -> tuple[Any, bool]:
+    """``module`` exported with a free batch dimension when it allows one (calibration then runs in
+    batches), else at the examples' batch size; and which of the two it is."""
+    import torch
+
+    doubled = tuple(torch.cat([t, t]) for t in examples)
+    try:
+        dynamic = tuple({0: torch.export.Dim.AUTO} for _ in examples)
+        return torch.export.export(module, doubled, dynamic_shapes=dynamic).module(), True
+    except Exception as exc:  # noqa: BLE001 - e.g. a reshape that fixes the batch size
+        logger.debug("no free batch dimension (%s); calibrating one sample at a time", exc)
+        return torch.export.export(module, examples).module(), False
+
+
+def _batch_bounds(samples: int, size: int) -> list[tuple[int, int]]:
+    """(start, stop) of batches of ``size``; a last batch of one joins the one before it (a free
+    batch dimension is exported for sizes of two and more)."""
+    bounds = [(start, min(start + size, samples)) for start in range(0, samples, size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < 2:
+        bounds[-2:] = [(bounds[-2][0], samples)]
+    return bounds
+
+
 def _prepare_static(request: ExportRequest) -> tuple[Any, Any]:
     """PT2E per-channel symmetric quantization, calibrated on ``request.calibration``."""
     import torch
@@ -143,20 +172,31 @@ def _prepare_static(request: ExportRequest) -> tuple[Any, Any]:
             "full int8 export quantizes every input, but this model takes integer inputs (e.g. token "
             "ids); use precision 'int8_dynamic' for it"
         )
-    quantizer = pq.PT2EQuantizer().set_global(
-        pq.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
-    )
+    quantizer = pq.PT2EQuantizer().set_global(static_int8_config())
     try:
-        graph = torch.export.export(request.module, request.example_inputs).module()
+        graph, batched = _capture(request.module, request.example_inputs)
         graph = quantize_pt2e.prepare_pt2e(graph, quantizer)
     except Exception as exc:
         raise export_error(exc, request.module, request.example_inputs, "int8 preparation") from exc
     calib = request.calibration.subset(request.config.calibration_samples)
-    batch = int(request.example_inputs[0].shape[0]) or 1
+    samples = len(calib)
     with torch.no_grad():
-        for start in range(0, len(calib) - batch + 1, batch):
-            graph(*(to_tensor(a[start : start + batch]) for a in calib.inputs))
-    logger.debug("calibrated int8 ranges on %d samples", len(calib))
+        if batched:
+            try:
+                for start, stop in _batch_bounds(samples, CALIBRATION_BATCH):
+                    graph(*(to_tensor(a[start:stop]) for a in calib.inputs))
+            except Exception as exc:  # noqa: BLE001 - a batch size the captured graph refuses
+                logger.debug("calibrating one sample at a time: %s", exc)
+                batched = False
+                graph = quantize_pt2e.prepare_pt2e(
+                    torch.export.export(request.module, request.example_inputs).module(),
+                    quantizer,
+                )
+        if not batched:
+            batch = int(request.example_inputs[0].shape[0]) or 1
+            for start in range(0, samples - batch + 1, batch):
+                graph(*(to_tensor(a[start : start + batch]) for a in calib.inputs))
+    logger.debug("calibrated int8 ranges on %d samples", samples)
     return graph, quantizer
 
 

@@ -236,6 +236,43 @@ def test_json_output_of_every_named_recipe_parses(
     assert low <= artifact["metric_value"] <= high
 
 
+TINY_HF_MOBILENETV2 = "builtin:hf_mobilenetv2?depth_multiplier=0.35&image_size=16"
+TINY_HF_BERT = (
+    "builtin:hf_bert?vocab_size=60&seq_len=12&hidden_size=32&layers=1&heads=2&intermediate_size=64"
+)
+TRANSFORMERS_CASES = {
+    # transformers' MobileNetV2: its int8 conversion prints C++ warnings on fd 1/2 ("quantizer's
+    # output has another quantizer"); QAT files go through the same converter.
+    "hf_mobilenetv2-int8": (TINY_HF_MOBILENETV2, "images", "int8"),
+    "hf_bert-int8_dynamic": (TINY_HF_BERT, "tokens", "int8_dynamic"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRANSFORMERS_CASES))
+def test_json_output_on_transformers_models_parses_while_their_converters_print(
+    case: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("transformers")
+    model, kind, recipe = TRANSFORMERS_CASES[case]
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data.npz"
+    if kind == "images":
+        np.savez(data, x=rng.normal(size=(120, 3, 16, 16)).astype(np.float32))
+    else:
+        mask = (np.arange(12)[None] < rng.integers(4, 13, size=(120, 1))).astype(np.int64)
+        np.savez(data, x0=rng.integers(1, 60, size=(120, 12)) * mask, x1=mask)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([
+            "compress", "--model", model, "--data", str(data), "--recipe", recipe,
+            "--out", str(tmp_path / "out"), "--json",
+        ])  # fmt: skip
+    captured = capfd.readouterr()
+    assert exit_info.value.code == 0, captured.err[-2000:]
+    result = json.loads(captured.out)
+    (artifact,) = result["artifacts"]
+    assert artifact["metric"] == ("agreement" if kind == "images" else "cosine")
+
+
 def test_a_guessed_task_is_stated_with_how_to_override_it_and_task_overrides(
     tmp_path: Path,
 ) -> None:

@@ -27,7 +27,7 @@ from host.export import (
     run_artifact,
 )
 from host.metrics import evaluate_module, predict
-from host.models import ModelBundle
+from host.models import ModelBundle, load_model
 from host.train import fit
 from shared.hashing import sha256_file
 from shared.manifest import decode_manifest
@@ -428,3 +428,49 @@ def test_full_int8_exports_a_tensor_shared_by_an_add_and_a_pad_and_tracks_fp32(
         np.linalg.norm(quantized, axis=1) * np.linalg.norm(reference, axis=1)
     )
     assert float(cosine.mean()) > 0.98
+
+
+def test_the_fast_histogram_observer_picks_exactly_torchaos_range_on_real_activations() -> None:
+    """Same histograms in, same (scale, zero point) out: the fast search only runs sooner."""
+    from litert_torch.quantize import pt2e_quantizer as pq
+    from torchao.quantization.pt2e import quantize_pt2e
+    from torchao.quantization.pt2e.observer import HistogramObserver
+
+    from host.export.observers import FastHistogramObserver
+
+    bundle = load_model("builtin:resnet8")
+    quantizer = pq.PT2EQuantizer().set_global(
+        pq.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
+    )
+    graph = torch.export.export(bundle.module, bundle.example_inputs).module()
+    graph = quantize_pt2e.prepare_pt2e(graph, quantizer)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for _ in range(8):
+            graph(torch.randn(1, 1, 8, 8) * 3)
+    observers = [m for m in graph.modules() if type(m) is HistogramObserver]
+    # Heavy tails and lone outliers make the search walk far before it stops.
+    for scale in (1.0, 40.0):
+        tailed = HistogramObserver(eps=2**-12, dtype=torch.int8, quant_min=-128, quant_max=127)
+        tailed(
+            torch.cat([torch.distributions.StudentT(1.5).sample((5000,)), torch.tensor([scale])])
+        )
+        observers.append(tailed)
+    assert len(observers) > 10
+    for observer in observers:
+        fast = FastHistogramObserver(
+            eps=2**-12, dtype=torch.int8, quant_min=-128, quant_max=127,
+            qscheme=observer.qscheme,
+        )  # fmt: skip
+        fast.load_state_dict(observer.state_dict())
+        expected, got = observer.calculate_qparams(), fast.calculate_qparams()
+        assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
+
+
+def test_calibration_batches_never_leave_a_batch_of_one() -> None:
+    from host.export.tflite import _batch_bounds
+
+    assert _batch_bounds(64, 32) == [(0, 32), (32, 64)]
+    assert _batch_bounds(65, 32) == [(0, 32), (32, 65)]
+    assert _batch_bounds(70, 32) == [(0, 32), (32, 64), (64, 70)]
+    assert _batch_bounds(1, 32) == [(0, 1)]
