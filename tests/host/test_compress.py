@@ -392,3 +392,17 @@ def test_a_labelled_run_flags_a_model_that_predicts_one_class_for_everything(
     assert "predicts class 3 for every eval sample" in warning
     manifest = json.loads((tmp_path / f"{result.artifacts[0].manifest.sha256}.json").read_text())
     assert "predicts class 3" in manifest["metrics"]["eval_warnings"]
+
+
+def test_distill_says_so_when_no_student_can_be_pruned_from_a_width_less_model(
+    tmp_path: Path,
+) -> None:
+    """One Linear layer, which is the output: nothing may be pruned, so no student exists."""
+    bundle = ModelBundle(
+        module=nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval(),
+        example_inputs=(torch.zeros(1, 1, 8, 8),), name="linear", task="classification",
+        num_classes=10, factory="tests:linear",
+    )  # fmt: skip
+    with pytest.raises(CompressionError, match="cannot build a width-0.5 student of linear"):
+        compress(bundle, "builtin:digits", [Distill(student=0.5, epochs=1)], tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

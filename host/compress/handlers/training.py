@@ -136,6 +136,13 @@ def _pruned_student(teacher: ModelBundle, width: float) -> ModelBundle:
         if param_count(outcome.model) <= target or ratio >= _MAX_STUDENT_PRUNING:
             break
         ratio = min(_MAX_STUDENT_PRUNING, ratio + 0.05)
+    if param_count(outcome.model) >= param_count(teacher.module):
+        raise CompressionError(
+            f"cannot build a width-{width:g} student of {teacher.name}: its factory takes no width "
+            "and structured pruning found no channel it may remove (every layer feeds the output "
+            "directly); give the student as a model spec, e.g. "
+            "Distill(student='path/file.py:small_model')"
+        )
     return dataclasses.replace(
         teacher,
         module=outcome.model,
