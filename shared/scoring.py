@@ -359,10 +359,10 @@ def eval_warnings(
                     "says nothing (is this a classifier? try --task embedding or regression)"
                 )
     if metric == "accuracy" and predictions is not None and samples > 1:
-        top1 = as_rows(predictions)[:samples].argmax(axis=1)
-        if top1.size and np.all(top1 == top1[0]):
+        predicted = top1(as_rows(predictions)[:samples])
+        if predicted.size and np.all(predicted == predicted[0]):
             warnings.append(
-                f"the uncompressed model predicts class {int(top1[0])} for every eval sample: it "
+                f"the uncompressed model predicts class {int(predicted[0])} for every eval sample: it "
                 "is untrained or does not fit this data, so accuracy measures the class balance "
                 "(train it first: --pretrain-epochs, or --weights)"
             )

@@ -115,7 +115,7 @@ class CampaignCreate(Strict):
 
 class CampaignSummary(BaseModel):
     campaign_id: str
-    status: str = Field(description="created | compressing | measuring | done | failed")
+    status: str = Field(description="created | compressing | measuring | done | failed | cancelled")
     job: str | None = Field(None, description="the service job: queued | running | done | ...")
     model: str | None = None
     data: str | None = None

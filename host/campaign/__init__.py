@@ -38,6 +38,7 @@ from host.campaign.outcome import (
 from host.campaign.runner import CampaignRunner, run_campaign
 from host.campaign.scheduler import DeviceScheduler
 from host.campaign.spec import (
+    CampaignCancelled,
     CampaignError,
     CampaignSpec,
     new_campaign_id,
@@ -46,6 +47,7 @@ from host.campaign.spec import (
 )
 
 __all__ = [
+    "CampaignCancelled",
     "CampaignError",
     "CampaignEvent",
     "CampaignRunner",

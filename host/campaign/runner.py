@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,7 @@ from host.campaign.events import Emitter, ProgressFn
 from host.campaign.outcome import campaign_outcome
 from host.campaign.scheduler import DeviceScheduler
 from host.campaign.spec import (
+    CampaignCancelled,
     CampaignError,
     CampaignSpec,
     check_campaign_id,
@@ -106,11 +108,14 @@ class CampaignRunner:
         except Exception as exc:
             # The stored campaign says it failed and why (not "compressing" for ever), and a work
             # folder this run made and left empty goes. `--resume` retries it once fixed.
+            status = "cancelled" if isinstance(exc, CampaignCancelled) else "failed"
+            error = f"{exc}" or type(exc).__name__
             self.cstore.update_campaign(
-                self.campaign_id, status="failed", state={"error": f"{exc}"[:2000]}
+                self.campaign_id, status=status, state={"error": error[:2000]}
             )
             if not work_dir_existed:
-                _remove_if_empty(self.work_dir)
+                with contextlib.suppress(OSError):  # never hide the error that ended the run
+                    _remove_if_empty(self.work_dir)
             raise
         outcome = self.outcome()
         outcome["campaign"]["timings"] = {

@@ -60,6 +60,10 @@ class CampaignError(HostError):
     """A campaign cannot start or continue (unknown id, spec mismatch, no devices, ...)."""
 
 
+class CampaignCancelled(HostError):
+    """The campaign was cancelled (through the service's API) while it ran."""
+
+
 # --------------------------------------------------------------------------------------------------
 # The spec.
 

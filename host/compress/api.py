@@ -422,16 +422,17 @@ def _compress(
     reference = reference_outputs(bundle, dataset, split) if evaluate else None
     warnings: list[str] = []
     if evaluate:
+        baseline_outputs = predict_all(bundle.module, split)
         # Scored on labels, the uncompressed model's own outputs show whether it predicts at all.
-        predictions = predict(bundle.module, split) if reference is None else None
+        predictions = baseline_outputs[0] if reference is None else None
         warnings = eval_set_warnings(split, reference, bundle.task, dataset, predictions)
+        if user_metric is not None:
+            # A metric that cannot score the uncompressed model's outputs fails here, not after
+            # the compression.
+            target = split.labels if split.labels is not None else reference
+            user_metric(user_outputs(baseline_outputs), target)
     for warning in warnings:
         logger.warning("eval set: %s", warning)
-    if user_metric is not None and evaluate:
-        # A metric that cannot score the uncompressed model's outputs fails here, not after the
-        # compression.
-        target = split.labels if split.labels is not None else reference
-        user_metric(user_outputs(predict_all(bundle.module, split)), target)
     started = time.perf_counter()
     candidate, ctx = apply_recipe(bundle, dataset, recipe, progress=progress, seed=seed)
     metrics: dict[str, Any] = {"params": count_params(candidate.module)}

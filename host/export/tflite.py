@@ -24,7 +24,6 @@ from typing import Any, ClassVar
 from host.errors import ExportError
 from host.export import Exporter, ExportRequest, QuantizedGraph
 from host.export.diagnose import export_error
-from host.export.observers import static_int8_config
 
 logger = logging.getLogger(__name__)
 
@@ -134,17 +133,26 @@ def _private_dequantize(graph_module: Any) -> int:
 CALIBRATION_BATCH = 32
 
 
+def capture_with_free_batch(module: Any, examples: tuple[Any, ...]) -> Any:
+    """``module`` exported (torch.export) with a free batch dimension, from a batch of two made of
+    the examples: training and calibration then feed whole batches, where a batch-1 example lets
+    torch.export fix the batch size at 1. Raises what torch.export raises."""
+    import torch
+
+    doubled = tuple(torch.cat([t.cpu(), t.cpu()]) for t in examples)
+    dynamic = tuple({0: torch.export.Dim.AUTO} for _ in examples)
+    return torch.export.export(module, doubled, dynamic_shapes=dynamic).module()
+
+
 def _capture(module: Any, examples: tuple[Any, ...]) -> tuple[Any, bool]:
     """``module`` exported with a free batch dimension when it allows one (calibration then runs in
     batches), else at the examples' batch size; and which of the two it is."""
     import torch
 
-    doubled = tuple(torch.cat([t, t]) for t in examples)
     try:
-        dynamic = tuple({0: torch.export.Dim.AUTO} for _ in examples)
-        return torch.export.export(module, doubled, dynamic_shapes=dynamic).module(), True
+        return capture_with_free_batch(module, examples), True
     except Exception as exc:  # noqa: BLE001 - e.g. a reshape that fixes the batch size
-        logger.debug("no free batch dimension (%s); calibrating one sample at a time", exc)
+        logger.debug("no free batch dimension (%s); calibrating at the examples' batch size", exc)
         return torch.export.export(module, examples).module(), False
 
 
@@ -163,6 +171,7 @@ def _prepare_static(request: ExportRequest) -> tuple[Any, Any]:
     from litert_torch.quantize import pt2e_quantizer as pq
     from torchao.quantization.pt2e import quantize_pt2e
 
+    from host.export.observers import static_int8_config
     from host.metrics import to_tensor
 
     if request.calibration is None:
@@ -173,11 +182,20 @@ def _prepare_static(request: ExportRequest) -> tuple[Any, Any]:
             "ids); use precision 'int8_dynamic' for it"
         )
     quantizer = pq.PT2EQuantizer().set_global(static_int8_config())
-    try:
-        graph, batched = _capture(request.module, request.example_inputs)
-        graph = quantize_pt2e.prepare_pt2e(graph, quantizer)
-    except Exception as exc:
-        raise export_error(exc, request.module, request.example_inputs, "int8 preparation") from exc
+
+    def prepared(batched: bool) -> tuple[Any, bool]:
+        try:
+            if batched:
+                graph, batched = _capture(request.module, request.example_inputs)
+            else:
+                graph = torch.export.export(request.module, request.example_inputs).module()
+            return quantize_pt2e.prepare_pt2e(graph, quantizer), batched
+        except Exception as exc:
+            raise export_error(
+                exc, request.module, request.example_inputs, "int8 preparation"
+            ) from exc
+
+    graph, batched = prepared(True)
     calib = request.calibration.subset(request.config.calibration_samples)
     samples = len(calib)
     with torch.no_grad():
@@ -186,12 +204,8 @@ def _prepare_static(request: ExportRequest) -> tuple[Any, Any]:
                 for start, stop in _batch_bounds(samples, CALIBRATION_BATCH):
                     graph(*(to_tensor(a[start:stop]) for a in calib.inputs))
             except Exception as exc:  # noqa: BLE001 - a batch size the captured graph refuses
-                logger.debug("calibrating one sample at a time: %s", exc)
-                batched = False
-                graph = quantize_pt2e.prepare_pt2e(
-                    torch.export.export(request.module, request.example_inputs).module(),
-                    quantizer,
-                )
+                logger.info("calibrating at the examples' batch size: batches failed (%s)", exc)
+                graph, batched = prepared(False)
         if not batched:
             batch = int(request.example_inputs[0].shape[0]) or 1
             for start in range(0, samples - batch + 1, batch):

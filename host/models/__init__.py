@@ -124,9 +124,13 @@ def _with_working_directory_on_path() -> None:
 
     ``python -m`` puts it on ``sys.path``; an installed console script (``edgetailor``) puts its
     own bin directory there instead, so a user's ``mymodels.nets:build`` would not import from
-    their project root. Appended, not prepended: an installed package of the same name wins.
+    their project root. Appended, not prepended as ``python -m`` does: an installed package of the
+    same name wins over a folder that happens to share its name.
     """
-    cwd = os.getcwd()
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the directory was removed under the running process
+        return
     if cwd not in sys.path and "" not in sys.path:
         sys.path.append(cwd)
 
@@ -166,7 +170,7 @@ def resolve_factory(spec: str, *, what: str) -> Callable[..., Any]:
         except ImportError as exc:
             raise error(
                 f"{what} spec {spec!r}: cannot import module {target!r} ({exc}); check the name "
-                "and that it is on PYTHONPATH"
+                "and that it is on PYTHONPATH or in the directory you run edgetailor in"
             ) from exc
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):

@@ -15,6 +15,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from host.campaign.spec import CampaignCancelled
 from host.errors import HostError
 from host.store.service import JOB_CANCELLING, JOB_DONE, JOB_FAILED, ServiceStore
 
@@ -26,10 +27,6 @@ logger = logging.getLogger(__name__)
 
 LEASE_S = 60.0
 RENEW_S = 10.0
-
-
-class CampaignCancelled(HostError):
-    """The campaign was cancelled through the API."""
 
 
 class _CancellableRegistry:

@@ -39,7 +39,7 @@ class CampaignRow(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(
         String(16)
-    )  # created | compressing | measuring | done | failed
+    )  # created | compressing | measuring | done | failed | cancelled
     state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # baseline metric, devices...
     selection: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created: Mapped[float] = mapped_column(Float)

@@ -20,6 +20,7 @@ from host.errors import ExportError
 from host.export import (
     Artifact,
     ExportConfig,
+    ExportRequest,
     QuantizedGraph,
     evaluate_artifact,
     export,
@@ -474,3 +475,38 @@ def test_calibration_batches_never_leave_a_batch_of_one() -> None:
     assert _batch_bounds(65, 32) == [(0, 32), (32, 65)]
     assert _batch_bounds(70, 32) == [(0, 32), (32, 64), (64, 70)]
     assert _batch_bounds(1, 32) == [(0, 1)]
+
+
+class _FixedBatch(nn.Module):
+    """Flattens with view(1, -1): torch.export cannot give it a free batch dimension."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).view(1, -1))
+
+
+@pytest.mark.parametrize("model", ["free batch", "fixed batch"])
+def test_full_int8_calibrates_in_batches_or_at_the_examples_batch_size_alike(
+    model: str, tmp_path: Path
+) -> None:
+    from host.export.observers import FastHistogramObserver
+    from host.export.tflite import _prepare_static
+
+    torch.manual_seed(0)
+    module = _FixedBatch() if model == "fixed batch" else load_model("builtin:resnet8").module
+    examples = (torch.zeros(1, 1, 8, 8),)
+    calib = Split((np.random.default_rng(0).normal(size=(40, 1, 8, 8)).astype(np.float32),))
+    request = ExportRequest(
+        module.eval(), examples, ExportConfig("tflite", "int8", calibration_samples=40), calib
+    )
+    graph, _ = _prepare_static(request)
+    observers = [m for m in graph.modules() if isinstance(m, FastHistogramObserver)]
+    assert observers and all(float(m.histogram.sum()) > 0 for m in observers)
+    # The input's observer saw all 40 samples (64 values each), batched or not.
+    assert any(float(m.histogram.sum()) == 40 * 64 for m in observers)
+    artifact = export(module, examples, ExportConfig("tflite", "int8"), tmp_path, calibration=calib)
+    assert artifact.manifest.inputs[0].dtype == "int8"

@@ -245,15 +245,14 @@ def test_qat_of_transformers_mobilenetv2_folds_every_batch_norm_and_tracks_fp32(
     """Its TF-style padding defeats torch.fx tracing; the batch norms are folded in the exported
     graph instead. Left unfolded, they stayed float between quantized ops and the QAT file scored
     33 points below PTQ int8 of the same model."""
-    from host.compress.handlers.quantization import prepare_qat
+    from host.compress.handlers.quantization import _batch_norms_left, prepare_qat
     from host.export import ExportConfig, QuantizedGraph, export, run_artifact
+    from host.export.tflite import capture_with_free_batch
     from host.metrics import predict
 
     bundle = _he_initialised_tiny_mobilenetv2()
-    batch_norms = sum(
-        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in bundle.module.modules()
-    )
-    assert batch_norms > 10
+    captured = capture_with_free_batch(bundle.module.eval(), bundle.example_inputs)
+    assert _batch_norms_left(captured) > 10  # what the exported graph computes before folding
     wrapped, quantizer, left = prepare_qat(bundle.module, bundle.example_inputs)
     assert left == 0
     calib = _random_images(32)

@@ -133,16 +133,17 @@ def _pruned_student(teacher: ModelBundle, width: float) -> ModelBundle:
                 f"width and structured pruning failed ({exc}); give the student as a model spec, "
                 "e.g. Distill(student='path/file.py:small_model')"
             ) from exc
+        if param_count(outcome.model) >= param_count(teacher.module):
+            # A harder ratio will not find what this one could not.
+            raise CompressionError(
+                f"cannot build a width-{width:g} student of {teacher.name}: its factory takes no "
+                "width and structured pruning removed nothing (no layer it may narrow without "
+                "changing the model's inputs or outputs); give the student as a model spec, e.g. "
+                "Distill(student='path/file.py:small_model')"
+            )
         if param_count(outcome.model) <= target or ratio >= _MAX_STUDENT_PRUNING:
             break
         ratio = min(_MAX_STUDENT_PRUNING, ratio + 0.05)
-    if param_count(outcome.model) >= param_count(teacher.module):
-        raise CompressionError(
-            f"cannot build a width-{width:g} student of {teacher.name}: its factory takes no width "
-            "and structured pruning found no channel it may remove (every layer feeds the output "
-            "directly); give the student as a model spec, e.g. "
-            "Distill(student='path/file.py:small_model')"
-        )
     return dataclasses.replace(
         teacher,
         module=outcome.model,
