@@ -266,6 +266,29 @@ def test_qat_of_transformers_mobilenetv2_folds_every_batch_norm_and_tracks_fp32(
     assert np.corrcoef(quantized.ravel(), reference.ravel())[0, 1] > 0.95
 
 
+def test_lowrank_factorizes_transformers_mobilenetv2_whose_padding_reads_its_convolutions() -> None:
+    """Its TF-style padding reads each convolution's stride and kernel size: the factorized layer
+    keeps them, so every 1x1 convolution is factorized (depthwise ones and the head are not)."""
+    bundle = _he_initialised_tiny_mobilenetv2()
+    model, done, skipped = factorize_module(
+        bundle.module, bundle.example_inputs, LowRank(ratio=0.5)
+    )
+    assert len(done) > 20
+    assert {s.reason.split(" (")[0] for s in skipped} <= {
+        "grouped/depthwise conv", "output head"
+    }  # fmt: skip
+    original = dict(bundle.module.named_modules())
+    replaced = dict(model.named_modules())
+    for layer in done:
+        for attribute in ("stride", "kernel_size", "dilation", "in_channels", "out_channels"):
+            assert getattr(replaced[layer.name], attribute) == getattr(
+                original[layer.name], attribute
+            )
+    images = torch.from_numpy(_random_images(8).inputs[0])
+    with torch.no_grad():
+        assert model(images).shape == (8, 10)
+
+
 def test_a_width_less_vit_student_narrows_its_residual_width_to_half_the_parameters() -> None:
     from host.compress.handlers.training import build_student
 

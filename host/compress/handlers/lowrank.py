@@ -10,6 +10,7 @@ step log says so, because a "factorized" layer with more parameters is a pessimi
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -43,6 +44,37 @@ class FactorizedLayer:
 class SkippedLayer:
     name: str
     reason: str
+
+
+# What model code reads of a layer besides its weights, kept on the module that replaces it.
+_CONV_ATTRIBUTES = (
+    "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+    "padding_mode",
+)  # fmt: skip
+_LINEAR_ATTRIBUTES = ("in_features", "out_features")
+
+
+@functools.lru_cache(maxsize=1)
+def _factorized_class() -> type:
+    from torch import nn
+
+    class Factorized(nn.Sequential):
+        """The factors of one layer, in order, still answering for the layer they replace (its
+        stride, kernel size, channel or feature counts): transformers' MobileNetV2 computes its
+        TF-style "SAME" padding from its convolutions' stride and kernel size, and a plain
+        Sequential there made every one of its convolutions unfactorizable."""
+
+    return Factorized
+
+
+def _factorized(layer: nn.Module, *factors: nn.Module) -> nn.Module:
+    from torch import nn
+
+    module = _factorized_class()(*factors)
+    attributes = _LINEAR_ATTRIBUTES if isinstance(layer, nn.Linear) else _CONV_ATTRIBUTES
+    for name in attributes:
+        setattr(module, name, getattr(layer, name))
+    return module
 
 
 def _bias_count(layer: nn.Module) -> int:
@@ -101,7 +133,7 @@ def _factorize_linear(
     up.weight.data.copy_(second)
     if layer.bias is not None:
         up.bias.data.copy_(layer.bias.detach())
-    return nn.Sequential(down, up), (rank,), ""
+    return _factorized(layer, down, up), (rank,), ""
 
 
 def _factorize_conv_svd(
@@ -134,7 +166,7 @@ def _factorize_conv_svd(
     pointwise.weight.data.copy_(second.reshape(c_out, rank, 1, 1))
     if layer.bias is not None:
         pointwise.bias.data.copy_(layer.bias.detach())
-    return nn.Sequential(spatial, pointwise), (rank,), ""
+    return _factorized(layer, spatial, pointwise), (rank,), ""
 
 
 def _tucker2_ranks(layer: nn.Conv2d, cfg: LowRank) -> tuple[int, int]:
@@ -204,7 +236,7 @@ def _factorize_conv_tucker2(
     expand.weight.data.copy_(u_out.reshape(c_out, r_out, 1, 1).to(weight.dtype))
     if layer.bias is not None:
         expand.bias.data.copy_(layer.bias.detach())
-    return nn.Sequential(squeeze, spatial, expand), (r_in, r_out), ""
+    return _factorized(layer, squeeze, spatial, expand), (r_in, r_out), ""
 
 
 def _selected(name: str, layer: nn.Module, cfg: LowRank) -> bool:
