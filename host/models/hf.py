@@ -154,8 +154,18 @@ def hf_efficientnet_b0(
         dropout_rate=0.2,
         num_labels=num_classes,
     )
+    model = tf.EfficientNetForImageClassification(config)
+    # transformers 5.24 initialises EfficientNet's batch-norm scales like its weights, from
+    # N(0, 0.02): each of its 49 batch norms shrinks the signal fifty-fold, every sample reaches the
+    # head as the same vector and training from scratch never leaves ln(10) loss (pretrained
+    # weights overwrite them, so hub users never see it). Scales of one, as torch initialises them.
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, nn.BatchNorm2d):
+                layer.weight.fill_(1.0)
+                layer.bias.zero_()
     return _image_bundle(
-        tf.EfficientNetForImageClassification(config),
+        model,
         "hf_efficientnet_b0",
         num_classes,
         image_size,

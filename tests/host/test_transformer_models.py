@@ -110,6 +110,20 @@ def test_pruning_a_vit_keeps_whole_heads_and_its_class_count() -> None:
         assert outcome.model(*bundle.example_inputs).shape == (1, 10)
 
 
+def test_transformers_efficientnet_gets_batch_norm_scales_of_one_so_it_can_train_from_scratch() -> (
+    None
+):
+    """transformers draws them from N(0, 0.02): every sample then reached the head as the same
+    vector, and the bench's EfficientNet-B0 ended its pretraining predicting one class."""
+    bundle = load_model("builtin:hf_efficientnet_b0", **TINY["hf_efficientnet_b0"])
+    norms = [m for m in bundle.module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) > 40 and all(bool((m.weight == 1).all()) for m in norms)
+    with torch.no_grad():
+        logits = bundle.module.train()(torch.randn(8, 3, 32, 32))
+    bundle.module.eval()
+    assert float(logits.std(0).mean()) > 1e-3
+
+
 @pytest.mark.parametrize("name", ["hf_resnet18", "hf_mobilenetv2", "hf_efficientnet_b0"])
 def test_pruning_transformers_conv_nets_halves_channels_and_keeps_the_output(name: str) -> None:
     bundle = load_model(f"builtin:{name}", **TINY[name])
