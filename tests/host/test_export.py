@@ -510,3 +510,43 @@ def test_full_int8_calibrates_in_batches_or_at_the_examples_batch_size_alike(
     assert any(float(m.histogram.sum()) == 40 * 64 for m in observers)
     artifact = export(module, examples, ExportConfig("tflite", "int8"), tmp_path, calibration=calib)
     assert artifact.manifest.inputs[0].dtype == "int8"
+
+
+class _HugeWindowPools(nn.Module):
+    """Pools written the way transformers' EfficientNet writes its global pool."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local = nn.AvgPool2d(2)
+        self.mean = nn.AvgPool2d(1280, ceil_mode=True)
+        self.peak = nn.MaxPool2d(1280, ceil_mode=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.local(x)
+        return torch.cat([self.mean(x), self.peak(x)], 1).flatten(1)
+
+
+def test_a_pool_whose_window_covers_its_input_becomes_adaptive_with_the_same_outputs() -> None:
+    from host.export.canonical import make_global_pools_adaptive
+
+    model = _HugeWindowPools().eval()
+    x = torch.randn(3, 4, 6, 10)
+    before = model(x)
+    assert make_global_pools_adaptive(model, (x[:1],)) == ["mean", "peak"]
+    assert isinstance(model.local, nn.AvgPool2d)  # a 2x2 window pools locally: left alone
+    assert isinstance(model.mean, nn.AdaptiveAvgPool2d)
+    torch.testing.assert_close(model(x), before, rtol=0, atol=1e-6)
+
+
+def test_transformers_efficientnet_exports_without_padding_to_its_pools_window(
+    tmp_path: Path,
+) -> None:
+    """It pools with AvgPool2d(1280, ceil_mode=True); converted as written, the input was padded to
+    1280x1280 (a 1x1280x1280x1280 float tensor: 8 GB on the board)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    bundle = load_model("builtin:hf_efficientnet_b0", image_size=32)
+    artifact = export(bundle, None, ExportConfig("tflite", "fp32"), tmp_path)
+    tensors = Interpreter(model_path=str(artifact.path)).get_tensor_details()
+    assert max(int(np.prod(t["shape"])) for t in tensors) < 1_000_000
+    assert isinstance(bundle.module.model.efficientnet.pooler, nn.AvgPool2d)  # input untouched

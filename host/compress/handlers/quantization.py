@@ -170,9 +170,11 @@ def prepare_qat(
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
     from torchao.quantization.pt2e.utils import _fuse_conv_bn_
 
+    from host.export.canonical import make_global_pools_adaptive
     from host.export.tflite import capture_with_free_batch
 
     model = cpu_copy(module).eval()
+    make_global_pools_adaptive(model, example_inputs)
     quantizer = _qat_quantizer_class()().set_global(
         get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
     )
