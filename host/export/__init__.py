@@ -170,7 +170,7 @@ def export(
     """
     import torch
 
-    from host.export.canonical import make_global_pools_adaptive
+    from host.export.canonical import canonicalize
     from host.metrics import count_macs, count_params
 
     _register_builtin_exporters()
@@ -195,7 +195,7 @@ def export(
     # Exporters never mutate their input.
     module = copy.deepcopy(module).eval().to("cpu")
     examples = tuple(t.detach().to("cpu") for t in examples)
-    make_global_pools_adaptive(module, examples)
+    canonicalize(module, examples)
     request = ExportRequest(module, examples, cfg, calibration, quantizer_state)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

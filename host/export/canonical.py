@@ -6,6 +6,14 @@ larger than any input it will see -- transformers' EfficientNet pools with
 padded to 1280x1280 before an AVERAGE_POOL_2D, a 1x1280x1280x1280 float tensor. The EfficientNet-B0
 file then needed 8 GB of memory on the board and counted 1 G MACs at 32 px (8.5 M without the
 pad). ``AdaptiveAvgPool2d(1)`` computes the same mean, and converts to a MEAN over the spatial axes.
+
+:func:`number_conv_padding`: a convolution written with ``padding="same"`` or ``"valid"`` (every
+convolution of transformers' EfficientNet) traces to the ``aten.conv2d.padding`` overload, which the
+PT2E quantizers do not annotate (they match ``aten.conv2d.default``) and torchao's conv/batch-norm
+fusion does not match: full int8 of EfficientNet-B0 left all 81 convolutions float and the file
+1.01x smaller than fp32. The same padding written as numbers traces to ``conv2d.default``.
+
+:func:`canonicalize` applies both; the exporters and QAT's preparation call it on their own copy.
 """
 
 from __future__ import annotations
@@ -78,4 +86,36 @@ def make_global_pools_adaptive(module: nn.Module, examples: tuple[torch.Tensor, 
     return replaced
 
 
-__all__ = ["make_global_pools_adaptive"]
+def number_conv_padding(module: nn.Module) -> list[str]:
+    """Write, in place, the string padding of every zero-padded convolution as numbers: "valid" is
+    0, and "same" is ``dilation * (kernel - 1) // 2`` per side where that is symmetric (an odd
+    effective kernel; PyTorch pads an even one more on one side, which one number cannot say, so
+    such a layer is left as it is). Returns the names of the layers rewritten."""
+    from torch import nn
+
+    rewritten = []
+    for name, layer in module.named_modules():
+        if not isinstance(layer, nn.modules.conv._ConvNd) or not isinstance(layer.padding, str):
+            continue
+        if layer.padding_mode != "zeros":
+            # Other modes pad with F.pad first and call the convolution with padding 0 already.
+            continue
+        if layer.padding == "valid":
+            layer.padding = (0,) * len(layer.kernel_size)
+        else:
+            spans = [d * (k - 1) for d, k in zip(layer.dilation, layer.kernel_size, strict=True)]
+            if any(span % 2 for span in spans):
+                continue
+            layer.padding = tuple(span // 2 for span in spans)
+        rewritten.append(name)
+    if rewritten:
+        logger.info("wrote string convolution padding as numbers: %d layers", len(rewritten))
+    return rewritten
+
+
+def canonicalize(module: nn.Module, examples: tuple[torch.Tensor, ...]) -> list[str]:
+    """Apply every rewrite of this module to ``module`` in place; returns the layers changed."""
+    return make_global_pools_adaptive(module, examples) + number_conv_padding(module)
+
+
+__all__ = ["canonicalize", "make_global_pools_adaptive", "number_conv_padding"]

@@ -431,6 +431,79 @@ def test_full_int8_exports_a_tensor_shared_by_an_add_and_a_pad_and_tracks_fp32(
     assert float(cosine.mean()) > 0.98
 
 
+class _SameSiluResidual(nn.Module):
+    """Written the way transformers' EfficientNet writes its blocks: string padding, SiLU, and a
+    residual ``+``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding="valid")
+        self.expand = nn.Conv2d(8, 16, 1, padding="same", bias=False)
+        self.norm = nn.BatchNorm2d(16)
+        self.act = nn.SiLU()
+        self.depthwise = nn.Conv2d(16, 16, 5, padding="same", groups=16)
+        self.project = nn.Conv2d(16, 8, 1, padding="same")
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.act(self.norm(self.expand(x)))
+        y = self.project(nn.functional.silu(self.depthwise(y)))
+        return self.head((x + y).mean((2, 3)))
+
+
+def _ops_with_a_float_input(path: Path) -> dict[str, int]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    found: dict[str, int] = {}
+    for op in interpreter._get_ops_details():
+        dtypes = {np.dtype(tensors[i]["dtype"]) for i in op["inputs"] if i in tensors}
+        if np.dtype(np.float32) in dtypes:
+            found[op["op_name"]] = found.get(op["op_name"], 0) + 1
+    return found
+
+
+def test_string_conv_padding_becomes_numbers_with_the_same_outputs() -> None:
+    from host.export.canonical import number_conv_padding
+
+    model = _SameSiluResidual().eval()
+    model.even = nn.Conv2d(8, 8, 4, padding="same")  # asymmetric: no single number says it
+    x = torch.randn(2, 3, 17, 17)
+    before = model(x)
+    assert number_conv_padding(model) == ["stem", "expand", "depthwise", "project"]
+    assert (model.stem.padding, model.depthwise.padding) == ((0, 0), (2, 2))
+    assert model.even.padding == "same"
+    torch.testing.assert_close(model(x), before, rtol=0, atol=1e-6)
+
+
+def test_full_int8_quantizes_string_padded_convolutions_silu_and_residual_adds(
+    tmp_path: Path,
+) -> None:
+    """EfficientNet-B0's int8 file kept every convolution, SiLU and residual add float (1.01x
+    smaller than fp32): string padding, silu and torch 2.13's add escaped the quantizer."""
+    torch.manual_seed(0)
+    bundle = ModelBundle(
+        module=_SameSiluResidual().eval(),
+        example_inputs=(torch.randn(1, 3, 17, 17),),
+        name="same_silu_residual",
+        task="classification",
+        num_classes=4,
+        factory="code",
+    )
+    calib = Split((np.random.default_rng(0).normal(size=(64, 3, 17, 17)).astype(np.float32),))
+    artifact = export(
+        bundle, None, ExportConfig("tflite", "int8", calibration_samples=64), tmp_path,
+        calibration=calib,
+    )  # fmt: skip
+    assert _ops_with_a_float_input(artifact.path) == {}
+    quantized, reference = run_artifact(artifact.path, calib), predict(bundle.module, calib)
+    assert np.corrcoef(quantized.ravel(), reference.ravel())[0, 1] > 0.98
+    assert bundle.module.expand.padding == "same"  # the caller's model is left as it was
+
+
 def test_the_fast_histogram_observer_picks_exactly_torchaos_range_on_real_activations() -> None:
     """Same histograms in, same (scale, zero point) out: the fast search only runs sooner."""
     from litert_torch.quantize import pt2e_quantizer as pq

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from host.compress.config import Fp16, Int8Dynamic, Int8Full, QuantAwareTraining
 from host.compress.handlers.base import cpu_copy, handles, with_module
@@ -124,21 +124,6 @@ def _qat_wrapper_class() -> type:
 
 
 @functools.lru_cache(maxsize=1)
-def _qat_quantizer_class() -> type:
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
-
-    class QatPT2EQuantizer(PT2EQuantizer):
-        """litert-torch's quantizer without its QAT-only conv+bn patterns.
-
-        Those patterns are traced with torch.export from plain functions, which torch 2.13 refuses;
-        batch norms are folded into their convolutions in the captured graph instead (prepare_qat).
-        """
-
-        STATIC_QAT_ONLY_OPS: ClassVar[list[str]] = []
-
-    return QatPT2EQuantizer
-
-
 def _batch_norms_left(graph_module: Any) -> int:
     """How many batch-norm ops an exported graph still computes."""
     import torch
@@ -170,17 +155,18 @@ def prepare_qat(
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
     from torchao.quantization.pt2e.utils import _fuse_conv_bn_
 
-    from host.export.canonical import make_global_pools_adaptive
-    from host.export.tflite import capture_with_free_batch
+    from host.export.canonical import canonicalize
+    from host.export.tflite import capture_with_free_batch, pt2e_quantizer, split_silu
 
     model = cpu_copy(module).eval()
-    make_global_pools_adaptive(model, example_inputs)
-    quantizer = _qat_quantizer_class()().set_global(
-        get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
+    canonicalize(model, example_inputs)
+    quantizer = pt2e_quantizer(
+        get_symmetric_quantization_config(is_per_channel=True, is_qat=True), qat=True
     )
     try:
         graph = capture_with_free_batch(model, example_inputs)
         _fuse_conv_bn_(graph)
+        split_silu(graph)
         left = _batch_norms_left(graph)
         prepared = prepare_qat_pt2e(graph, quantizer)
     except Exception as exc:  # torch.export reports unsupported Python constructs this way
