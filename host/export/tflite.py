@@ -133,8 +133,8 @@ def pt2e_quantizer(config: Any, qat: bool = False) -> Any:
 
     Its ``add`` annotator looks residual adds up by source function, and torch 2.13's export names
     them ``method_descriptor.add``, which it does not list (its ``mul`` annotator lists ``"mul"``):
-    every residual add of EfficientNet-B0 stayed float between a dequantize and a quantize. Adds
-    left unannotated on float tensors get the same annotation here. With ``qat``, its QAT-only
+    every residual add of EfficientNet-B0 stayed float between a dequantize and a quantize. Residual
+    adds left unannotated get the same annotation here. With ``qat``, its QAT-only
     conv+bn patterns are dropped: they are traced with torch.export from plain functions, which
     torch 2.13 refuses; batch norms are folded into their convolutions in the captured graph
     instead (see host.compress.handlers.quantization.prepare_qat).
@@ -154,8 +154,8 @@ def pt2e_quantizer(config: Any, qat: bool = False) -> Any:
 
 
 def _annotate_float_adds(graph_module: Any, config: Any) -> int:
-    """Annotate every unannotated tensor add whose tensor inputs are float, as litert-torch's
-    ``add`` annotator would; returns how many."""
+    """Annotate every unannotated add of two float tensors of one shape, as litert-torch's ``add``
+    annotator would; returns how many."""
     import torch
     from litert_torch.quantize.pt2e_quantizer_utils import (
         get_input_act_qspec,
@@ -163,9 +163,11 @@ def _annotate_float_adds(graph_module: Any, config: Any) -> int:
     )
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
 
-    def is_float(arg: Any) -> bool:
+    def float_shape(arg: Any) -> tuple[Any, ...] | None:
         value = getattr(arg, "meta", {}).get("val")
-        return isinstance(value, torch.Tensor) and value.is_floating_point()
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return tuple(value.shape)
+        return None
 
     annotated = 0
     for node in graph_module.graph.nodes:
@@ -174,10 +176,14 @@ def _annotate_float_adds(graph_module: Any, config: Any) -> int:
             torch.ops.aten.add_.Tensor,
         ):
             continue
-        if "quantization_annotation" in node.meta or not is_float(node):
+        if "quantization_annotation" in node.meta:
             continue
-        inputs = [a for a in node.args[:2] if is_float(a)]
-        if not inputs:
+        # Residual adds only: two tensors of the output's shape. A broadcast add is left float: a
+        # transformer's attention-mask add spans the float range (-3.4e38 for a masked position),
+        # and litert's converter aborted the process on BERT's QAT graph with it quantized.
+        inputs = node.args[:2]
+        shape = float_shape(node)
+        if shape is None or any(float_shape(a) != shape for a in inputs):
             continue
         node.meta["quantization_annotation"] = QuantizationAnnotation(
             input_qspec_map={a: get_input_act_qspec(config) for a in inputs},
