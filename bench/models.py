@@ -19,7 +19,9 @@ real agent (a subprocess on a private Mosquitto, benchmarking through ``Fleet.su
 measured; a recipe that fails says why.
 
 ``--quick`` (``make bench``): smaller configs of the same classes, a fifth of the epochs and five
-recipes, a few minutes in all. The full run makes the README table.
+recipes, a few minutes in all. The full run makes the README table. ``--int8-only``: fp32, full
+int8 and dynamic int8 of two conv nets at 128 px, with the ops of each file that keep a float
+input; the report names the CPU, since int8 speed-ups depend on its int8 dot-product instructions.
 """
 
 from __future__ import annotations
@@ -474,39 +476,72 @@ def tflite_ops(path: Path) -> dict[str, Any]:
     return {"ops": ops, "float_ops": float_ops, "quant_param_bytes": quant_bytes}
 
 
-def int8_investigation(fleet: Any, device: str, workdir: Path, runs: int) -> dict[str, Any]:
-    """The zoo MobileNetV2 at 128 px in fp32, full int8 and dynamic int8: size, which ops keep a
-    float input, quantization-parameter bytes, host and agent latency (1 thread)."""
+# The conv nets of the int8 investigation, at an input size a board would see.
+INT8_NETS = (
+    ("mobilenetv2", "builtin:mobilenetv2", {"input_shape": (3, 128, 128)}),
+    ("efficientnet_b0", "builtin:hf_efficientnet_b0", {"image_size": 128}),
+)
+
+
+def int8_investigation(fleet: Any, device: str, workdir: Path, runs: int) -> list[dict[str, Any]]:
+    """Conv nets at 128 px (the zoo's MobileNetV2, transformers' EfficientNet-B0) in fp32, full
+    int8 and dynamic int8: size, which ops keep a float input, quantization-parameter bytes, host
+    and agent latency (1 thread). Untrained weights: size, op kinds and speed do not depend on
+    them."""
     from host.data import Split, write_eval_npz
     from host.export import ExportConfig, export, measure_latency
     from host.models import load_model
 
-    bundle = load_model("builtin:mobilenetv2", input_shape=(3, 128, 128))
-    rng = np.random.default_rng(0)
-    calib = Split((rng.normal(size=(64, 3, 128, 128)).astype(np.float32),))
-    out = workdir / "mobilenetv2-128"
-    eval_npz = write_eval_npz(calib.subset(8), out / "eval.npz")
-    rows = {}
-    for precision in ("fp32", "int8", "int8_dynamic"):
-        artifact = export(
-            bundle, None, ExportConfig(precision=precision, calibration_samples=64), out,
-            calibration=calib,
-        )  # fmt: skip
-        host = measure_latency(artifact.path, calib, threads=1, runs=100)
-        board = board_measure(fleet, device, artifact, eval_npz, runs)
-        rows[precision] = {
-            "size_bytes": artifact.manifest.size_bytes,
-            "host_p50_ms": host["p50_ms"],
-            "board_p50_ms": board.get("p50_ms"),
-            **tflite_ops(artifact.path),
-        }
-    base = rows["fp32"]
-    for row in rows.values():
-        row["size_ratio"] = base["size_bytes"] / row["size_bytes"]
-        row["host_speedup"] = base["host_p50_ms"] / row["host_p50_ms"]
-        if row["board_p50_ms"] and base["board_p50_ms"]:
-            row["board_speedup"] = base["board_p50_ms"] / row["board_p50_ms"]
-    return {"model": "builtin:mobilenetv2?input_shape=[3,128,128]", "rows": rows}
+    sections = []
+    for key, spec, params in INT8_NETS:
+        bundle = load_model(spec, **params)
+        shape = tuple(bundle.example_inputs[0].shape[1:])
+        rng = np.random.default_rng(0)
+        calib = Split((rng.normal(size=(64, *shape)).astype(np.float32),))
+        out = workdir / f"{key}-128"
+        eval_npz = write_eval_npz(calib.subset(8), out / "eval.npz")
+        rows = {}
+        for precision in ("fp32", "int8", "int8_dynamic"):
+            artifact = export(
+                bundle, None, ExportConfig(precision=precision, calibration_samples=64), out,
+                calibration=calib,
+            )  # fmt: skip
+            host = measure_latency(artifact.path, calib, threads=1, runs=100)
+            board = board_measure(fleet, device, artifact, eval_npz, runs)
+            rows[precision] = {
+                "size_bytes": artifact.manifest.size_bytes,
+                "host_p50_ms": host["p50_ms"],
+                "board_p50_ms": board.get("p50_ms"),
+                **tflite_ops(artifact.path),
+            }
+        base = rows["fp32"]
+        for row in rows.values():
+            row["size_ratio"] = base["size_bytes"] / row["size_bytes"]
+            row["host_speedup"] = base["host_p50_ms"] / row["host_p50_ms"]
+            if row["board_p50_ms"] and base["board_p50_ms"]:
+                row["board_speedup"] = base["board_p50_ms"] / row["board_p50_ms"]
+        sections.append({"model": key, "spec": spec, "params": params, "rows": rows})
+    return sections
+
+
+def cpu_facts() -> dict[str, Any]:
+    """The CPU's name and its int8 dot-product extensions: int8 speed-ups depend on them."""
+    facts: dict[str, Any] = {"machine": platform.machine(), "model": platform.processor()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return facts
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            facts["model"] = value.strip()
+        elif key.strip() in ("flags", "Features"):
+            flags = set(value.split())
+            facts["int8_dot_product"] = sorted(
+                flags & {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"}
+            )
+            break
+    return facts
 
 
 def run_bench(out: Path | None = DEFAULT_OUT, **options: Any) -> dict[str, Any]:
@@ -549,7 +584,7 @@ def _run_bench(
     int8 = None
     with tempfile.TemporaryDirectory() as tmp, real_agent(Path(tmp)) as (fleet, device):
         if int8_report:
-            log("int8 investigation: builtin:mobilenetv2 at 128 px")
+            log("int8 investigation: conv nets at 128 px")
             int8 = int8_investigation(fleet, device, Path(tmp), runs)
         for arch in archs:
 
@@ -578,6 +613,8 @@ def _run_bench(
         "recipe_epoch_scale": epoch_scale,
         "host": {
             "machine": platform.machine(),
+            "cpu": cpu_facts(),
+            "threads": "host 1 (latency), agent 1",
             "python": platform.python_version(),
             "torch": torch.__version__,
             "transformers": transformers.__version__,
@@ -588,7 +625,7 @@ def _run_bench(
         "archs": results,
     }
     if int8 is not None:
-        report["int8_mobilenetv2_128"] = int8
+        report["int8_conv_nets_128"] = int8
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2, default=str))
@@ -641,23 +678,24 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def int8_markdown(section: dict[str, Any]) -> str:
+def int8_markdown(sections: list[dict[str, Any]]) -> str:
     lines = [
         (
-            "| precision | file bytes | smaller | quant. params bytes | ops with a float input |"
-            " host p50 ms | speed-up | agent p50 ms | speed-up |"
+            "| model | precision | file bytes | smaller | quant. params bytes | ops with a float input"
+            " | host p50 ms | speed-up | agent p50 ms | speed-up |"
         ),
-        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+        "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
-    for name, row in section["rows"].items():
-        floats = ", ".join(f"{k} x{v}" for k, v in sorted(row["float_ops"].items())) or "none"
-        board = row.get("board_p50_ms")
-        lines.append(
-            f"| {name} | {row['size_bytes']:,} | {row['size_ratio']:.2f}x | "
-            f"{row['quant_param_bytes']:,} | {floats} | {row['host_p50_ms']:.3f} | "
-            f"{row['host_speedup']:.2f}x | {'-' if board is None else f'{board:.3f}'} | "
-            f"{row.get('board_speedup', 0):.2f}x |"
-        )
+    for section in sections:
+        for name, row in section["rows"].items():
+            floats = ", ".join(f"{k} x{v}" for k, v in sorted(row["float_ops"].items())) or "none"
+            board = row.get("board_p50_ms")
+            lines.append(
+                f"| {section['model']} | {name} | {row['size_bytes']:,} | {row['size_ratio']:.2f}x | "
+                f"{row['quant_param_bytes']:,} | {floats} | {row['host_p50_ms']:.3f} | "
+                f"{row['host_speedup']:.2f}x | {'-' if board is None else f'{board:.3f}'} | "
+                f"{row.get('board_speedup', 0):.2f}x |"
+            )
     return "\n".join(lines)
 
 
@@ -704,7 +742,9 @@ def main(argv: list[str] | None = None) -> None:
         help="multiply the named recipes' epochs (default 1; quick 0.2)",
     )
     parser.add_argument(
-        "--int8-only", action="store_true", help="only the MobileNetV2 128 px int8 investigation"
+        "--int8-only",
+        action="store_true",
+        help="only the int8 investigation of conv nets at 128 px",
     )
     parser.add_argument(
         "--merge", nargs="+", type=Path, help="combine per-model JSON files into --out and print"
@@ -715,12 +755,12 @@ def main(argv: list[str] | None = None) -> None:
         parts = [json.loads(p.read_text()) for p in args.merge]
         merged = merge_reports(parts)
         for part in parts:
-            if "int8_mobilenetv2_128" in part:
-                merged["int8_mobilenetv2_128"] = part["int8_mobilenetv2_128"]
+            if "int8_conv_nets_128" in part:
+                merged["int8_conv_nets_128"] = part["int8_conv_nets_128"]
         args.out.write_text(json.dumps(merged, indent=2, default=str))
         print(markdown(merged))
-        if "int8_mobilenetv2_128" in merged:
-            print(int8_markdown(merged["int8_mobilenetv2_128"]))
+        if "int8_conv_nets_128" in merged:
+            print(int8_markdown(merged["int8_conv_nets_128"]))
         return
     console = Console(stderr=True)
     report = run_bench(
@@ -735,8 +775,8 @@ def main(argv: list[str] | None = None) -> None:
         log=lambda text: console.log(text),
     )
     print(markdown(report))
-    if "int8_mobilenetv2_128" in report:
-        print(int8_markdown(report["int8_mobilenetv2_128"]))
+    if "int8_conv_nets_128" in report:
+        print(int8_markdown(report["int8_conv_nets_128"]))
     console.print(f"{report['seconds']} s; written to {args.out}")
 
 
