@@ -264,15 +264,28 @@ def test_multi_input_encoder_goes_through_dynamic_int8_and_keeps_fidelity(
     assert dyn.manifest.size_bytes < 0.6 * fp32.manifest.size_bytes
 
 
-def test_full_int8_of_a_model_with_token_inputs_points_to_dynamic_int8(
+def test_full_int8_tflite_of_a_model_with_token_inputs_keeps_them_integers_and_fidelity(
+    tmp_path: Path, token_data: Split
+) -> None:
+    torch.manual_seed(0)
+    encoder = TinyEncoder().eval()
+    examples = (torch.zeros(1, 12, dtype=torch.int64), torch.ones(1, 12, dtype=torch.int64))
+    artifact = export(
+        encoder, examples, ExportConfig("tflite", "int8"), tmp_path, calibration=token_data,
+        task="embedding", evaluate_on=token_data, reference=predict(encoder, token_data),
+    )  # fmt: skip
+    assert [spec.dtype for spec in artifact.manifest.inputs] == ["int32", "int32"]
+    assert artifact.manifest.metrics["host_metric_value"] >= 0.99
+
+
+def test_full_int8_onnx_of_a_model_with_token_inputs_points_to_dynamic_int8(
     tmp_path: Path, token_data: Split
 ) -> None:
     examples = (torch.zeros(1, 12, dtype=torch.int64), torch.ones(1, 12, dtype=torch.int64))
-    for fmt in ("tflite", "onnx"):
-        with pytest.raises(ExportError, match="use precision 'int8_dynamic'"):
-            export(
-                TinyEncoder(), examples, ExportConfig(fmt, "int8"), tmp_path, calibration=token_data
-            )
+    with pytest.raises(ExportError, match="use precision 'int8_dynamic'"):
+        export(
+            TinyEncoder(), examples, ExportConfig("onnx", "int8"), tmp_path, calibration=token_data
+        )
 
 
 class Spectral(nn.Module):

@@ -17,6 +17,7 @@ from host.compress import (
     FineTune,
     Fp16,
     Int8Dynamic,
+    Int8Full,
     LowRank,
     Recipe,
     compress,
@@ -156,6 +157,7 @@ def encoder_candidates(
         Recipe.of(name="baseline"),
         Recipe.of(Fp16(), name="fp16"),
         Recipe.of(Int8Dynamic(), name="int8_dynamic"),
+        Recipe.of(Int8Full(), name="int8"),  # linear layers int8, token ids and mask stay integers
         Recipe.of(ChannelPrune(0.5), FineTune(epochs=2, lr=1e-3), Int8Dynamic(), name="p50"),
         Recipe.of(LowRank(ratio=0.5), FineTune(epochs=2, lr=1e-3), name="lowrank"),
     ]
