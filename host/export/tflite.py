@@ -156,20 +156,37 @@ def pt2e_quantizer(config: Any, qat: bool = False) -> Any:
 
 
 def _annotate_float_adds(graph_module: Any, config: Any) -> int:
-    """Annotate every unannotated add of two float tensors of one shape, as litert-torch's ``add``
-    annotator would; returns how many."""
+    """Annotate, as litert-torch's ``add`` annotator would, every unannotated add of two float
+    tensors of one shape that are both outputs the quantizer already quantizes (through an
+    eval-mode dropout, which passes its input on): a residual add between quantized layers.
+    Returns how many.
+
+    Anything else stays float. A transformer's attention-mask add is the case in point: the mask
+    spans the float range (-3.4e38 where masked), and quantized (scale 1.3e36) it made the runtime
+    abort the whole process while loading the file (a BERT student with one head per layer, whose
+    mask add has the same shape as its scores).
+    """
     import torch
-    from litert_torch.quantize.pt2e_quantizer_utils import (
-        get_input_act_qspec,
-        get_output_act_qspec,
-    )
-    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    passthrough = {torch.ops.aten.dropout.default, torch.ops.aten.clone.default}
 
     def float_shape(arg: Any) -> tuple[Any, ...] | None:
         value = getattr(arg, "meta", {}).get("val")
         if isinstance(value, torch.Tensor) and value.is_floating_point():
             return tuple(value.shape)
         return None
+
+    def quantized_output(arg: Any) -> bool:
+        while getattr(arg, "op", None) == "call_function" and arg.target in passthrough:
+            arg = arg.args[0]
+        annotation = getattr(arg, "meta", {}).get("quantization_annotation")
+        return annotation is not None and annotation.output_qspec is not None
+
+    from litert_torch.quantize.pt2e_quantizer_utils import (
+        get_input_act_qspec,
+        get_output_act_qspec,
+    )
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
 
     annotated = 0
     for node in graph_module.graph.nodes:
@@ -180,12 +197,11 @@ def _annotate_float_adds(graph_module: Any, config: Any) -> int:
             continue
         if "quantization_annotation" in node.meta:
             continue
-        # Residual adds only: two tensors of the output's shape. A broadcast add is left float: a
-        # transformer's attention-mask add spans the float range (-3.4e38 for a masked position),
-        # and litert's converter aborted the process on BERT's QAT graph with it quantized.
         inputs = node.args[:2]
         shape = float_shape(node)
         if shape is None or any(float_shape(a) != shape for a in inputs):
+            continue
+        if not all(quantized_output(a) for a in inputs):
             continue
         node.meta["quantization_annotation"] = QuantizationAnnotation(
             input_qspec_map={a: get_input_act_qspec(config) for a in inputs},
