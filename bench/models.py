@@ -606,7 +606,11 @@ def _run_bench(
         + (" --quick" if quick else "")
         + (" --compact" if compact and not quick else "")
         + (f" --epoch-scale {epoch_scale:g}" if epoch_scale != (0.2 if quick else 1.0) else "")
-        + (f" --models {','.join(models)}" if models else "")
+        + (
+            " --int8-only"
+            if models == ["none"]
+            else (f" --models {','.join(models)}" if models else "")
+        )
         + (f" --recipes {','.join(recipe_names)}" if recipe_names else ""),
         "quick": quick,
         "compact_configs": compact,

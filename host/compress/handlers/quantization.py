@@ -42,11 +42,12 @@ def apply_int8_dynamic(bundle: ModelBundle, cfg: Int8Dynamic, ctx: CompressConte
     ctx.note("export with int8 weights; activations are quantized at run time")
     convs = sum(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in bundle.module.modules())
     if convs:
-        # Measured on MobileNetV2 at 128 px: hybrid CONV_2D/DEPTHWISE_CONV_2D kernels run outside
-        # XNNPACK, which splits the graph, so the file is slower than fp32 (README, "Models").
+        # Measured on MobileNetV2 and EfficientNet-B0 at 128 px: hybrid CONV_2D/DEPTHWISE_CONV_2D
+        # kernels run outside XNNPACK, which splits the graph (README, "Which precision a conv net
+        # should use").
         ctx.note(
-            "%d convolution(s): dynamic-range int8 convolutions are usually slower than fp32 on "
-            "CPU; for conv nets prefer full int8 (int8) or fp16",
+            "%d convolution(s): dynamic-range int8 convolutions run outside XNNPACK and are slower "
+            "than full int8 on CPU, often slower than fp32; for conv nets prefer int8 or fp16",
             convs,
         )
     return bundle
