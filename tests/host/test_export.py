@@ -465,20 +465,6 @@ class _SameSiluResidual(nn.Module):
         return self.head((x + y).mean((2, 3)))
 
 
-def _ops_with_a_float_input(path: Path) -> dict[str, int]:
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path))
-    interpreter.allocate_tensors()
-    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-    found: dict[str, int] = {}
-    for op in interpreter._get_ops_details():
-        dtypes = {np.dtype(tensors[i]["dtype"]) for i in op["inputs"] if i in tensors}
-        if np.dtype(np.float32) in dtypes:
-            found[op["op_name"]] = found.get(op["op_name"], 0) + 1
-    return found
-
-
 def test_string_conv_padding_becomes_numbers_with_the_same_outputs() -> None:
     from host.export.canonical import number_conv_padding
 
@@ -511,7 +497,9 @@ def test_full_int8_quantizes_string_padded_convolutions_silu_and_residual_adds(
         bundle, None, ExportConfig("tflite", "int8", calibration_samples=64), tmp_path,
         calibration=calib,
     )  # fmt: skip
-    assert _ops_with_a_float_input(artifact.path) == {}
+    from bench.models import tflite_ops
+
+    assert tflite_ops(artifact.path)["float_ops"] == {}
     quantized, reference = run_artifact(artifact.path, calib), predict(bundle.module, calib)
     assert np.corrcoef(quantized.ravel(), reference.ravel())[0, 1] > 0.98
     assert bundle.module.expand.padding == "same"  # the caller's model is left as it was
