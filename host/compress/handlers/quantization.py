@@ -8,7 +8,6 @@ compressed model be exported at several precisions.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -124,7 +123,6 @@ def _qat_wrapper_class() -> type:
     return FakeQuantModel
 
 
-@functools.lru_cache(maxsize=1)
 def _batch_norms_left(graph_module: Any) -> int:
     """How many batch-norm ops an exported graph still computes."""
     import torch
