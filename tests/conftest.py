@@ -1,4 +1,5 @@
-"""Fixtures shared by every test package: real Mosquitto brokers and unique base topics."""
+"""Fixtures shared by every test package: real Mosquitto brokers, unique base topics, and both
+stores (SQLite and the machine's PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from tests.brokers import MosquittoProcess, free_port, wait_for_port
+
+# The machine's PostgreSQL (trust auth, database ``test``); .ci/run starts one where none runs.
+POSTGRES_URL = os.environ.get(
+    "EDGETAILOR_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 
 SHARED_BROKER = ("127.0.0.1", 1883)
 
@@ -40,6 +47,36 @@ def private_broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose tables live in a schema of their own, dropped afterwards: tests
+    share the database, and a schema per test keeps their rows and tables apart."""
+    schema = f"et_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE SCHEMA {schema}"))
+    except Exception as exc:  # noqa: BLE001 - the message names what is missing
+        admin.dispose()
+        pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not usable: {exc}")
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each store in turn: a fresh SQLite file, then a fresh PostgreSQL schema. A test that takes
+    this fixture runs on both, so what works on one is shown to work on the other."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'edgetailor.db'}"
+        return
+    yield request.getfixturevalue("pg_url")
 
 
 __all__ = ["MosquittoProcess", "free_port", "os", "wait_for_port"]

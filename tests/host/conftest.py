@@ -1,7 +1,4 @@
-"""Session fixtures for host tests: the real digits data and a digits CNN trained on it once.
-
-Engineer B appends compression fixtures at the end of this file.
-"""
+"""Session fixtures for host tests: the real digits data and a digits CNN trained on it once."""
 
 from __future__ import annotations
 
