@@ -28,7 +28,44 @@ class IntegrityError(EdgeTailorError):
 
 
 class SignatureError(IntegrityError):
-    """A manifest is unsigned, badly signed, expired, replayed or addressed elsewhere."""
+    """A manifest or message is unsigned, badly signed, expired, replayed or addressed elsewhere.
+
+    ``code`` is the machine-readable reason a receiver answers with (an agent refusing a command
+    puts it in the error response), one per subclass.
+    """
+
+    code = "bad_signature"
+
+
+class UnsignedError(SignatureError):
+    """A message that must be signed carries no signature."""
+
+    code = "unsigned"
+
+
+class UntrustedKeyError(SignatureError):
+    """A message is validly signed, but by a key this side has not pinned (re-signed, or a
+    rotated key nobody vouched for)."""
+
+    code = "untrusted_key"
+
+
+class ExpiredError(SignatureError):
+    """A signed message is past its expiry."""
+
+    code = "expired"
+
+
+class ReplayError(SignatureError):
+    """A signed message was seen before, or is older than the receiver's replay window."""
+
+    code = "replayed"
+
+
+class MisaddressedError(SignatureError):
+    """A signed message names another device than the one that received it."""
+
+    code = "misaddressed"
 
 
 class TransferError(EdgeTailorError):

@@ -3,11 +3,18 @@
 Every control message on the broker is a JSON envelope::
 
     {"schema": "cmd.benchmark", "v": 1, "msg_id": "...", "corr_id": null, "ts": 1.7e9,
-     "device_id": "pi-01", "body": {...}}
+     "device_id": "pi-01", "body": {...},
+     "seq": 42, "exp": 1.7e9, "key": "<Ed25519 public key>", "sig": "<signature>"}
 
 ``schema`` names the body type (see ``SCHEMAS``); ``v`` is the protocol major version. Unknown
 fields are rejected, strings and lists are bounded, and the whole message is bounded by
 ``MAX_MESSAGE_BYTES`` before it is parsed. Artifact chunks are not envelopes: see shared.transfer.
+
+The last four fields authenticate the envelope (see shared.signing): ``key`` is the signer's
+Ed25519 public key (raw, base64), ``sig`` its signature over :func:`signed_bytes` (every other field,
+the body exactly as it appears on the wire), ``exp`` when the message stops being valid, and
+``seq`` its place in the signer's sequence for this device, which the receiver's replay window
+checks. The host signs every command; an agent signs everything it sends with its own device key.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
 
@@ -28,6 +35,15 @@ MAX_MESSAGE_BYTES = 256 * 1024
 MSG_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
 MsgId = Annotated[str, msgspec.Meta(pattern=MSG_ID_PATTERN.pattern)]
 Text = Annotated[str, msgspec.Meta(max_length=4096)]
+# An Ed25519 public key (32 bytes) and signature (64 bytes), standard base64 with padding.
+PublicKeyB64 = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9+/]{43}=\Z")]
+SignatureB64 = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9+/]{86}==\Z")]
+Sequence = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+# How long a signed message stays valid unless the signer says otherwise. A command that waits
+# longer (its device offline) is signed again, with a new expiry and sequence, when it is re-sent.
+DEFAULT_TTL_S = 3600.0
+# Domain separation: an envelope signature can never be mistaken for a manifest signature.
+SIGNING_CONTEXT = "edgetailor/envelope/v1"
 
 
 class Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -54,6 +70,10 @@ class Birth(Body, frozen=True):
     delegates: Annotated[list[ShortStr], msgspec.Meta(max_length=16)] = []
     tags: dict[ShortStr, ShortStr] = {}
     active_sha256: Sha256 | None = None
+    # The host key this agent has pinned (shared.signing.key_id_of), None before its first
+    # command: the host signs with the key the device trusts, and sends a signed rotation to a
+    # device that still pins a previous key.
+    host_key_id: ShortStr | None = None
 
 
 class ServingLatency(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -185,9 +205,26 @@ class RollbackCmd(Body, frozen=True):
 
 
 class AckCmd(Body, frozen=True):
-    """The host has stored these responses (by their envelope msg_id); the device may forget them."""
+    """The host has stored these responses (by their envelope msg_id); the device may forget them.
+
+    ``unknown`` lists responses to commands the host has no record of (forged, or from a database
+    that is gone): the device drops them too, instead of re-sending them forever.
+    """
 
     msg_ids: Annotated[list[MsgId], msgspec.Meta(max_length=1024)]
+    unknown: Annotated[list[MsgId], msgspec.Meta(max_length=1024)] = []
+
+
+class RotateKeyCmd(Body, frozen=True):
+    """Trust ``key`` (an Ed25519 public key) instead of the key that signed this command.
+
+    Signed with the host's current (pinned) key, like TUF's root rotation: the old key vouches for
+    the new one, so a device that pinned the old key on first use follows the rotation, and a key
+    nobody vouched for stays refused.
+    """
+
+    key: PublicKeyB64
+    reason: Text = ""
 
 
 class CancelCmd(Body, frozen=True):
@@ -211,9 +248,12 @@ SCHEMAS.add("cmd.rollback", RollbackCmd)
 SCHEMAS.add("cmd.ack", AckCmd)
 SCHEMAS.add("cmd.cancel", CancelCmd)
 SCHEMAS.add("cmd.ping", PingCmd)
+SCHEMAS.add("cmd.rotate_key", RotateKeyCmd)
 
 
-class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class Envelope(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, omit_defaults=True
+):
     schema: ShortStr
     v: int
     msg_id: MsgId
@@ -221,10 +261,26 @@ class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     corr_id: MsgId | None = None
     device_id: ShortStr | None = None
     body: msgspec.Raw = msgspec.Raw(b"{}")
+    # Authentication (module docstring); absent on an unsigned message.
+    seq: Sequence | None = None
+    exp: float | None = None
+    key: PublicKeyB64 | None = None
+    sig: SignatureB64 | None = None
+
+
+class Auth(msgspec.Struct, frozen=True, kw_only=True):
+    """The signature of a decoded envelope, and the exact bytes it covers (shared.signing checks
+    it against a pinned key)."""
+
+    key: str
+    sig: str
+    exp: float
+    seq: int | None
+    signed: bytes
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True):
-    """A decoded envelope with its typed body."""
+    """A decoded envelope with its typed body; ``auth`` is None when it was not signed."""
 
     schema: str
     msg_id: str
@@ -232,6 +288,41 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
     body: Body
     corr_id: str | None = None
     device_id: str | None = None
+    auth: Auth | None = None
+
+
+class EnvelopeSigner(Protocol):
+    """What :func:`encode` needs to sign (shared.signing.Signer is the implementation)."""
+
+    @property
+    def key(self) -> str:
+        """The signer's Ed25519 public key, raw, base64."""
+        ...
+
+    def sign(self, data: bytes) -> str:
+        """The base64 Ed25519 signature of ``data``."""
+        ...
+
+
+def signed_bytes(
+    *,
+    schema: str,
+    v: int,
+    msg_id: str,
+    ts: float,
+    corr_id: str | None,
+    device_id: str | None,
+    seq: int | None,
+    exp: float,
+    key: str,
+    body: bytes,
+) -> bytes:
+    """The bytes an envelope signature covers: a context string and every field but ``sig`` as a
+    JSON array, a newline, then the body exactly as it appears on the wire (never re-encoded)."""
+    head = msgspec.json.encode(
+        [SIGNING_CONTEXT, schema, v, msg_id, ts, corr_id, device_id, seq, exp, key]
+    )
+    return head + b"\n" + body
 
 
 def new_msg_id() -> str:
@@ -251,18 +342,35 @@ def encode(
     device_id: str | None = None,
     corr_id: str | None = None,
     msg_id: str | None = None,
+    signer: EnvelopeSigner | None = None,
+    seq: int | None = None,
+    ttl_s: float = DEFAULT_TTL_S,
+    now: float | None = None,
 ) -> bytes:
-    data = msgspec.json.encode(
-        {
-            "schema": schema_of(body),
-            "v": PROTOCOL_VERSION,
-            "msg_id": msg_id or new_msg_id(),
-            "ts": time.time(),
-            "corr_id": corr_id,
-            "device_id": device_id,
-            "body": body,
-        }
-    )
+    """One envelope, signed by ``signer`` (valid ``ttl_s`` from now, with sequence ``seq``) when
+    one is given; raises MessageTooLargeError past MAX_MESSAGE_BYTES."""
+    ts = time.time() if now is None else now
+    schema = schema_of(body)
+    raw = msgspec.json.encode(body)
+    msg_id = msg_id or new_msg_id()
+    exp = key = sig = None
+    if signer is not None:
+        if ttl_s <= 0:
+            raise ValidationError(f"a signed message needs a positive lifetime, not {ttl_s!r} s")
+        exp, key = ts + ttl_s, signer.key
+        sig = signer.sign(
+            signed_bytes(
+                schema=schema, v=PROTOCOL_VERSION, msg_id=msg_id, ts=ts, corr_id=corr_id,
+                device_id=device_id, seq=seq, exp=exp, key=key, body=raw,
+            )
+        )  # fmt: skip
+    elif seq is not None:
+        raise ValidationError("a sequence number only means something on a signed message")
+    envelope = Envelope(
+        schema=schema, v=PROTOCOL_VERSION, msg_id=msg_id, ts=ts, corr_id=corr_id,
+        device_id=device_id, body=msgspec.Raw(raw), seq=seq, exp=exp, key=key, sig=sig,
+    )  # fmt: skip
+    data = msgspec.json.encode(envelope)
     if len(data) > MAX_MESSAGE_BYTES:
         raise MessageTooLargeError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     return data
@@ -310,4 +418,19 @@ def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
         corr_id=env.corr_id,
         device_id=env.device_id,
         body=body,
+        auth=_auth_of(env),
     )
+
+
+def _auth_of(env: Envelope) -> Auth | None:
+    if env.sig is None:
+        if env.key is not None or env.exp is not None or env.seq is not None:
+            raise ValidationError("an envelope with key, exp or seq must carry its signature")
+        return None
+    if env.key is None or env.exp is None:
+        raise ValidationError("a signed envelope must name its key and its expiry")
+    signed = signed_bytes(
+        schema=env.schema, v=env.v, msg_id=env.msg_id, ts=env.ts, corr_id=env.corr_id,
+        device_id=env.device_id, seq=env.seq, exp=env.exp, key=env.key, body=bytes(env.body),
+    )  # fmt: skip
+    return Auth(key=env.key, sig=env.sig, exp=env.exp, seq=env.seq, signed=signed)
