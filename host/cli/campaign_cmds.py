@@ -465,6 +465,7 @@ def _campaign_through(
 def fleet_status(store: Any, fleet: Any | None, last: int = 3) -> list[dict[str, Any]]:
     """Per device: online, active model, the last benchmark results (newest first)."""
     from host.deploy import desired_state
+    from host.deploy.status import never_seen
     from host.store.campaigns import CampaignStore
     from host.store.deployments import DeploymentStore
 
@@ -529,6 +530,12 @@ def fleet_status(store: Any, fleet: Any | None, last: int = 3) -> list[dict[str,
                 ),
             }
         )  # fmt: skip
+    for device_id in never_seen(dstore, {r["device_id"] for r in rows}):
+        rows.append({
+            "device_id": device_id, "online": False, "seen_on_broker": False, "last_seen": None,
+            "tags": {}, "active_model": None, "last_results": [],
+            "state": desired_state(dstore, device_id, actual_sha256=None, online=False),
+        })  # fmt: skip
     return rows
 
 

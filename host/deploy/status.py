@@ -85,7 +85,12 @@ def desired_state(
         )
         return doc
     doc["in_sync"] = False
-    if target.state == WAITING:
+    if target.state == PENDING and last_seen is None and not online:
+        doc["reason"] = (
+            "pending until first seen: this device has never connected to this host; the deploy "
+            "is sent when it first comes online"
+        )
+    elif target.state == WAITING:
         doc["reason"] = f"wave {target.wave} of rollout {target.rollout_id} has not started yet"
     elif target.state == PENDING and not online:
         doc["reason"] = (
@@ -139,3 +144,9 @@ def _target_doc(target: TargetInfo) -> dict[str, Any]:
         "finished_at": target.finished_at,
         "detail": target.detail,
     }
+
+
+def never_seen(dstore: DeploymentStore, known: set[str]) -> list[str]:
+    """Devices a rollout waits for that this host has never seen (deployed to with pending_ok)."""
+    waiting = {t.device_id for t in dstore.targets(states=(WAITING, PENDING))}
+    return sorted(waiting - known)
