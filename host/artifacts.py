@@ -254,6 +254,49 @@ def _npz_specs(
     return [make(n) for n in inputs], [make(n) for n in outputs]
 
 
+def _has_tflite_identifier(path: Path) -> bool:
+    """A TFLite flatbuffer names its schema at bytes 4-8; anything else is not worth parsing."""
+    with open(path, "rb") as handle:
+        return handle.read(8)[4:8] == b"TFL3"
+
+
+def _read_varint(handle: Any) -> int | None:
+    value = 0
+    for shift in range(0, 64, 7):
+        byte = handle.read(1)
+        if not byte:
+            return None
+        value |= (byte[0] & 0x7F) << shift
+        if not byte[0] & 0x80:
+            return value
+    return None
+
+
+def _is_protobuf_message(path: Path) -> bool:
+    """Whether the file's top level reads as protobuf fields that end with the file (an ONNX model
+    is a ModelProto): only the tags and lengths are read, nothing is decoded."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        while handle.tell() < size:
+            tag = _read_varint(handle)
+            if tag is None or tag >> 3 == 0:
+                return False
+            wire = tag & 7
+            if wire == 0:
+                if _read_varint(handle) is None:
+                    return False
+            elif wire in (1, 5):
+                handle.seek(8 if wire == 1 else 4, os.SEEK_CUR)
+            elif wire == 2:
+                length = _read_varint(handle)
+                if length is None:
+                    return False
+                handle.seek(length, os.SEEK_CUR)
+            else:  # groups (3, 4) are not in ONNX's schema; 6 and 7 do not exist
+                return False
+        return handle.tell() == size
+
+
 def _parse_slot(workers: int) -> threading.BoundedSemaphore:
     with _parse_slots_lock:
         return _parse_slots.setdefault(workers, threading.BoundedSemaphore(workers))
@@ -364,6 +407,10 @@ def manifest_for_file(
         raise ArtifactTooLargeError(f"{label} has {_mib(size)}; an artifact is at most {_mib(cap)}")
     if size == 0:
         raise ArtifactError(f"{label} is empty")
+    if fmt == "tflite" and not _has_tflite_identifier(path):
+        raise ArtifactError(f"{label} is not a valid TFLite model: it lacks the TFL3 identifier")
+    if fmt == "onnx" and not _is_protobuf_message(path):
+        raise ArtifactError(f"{label} is not a valid ONNX model: it is not a protobuf message")
     if fmt == "npz":
         inputs, outputs = _npz_specs(path, label, limits)
     elif limits is not None:
