@@ -14,8 +14,8 @@ import httpx
 import psutil
 import pytest
 
+from bench.npz_bombs import write_npz_bomb
 from tests.e2e.serve import ServeProcess
-from tests.npz_bombs import write_npz_bomb
 
 pytestmark = pytest.mark.slow
 

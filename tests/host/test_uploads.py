@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.npz_bombs import write_npz_bomb
 from host.api import ApiContext, create_app
 from host.artifacts import UploadLimits
 from host.store import Store
 from host.store.service import ServiceStore
-from tests.npz_bombs import write_npz_bomb
 
 SMALL = UploadLimits(max_bytes=1024**2, max_array_bytes=8 * 1024**2)
 
