@@ -525,7 +525,9 @@ def fleet_status(store: Any, fleet: Any | None, last: int = 3) -> list[dict[str,
         rows.append({
             "device_id": device_id, "online": False, "seen_on_broker": False, "last_seen": None,
             "tags": {}, "active_model": None, "last_results": [],
-            "state": desired_state(dstore, device_id, actual_sha256=None, online=False),
+            "state": desired_state(
+                dstore, device_id, actual_sha256=None, online=False, seen=False
+            ),
         })  # fmt: skip
     return rows
 

@@ -46,8 +46,10 @@ def desired_state(
     online: bool,
     last_seen: float | None = None,
     now: float | None = None,
+    seen: bool = True,
 ) -> dict[str, Any]:
-    """``{"desired": {...} | None, "in_sync": bool, "reason": str}`` for one device."""
+    """``{"desired": {...} | None, "in_sync": bool, "reason": str}`` for one device; ``seen``
+    False: a device this host has never seen (a deploy to it was accepted as pending)."""
     now = time.time() if now is None else now
     targets = [
         t for t in dstore.targets(device_id=device_id) if t.state not in (SKIPPED, SUPERSEDED)
@@ -85,7 +87,7 @@ def desired_state(
         )
         return doc
     doc["in_sync"] = False
-    if target.state == PENDING and last_seen is None and not online:
+    if target.state == PENDING and not seen:
         doc["reason"] = (
             "pending until first seen: this device has never connected to this host; the deploy "
             "is sent when it first comes online"

@@ -137,7 +137,7 @@ def fleet_status(ctx: Ctx) -> list[dict[str, Any]]:
         })  # fmt: skip
     dstore = DeploymentStore(ctx.store)
     for device_id in never_seen(dstore, {r["device_id"] for r in rows}):
-        state = desired_state(dstore, device_id, actual_sha256=None, online=False, last_seen=None)
+        state = desired_state(dstore, device_id, actual_sha256=None, online=False, seen=False)
         rows.append({"device_id": device_id, "online": False, "last_seen": None,
                      "state": DesiredState(**state)})  # fmt: skip
     return rows
