@@ -60,12 +60,11 @@ def require(needed: Scope, scope: Scope, what: str = "this") -> None:
 
 
 def _needs(needed: Scope) -> Any:
-    def check(request: Request, ctx: Ctx, credentials: Credentials) -> Scope:
+    def check(ctx: Ctx, credentials: Credentials) -> Scope:
         if needed is Scope.READ and ctx.open_reads and credentials is None:
             return Scope.READ
         scope = token_scope(ctx, credentials)
         require(needed, scope)
-        request.state.scope = scope
         return scope
 
     return check
