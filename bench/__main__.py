@@ -45,6 +45,7 @@ BENCHES: tuple[Bench, ...] = (
     ),
     # Quick: one architecture (each takes minutes to train here); --full runs all five.
     Bench("models", ("--quick", "--models", "resnet18"), ("--compact", "--epoch-scale", "0.5")),
+    Bench("uploads", ()),
     Bench("compression", ("--quick",), (), has_goals=False),
     Bench("scoring", ("--sentences", "200"), (), has_goals=False),
 )

@@ -281,7 +281,9 @@ def dashboard_service(
                 )
             time.sleep(0.05)
         url = f"http://127.0.0.1:{port}/"
-        with httpx.Client(base_url=url, timeout=10) as client:
+        with httpx.Client(
+            base_url=url, timeout=10, headers={"Authorization": f"Bearer {token}"}
+        ) as client:
             page = client.get("/")
             devices = client.get("/api/v1/devices").json()
         if page.status_code != 200 or "edgetailor" not in page.text:

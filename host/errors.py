@@ -7,6 +7,7 @@ from shared.errors import ConfigError, EdgeTailorError
 __all__ = [
     "CompressionError",
     "ConfigError",
+    "ConflictError",
     "DataError",
     "DeviceUnavailableError",
     "EdgeTailorError",
@@ -15,11 +16,19 @@ __all__ = [
     "JobFailedError",
     "JobTimeoutError",
     "ModelSpecError",
+    "NotAllowedError",
+    "NotFoundError",
+    "UnknownDeviceError",
 ]
 
 
 class HostError(EdgeTailorError):
     """Base of errors raised only on the host."""
+
+
+class ConflictError(HostError):
+    """What a request names exists but is not in a state that allows it (a campaign with no
+    selection yet, a campaign id taken by another spec)."""
 
 
 class DeviceUnavailableError(HostError):
@@ -36,6 +45,21 @@ class JobFailedError(HostError):
 
 class JobTimeoutError(HostError):
     """No final answer for a job arrived before its deadline."""
+
+
+class NotAllowedError(ConfigError):
+    """A request names something its caller may not use: a file on the service's machine, a module
+    the operator did not allow, or an action beyond its token's scope. The message says how to
+    allow it."""
+
+
+class NotFoundError(ConfigError):
+    """A request names something this host does not have: a builtin, a search space, an uploaded
+    artifact, a device."""
+
+
+class UnknownDeviceError(NotFoundError):
+    """A request names a device this host has never seen (on its broker or in its database)."""
 
 
 class ModelSpecError(ConfigError):

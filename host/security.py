@@ -1,4 +1,5 @@
-"""Broker security material: a private CA, TLS certificates, Mosquitto configs, the signing key.
+"""Security material: a private CA, TLS certificates, Mosquitto configs, the signing key, and the
+scopes of the service's API tokens (the tokens themselves live in host.store.service).
 
 The broker authenticates every client by its certificate (mutual TLS) and takes the certificate's
 common name as the MQTT user name (``use_identity_as_username``); the ACL then confines a device to
@@ -25,6 +26,7 @@ import ipaddress
 import logging
 import os
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -46,6 +48,28 @@ LEAF_DAYS = 825
 # Clock skew between a freshly booted board (no RTC, NTP not yet synced) and the host.
 BACKDATE = dt.timedelta(hours=1)
 DEFAULT_TLS_PORT = 8883
+
+
+# -- API token scopes ----------------------------------------------------------------------------
+
+
+class Scope(StrEnum):
+    """What an API token of `edgetailor serve` may do; each scope includes the ones before it.
+
+    read: every GET; operate: also benchmarks, uploads, deployments, rollbacks and cancelling;
+    admin: also campaigns that run code of a module the operator allowed (``serve --allow-module``).
+    """
+
+    READ = "read"
+    OPERATE = "operate"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        return list(Scope).index(self)
+
+    def allows(self, needed: Scope) -> bool:
+        return self.rank >= needed.rank
 
 
 def edgetailor_home() -> Path:

@@ -3,8 +3,10 @@
 ``create_app(ctx)`` builds the application over an :class:`ApiContext` (store, fleet, event bus);
 ``edgetailor serve`` runs it with uvicorn beside the fleet side (host.service). Everything is under
 ``/api/v1`` except ``/metrics`` (Prometheus), ``/healthz`` and the dashboard (``/``, see
-host.api.dashboard). Mutating endpoints need the bearer token; reads are open to clients on the
-same machine. Errors are ``{"error": {"code", "message", "fields"}}``.
+host.api.dashboard). Every route under ``/api`` and ``/metrics`` needs a bearer token whose scope
+covers it (host.api.deps), from any address; ``/healthz`` says "ok" and nothing else. Requests
+whose Host header the service does not answer to are refused before any route runs
+(host.api.hygiene). Errors are ``{"error": {"code", "message", "fields"}}``.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from fastapi import FastAPI
 
 from host.api import dashboard, errors
 from host.api.context import ApiContext
-from host.api.deps import Ctx
-from host.api.models import ServiceInfo
+from host.api.deps import Ctx, Reader
+from host.api.errors import AUTH_ERRORS
+from host.api.hygiene import Hygiene
+from host.api.models import Health, ServiceInfo
 from host.api.routers import (
     artifacts,
     benchmarks,
@@ -50,6 +54,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         ),
     )
     app.state.ctx = ctx
+    app.add_middleware(Hygiene)
     errors.install(app)
     for router in (devices.router, artifacts.router, campaigns.router, deployments.router,
                    benchmarks.router, events.router):  # fmt: skip
@@ -57,9 +62,15 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(metrics.router)
     dashboard.install(app)
 
-    @app.get("/healthz", response_model=ServiceInfo, tags=["service"])
-    def healthz(ctx: Ctx) -> dict[str, Any]:
-        """The service is up; whether its broker connection is."""
+    @app.get("/healthz", response_model=Health, tags=["service"])
+    def healthz() -> dict[str, Any]:
+        """The service answers (for load balancers and probes: nothing else, and no token)."""
+        return {"status": "ok"}
+
+    @app.get(f"{API_PREFIX}/service", response_model=ServiceInfo, tags=["service"],
+             dependencies=[Reader], responses=AUTH_ERRORS)  # fmt: skip
+    def service_info(ctx: Ctx) -> dict[str, Any]:
+        """The service's version, whether its broker connection is up, its database."""
         fleet = ctx.fleet
         return {
             "version": __version__,

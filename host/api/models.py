@@ -9,9 +9,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-DeviceId = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="letters, digits, _ . -")
+from host.campaign.spec import CAMPAIGN_ID_PATTERN, DEVICE_ID_PATTERN
+
+DeviceId = Field(
+    pattern=DEVICE_ID_PATTERN, description="1-64 letters, digits, _ . -, starting with one of the "
+    "first two",
+)  # fmt: skip
+DeviceIdStr = Annotated[str, DeviceId]
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+# Counts of devices (1, 2, ...) or percentages of the fleet in (0, 100] (25%, 12.5%, 100%).
+_WAVE = (
+    r"(?:[1-9][0-9]{0,5}|(?:100(?:\.0{1,3})?|[1-9][0-9]?(?:\.[0-9]{1,3})?|0\.(?:[0-9]{0,2}[1-9]))%)"
+)
+WAVES_PATTERN = rf"^{_WAVE}(?:,{_WAVE}){{0,31}}$"
 
 
 class Strict(BaseModel):
@@ -77,42 +89,6 @@ class ArtifactSummary(BaseModel):
 
 
 # -- campaigns -----------------------------------------------------------------------------------
-class CampaignCreate(Strict):
-    model: str = Field(min_length=1, max_length=512, examples=["builtin:digits_cnn"])
-    data: str = Field(min_length=1, max_length=512, examples=["builtin:digits"])
-    space: str = Field("default", min_length=1, max_length=512)
-    devices: list[str] = Field(["all"], min_length=1, max_length=256)
-    constraints: list[str] = Field([], max_length=32, examples=[["accuracy_drop<=0.02"]])
-    objective: str = Field("max_metric", max_length=64)
-    formats: list[Literal["tflite", "onnx"]] = Field(["tflite"], min_length=1, max_length=2)
-    pretrain_epochs: int = Field(0, ge=0, le=1000)
-    runs: int = Field(50, ge=1, le=100_000)
-    min_s: float = Field(1.0, ge=0, le=3600)
-    threads: list[Annotated[int, Field(ge=1, le=256)]] = Field(
-        [], max_length=16, description="thread counts to sweep; empty: the agent's default"
-    )
-    eval_samples: int | None = Field(
-        1000, ge=1, le=1_000_000, description="the test split, at most this many (null: all of it)"
-    )
-    task: Literal["classification", "embedding", "regression"] | None = Field(
-        None, description="null: the model factory's task, else a guess the campaign states"
-    )
-    metric: str | None = Field(
-        None,
-        max_length=512,
-        description="a user metric pkg.mod:fn or file.py:fn, scored on the host",
-    )
-    strict: bool = Field(False, description="point comparisons instead of 95% intervals")
-    job_timeout_s: float = Field(300.0, gt=0, le=86_400)
-    retries: int = Field(1, ge=0, le=100)
-    offline_deadline_s: float = Field(120.0, gt=0, le=7 * 86_400)
-    screen_margin: float = Field(0.02, ge=0, le=1)
-    campaign_id: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9_.-]{1,64}$",
-        description="name it; the same id with the same spec resumes a stored campaign",
-    )  # fmt: skip
-
-
 class CampaignSummary(BaseModel):
     campaign_id: str
     status: str = Field(description="created | compressing | measuring | done | failed | cancelled")
@@ -146,29 +122,73 @@ class CampaignSelection(BaseModel):
 # -- deployments ---------------------------------------------------------------------------------
 class TargetSpec(Strict):
     device_id: str = DeviceId
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="an artifact this service stores")
+    sha256: str = Field(pattern=SHA256_PATTERN, description="a .tflite/.onnx this service stores")
 
 
-class DeploymentCreate(Strict):
-    campaign_id: str | None = Field(
-        None, max_length=64, description="deploy each selected device's choice of this campaign"
-    )
-    sha256: str | None = Field(
-        None, pattern=r"^[0-9a-f]{64}$", description="deploy this stored artifact to `devices`"
-    )
-    targets: list[TargetSpec] | None = Field(None, max_length=10_000)
-    devices: list[str] | None = Field(None, max_length=10_000)
-    eval_sha256: str | None = Field(
-        None, pattern=r"^[0-9a-f]{64}$", description="stored eval set for the health check"
-    )
-    waves: str = Field("1,25%,100%", max_length=256, examples=["1,25%,100%"])
+class RolloutSettings(Strict):
+    waves: str = Field(
+        "1,25%,100%", pattern=WAVES_PATTERN, max_length=256, examples=["1,25%,100%"],
+        description="devices per wave, comma-separated: a count (1) or a percentage (25%)",
+    )  # fmt: skip
     max_failures: int = Field(0, ge=0, le=10_000)
-    latency_budget_ms: float | None = Field(None, gt=0)
-    min_metric: float | None = None
+    latency_budget_ms: float | None = Field(None, gt=0, le=3_600_000)
+    min_metric: float | None = Field(None, ge=-1e12, le=1e12)
     health_runs: int = Field(20, ge=1, le=10_000)
     timeout_s: float = Field(300.0, gt=0, le=86_400)
     threads: int | None = Field(None, ge=1, le=256)
     offline_grace_s: float = Field(30.0, ge=0, le=86_400)
+
+
+class DeployCampaign(RolloutSettings):
+    """Each selected device's choice of a finished campaign."""
+
+    campaign_id: str = Field(pattern=CAMPAIGN_ID_PATTERN)
+    devices: list[DeviceIdStr] | None = Field(
+        None, min_length=1, max_length=10_000, description="only these of the selected devices"
+    )
+
+
+class DeployArtifact(RolloutSettings):
+    """One stored model to the named devices."""
+
+    sha256: str = Field(pattern=SHA256_PATTERN, description="a stored .tflite or .onnx")
+    devices: list[DeviceIdStr] = Field(min_length=1, max_length=10_000)
+    eval_sha256: str | None = Field(
+        None, pattern=SHA256_PATTERN, description="a stored eval .npz for the health check"
+    )
+    pending_ok: bool = Field(
+        False, description="accept devices this service has never seen: each is pending until "
+        "first seen (otherwise such a device is a 404)",
+    )  # fmt: skip
+
+
+class DeployTargets(RolloutSettings):
+    """A stored model per device."""
+
+    targets: list[TargetSpec] = Field(min_length=1, max_length=10_000)
+    eval_sha256: str | None = Field(
+        None, pattern=SHA256_PATTERN, description="a stored eval .npz for the health check"
+    )
+    pending_ok: bool = Field(False, description="as for a single artifact")
+
+
+def _deploy_kind(body: Any) -> str | None:
+    if not isinstance(body, dict):
+        return None
+    given = [k for k in ("campaign_id", "sha256", "targets") if k in body]
+    return given[0] if len(given) == 1 else None
+
+
+DeploymentCreate = Annotated[
+    Annotated[DeployCampaign, Tag("campaign_id")]
+    | Annotated[DeployArtifact, Tag("sha256")]
+    | Annotated[DeployTargets, Tag("targets")],
+    Discriminator(
+        _deploy_kind,
+        custom_error_type="invalid_deployment",
+        custom_error_message="give exactly one of campaign_id, sha256 (with devices) or targets",
+    ),
+]
 
 
 class TargetStatus(BaseModel):
@@ -208,11 +228,9 @@ class DeploymentStatus(BaseModel):
 # -- benchmarks ----------------------------------------------------------------------------------
 class BenchmarkCreate(Strict):
     device_id: str = DeviceId
-    sha256: str = Field(
-        pattern=r"^[0-9a-f]{64}$", description="a .tflite/.onnx this service stores"
-    )
+    sha256: str = Field(pattern=SHA256_PATTERN, description="a .tflite/.onnx this service stores")
     eval_sha256: str | None = Field(
-        None, pattern=r"^[0-9a-f]{64}$", description="stored eval .npz (x, and y or ref)"
+        None, pattern=SHA256_PATTERN, description="stored eval .npz (x, and y or ref)"
     )
     threads: int | None = Field(None, ge=1, le=256)
     runs: int = Field(50, ge=1, le=100_000)
@@ -260,6 +278,10 @@ class FleetStatusRow(BaseModel):
     active_model: ActiveModel | None = None
     state: DesiredState
     last_results: list[dict[str, Any]] = []
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
 
 
 class ServiceInfo(BaseModel):

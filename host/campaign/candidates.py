@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from host.campaign.context import CampaignContext
+from host.campaign.references import Reach, classify, stored_npz
 from host.campaign.spec import CampaignError, resolve_space
 from host.compress import Recipe
 from host.errors import CompressionError, ConfigError, ExportError
@@ -111,7 +112,10 @@ class CandidateBuilder:
         self.ctx.work_dir.mkdir(parents=True, exist_ok=True)
         user_metric = load_metric(spec.metric) if spec.metric else None
         self.ctx.emit("stage", f"loading {spec.model} and {spec.data}")
-        bundle, dataset = load_inputs(spec.model, spec.data)
+        data = spec.data
+        if classify("data", data).reach is Reach.ARTIFACT:  # an .npz uploaded to the service
+            data = str(stored_npz(self.ctx.store, data))
+        bundle, dataset = load_inputs(spec.model, data)
         check_data_fits(bundle, dataset)
         bundle, task_note = resolve_task(bundle, dataset, spec.task)
         if task_note:

@@ -27,7 +27,7 @@ def campaign_rows(cstore: CampaignStore, campaign_id: str) -> list[ResultRow]:
     from host.select import ResultRow
 
     campaign = cstore.get_campaign(campaign_id)
-    metric = (campaign.state.get("metric") if campaign else None) or "metric"
+    metric = (campaign.state.metric if campaign else None) or "metric"
     rows = []
     for job in cstore.jobs(campaign_id):
         if job.status not in FINAL_JOB_STATES:
@@ -55,9 +55,9 @@ def campaign_selection(
     from host.select import select
 
     campaign = load_campaign(cstore, campaign_id)
-    spec = CampaignSpec.from_dict(campaign.spec)
+    spec = CampaignSpec.from_stored(campaign.spec)
     rows = campaign_rows(cstore, campaign_id)
-    devices = campaign.state.get("devices") or sorted({r.device for r in rows})
+    devices = campaign.state.devices or sorted({r.device for r in rows})
     selections = select(
         rows,
         constraints if constraints is not None else spec.constraints,
@@ -82,7 +82,7 @@ def load_campaign(cstore: CampaignStore, campaign_id: str) -> Any:
 def campaign_outcome(cstore: CampaignStore, campaign_id: str) -> dict[str, Any]:
     """The JSON document of `edgetailor campaign --json`."""
     campaign = load_campaign(cstore, campaign_id)
-    spec = CampaignSpec.from_dict(campaign.spec)
+    spec = CampaignSpec.from_stored(campaign.spec)
     _rows, selections = campaign_selection(cstore, campaign_id)
     jobs = cstore.jobs(campaign_id)
     candidates = [
@@ -114,7 +114,7 @@ def campaign_outcome(cstore: CampaignStore, campaign_id: str) -> dict[str, Any]:
                 "device": job.device_id,
                 "latency_ms": {},
                 "peak_rss_mb": None,
-                "metric": campaign.state.get("metric"),
+                "metric": campaign.state.metric,
                 "metric_value": None,
                 "status": "failed",
                 "error": job.error,
@@ -127,7 +127,7 @@ def campaign_outcome(cstore: CampaignStore, campaign_id: str) -> dict[str, Any]:
             transfers["already_stored" if transfer.get("already_stored") else "fetched"] += 1
         results.append(row)
     devices: dict[str, dict[str, Any]] = {}
-    for device in campaign.state.get("devices") or []:
+    for device in campaign.state.devices:
         states = [j.status for j in jobs if j.device_id == device]
         counts = {s: states.count(s) for s in sorted(set(states))}
         if states and all(s == JOB_OFFLINE for s in states):
@@ -169,14 +169,14 @@ def campaign_outcome(cstore: CampaignStore, campaign_id: str) -> dict[str, Any]:
             "objective": spec.objective,
             "status": campaign.status,
             "created": campaign.created,
-            "baseline_metric": campaign.state.get("baseline_metric"),
-            "metric": campaign.state.get("metric"),
-            "task": campaign.state.get("task"),
-            "task_note": campaign.state.get("task_note"),
-            "eval_samples": campaign.state.get("eval_samples"),
-            "eval_warnings": list(campaign.state.get("eval_warnings") or []),
+            "baseline_metric": campaign.state.baseline_metric,
+            "metric": campaign.state.metric,
+            "task": campaign.state.task,
+            "task_note": campaign.state.task_note,
+            "eval_samples": campaign.state.eval_samples,
+            "eval_warnings": list(campaign.state.eval_warnings),
             "strict": spec.strict,
-            "work_dir": campaign.state.get("work_dir"),
+            "work_dir": campaign.state.work_dir,
             "spec": spec.to_dict(),
         },
         "candidates": candidates,

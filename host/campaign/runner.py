@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,7 @@ from host.campaign.candidates import CandidateBuilder
 from host.campaign.context import CampaignContext
 from host.campaign.events import Emitter, ProgressFn
 from host.campaign.outcome import campaign_outcome
+from host.campaign.references import OPERATOR, ReferencePolicy
 from host.campaign.scheduler import DeviceScheduler
 from host.campaign.spec import (
     CampaignCancelled,
@@ -40,8 +42,11 @@ class CampaignRunner:
         work_dir: str | Path | None = None,
         progress: ProgressFn | None = None,
         device_wait_s: float = 30.0,
+        policy: ReferencePolicy = OPERATOR,
+        cancelled: threading.Event | None = None,
     ) -> None:
         campaign_id = check_campaign_id(campaign_id or new_campaign_id())
+        self.policy = policy
         self.ctx = CampaignContext(
             spec=spec,
             store=store,
@@ -50,6 +55,7 @@ class CampaignRunner:
             campaign_id=campaign_id,
             work_dir=Path(work_dir or default_work_root() / campaign_id).expanduser(),
             emit=Emitter(progress),
+            cancelled=cancelled or threading.Event(),
         )
         self.builder = CandidateBuilder(self.ctx)
         self.scheduler = DeviceScheduler(self.ctx, device_wait_s=device_wait_s)
@@ -71,6 +77,17 @@ class CampaignRunner:
         return self.ctx.work_dir
 
     # -- entry point ---------------------------------------------------------------------------
+    def preflight(self) -> None:
+        """Everything the spec names (model, data, space, metric, devices), checked under the
+        runner's policy before the campaign is stored or any model or data loads: a refused
+        campaign leaves no row and no work folder."""
+        known = None
+        if not self.spec.all_devices:
+            self.ctx.fleet.wait_synced()
+            known = {d.device_id for d in self.ctx.store.list_devices()}
+            known |= set(self.ctx.fleet.devices())
+        self.spec.check(self.policy, store=self.ctx.store, known_devices=known)
+
     def run(self) -> dict[str, Any]:
         started = time.monotonic()
         existing = self.cstore.get_campaign(self.campaign_id)
@@ -80,8 +97,16 @@ class CampaignRunner:
                 f"`--resume {self.campaign_id}` (which reuses its spec) or pick a new --campaign-id"
             )
         resumed = existing is not None
-        if resumed and existing.state.get("work_dir"):
-            self.ctx.work_dir = Path(existing.state["work_dir"])
+        try:
+            self.preflight()
+        except Exception as exc:
+            if resumed:  # stored by an earlier run (or queued through the API): say why it stops
+                self.cstore.update_campaign(
+                    self.campaign_id, status="failed", state={"error": f"{exc}"[:2000]}
+                )
+            raise
+        if resumed and existing.state.work_dir:
+            self.ctx.work_dir = Path(existing.state.work_dir)
         self.cstore.create_campaign(self.campaign_id, self.spec.to_dict())
         self.cstore.update_campaign(
             self.campaign_id, state={"work_dir": str(self.ctx.work_dir), "error": None}
@@ -105,6 +130,7 @@ class CampaignRunner:
                 self.campaign_id, status="measuring", state={"devices": devices}
             )
             self.scheduler.measure(survivors, devices, prepared)
+            self.ctx.check_cancelled()
         except Exception as exc:
             # The stored campaign says it failed and why (not "compressing" for ever), and a work
             # folder this run made and left empty goes. `--resume` retries it once fixed.
@@ -158,8 +184,10 @@ def run_campaign(
     campaign_id: str | None = None,
     work_dir: str | Path | None = None,
     progress: ProgressFn | None = None,
+    policy: ReferencePolicy = OPERATOR,
 ) -> dict[str, Any]:
     """Run or resume a campaign; returns the document `edgetailor campaign --json` prints."""
     return CampaignRunner(
-        spec, store, fleet, campaign_id=campaign_id, work_dir=work_dir, progress=progress
-    ).run()
+        spec, store, fleet, campaign_id=campaign_id, work_dir=work_dir, progress=progress,
+        policy=policy,
+    ).run()  # fmt: skip

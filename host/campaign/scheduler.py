@@ -16,7 +16,7 @@ from typing import Any
 
 from host.campaign.candidates import Prepared
 from host.campaign.context import CampaignContext
-from host.campaign.spec import CampaignError, variant_id
+from host.campaign.spec import CampaignCancelled, CampaignError, variant_id
 from host.errors import DeviceUnavailableError, JobFailedError, JobTimeoutError
 from host.store.campaigns import (
     FINAL_JOB_STATES,
@@ -52,9 +52,10 @@ class DeviceScheduler:
 
     # -- 4. devices ----------------------------------------------------------------------------
     def resolve_devices(self) -> list[str]:
+        self.ctx.check_cancelled()
         stored = self.ctx.cstore.get_campaign(self.ctx.campaign_id)
-        if stored is not None and stored.state.get("devices"):
-            return list(stored.state["devices"])  # a resumed "all" keeps its original targets
+        if stored is not None and stored.state.devices:
+            return list(stored.state.devices)  # a resumed "all" keeps its original targets
         if not self.ctx.spec.all_devices:
             return list(self.ctx.spec.devices)
         self.ctx.fleet.wait_synced()
@@ -66,6 +67,7 @@ class DeviceScheduler:
             if online or time.monotonic() > deadline:
                 break
             time.sleep(POLL_S)
+            self.ctx.check_cancelled()
         if not online:
             raise CampaignError(
                 f"--devices all found no online device on {self.ctx.fleet.address} (base topic "
@@ -130,6 +132,8 @@ class DeviceScheduler:
             thread.start()
         for thread in threads:
             thread.join()
+        # A device loop that saw the cancellation ended its jobs; the campaign ends cancelled.
+        self.ctx.check_cancelled()
 
     def _expand_variants(self, survivors: list[CandidateInfo]) -> list[CandidateInfo]:
         """One (candidate, threads) variant per swept thread count; each is a job of its own."""
@@ -147,6 +151,7 @@ class DeviceScheduler:
 
     def _device_formats(self, device: str) -> set[str] | None:
         """The model formats the device's birth says it can run (None: not known yet)."""
+        self.ctx.check_cancelled()
         record = self.ctx.fleet.registry.get(device)
         birth = getattr(record, "birth", None) if record is not None else None
         if birth is None or not birth.runtimes:
@@ -221,19 +226,21 @@ class DeviceScheduler:
                     return
                 self._count_done(device, job.candidate_id, status)
         except Exception as exc:  # one device's bug must not hang the others' campaign
-            logger.exception("campaign worker for %s failed", device)
+            if isinstance(exc, CampaignCancelled):
+                error = str(exc)
+            else:
+                logger.exception("campaign worker for %s failed", device)
+                error = f"host error: {exc}"
             for job in self.ctx.cstore.jobs(self.ctx.campaign_id, device):
                 if job.status not in FINAL_JOB_STATES:
                     self.ctx.cstore.job_finished(
-                        self.ctx.campaign_id,
-                        job.candidate_id,
-                        device,
-                        JOB_FAILED,
-                        error=f"host error: {exc}",
+                        self.ctx.campaign_id, job.candidate_id, device, JOB_FAILED, error=error
                     )
 
     def _wait_online(self, device: str) -> bool:
+        self.ctx.check_cancelled()
         record = self.ctx.fleet.registry.wait_for(device, self.ctx.spec.offline_deadline_s)
+        self.ctx.check_cancelled()
         if record is None:
             logger.warning("device %s offline past the deadline", device)
         return record is not None
@@ -258,6 +265,7 @@ class DeviceScheduler:
                 status="adopted",
             )
             # The agent may still be fetching from the host run that died: serve its files again.
+            self.ctx.check_cancelled()
             self.ctx.fleet.offer(cand.path)
             if prepared.eval_path is not None:
                 self.ctx.fleet.offer(prepared.eval_path)
@@ -280,6 +288,7 @@ class DeviceScheduler:
                 logger.info(
                     "%s already holds %s; it will not be fetched again", device, cand.sha256[:12]
                 )
+            self.ctx.check_cancelled()
             try:
                 handle = self.ctx.fleet.submit_benchmark(
                     device,
@@ -370,6 +379,7 @@ class DeviceScheduler:
                 return JOB_FAILED, None, str(exc)
             except JobTimeoutError:
                 pass
+            self.ctx.check_cancelled()
             now = time.monotonic()
             record = self.ctx.fleet.registry.get(device)
             if record is not None and not record.online:
@@ -398,6 +408,7 @@ class DeviceScheduler:
                     return JOB_OK, stored.data, None
                 return JOB_FAILED, None, f"[{stored.error_code}] {stored.error_message}"
             time.sleep(POLL_S)
+            self.ctx.check_cancelled()
         return None
 
     def _record(

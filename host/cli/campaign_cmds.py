@@ -241,12 +241,15 @@ def campaign_cmd(
         typer.Option("--data", help="builtin:digits, file.npz, image folder, module:factory"),
     ] = None,
     space: Annotated[
-        str,
-        typer.Option("--space", help="named search space (see `compress --list`) or a JSON file"),
-    ] = "default",
+        str | None,
+        typer.Option(
+            "--space",
+            help="named search space (see `compress --list`), pkg.mod:SPACE or a JSON file",
+        ),
+    ] = None,
     devices: Annotated[
-        str, typer.Option("--devices", help="all, or comma-separated device ids")
-    ] = "all",
+        str | None, typer.Option("--devices", help="all, or comma-separated device ids")
+    ] = None,
     broker: BrokerOpt = DEFAULT_BROKER,
     constraint: Annotated[
         list[str] | None,
@@ -255,8 +258,9 @@ def campaign_cmd(
         ),
     ] = None,
     objective: Annotated[
-        str, typer.Option("--objective", help="max_metric, min_latency, min_size, min_memory")
-    ] = "max_metric",
+        str | None,
+        typer.Option("--objective", help="max_metric, min_latency, min_size, min_memory"),
+    ] = None,
     db: DbOpt = None,
     base_topic: BaseTopicOpt = DEFAULT_BASE,
     campaign_id: Annotated[
@@ -267,12 +271,12 @@ def campaign_cmd(
         str | None, typer.Option("--resume", help="continue the stored campaign with this id")
     ] = None,
     formats: Annotated[
-        str, typer.Option("--formats", help="comma-separated: tflite,onnx")
-    ] = "tflite",
-    runs: Annotated[int, typer.Option("--runs", min=1, help="timed runs per benchmark")] = 50,
+        str | None, typer.Option("--formats", help="comma-separated: tflite,onnx")
+    ] = None,
+    runs: Annotated[int | None, typer.Option("--runs", help="timed runs per benchmark")] = None,
     min_s: Annotated[
-        float, typer.Option("--min-s", min=0, help="at least this many seconds of timed runs")
-    ] = 1.0,
+        float | None, typer.Option("--min-s", help="at least this many seconds of timed runs")
+    ] = None,
     threads: Annotated[
         str | None,
         typer.Option(
@@ -282,40 +286,40 @@ def campaign_cmd(
         ),
     ] = None,
     job_timeout: Annotated[
-        float, typer.Option("--job-timeout", help="seconds one benchmark may take")
-    ] = 300.0,
+        float | None, typer.Option("--job-timeout", help="seconds one benchmark may take")
+    ] = None,
     retries: Annotated[
-        int, typer.Option("--retries", min=0, help="extra attempts of a failed job")
-    ] = 1,
+        int | None, typer.Option("--retries", help="extra attempts of a failed job")
+    ] = None,
     offline_deadline: Annotated[
-        float, typer.Option("--offline-deadline", help="seconds to wait for an offline device")
-    ] = 120.0,
+        float | None,
+        typer.Option("--offline-deadline", help="seconds to wait for an offline device"),
+    ] = None,
     screen_margin: Annotated[
-        float, typer.Option("--screen-margin", help="host-metric margin that counts as dominated")
-    ] = 0.02,
+        float | None,
+        typer.Option("--screen-margin", help="host-metric margin that counts as dominated"),
+    ] = None,
     pretrain_epochs: Annotated[
-        int,
+        int | None,
         typer.Option(
-            "--pretrain-epochs",
-            min=0,
-            help="train the model on --data first (zoo models start untrained)",
+            "--pretrain-epochs", help="train the model on --data first (zoo models start untrained)"
         ),
-    ] = 0,
+    ] = None,
     weights: Annotated[
         str | None, typer.Option("--weights", help="state_dict file of the model")
     ] = None,
     eval_samples: Annotated[
-        int, typer.Option("--eval-samples", min=1, help=EVAL_SAMPLES_HELP)
-    ] = 1000,
+        int | None, typer.Option("--eval-samples", help=EVAL_SAMPLES_HELP)
+    ] = None,
     task: Annotated[str | None, typer.Option("--task", help=TASK_HELP)] = None,
     metric: Annotated[str | None, typer.Option("--metric", help=METRIC_HELP)] = None,
     strict: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--strict",
             help="judge quality constraints on point estimates, not on their 95% intervals",
         ),
-    ] = False,
+    ] = None,
     work_dir: Annotated[
         Path | None,
         typer.Option(
@@ -333,7 +337,14 @@ def campaign_cmd(
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Compress a model into candidates, benchmark each on every target device, choose per device."""
+    """Compress a model into candidates, benchmark each on every target device, choose per device.
+
+    The options build one campaign spec (host.campaign.CampaignSpec, the body the API takes):
+    an option left out takes the spec's default (runs 50, min-s 1, job-timeout 300, retries 1,
+    offline-deadline 120, screen-margin 0.02, eval-samples 1000, space default, devices all,
+    objective max_metric, formats tflite). Everything the spec names is checked (space,
+    constraints, metric, devices) before any model or data loads.
+    """
     from host.campaign import CampaignSpec, parse_devices, run_campaign
     from host.campaign.spec import parse_threads
     from host.fleet import Fleet
@@ -341,17 +352,22 @@ def campaign_cmd(
     from host.store.campaigns import CampaignStore
 
     err = Console(stderr=True)
+    given = {
+        "model": model, "data": data, "space": space,
+        "devices": parse_devices(devices) if devices is not None else None,
+        "constraints": tuple(constraint) if constraint else None, "objective": objective,
+        "formats": tuple(f.strip() for f in formats.split(",") if f.strip()) if formats else None,
+        "pretrain_epochs": pretrain_epochs, "weights": weights, "runs": runs, "min_s": min_s,
+        "threads": parse_threads(threads) if threads is not None else None,
+        "eval_samples": eval_samples, "task": task, "metric": metric, "strict": strict,
+        "job_timeout_s": job_timeout, "retries": retries, "offline_deadline_s": offline_deadline,
+        "screen_margin": screen_margin,
+    }  # fmt: skip
+    values = {k: v for k, v in given.items() if v is not None}
+    if resume is None and (model is None or data is None):
+        raise ConfigError("campaign needs --model and --data (or --resume ID)")
     if server is not None:
-        _campaign_through(server, token, resume, campaign_id, as_json, err, {
-            "model": model, "data": data, "space": space, "devices": parse_devices(devices),
-            "constraints": list(constraint or ()), "objective": objective,
-            "formats": [f.strip() for f in formats.split(",") if f.strip()],
-            "pretrain_epochs": pretrain_epochs, "runs": runs, "min_s": min_s,
-            "threads": list(parse_threads(threads)), "eval_samples": eval_samples, "task": task, "metric": metric,
-            "strict": strict, "job_timeout_s": job_timeout,
-            "retries": retries, "offline_deadline_s": offline_deadline,
-            "screen_margin": screen_margin,
-        })  # fmt: skip
+        _campaign_through(server, token, resume, campaign_id, as_json, err, values)
         return
     tls = TlsOptions(tls_ca, tls_cert, tls_key)
     with Store(db) as store:
@@ -359,33 +375,10 @@ def campaign_cmd(
             from host.campaign import load_campaign
 
             stored = load_campaign(CampaignStore(store), resume)
-            spec = CampaignSpec.from_dict(stored.spec)
+            spec = CampaignSpec.from_stored(stored.spec)
             campaign_id = resume
         else:
-            if model is None or data is None:
-                raise ConfigError("campaign needs --model and --data (or --resume ID)")
-            spec = CampaignSpec(
-                model=model,
-                data=data,
-                space=space,
-                devices=parse_devices(devices),
-                constraints=tuple(constraint or ()),
-                objective=objective,
-                formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
-                pretrain_epochs=pretrain_epochs,
-                weights=weights,
-                runs=runs,
-                min_s=min_s,
-                threads=parse_threads(threads),
-                eval_samples=eval_samples,
-                task=task,
-                metric=metric,
-                strict=strict,
-                job_timeout_s=job_timeout,
-                retries=retries,
-                offline_deadline_s=offline_deadline,
-                screen_margin=screen_margin,
-            )
+            spec = CampaignSpec(**values)
         with (
             library_chatter(),
             Fleet(broker, base_topic, store=store, tls=tls, signing_key=signing_key) as fleet,
@@ -420,20 +413,18 @@ def _campaign_through(
     campaign_id: str | None,
     as_json: bool,
     err: Console,
-    body: dict[str, Any],
+    values: dict[str, Any],
 ) -> None:
     """`campaign --server`: queue it as a job of the service and follow it to its selection."""
+    from host.campaign import CampaignSpec
     from host.cli.client import ApiClient
 
     client = ApiClient(server, token)
     if resume is not None:
         stored = client.get(f"/campaigns/{resume}")
-        body = {**stored["spec"], "campaign_id": resume}
-        body = {k: v for k, v in body.items() if k not in ("weights", "seed", "warmup_s")}
+        body = {**CampaignSpec.from_stored(stored["spec"]).to_dict(), "campaign_id": resume}
     else:
-        if not body.get("model") or not body.get("data"):
-            raise ConfigError("campaign needs --model and --data (or --resume ID)")
-        body["campaign_id"] = campaign_id
+        body = {**CampaignSpec(**values).to_dict(), "campaign_id": campaign_id}
     created = client.post("/campaigns", json={k: v for k, v in body.items() if v is not None})
     cid = created["campaign_id"]
     err.log(f"campaign {cid} queued on {server}; following it (Ctrl-C leaves it running)")
@@ -465,6 +456,7 @@ def _campaign_through(
 def fleet_status(store: Any, fleet: Any | None, last: int = 3) -> list[dict[str, Any]]:
     """Per device: online, active model, the last benchmark results (newest first)."""
     from host.deploy import desired_state
+    from host.deploy.status import never_seen
     from host.store.campaigns import CampaignStore
     from host.store.deployments import DeploymentStore
 
@@ -529,7 +521,28 @@ def fleet_status(store: Any, fleet: Any | None, last: int = 3) -> list[dict[str,
                 ),
             }
         )  # fmt: skip
+    for device_id in never_seen(dstore, {r["device_id"] for r in rows}):
+        rows.append({
+            "device_id": device_id, "online": False, "seen_on_broker": False, "last_seen": None,
+            "tags": {}, "active_model": None, "last_results": [],
+            "state": desired_state(
+                dstore, device_id, actual_sha256=None, online=False, seen=False
+            ),
+        })  # fmt: skip
     return rows
+
+
+def _result_text(result: dict[str, Any]) -> str:
+    """One result in a cell: the figures it has (a deploy's health check may have none)."""
+    name = result["candidate"] or (result["model_sha256"] or "?")[:12]
+    if result["status"] != "ok":
+        return f"{name}: " + f"error {result['error'] or ''}"[:60]
+    figures = []
+    if result["latency_p90_ms"] is not None:
+        figures.append(f"p90 {_fmt(result['latency_p90_ms'])} ms")
+    if result["metric"] is not None and result["metric_value"] is not None:
+        figures.append(f"{result['metric']} {_fmt(result['metric_value'], 4)}")
+    return f"{name}: {', '.join(figures) or 'ok'}"
 
 
 def _desired_cell(state: dict[str, Any]) -> str:
@@ -623,16 +636,7 @@ def status_cmd(
             ", ".join(f"{k}={v}" for k, v in row["tags"].items()) or "-",
             "-" if not active else (active["candidate"] or active["sha256"][:12]),
             _desired_cell(row["state"]),
-            "\n".join(
-                f"{r['candidate'] or (r['model_sha256'] or '?')[:12]}: "
-                + (
-                    f"p90 {_fmt(r['latency_p90_ms'])} ms, {r['metric']} {_fmt(r['metric_value'], 4)}"
-                    if r["status"] == "ok"
-                    else f"error {r['error'] or ''}"[:60]
-                )
-                for r in row["last_results"]
-            )
-            or "-",
+            "\n".join(_result_text(r) for r in row["last_results"]) or "-",
         )
     Console().print(table)
 
@@ -750,15 +754,15 @@ def _print_demo(summary: dict[str, Any], stdout: TextIO) -> None:
         f"(compress {summary['timings']['candidates_s']:.0f} s, "
         f"measure {summary['timings']['measure_s']:.0f} s)"
     )
+    # The last line: an address that works now (with its token), or none at all.
     dashboard = summary["dashboard"]
     listed = ", ".join(dashboard["devices"]) or "no device"
     if dashboard["served"]:
         console.print(f"dashboard ({listed} online; Ctrl-C stops it all): {dashboard['login_url']}")
     else:
         console.print(
-            f"dashboard checked ({listed} online) and stopped with the demo; "
-            f"`edgetailor demo --serve` (`make demo DEMO_ARGS=--serve`) keeps it running at "
-            f"{dashboard['url']}"
+            f"dashboard checked ({listed} online) and stopped with the demo; `edgetailor demo "
+            "--serve` (`make demo DEMO_ARGS=--serve`) keeps it running and prints its address"
         )
 
 

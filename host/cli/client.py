@@ -66,8 +66,8 @@ class ApiClient:
 
     def upload(self, path: Path) -> str:
         """Store a local file on the service; its sha256."""
-        with open(path, "rb") as handle:
-            doc = self.post("/artifacts", params={"filename": path.name}, content=handle.read())
+        with open(path, "rb") as handle:  # streamed: the file is not read into memory
+            doc = self.post("/artifacts", params={"filename": path.name}, content=handle)
         return str(doc["sha256"])
 
     def follow_deployment(self, rollout_id: str, grace_s: float, poll_s: float = 1.0) -> Any:

@@ -34,6 +34,7 @@ from host.cli.fleet_cmds import (
 )
 from host.cli.main import app
 from shared.broker_url import TlsOptions
+from shared.errors import ConfigError
 from shared.topics import DEFAULT_BASE
 
 logger = logging.getLogger(__name__)
@@ -136,8 +137,21 @@ def deploy_cmd(
     signing_key: SigningKeyOpt = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
+    pending_ok: Annotated[
+        bool,
+        typer.Option(
+            "--pending-ok",
+            help="deploy to devices never seen too (with --server: each waits, pending until "
+            "first seen; without: each is waited for up to --device-timeout)",
+        ),
+    ] = False,
 ) -> None:
-    """Make a model the active one on devices: health check, atomic switch, staged waves."""
+    """Make a model the active one on devices: health check, atomic switch, staged waves.
+
+    Checked before anything is sent: --model is a .tflite or .onnx, --eval an .npz, and every
+    device one this host has seen (else exit 2, unless --pending-ok).
+    """
+    from host.artifacts import format_of
     from host.deploy import Deployer, DeployTarget, parse_waves, targets_from_campaign
     from host.store import Store
 
@@ -148,6 +162,10 @@ def deploy_cmd(
     wanted = _devices(devices)
     if model is not None and not wanted:
         raise typer.BadParameter("--model needs --devices ID[,ID...]", param_hint="--devices")
+    if model is not None and format_of(model) not in ("tflite", "onnx"):
+        raise ConfigError(f"--model {model.name} is not a model: deploy a .tflite or .onnx")
+    if eval_file is not None and format_of(eval_file) != "npz":
+        raise ConfigError(f"--eval {eval_file.name} is not an eval set: give an .npz of x, y")
     wave_spec = parse_waves(waves)
     if server is not None:
         _deploy_through(
@@ -155,7 +173,7 @@ def deploy_cmd(
             body={"waves": waves, "max_failures": max_failures,
                   "latency_budget_ms": latency_budget_ms, "min_metric": min_metric,
                   "health_runs": health_runs, "timeout_s": timeout,
-                  "offline_grace_s": device_timeout},
+                  "offline_grace_s": device_timeout, "pending_ok": pending_ok or None},
             grace_s=device_timeout, as_json=as_json,
         )  # fmt: skip
         return
@@ -183,6 +201,8 @@ def deploy_cmd(
             _fleet(broker, base_topic, store, tls, signing_key) as fleet,
             err.status("deploying") as status,
         ):
+            if not pending_ok:
+                _check_seen(store, fleet, [t.device_id for t in targets])
 
             def progress(event: str, data: dict[str, Any]) -> None:
                 if event == "wave":
@@ -206,6 +226,21 @@ def deploy_cmd(
         _print_rollout(doc)
     if not result.ok:
         raise typer.Exit(1)
+
+
+def _check_seen(store: Any, fleet: Any, devices: list[str]) -> None:
+    """Exit 2 (UnknownDeviceError) for a device neither the database nor the broker knows."""
+    from host.errors import UnknownDeviceError
+
+    fleet.wait_synced()
+    known = {d.device_id for d in store.list_devices()} | set(fleet.devices())
+    unknown = [d for d in devices if d not in known]
+    if unknown:
+        raise UnknownDeviceError(
+            f"device(s) {', '.join(unknown)} never seen on {fleet.address} or in the database "
+            f"(known: {', '.join(sorted(known)[:20]) or 'none'}); start their agents, or pass "
+            "--pending-ok"
+        )
 
 
 @app.command("rollback")
@@ -284,6 +319,7 @@ def _deploy_through(
     if campaign is not None:
         body["campaign_id"] = campaign
         body["devices"] = devices
+        body.pop("pending_ok", None)  # a campaign's devices were measured: all seen
     else:
         if model is None:
             raise typer.BadParameter("give --campaign ID or --model FILE", param_hint="--model")

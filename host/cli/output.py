@@ -127,11 +127,16 @@ def library_chatter(verbose_mode: bool | None = None) -> Iterator[TextIO]:
         real_out.close()
 
 
+PIPE_WIDTH = 1_000  # columns: wider than any table the CLI prints, so none wraps in a pipe
+
+
 def wide_console(file: TextIO | None = None) -> Console:
-    """stdout (or ``file``); at least 150 columns when it is not a terminal, so piped tables stay
-    readable."""
+    """stdout (or ``file``). Not a terminal: tables at their natural width and lines unwrapped, so
+    each row of a piped table is one line (a pipe has no width to fit)."""
     console = Console(file=file)
-    return console if console.is_terminal else Console(file=file, width=max(console.width, 150))
+    if console.is_terminal:
+        return console
+    return Console(file=file, width=PIPE_WIDTH, soft_wrap=True)
 
 
 def _fileno(stream: TextIO) -> int | None:

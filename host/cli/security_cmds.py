@@ -1,11 +1,15 @@
-"""``edgetailor certs ...`` and ``edgetailor keys ...``: the CA, TLS certificates, the signing key.
+"""``edgetailor certs ...``, ``edgetailor keys ...`` and ``edgetailor token ...``: the CA, TLS
+certificates, the signing key, and the service's API tokens.
 
-Every command prints where its files went and their modes, because the next step is copying them
-to the broker and the boards (see deploy/mosquitto/README.md).
+Every certs/keys command prints where its files went and their modes, because the next step is
+copying them to the broker and the boards (see deploy/mosquitto/README.md). ``token create`` prints
+the token once: the database keeps only its hash.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 import stat
 from pathlib import Path
@@ -13,9 +17,11 @@ from typing import Annotated
 
 import typer
 
+from host.cli.fleet_cmds import DbOpt, JsonOpt
 from host.cli.main import app
 from host.security import (
     HOST_IDENTITY,
+    Scope,
     default_keys_dir,
     default_pki_dir,
     init_ca,
@@ -34,8 +40,13 @@ certs_app = typer.Typer(
 keys_app = typer.Typer(
     help="The Ed25519 key the host signs artifact manifests with.", no_args_is_help=True
 )
+token_app = typer.Typer(
+    help="API tokens of `edgetailor serve`, each with a scope: read < operate < admin.",
+    no_args_is_help=True,
+)
 app.add_typer(certs_app, name="certs")
 app.add_typer(keys_app, name="keys")
+app.add_typer(token_app, name="token")
 
 DirOption = Annotated[
     Path | None,
@@ -162,3 +173,74 @@ def keys_init(
     typer.echo(f"signing key (key id {pair.key_id}):")
     _show(pair.private_path)
     _show(pair.public_path)
+
+
+# -- API tokens --------------------------------------------------------------------------------
+
+ScopeOption = Annotated[
+    Scope,
+    typer.Option(
+        "--scope",
+        help="read: every GET; operate: also bench, upload, deploy, rollback, cancel; admin: "
+        "also campaigns that run code of an allowed module",
+    ),
+]
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+
+
+@token_app.command("create")
+def token_create(
+    scope: ScopeOption = Scope.READ,
+    name: Annotated[str, typer.Option("--name", help="a label `token list` shows")] = "",
+    db: DbOpt = None,
+) -> None:
+    """Make a token for the service on this database; it is printed once, on stdout."""
+    from host.store import Store
+    from host.store.service import ServiceStore
+
+    with Store(db) as store:
+        info, token = ServiceStore(store).create_token(scope, name=name)
+    typer.echo(f"token {info.token_id} ({info.scope.value}) for {store.safe_url()}:", err=True)
+    typer.echo(token)
+
+
+@token_app.command("list")
+def token_list(
+    db: DbOpt = None,
+    revoked: Annotated[bool, typer.Option("--revoked", help="list revoked tokens too")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The tokens in use (id, scope, name, dates); never the tokens themselves."""
+    from host.store import Store
+    from host.store.service import ServiceStore
+
+    with Store(db) as store:
+        tokens = ServiceStore(store).list_tokens(include_revoked=revoked)
+    if as_json:
+        typer.echo(json.dumps([
+            {"token_id": t.token_id, "scope": t.scope.value, "name": t.name, "created": t.created,
+             "revoked": t.revoked} for t in tokens
+        ], indent=2))  # fmt: skip
+        return
+    for t in tokens:
+        state = f"revoked {_when(t.revoked)}" if t.revoked is not None else "in use"
+        typer.echo(f"{t.token_id}  {t.scope.value:<7}  {_when(t.created)}  {state:<24}  {t.name}")
+    if not tokens:
+        typer.echo("no token in use: `edgetailor token create --scope read` makes one", err=True)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="the id `token list` shows")],
+    db: DbOpt = None,
+) -> None:
+    """Revoke a token: the service refuses it from its next request on."""
+    from host.store import Store
+    from host.store.service import ServiceStore
+
+    with Store(db) as store:
+        info = ServiceStore(store).revoke_token(token_id)
+    typer.echo(f"token {info.token_id} ({info.scope.value}) revoked")

@@ -49,8 +49,40 @@ def serve_cmd(
             "arrive through the MQTT shared subscription $share/GROUP/..., each to one replica",
         ),
     ] = None,
+    allow_module: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-module",
+            help="let campaigns posted through the API name code under this module prefix "
+            "(pkg or pkg.sub: models, data, spaces, metrics as pkg.mod:attr; repeatable; an "
+            "admin token is needed to use it). None by default: builtins and uploads only",
+        ),
+    ] = None,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-host",
+            help="a Host header name the API answers to besides the bind address (the name "
+            "clients use, e.g. behind a proxy; repeatable; * turns the check off)",
+        ),
+    ] = None,
+    open_reads: Annotated[
+        bool,
+        typer.Option("--open-reads", help="answer reads (GET) without a token, from anywhere"),
+    ] = False,
+    max_upload_mb: Annotated[
+        int, typer.Option("--max-upload-mb", min=1, max=2048, help="largest artifact upload")
+    ] = 2048,
+    max_array_mb: Annotated[
+        int,
+        typer.Option(
+            "--max-array-mb", min=1, help="largest uploaded .npz, once its arrays are inflated"
+        ),
+    ] = 1024,
 ) -> None:
     """Run the fleet side, deployments, campaign jobs and the REST API in one process."""
+    from host.artifacts import UploadLimits
+    from host.campaign.references import check_module_prefix
     from host.security import edgetailor_home
     from host.service.service import Service, ServiceConfig
 
@@ -64,6 +96,11 @@ def serve_cmd(
             tls=TlsOptions(tls_ca, tls_cert, tls_key), signing_key=signing_key,
             home=edgetailor_home(), new_token=new_token, log_level=log_level.lower(),
             share_group=share_group,
+            allow_modules=tuple(check_module_prefix(m) for m in allow_module or ()),
+            allow_hosts=tuple(allow_host or ()), open_reads=open_reads,
+            upload_limits=UploadLimits(
+                max_bytes=max_upload_mb * 1024**2, max_array_bytes=max_array_mb * 1024**2
+            ),
         )
     )  # fmt: skip
     service.serve()

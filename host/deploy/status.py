@@ -46,8 +46,10 @@ def desired_state(
     online: bool,
     last_seen: float | None = None,
     now: float | None = None,
+    seen: bool = True,
 ) -> dict[str, Any]:
-    """``{"desired": {...} | None, "in_sync": bool, "reason": str}`` for one device."""
+    """``{"desired": {...} | None, "in_sync": bool, "reason": str}`` for one device; ``seen``
+    False: a device this host has never seen (a deploy to it was accepted as pending)."""
     now = time.time() if now is None else now
     targets = [
         t for t in dstore.targets(device_id=device_id) if t.state not in (SKIPPED, SUPERSEDED)
@@ -85,7 +87,12 @@ def desired_state(
         )
         return doc
     doc["in_sync"] = False
-    if target.state == WAITING:
+    if target.state == PENDING and not seen:
+        doc["reason"] = (
+            "pending until first seen: this device has never connected to this host; the deploy "
+            "is sent when it first comes online"
+        )
+    elif target.state == WAITING:
         doc["reason"] = f"wave {target.wave} of rollout {target.rollout_id} has not started yet"
     elif target.state == PENDING and not online:
         doc["reason"] = (
@@ -139,3 +146,9 @@ def _target_doc(target: TargetInfo) -> dict[str, Any]:
         "finished_at": target.finished_at,
         "detail": target.detail,
     }
+
+
+def never_seen(dstore: DeploymentStore, known: set[str]) -> list[str]:
+    """Devices a rollout waits for that this host has never seen (deployed to with pending_ok)."""
+    waiting = {t.device_id for t in dstore.targets(states=(WAITING, PENDING))}
+    return sorted(waiting - known)

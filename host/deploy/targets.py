@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from host.errors import HostError
+from host.errors import ConflictError, HostError, NotFoundError
 from shared.manifest import ArtifactManifest
 
 if TYPE_CHECKING:
@@ -17,6 +17,14 @@ if TYPE_CHECKING:
 
 class DeployError(HostError):
     """A deploy or rollout cannot start: unknown campaign, no selection, bad waves, ..."""
+
+
+class DeployNotFoundError(DeployError, NotFoundError):
+    """The deploy names a campaign, or a device of a campaign, that is not there."""
+
+
+class DeployConflictError(DeployError, ConflictError):
+    """The campaign a deploy names has no usable choice for it (yet)."""
 
 
 @dataclass(frozen=True)
@@ -70,20 +78,20 @@ def targets_from_selection(
     for device in wanted:
         choice = selection.get(device)
         if choice is None:
-            raise DeployError(
+            raise DeployNotFoundError(
                 f"device {device!r} has no selection in this campaign; selected devices: "
                 f"{', '.join(sorted(selection)) or 'none'}"
             )
         candidate_id = choice.get("candidate")
         if not candidate_id:
-            raise DeployError(
+            raise DeployConflictError(
                 f"no candidate met the constraints on {device} ({choice.get('reason', '')}); "
                 "relax the constraints or leave the device out with --devices"
             )
         candidate = by_id.get(str(choice.get("artifact") or candidate_id))
         path = Path(candidate["path"]) if candidate and candidate.get("path") else None
         if path is None or not path.is_file():
-            raise DeployError(
+            raise DeployConflictError(
                 f"the artifact of candidate {candidate_id} for {device} is missing ({path}); "
                 "resume the campaign to rebuild it"
             )
@@ -106,18 +114,19 @@ def targets_from_campaign(
     min_metric: float | None = None,
 ) -> list[DeployTarget]:
     """Targets from the selection a finished campaign stored in the database."""
+    from host.campaign.spec import CampaignSpec
     from host.store.campaigns import CampaignStore
 
     cstore = CampaignStore(store)
     campaign = cstore.get_campaign(campaign_id)
     if campaign is None:
         known = ", ".join(c.campaign_id for c in cstore.list_campaigns()[-5:]) or "none"
-        raise DeployError(
+        raise DeployNotFoundError(
             f"no campaign {campaign_id!r} in the database {store.safe_url()}; recent ones: "
             f"{known}; pass the same --db the campaign used"
         )
     if not campaign.selection:
-        raise DeployError(
+        raise DeployConflictError(
             f"campaign {campaign_id} has no selection yet (status {campaign.status}); finish it "
             f"with `edgetailor campaign --resume {campaign_id}` first"
         )
@@ -125,10 +134,10 @@ def targets_from_campaign(
         {"id": c.candidate_id, "path": c.path, "sha256": c.sha256}
         for c in cstore.candidates(campaign_id)
     ]
-    work_dir = campaign.state.get("work_dir")
+    work_dir = campaign.state.work_dir
     return targets_from_selection(
         campaign.selection, candidates,
         eval_path=Path(work_dir) / "eval.npz" if work_dir else None,
-        constraints=campaign.spec.get("constraints") or (), devices=devices,
+        constraints=CampaignSpec.from_stored(campaign.spec).constraints, devices=devices,
         latency_budget_ms=latency_budget_ms, min_metric=min_metric,
     )  # fmt: skip

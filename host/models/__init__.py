@@ -85,6 +85,25 @@ def load_model(spec: str, **kwargs: Any) -> ModelBundle:
     return _check_bundle(bundle, spec)
 
 
+def check_model_spec(spec: str) -> None:
+    """What :func:`load_model` checks before it builds anything, without building the model: the
+    builtin's name (NotFoundError when unknown), or that the factory imports and is callable, and
+    that it takes the spec's ``?key=value`` parameters."""
+    from host.errors import NotFoundError
+    from host.models import hf, zoo  # noqa: F401 - registers the builtins
+
+    base, params = split_spec_params(spec.strip())
+    if base.startswith("builtin:"):
+        name = base.removeprefix("builtin:")
+        if name not in MODELS:
+            known = ", ".join(f"builtin:{n}" for n in MODELS)
+            raise NotFoundError(f"unknown builtin model {name[:80]!r}; known: {known}")
+        factory = MODELS.get(name)
+    else:
+        factory = resolve_factory(base, what="model")
+    _check_params(factory, params, spec)
+
+
 def split_spec_params(spec: str) -> tuple[str, dict[str, Any]]:
     """``builtin:mobilenetv2?width=0.5&num_classes=4`` -> ("builtin:mobilenetv2", {...}).
 

@@ -4,8 +4,10 @@ resumed after a restart from what the campaign tables hold (host.campaign resume
 The runner renews its job's lease while the campaign runs; a process that dies stops renewing,
 and the next service to look takes the job over and resumes the campaign. Cancelling a running
 campaign stops it at its next device step (compression, once started, runs to its end): the
-campaign's fleet calls raise :class:`CampaignCancelled`, so its unfinished jobs end as failed with
-that reason and the stored selection covers what was measured.
+renewer sets the campaign's ``cancelled`` event (host.campaign.context), each device step then
+raises :class:`CampaignCancelled`, its unfinished jobs end as failed with that reason and the
+stored selection covers what was measured. A campaign queued through the API runs under the same
+reference policy it was checked with (``serve --allow-module``).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from host.campaign.spec import CampaignCancelled
+from host.campaign import CampaignRunner, CampaignSpec
+from host.campaign.references import ReferencePolicy
 from host.errors import HostError
+from host.store.campaigns import CampaignStore
 from host.store.service import JOB_CANCELLING, JOB_DONE, JOB_FAILED, ServiceStore
 
 if TYPE_CHECKING:
@@ -29,39 +33,22 @@ LEASE_S = 60.0
 RENEW_S = 10.0
 
 
-class _CancellableRegistry:
-    def __init__(self, registry: Any, cancelled: threading.Event) -> None:
-        self._registry = registry
-        self._cancelled = cancelled
-
-    def __getattr__(self, name: str) -> Any:
-        if self._cancelled.is_set() and name in ("get", "wait_for"):
-            raise CampaignCancelled("the campaign was cancelled")
-        return getattr(self._registry, name)
-
-
-class _CancellableFleet:
-    """The service's Fleet as a campaign sees it: every new step raises once it is cancelled."""
-
-    def __init__(self, fleet: Fleet, cancelled: threading.Event) -> None:
-        self._fleet = fleet
-        self._cancelled = cancelled
-        self.registry = _CancellableRegistry(fleet.registry, cancelled)
-
-    def __getattr__(self, name: str) -> Any:
-        if self._cancelled.is_set() and name in ("submit_benchmark", "wait_for_device", "offer"):
-            raise CampaignCancelled("the campaign was cancelled")
-        return getattr(self._fleet, name)
-
-
 class CampaignJobs:
     """Takes queued campaign jobs from the database and runs them on the service's fleet."""
 
-    def __init__(self, store: Store, fleet: Fleet, owner: str, work_root: Any = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        fleet: Fleet,
+        owner: str,
+        work_root: Any = None,
+        policy: ReferencePolicy | None = None,
+    ) -> None:
         self.store = store
         self.fleet = fleet
         self.owner = owner
         self.work_root = work_root
+        self.policy = policy or ReferencePolicy.for_api()
         self.sstore = ServiceStore(store)
         self._stop = threading.Event()
 
@@ -81,13 +68,10 @@ class CampaignJobs:
             self.run_one(job.job_id, job.params)
 
     def run_one(self, campaign_id: str, params: dict[str, Any]) -> None:
-        from host.campaign import CampaignRunner, CampaignSpec
-        from host.store.campaigns import CampaignStore
-
-        cancelled = threading.Event()
+        cancelled, finished = threading.Event(), threading.Event()
         progress: dict[str, Any] = {}
         renewer = threading.Thread(
-            target=self._renew, args=(campaign_id, cancelled, progress), daemon=True,
+            target=self._renew, args=(campaign_id, cancelled, finished, progress), daemon=True,
             name=f"lease-{campaign_id}",
         )  # fmt: skip
         renewer.start()
@@ -95,7 +79,7 @@ class CampaignJobs:
             stored = CampaignStore(self.store).get_campaign(campaign_id)
             if stored is None:
                 raise HostError(f"campaign {campaign_id} is queued but has no stored spec")
-            spec = CampaignSpec.from_dict(stored.spec)
+            spec = CampaignSpec.from_stored(stored.spec)
 
             def on_event(event: Any) -> None:
                 progress.update(kind=event.kind, message=event.message[:300], **{
@@ -103,8 +87,9 @@ class CampaignJobs:
                 })  # fmt: skip
 
             runner = CampaignRunner(
-                spec, self.store, _CancellableFleet(self.fleet, cancelled),  # type: ignore[arg-type]
-                campaign_id=campaign_id, work_dir=params.get("work_dir"), progress=on_event,
+                spec, self.store, self.fleet, campaign_id=campaign_id,
+                work_dir=params.get("work_dir"), progress=on_event, policy=self.policy,
+                cancelled=cancelled,
             )  # fmt: skip
             runner.run()
             self.sstore.finish(campaign_id, self.owner, JOB_DONE)
@@ -113,14 +98,18 @@ class CampaignJobs:
             logger.exception("campaign %s failed", campaign_id)
             self.sstore.finish(campaign_id, self.owner, JOB_FAILED, f"{type(exc).__name__}: {exc}")
         finally:
-            cancelled.set()  # stops the renewer
+            finished.set()  # stops the renewer
             renewer.join(timeout=5)
 
     def _renew(
-        self, campaign_id: str, cancelled: threading.Event, progress: dict[str, Any]
+        self,
+        campaign_id: str,
+        cancelled: threading.Event,
+        finished: threading.Event,
+        progress: dict[str, Any],
     ) -> None:
         deadline = time.monotonic() + RENEW_S
-        while not cancelled.wait(0.5):
+        while not finished.wait(0.5):
             if self._stop.is_set():
                 # The service is stopping: the campaign is left as a crash would leave it, and
                 # the next service to start resumes it at once instead of after the lease.

@@ -8,16 +8,25 @@ state is in the database: kill the process at any point and the next start carri
 
 from __future__ import annotations
 
+import importlib
+import ipaddress
 import logging
+import socket
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from host.api import ApiContext, create_app
+from host.api.context import LOOPBACK_HOSTS
 from host.api.live import ChangeWatcher, EventBus
+from host.artifacts import UploadLimits
+from host.campaign.references import ReferencePolicy
 from host.deploy.driver import DeploymentDriver, default_owner
+from host.security import Scope
 from host.service.campaigns import CampaignJobs
 from host.store import Store
 from host.store.service import ServiceStore
@@ -42,6 +51,46 @@ class ServiceConfig:
     log_level: str = "info"
     # Replicas on one database share results and chunk requests through $share/<group>/...
     share_group: str | None = None
+    # Module prefixes whose code campaigns posted through the API may name (none by default).
+    allow_modules: tuple[str, ...] = ()
+    # Host header names the API answers to, on top of the bind address (see allowed_hosts).
+    allow_hosts: tuple[str, ...] = ()
+    # Reads without a token (every /api GET); off by default.
+    open_reads: bool = False
+    upload_limits: UploadLimits = field(default_factory=UploadLimits)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def allowed_hosts(bind: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The Host header names the API answers to: the bind address (and the loopback names when
+    bound to loopback; this machine's names and addresses when bound to every interface), plus
+    ``extra`` (``--allow-host``)."""
+    names: list[str] = [bind]
+    if _is_loopback(bind):
+        names += LOOPBACK_HOSTS
+    elif bind in ("0.0.0.0", "::", ""):
+        names += [*LOOPBACK_HOSTS, socket.gethostname(), socket.getfqdn()]
+        for addresses in psutil.net_if_addrs().values():
+            names += [a.address.split("%", 1)[0] for a in addresses
+                      if a.family in (socket.AF_INET, socket.AF_INET6)]  # fmt: skip
+    names += extra
+    return tuple(dict.fromkeys(n.strip().lower() for n in names if n.strip()))
+
+
+def _load_model_zoo() -> None:
+    try:
+        importlib.import_module("host.models.zoo")
+        importlib.import_module("host.models.hf")
+    except Exception:  # the first check that needs them reports what is wrong
+        logger.exception("could not load the model zoo")
 
 
 class Service:
@@ -61,33 +110,42 @@ class Service:
         )  # fmt: skip
         self.bus = EventBus()
         self.driver = DeploymentDriver(self.store, self.fleet, owner=self.owner)
-        self.campaigns = CampaignJobs(self.store, self.fleet, self.owner)
+        self.campaigns = CampaignJobs(
+            self.store, self.fleet, self.owner, policy=ReferencePolicy.for_api(config.allow_modules)
+        )
         self.watcher = ChangeWatcher(self.store, self.bus)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.ctx = ApiContext(
             store=self.store, artifact_dir=self.home / "artifacts", fleet=self.fleet,
-            bus=self.bus, work_root=self.home / "campaigns",
+            bus=self.bus, work_root=self.home / "campaigns", open_reads=config.open_reads,
+            allowed_hosts=allowed_hosts(config.host, config.allow_hosts),
+            allowed_modules=config.allow_modules, upload_limits=config.upload_limits,
         )  # fmt: skip
         self.app = create_app(self.ctx)
 
     def ensure_token(self) -> str | None:
-        """Make the API token on the first start (or when asked); it is printed once, here."""
+        """Make an admin token on the first start (or, with ``--new-token``, one that replaces
+        every other token); it is printed once, here."""
         sstore = ServiceStore(self.store)
         if sstore.has_token() and not self.config.new_token:
             return None
-        token = sstore.new_token(revoke_others=self.config.new_token)
+        token = sstore.new_token(Scope.ADMIN, name="serve", revoke_others=self.config.new_token)
         sys.stderr.write(
-            "\nAPI token (shown this once; the database keeps only its hash):\n"
+            "\nAPI token, scope admin (shown this once; the database keeps only its hash):\n"
             f"    {token}\n"
-            "Give it to clients as `--token` or EDGETAILOR_TOKEN; `edgetailor serve --new-token` "
-            "replaces it.\n\n"
+            "Give it to clients as `--token` or EDGETAILOR_TOKEN; `edgetailor token create "
+            "--scope read|operate|admin` makes more, `edgetailor serve --new-token` replaces "
+            "them all.\n\n"
         )
         sys.stderr.flush()
         return token
 
     def start(self) -> None:
         self.ensure_token()
+        # The model zoo (and torch) load in seconds: load them now, so that the first campaign
+        # the API checks is answered as fast as the next.
+        threading.Thread(target=_load_model_zoo, name="load-model-zoo", daemon=True).start()
         self.fleet.connect()
         # Beside a large fleet the SUBACKs queue behind every retained status and birth.
         self.fleet.wait_synced(timeout=120, settle_s=0.5)
@@ -129,10 +187,13 @@ class Service:
                 log_level=self.config.log_level, access_log=False,
             )
         )  # fmt: skip
+        modules = ", ".join(self.config.allow_modules) or "none"
         sys.stderr.write(
             f"edgetailor serve: API on http://{self.config.host}:{self.config.port}"
             f" (OpenAPI at /docs), fleet on {self.fleet.address}, database "
-            f"{self.store.safe_url()}\n"
+            f"{self.store.safe_url()}; answers to Host {', '.join(self.ctx.allowed_hosts)}; "
+            f"modules campaigns may name: {modules}"
+            f"{'; reads open without a token' if self.config.open_reads else ''}\n"
         )
         sys.stderr.flush()
         try:

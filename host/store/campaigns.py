@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import JSON, Float, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -32,6 +34,35 @@ JOB_OFFLINE = "offline"
 FINAL_JOB_STATES = (JOB_OK, JOB_FAILED, JOB_OFFLINE)
 
 
+class CampaignState(BaseModel):
+    """What a campaign learned while it ran, stored as JSON beside its spec and read back as this
+    type: the work folder, the devices it measures on, the baseline and its metric, the task, the
+    eval set, and the error that ended its last run."""
+
+    # A row written by a later version may hold more; this version reads what it knows.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    work_dir: str | None = None
+    error: str | None = None
+    devices: list[str] = []
+    baseline_metric: float | None = None  # the deciding metric's score (the user metric's if any)
+    metric: str | None = None  # the deciding metric's name
+    device_metric: str | None = None  # the metric the boards report
+    device_baseline_metric: float | None = None
+    model_name: str | None = None
+    task: str | None = None
+    task_note: str | None = None
+    eval_samples: int | None = None
+    eval_warnings: list[str] = []
+    seconds_last_run: float | None = None
+
+    def updated(self, changes: Mapping[str, Any]) -> CampaignState:
+        unknown = sorted(set(changes) - set(CampaignState.model_fields))
+        if unknown:
+            raise ValueError(f"campaign state has no field(s) {', '.join(unknown)}")
+        return CampaignState.model_validate({**self.model_dump(), **changes})
+
+
 class CampaignRow(Base):
     __tablename__ = "campaigns"
 
@@ -40,7 +71,7 @@ class CampaignRow(Base):
     status: Mapped[str] = mapped_column(
         String(16)
     )  # created | compressing | measuring | done | failed | cancelled
-    state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # baseline metric, devices...
+    state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # a CampaignState
     selection: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created: Mapped[float] = mapped_column(Float)
     updated: Mapped[float] = mapped_column(Float)
@@ -94,12 +125,20 @@ class DeviceArtifactRow(Base):
 @dataclass(frozen=True)
 class CampaignInfo:
     campaign_id: str
-    spec: dict[str, Any]
+    spec: dict[str, Any]  # as stored: host.campaign.CampaignSpec.from_stored reads it
     status: str
-    state: dict[str, Any]
+    state: CampaignState
     selection: dict[str, Any] | None
     created: float
     updated: float
+
+
+def _campaign_info(row: CampaignRow) -> CampaignInfo:
+    return CampaignInfo(
+        campaign_id=row.campaign_id, spec=row.spec, status=row.status,
+        state=CampaignState.model_validate(row.state or {}), selection=row.selection,
+        created=row.created, updated=row.updated,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -159,26 +198,27 @@ class CampaignStore:
                     updated=now,
                 )
                 session.add(row)
-            return _columns(row, CampaignInfo)
+            return _campaign_info(row)
 
     def get_campaign(self, campaign_id: str) -> CampaignInfo | None:
         with self.store.read() as session:
             row = session.get(CampaignRow, campaign_id)
-            return None if row is None else _columns(row, CampaignInfo)
+            return None if row is None else _campaign_info(row)
 
     def list_campaigns(self) -> list[CampaignInfo]:
         with self.store.read() as session:
             rows = session.scalars(select(CampaignRow).order_by(CampaignRow.created))
-            return [_columns(row, CampaignInfo) for row in rows]
+            return [_campaign_info(row) for row in rows]
 
     def update_campaign(
         self,
         campaign_id: str,
         *,
         status: str | None = None,
-        state: dict[str, Any] | None = None,
+        state: Mapping[str, Any] | None = None,
         selection: dict[str, Any] | None = None,
     ) -> None:
+        """Set the status, the selection, and the named fields of the :class:`CampaignState`."""
         with self.store.transaction() as session:
             row = session.get(CampaignRow, campaign_id)
             if row is None:
@@ -186,7 +226,8 @@ class CampaignStore:
             if status is not None:
                 row.status = status
             if state is not None:
-                row.state = {**(row.state or {}), **state}
+                current = CampaignState.model_validate(row.state or {})
+                row.state = current.updated(state).model_dump(mode="json")
             if selection is not None:
                 row.selection = selection
             row.updated = time.time()
@@ -309,6 +350,7 @@ __all__ = [
     "JOB_RUNNING",
     "CampaignInfo",
     "CampaignJobInfo",
+    "CampaignState",
     "CampaignStore",
     "CandidateInfo",
 ]

@@ -1,4 +1,10 @@
-"""The service's own tables: API tokens (stored hashed) and its background jobs (campaigns).
+"""The service's own tables: API tokens (stored hashed, each with a scope) and its background jobs
+(campaigns).
+
+A token's scope is what it may do: ``read`` (every GET), ``operate`` (also benchmarks, uploads,
+deployments, rollbacks, cancelling) or ``admin`` (also campaigns that run code of a module the
+operator allowed). Each scope includes the ones before it. Tokens made before scopes existed have
+none stored and keep the full power they had: they count as ``admin``.
 
 A service job is claimed with a lease that its runner renews; a job whose lease ran out (the
 process died) is taken again by the next service that looks, which resumes the campaign from what
@@ -18,6 +24,8 @@ from typing import Any
 from sqlalchemy import JSON, Float, String, Text, func, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
+from host.errors import ConfigError
+from host.security import Scope
 from host.store.models import Base
 from host.store.repository import Store, _columns
 
@@ -37,6 +45,27 @@ class ApiTokenRow(Base):
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created: Mapped[float] = mapped_column(Float)
     revoked: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # NULL: a token made before scopes existed, which keeps the full power it had (admin).
+    scope: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A token as `edgetailor token list` shows it (never the token itself: only its hash is kept)."""
+
+    token_id: str
+    scope: Scope
+    name: str
+    created: float
+    revoked: float | None
+
+
+def _token_info(row: ApiTokenRow) -> TokenInfo:
+    return TokenInfo(
+        token_id=row.token_id, scope=Scope(row.scope or Scope.ADMIN), name=row.name or "",
+        created=row.created, revoked=row.revoked,
+    )  # fmt: skip
 
 
 class ServiceJobRow(Base):
@@ -91,8 +120,19 @@ class ServiceStore:
                 > 0
             )
 
-    def new_token(self, *, revoke_others: bool = False) -> str:
-        """A fresh bearer token; only its hash is stored, so this is the one time it is seen."""
+    def create_token(
+        self, scope: Scope | str = Scope.ADMIN, *, name: str = "", revoke_others: bool = False
+    ) -> tuple[TokenInfo, str]:
+        """A fresh bearer token and its record; only its hash is stored, so this is the one time
+        the token is seen."""
+        try:
+            scope = Scope(scope)
+        except ValueError:
+            raise ConfigError(
+                f"unknown token scope {scope!r}; use one of {', '.join(s.value for s in Scope)}"
+            ) from None
+        if len(name) > 64:
+            raise ConfigError(f"a token name has at most 64 characters; {name[:20]!r}... has more")
         token = f"et_{secrets.token_urlsafe(32)}"
         now = time.time()
         with self.store.transaction() as session:
@@ -100,18 +140,61 @@ class ServiceStore:
                 session.execute(
                     update(ApiTokenRow).where(ApiTokenRow.revoked.is_(None)).values(revoked=now)
                 )
-            session.add(
-                ApiTokenRow(token_id=secrets.token_hex(8), sha256=_hash(token), created=now)
-            )
-        return token
+            row = ApiTokenRow(
+                token_id=secrets.token_hex(8), sha256=_hash(token), created=now,
+                scope=scope.value, name=name or None,
+            )  # fmt: skip
+            session.add(row)
+            session.flush()
+            return _token_info(row), token
 
-    def check_token(self, token: str) -> bool:
+    def new_token(
+        self, scope: Scope | str = Scope.ADMIN, *, name: str = "", revoke_others: bool = False
+    ) -> str:
+        """A fresh bearer token (see :meth:`create_token`)."""
+        return self.create_token(scope, name=name, revoke_others=revoke_others)[1]
+
+    def token_scope(self, token: str) -> Scope | None:
+        """The scope of a valid (known, not revoked) token; None for any other string."""
         digest = _hash(token)
         with self.store.read() as session:
-            hashes = session.scalars(
-                select(ApiTokenRow.sha256).where(ApiTokenRow.revoked.is_(None))
+            rows = session.execute(
+                select(ApiTokenRow.sha256, ApiTokenRow.scope).where(ApiTokenRow.revoked.is_(None))
             ).all()
-        return any(hmac.compare_digest(digest, known) for known in hashes)
+        found: Scope | None = None
+        for known, scope in rows:  # compare with every one: the time taken says nothing
+            if hmac.compare_digest(digest, known):
+                found = Scope(scope or Scope.ADMIN)
+        return found
+
+    def check_token(self, token: str) -> bool:
+        return self.token_scope(token) is not None
+
+    def list_tokens(self, *, include_revoked: bool = False) -> list[TokenInfo]:
+        with self.store.read() as session:
+            query = select(ApiTokenRow).order_by(ApiTokenRow.created)
+            if not include_revoked:
+                query = query.where(ApiTokenRow.revoked.is_(None))
+            return [_token_info(row) for row in session.scalars(query)]
+
+    def revoke_token(self, token_id: str) -> TokenInfo:
+        """Revoke a token by its id (as `token list` shows it); revoking twice changes nothing."""
+        with self.store.transaction() as session:
+            row = session.get(ApiTokenRow, token_id)
+            if row is None:
+                known = ", ".join(
+                    session.scalars(
+                        select(ApiTokenRow.token_id).where(ApiTokenRow.revoked.is_(None))
+                    )
+                )
+                raise ConfigError(
+                    f"no token with id {token_id!r}; tokens in use: {known or 'none'} "
+                    "(`edgetailor token list`)"
+                )
+            if row.revoked is None:
+                row.revoked = time.time()
+            session.flush()
+            return _token_info(row)
 
     # -- jobs -----------------------------------------------------------------------------------
     def put_job(self, job_id: str, kind: str, params: dict[str, Any]) -> ServiceJobInfo:
@@ -233,6 +316,8 @@ __all__ = [
     "JOB_FAILED",
     "JOB_QUEUED",
     "JOB_RUNNING",
+    "Scope",
     "ServiceJobInfo",
     "ServiceStore",
+    "TokenInfo",
 ]

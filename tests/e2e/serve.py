@@ -15,11 +15,12 @@ CLI = [sys.executable, "-c", "from host.cli.main import main; main()"]
 
 
 class ServeProcess:
-    def __init__(self, broker: str, base_topic: str, db: str, home: Path) -> None:
+    def __init__(self, broker: str, base_topic: str, db: str, home: Path, *extra: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.db = db
         self.args = [*CLI, "serve", "--broker", broker, "--base-topic", base_topic, "--db", db,
-                     "--port", str(self.port), "--log-level", "info"]  # fmt: skip
+                     "--port", str(self.port), "--log-level", "info", *extra]  # fmt: skip
         self.env = {**cli_env(), "EDGETAILOR_HOME": str(home)}
         self.log = home / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -45,7 +46,12 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
     def token(self) -> str:
+        """The admin token the service printed on its first start."""
         match = re.search(r"^\s+(et_\S+)$", self.log.read_text(), re.MULTILINE)
         assert match, self.log.read_text()[-2000:]
         return match.group(1)

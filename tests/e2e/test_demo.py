@@ -60,12 +60,16 @@ def test_demo_measures_each_profile_chooses_per_device_serves_the_dashboard_and_
         assert dashboard["served"] is True and demo.poll() is None
         page = httpx.get(dashboard["url"], timeout=30)
         assert page.status_code == 200 and "dashboard/static/main.js" in page.text
-        listed = httpx.get(dashboard["url"] + "api/v1/devices", timeout=30).json()
+        # The token in the printed address is the service's: reads and mutations with it get
+        # past the check (to a 404 for an unknown campaign), without it they are refused.
+        token = dashboard["login_url"].split("#token=", 1)[1]
+        assert httpx.get(dashboard["url"] + "api/v1/devices", timeout=30).status_code == 401
+        listed = httpx.get(
+            dashboard["url"] + "api/v1/devices", timeout=30,
+            headers={"Authorization": f"Bearer {token}"},
+        ).json()  # fmt: skip
         assert sorted(d["device_id"] for d in listed if d["online"]) == dashboard["devices"]
         assert len(dashboard["devices"]) == 3
-        # The token in the printed address is the service's: a mutation with it gets past the
-        # check (to a 404 for an unknown campaign), one without it is refused.
-        token = dashboard["login_url"].split("#token=", 1)[1]
         cancel = dashboard["url"] + "api/v1/campaigns/no-such-campaign/cancel"
         with_token = httpx.post(cancel, headers={"Authorization": f"Bearer {token}"}, timeout=30)
         assert with_token.status_code == 404, with_token.text

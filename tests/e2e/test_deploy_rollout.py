@@ -14,6 +14,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from host.campaign import CampaignSpec
 from host.deploy import Deployer, DeployTarget
 from host.fleet import Fleet
 from host.store import Store
@@ -154,7 +155,10 @@ def test_deploy_campaign_cli_deploys_the_selection_and_rollback_cli_restores_the
     os.link(digits_model.eval_npz, work / "eval.npz")
     with Store(db) as store:
         cstore = CampaignStore(store)
-        cstore.create_campaign("camp-cli", {"constraints": ["latency_p90_ms<=10000"]})
+        cstore.create_campaign("camp-cli", CampaignSpec(
+            model="builtin:digits_cnn", data="builtin:digits",
+            constraints=("latency_p90_ms<=10000",),
+        ).to_dict())  # fmt: skip
         for position, (cid, path) in enumerate(
             [("orig", digits_model.tflite), ("linear", new_model)]
         ):

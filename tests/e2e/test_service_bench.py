@@ -48,10 +48,11 @@ def test_bench_through_the_service_reports_the_boards_measurement_and_keeps_the_
     assert result["runs"] >= 5 and result["latency_ms"]["p50"] > 0
     assert result["metric"] == "accuracy" and result["eval_samples"] == digits_model.eval_samples
     # The job and its result are the service's, in its database, readable by id.
-    job = httpx.get(f"{serve.url}/api/v1/jobs/{result['job_id']}").json()
+    headers = {"Authorization": f"Bearer {env['EDGETAILOR_TOKEN']}"}
+    job = httpx.get(f"{serve.url}/api/v1/jobs/{result['job_id']}", headers=headers).json()
     assert job["finished"] and job["status"] == "ok" and job["device_id"] == "bsvc-a"
     assert job["result"]["metric_value"] == result["metric_value"]
-    unknown = httpx.get(f"{serve.url}/api/v1/jobs/job-unknown")
+    unknown = httpx.get(f"{serve.url}/api/v1/jobs/job-unknown", headers=headers)
     assert unknown.status_code == 404 and "job-unknown" in unknown.text
 
     offline = subprocess.run(
@@ -61,4 +62,4 @@ def test_bench_through_the_service_reports_the_boards_measurement_and_keeps_the_
     )  # fmt: skip
     assert offline.returncode == 2, offline.stdout + offline.stderr
     [line] = offline.stderr.strip().splitlines()
-    assert "503" in line and "bsvc-nobody" in line
+    assert "404" in line and "bsvc-nobody" in line and "never seen" in line

@@ -61,7 +61,7 @@ def test_a_deploy_survives_a_killed_service_and_reaches_the_board_that_was_offli
     serve.start()
     token = serve.token()
     headers = {"Authorization": f"Bearer {token}"}
-    client = httpx.Client(base_url=serve.url, timeout=30)
+    client = httpx.Client(base_url=serve.url, timeout=30, headers=headers)
     uploaded = client.post(
         "/api/v1/artifacts", params={"filename": "digits.tflite"},
         content=digits_model.tflite.read_bytes(), headers=headers,
@@ -92,7 +92,7 @@ def test_a_deploy_survives_a_killed_service_and_reaches_the_board_that_was_offli
     serve.kill()
     serve.start()  # the same database: no new token is printed, the stored one still works
     assert serve.token() == token
-    client = httpx.Client(base_url=serve.url, timeout=30)
+    client = httpx.Client(base_url=serve.url, timeout=30, headers=headers)
     agents["svc-c"].start()  # nobody acts on the service: it notices and sends the deploy
     done = _wait(fetch, lambda doc: doc["status"] == "done", 180, "the rollout done")
     assert _states(done) == dict.fromkeys(("svc-a", "svc-b", "svc-c"), "committed")

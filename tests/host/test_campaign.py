@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from host.campaign import CampaignSpec, resolve_space, run_campaign, screen_candidates
+from host.campaign.spec import parse_threads
 from host.errors import ConfigError
 from host.store.campaigns import CandidateInfo
 from tests.agents import AgentProcess
@@ -135,6 +136,7 @@ def test_campaign_with_one_device_offline_finishes_with_that_device_marked(
         Fleet(shared_broker_url, base_topic, store=store) as fleet,
     ):
         agent.wait_online(timeout=60)
+        store.upsert_device("ghost-2", online=False)  # a board seen before, offline now
         outcome = run_campaign(
             spec, store, fleet, campaign_id="offline-case", work_dir=tmp_path / "work"
         )
@@ -241,13 +243,20 @@ def test_campaign_threads_come_as_a_list_an_int_or_a_comma_string_and_bad_counts
     None
 ):
     base = {"model": "builtin:digits_cnn", "data": "builtin:digits"}
-    assert CampaignSpec(**base, threads="1, 2,2").threads == (1, 2)
-    assert CampaignSpec.from_dict({**base, "threads": 4}).threads == (4,)  # specs stored before
-    assert CampaignSpec.from_dict({**base, "threads": None}).threads == ()
-    assert CampaignSpec.from_dict(CampaignSpec(**base, threads=(1, 3)).to_dict()).threads == (1, 3)
+    assert CampaignSpec(**base, threads=parse_threads("1, 2,2")).threads == (1, 2)
+    assert CampaignSpec(**base, threads=(2, 1, 2)).threads == (2, 1)
+    assert CampaignSpec.from_stored({**base, "threads": 4}).threads == (4,)  # specs stored before
+    assert CampaignSpec.from_stored({**base, "threads": None}).threads == ()
+    assert CampaignSpec.from_stored(CampaignSpec(**base, threads=(1, 3)).to_dict()).threads == (
+        1,
+        3,
+    )
     for bad in ("0", "x", "1,300"):
         with pytest.raises(ConfigError, match="thread count"):
-            CampaignSpec(**base, threads=bad)
+            parse_threads(bad)
+    for bad_counts in ((0,), (300,)):
+        with pytest.raises(ConfigError, match="threads"):
+            CampaignSpec(**base, threads=bad_counts)
 
 
 def test_a_spec_stored_by_an_earlier_version_is_the_same_campaign_when_it_means_the_same() -> None:

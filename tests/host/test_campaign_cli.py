@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from host.store import Store
 from tests.e2e.conftest import cli_env
 
 CLI = [sys.executable, "-c", "from host.cli.main import main; main()"]
@@ -21,17 +22,56 @@ SPACE = [{"name": "fp32", "steps": []}]
 
 
 def _campaign(
-    tmp_path: Path, broker: str, base_topic: str, *args: str
+    tmp_path: Path, broker: str, base_topic: str, *args: str, seen: tuple[str, ...] = ("board",)
 ) -> subprocess.CompletedProcess:
+    """`edgetailor campaign` on the devices ``seen`` before (in the database, offline now)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     space = tmp_path / "space.json"
     space.write_text(json.dumps(SPACE))
+    with Store(f"sqlite:///{tmp_path / 'host.db'}") as store:
+        for device in seen:
+            store.upsert_device(device, online=False)
     return subprocess.run(
-        [*CLI, "campaign", "--space", str(space), "--devices", "ghost-board",
+        [*CLI, "campaign", "--space", str(space), "--devices", "board",
          "--offline-deadline", "1", "--broker", broker, "--base-topic", base_topic,
          "--db", f"sqlite:///{tmp_path / 'host.db'}", "--json", *args],
         capture_output=True, text=True, timeout=300, env=cli_env(),
     )  # fmt: skip
+
+
+def _stored_campaigns(db: Path) -> list[str]:
+    with sqlite3.connect(db) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "campaigns" not in tables:
+            return []
+        return [r[0] for r in conn.execute("SELECT campaign_id FROM campaigns")]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("--devices", "never-seen-7"), "never-seen-7"),
+        (("--space", "no_such_space"), "no_such_space"),
+        (("--space", "/nowhere/space.json"), "/nowhere/space.json"),
+        (("--constraint", "speed<=3"), "speed"),
+        (("--objective", "fastest"), "fastest"),
+        (("--metric", "tests.taskmodels:no_such_metric"), "no_such_metric"),
+        (("--metric", "no_such_package.metrics:score"), "no_such_package"),
+    ],
+)
+def test_a_campaign_that_names_what_is_not_there_exits_2_before_any_work_and_leaves_nothing(
+    args: tuple[str, ...], named: str, shared_broker_url: str, base_topic: str, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    done = _campaign(
+        tmp_path, shared_broker_url, base_topic, "--model", "builtin:digits_cnn", "--data",
+        "builtin:digits", "--campaign-id", "refused", "--work-dir", str(work), *args,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stdout == "", done.stderr[-2000:]
+    [line] = [text for text in done.stderr.splitlines() if text.startswith("error:")]
+    assert named in line
+    assert "loading" not in done.stderr  # no model or data was loaded
+    assert _stored_campaigns(tmp_path / "host.db") == [] and not work.exists()
 
 
 def test_campaign_states_a_guessed_task_with_how_to_override_it_and_task_overrides_it(

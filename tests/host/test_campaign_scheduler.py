@@ -10,7 +10,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from host.campaign import CampaignSpec, DeviceScheduler, Prepared
+import pytest
+
+from host.campaign import CampaignCancelled, CampaignSpec, DeviceScheduler, Prepared
 from host.campaign.context import CampaignContext
 from host.campaign.events import Emitter
 from host.errors import JobFailedError
@@ -192,3 +194,26 @@ def test_after_a_restart_a_job_sent_for_one_thread_count_is_adopted_by_that_vari
     assert "job-before" not in jobs[("a", "c1@t1")].job_ids
     assert jobs[("a", "c1@t1")].row["threads"] == 1
     assert len(fleet.sent) == 7  # every variant but the adopted one
+
+
+def test_a_cancelled_campaign_sends_nothing_more_and_ends_its_open_jobs_as_cancelled(
+    tmp_path: Path,
+) -> None:
+    fleet = ScriptedFleet()
+    fleet.registry.set_birth("a", sample_birth())
+    fleet.registry.set_status("a", True)
+    ctx, survivors = _setup(tmp_path, fleet, retries=0)
+    submit = fleet.submit_benchmark
+
+    def submit_then_cancel(*args: Any, **kw: Any) -> DoneHandle:
+        handle = submit(*args, **kw)
+        ctx.cancelled.set()  # the API's cancel arrives while the first job runs
+        return handle
+
+    fleet.submit_benchmark = submit_then_cancel  # type: ignore[method-assign]
+    with pytest.raises(CampaignCancelled):
+        DeviceScheduler(ctx).measure(survivors, ["a"], _prepared(tmp_path))
+    jobs = {j.candidate_id: j for j in ctx.cstore.jobs("camp")}
+    assert len(fleet.sent) == 1
+    assert jobs["c1"].status == "ok"
+    assert jobs["c2"].status == "failed" and jobs["c2"].error == "the campaign was cancelled"

@@ -1,7 +1,8 @@
 """The dashboard's server side over a real SQLite store: the page and every file it loads are served
-without a token and fetch nothing from another host; a campaign's panels are the report's own plot
-and table, drawn from the stored results, escaped, 404 for an unknown campaign and behind the token
-for a reader on another machine. The page itself runs in a browser in tests/e2e/dashboard."""
+without a token, under a content security policy, and fetch nothing from another host; a
+campaign's panels are the report's own plot and table, drawn from the stored results, escaped,
+404 for an unknown campaign and behind a token for every reader. The page itself runs in a
+browser in tests/e2e/dashboard."""
 
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ from host.api import ApiContext, create_app
 from host.api.dashboard import STATIC_DIR
 from host.campaign import CampaignSpec, campaign_selection
 from host.report import pareto_svg
+from host.security import Scope
 from host.store import Store
 from host.store.campaigns import JOB_OK, CampaignStore
 from host.store.service import ServiceStore
 from tests.host.test_report import HOSTILE, row
 
 LOCAL = ("127.0.0.1", 50000)
+BASE = "http://127.0.0.1:8000"
 REMOTE = ("203.0.113.7", 50000)  # a documentation address: never contacted, only a label
 SVG_NS = "{http://www.w3.org/2000/svg}"
 
@@ -39,14 +42,21 @@ def app(store: Store, tmp_path: Path) -> object:
 
 
 @pytest.fixture
-def local(app: object) -> Iterator[TestClient]:
-    with TestClient(app, client=LOCAL) as client:  # type: ignore[arg-type]
+def reader(store: Store) -> dict[str, str]:
+    return {"Authorization": f"Bearer {ServiceStore(store).new_token(Scope.READ)}"}
+
+
+@pytest.fixture
+def local(app: object, reader: dict[str, str]) -> Iterator[TestClient]:
+    """A reader on this machine, with a read token."""
+    with TestClient(app, client=LOCAL, base_url=BASE, headers=reader) as client:  # type: ignore[arg-type]
         yield client
 
 
 @pytest.fixture
 def remote(app: object) -> Iterator[TestClient]:
-    with TestClient(app, client=REMOTE) as client:  # type: ignore[arg-type]
+    """A reader on another machine, without a token."""
+    with TestClient(app, client=REMOTE, base_url=BASE) as client:  # type: ignore[arg-type]
         yield client
 
 
@@ -142,11 +152,26 @@ def test_campaign_panels_of_an_unknown_campaign_are_a_404_that_names_it(local: T
     assert "no-such" in response.json()["error"]["message"]
 
 
-def test_campaign_panels_need_the_token_from_another_machine(
-    remote: TestClient, store: Store
+def test_the_page_and_its_files_carry_a_policy_that_allows_this_origin_only(
+    remote: TestClient,
+) -> None:
+    for path in ("/", "/dashboard/static/main.js", "/dashboard/static/dashboard.css"):
+        response = remote.get(path)
+        policy = response.headers["content-security-policy"]
+        assert "script-src 'self'" in policy and "default-src 'none'" in policy, path
+        assert "unsafe-inline" not in policy and "frame-ancestors 'none'" in policy
+        assert response.headers["x-content-type-options"] == "nosniff"
+    page = remote.get("/").text
+    assert "<script>" not in page and "style=" not in page  # nothing inline the policy would block
+
+
+def test_campaign_panels_need_a_token_even_from_this_machine(
+    remote: TestClient, app: object, store: Store
 ) -> None:
     _measured_campaign(store)
     assert remote.get("/dashboard/campaigns/camp-d/panels").status_code == 401
+    with TestClient(app, client=LOCAL, base_url=BASE) as bare:  # type: ignore[arg-type]
+        assert bare.get("/dashboard/campaigns/camp-d/panels").status_code == 401
     token = ServiceStore(store).new_token()
     allowed = remote.get(
         "/dashboard/campaigns/camp-d/panels", headers={"Authorization": f"Bearer {token}"}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from host.campaign import CampaignSpec
 from host.deploy import (
     DeployError,
     DeploymentStore,
@@ -55,7 +56,10 @@ def _campaign(store: Store, tmp_path: Path, *, selection: dict | None) -> str:
     artifact = tmp_path / "cand.tflite"
     artifact.write_bytes(b"not really a model, never parsed here")
     (tmp_path / "eval.npz").write_bytes(b"x")
-    cstore.create_campaign("camp-1", {"constraints": ["latency_p90_ms<=20", "accuracy_drop<=0.02"]})
+    cstore.create_campaign("camp-1", CampaignSpec(
+        model="builtin:digits_cnn", data="builtin:digits",
+        constraints=("latency_p90_ms<=20", "accuracy_drop<=0.02"),
+    ).to_dict())  # fmt: skip
     cstore.update_campaign("camp-1", state={"work_dir": str(tmp_path)}, selection=selection)
     cstore.put_candidate(CandidateInfo(
         campaign_id="camp-1", candidate_id="prune50", position=0, recipe_name="prune50",

@@ -5,28 +5,28 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
-from host.api.deps import Ctx, Reader, Writer
-from host.api.errors import AUTH_ERRORS, ERRORS, ApiError, not_found
+from host.api.context import ApiContext
+from host.api.deps import Ctx, Operator, Reader
+from host.api.errors import AUTH_ERRORS, ERRORS, ApiError, ErrorBody, not_found
 from host.api.models import ArtifactSummary
-from host.artifacts import manifest_for_file
+from host.artifacts import ArtifactError, ArtifactTooLargeError, manifest_for_file
 from host.store.models import ArtifactRow
-from shared.errors import EdgeTailorError
+from shared.errors import ValidationError
 
 router = APIRouter(tags=["artifacts"])
 
-MAX_UPLOAD_BYTES = 2 * 1024**3
-_SHA = r"^[0-9a-f]{64}$"
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}\.(tflite|onnx|npz)$")
+FILENAME_PATTERN = r"^[A-Za-z0-9_.-]{1,128}\.(tflite|onnx|npz)$"
+WRITE_CHUNK = 1024**2  # bytes gathered from the request before one write to disk
 
 
 @router.get("/artifacts", response_model=list[ArtifactSummary], dependencies=[Reader],
@@ -81,45 +81,77 @@ def download(ctx: Ctx, sha256: str) -> FileResponse:
     )  # fmt: skip
 
 
+def _store_upload(ctx: ApiContext, tmp: Path, filename: str, sha256: str) -> dict[str, Any]:
+    """Inspect the received file within the upload limits, then keep it under its hash (off the
+    event loop: parsing may take seconds, and runs in a bounded worker process)."""
+    try:
+        manifest = manifest_for_file(
+            tmp, name=Path(filename).stem[:128], label=filename, limits=ctx.upload_limits
+        )
+    except ArtifactTooLargeError as exc:
+        raise ApiError(413, "too_large", str(exc)) from None
+    except (ArtifactError, ValidationError) as exc:
+        raise ApiError(422, "invalid_artifact", str(exc)) from None
+    final = ctx.artifact_dir / f"{sha256}{Path(filename).suffix}"
+    os.replace(tmp, final)
+    doc = msgspec.to_builtins(manifest)
+    ctx.store.add_artifact(doc, str(final))
+    return doc
+
+
+def _open_incoming(ctx: ApiContext, suffix: str) -> tuple[int, str]:
+    ctx.artifact_dir.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(dir=ctx.artifact_dir, prefix=".incoming-", suffix=suffix)
+
+
 @router.post("/artifacts", response_model=dict[str, Any], status_code=201,
-             dependencies=[Writer], responses={**ERRORS, **AUTH_ERRORS},
+             dependencies=[Operator],
+             responses={**ERRORS, **AUTH_ERRORS,
+                        413: {"model": ErrorBody, "description": "the file, or what it inflates "
+                              "to, is larger than the service takes"}},
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
              )  # fmt: skip
 async def upload(
     ctx: Ctx,
     request: Request,
-    filename: Annotated[str, Query(description="e.g. model.tflite; the suffix names the format")],
+    filename: Annotated[
+        str,
+        Query(
+            pattern=FILENAME_PATTERN,
+            description="e.g. model.tflite; the suffix names the format (.tflite, .onnx or .npz)",
+        ),
+    ],
 ) -> dict[str, Any]:
-    """Store a .tflite, .onnx or eval .npz (the request body); returns its manifest."""
-    if not _NAME.match(filename):
-        raise ApiError(
-            422, "invalid_request",
-            f"filename {filename!r}: give a plain name ending in .tflite, .onnx or .npz",
-        )  # fmt: skip
-    ctx.artifact_dir.mkdir(parents=True, exist_ok=True)
-    digest, size = hashlib.sha256(), 0
-    fd, tmp = tempfile.mkstemp(dir=ctx.artifact_dir, suffix=Path(filename).suffix)
+    """Store a .tflite, .onnx or eval .npz (the request body); returns its manifest.
+
+    The body is written to disk as it arrives, up to the service's size limit (413 past it);
+    then the file is inspected off the event loop: an .npz from its headers alone (413 when its
+    arrays would inflate past the limit), a model in a worker process bounded in memory and time.
+    A file that is not what its name says is a 422; nothing of a refused upload is kept.
+    """
+    limits = ctx.upload_limits
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limits.max_bytes:
+        raise ApiError(413, "too_large", f"artifacts are at most {limits.max_bytes} bytes")
+    fd, tmp = await run_in_threadpool(_open_incoming, ctx, Path(filename).suffix)
+    digest, size, pending = hashlib.sha256(), 0, bytearray()
     try:
         with os.fdopen(fd, "wb") as out:
             async for chunk in request.stream():
                 size += len(chunk)
-                if size > MAX_UPLOAD_BYTES:
-                    raise ApiError(413, "too_large", "artifacts are at most 2 GiB")
+                if size > limits.max_bytes:
+                    raise ApiError(
+                        413, "too_large", f"artifacts are at most {limits.max_bytes} bytes"
+                    )
                 digest.update(chunk)
-                out.write(chunk)
+                pending += chunk
+                if len(pending) >= WRITE_CHUNK:
+                    await run_in_threadpool(out.write, bytes(pending))
+                    pending.clear()
+            await run_in_threadpool(out.write, bytes(pending))
         if size == 0:
             raise ApiError(422, "invalid_request", "the request body (the file) is empty")
-        final = ctx.artifact_dir / f"{digest.hexdigest()}{Path(filename).suffix}"
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:
-        manifest = manifest_for_file(final, name=Path(filename).stem[:128])
-    except EdgeTailorError:
-        final.unlink(missing_ok=True)  # not a model the fleet could run: keep nothing
-        raise
-    doc = msgspec.to_builtins(manifest)
-    ctx.store.add_artifact(doc, str(final))
-    return doc
+        return await run_in_threadpool(_store_upload, ctx, Path(tmp), filename, digest.hexdigest())
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # kept files were moved to their final name

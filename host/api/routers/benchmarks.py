@@ -12,10 +12,15 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from host.api.context import ApiContext
-from host.api.deps import Ctx, Reader, Writer
+from host.api.deps import Ctx, Operator, Reader
 from host.api.errors import AUTH_ERRORS, ERRORS, ApiError, not_found
 from host.api.models import BenchmarkCreate, JobStatus
-from host.api.routers.deployments import stored_artifact
+from host.api.routers.deployments import (
+    EVAL_FORMATS,
+    MODEL_FORMATS,
+    check_devices,
+    stored_artifact,
+)
 from host.errors import DeviceUnavailableError
 from host.store.repository import JobInfo
 
@@ -39,16 +44,17 @@ def _status(ctx: ApiContext, job: JobInfo) -> dict[str, Any]:
     }
 
 
-@router.post("/benchmarks", response_model=JobStatus, status_code=202, dependencies=[Writer],
+@router.post("/benchmarks", response_model=JobStatus, status_code=202, dependencies=[Operator],
              responses={**ERRORS, **AUTH_ERRORS, 503: ERRORS[400]})  # fmt: skip
 async def create_benchmark(ctx: Ctx, body: BenchmarkCreate) -> dict[str, Any]:
     """Send a stored model (and eval set) to a device and benchmark it there; poll the job."""
-    model, manifest = stored_artifact(ctx, body.sha256, "artifact")
-    if manifest.format not in ("tflite", "onnx"):
-        raise ApiError(422, "invalid_request", f"sha256: {body.sha256} is not a .tflite or .onnx")
+    model, manifest = stored_artifact(ctx, body.sha256, "artifact", MODEL_FORMATS)
     eval_path, eval_manifest = (
-        stored_artifact(ctx, body.eval_sha256, "eval set") if body.eval_sha256 else (None, None)
+        stored_artifact(ctx, body.eval_sha256, "eval set", EVAL_FORMATS)
+        if body.eval_sha256
+        else (None, None)
     )
+    check_devices(ctx, [body.device_id], pending_ok=False)
     if ctx.fleet is None:
         raise ApiError(503, "no_fleet", "this API serves the database only: no broker connected")
 

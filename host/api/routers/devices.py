@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
 from host.api.context import ApiContext
-from host.api.deps import Ctx, Reader, Writer
+from host.api.deps import Ctx, Operator, Reader
 from host.api.errors import AUTH_ERRORS, ERRORS, ApiError, not_found
 from host.api.models import (
     ActiveModel,
@@ -22,7 +22,7 @@ from host.api.models import (
     HistoryItem,
     RollbackOutcome,
 )
-from host.deploy.status import desired_state
+from host.deploy.status import desired_state, never_seen
 from host.store import DeviceInfo
 from host.store.deployments import DeploymentStore
 
@@ -116,7 +116,8 @@ def get_device(ctx: Ctx, device_id: str) -> dict[str, Any]:
 @router.get("/status", response_model=list[FleetStatusRow], dependencies=[Reader],
             responses=AUTH_ERRORS)  # fmt: skip
 def fleet_status(ctx: Ctx) -> list[dict[str, Any]]:
-    """Per device: online, active model, desired state and why they differ, last results."""
+    """Per device: online, active model, desired state and why they differ, last results; and
+    the devices a deploy waits for that were never seen ("pending until first seen")."""
     rows = []
     for device in ctx.store.list_devices():
         results = []
@@ -134,11 +135,16 @@ def fleet_status(ctx: Ctx) -> list[dict[str, Any]]:
             "active_model": _label(ctx, active_sha(device)), "state": _state(ctx, device),
             "last_results": results,
         })  # fmt: skip
+    dstore = DeploymentStore(ctx.store)
+    for device_id in never_seen(dstore, {r["device_id"] for r in rows}):
+        state = desired_state(dstore, device_id, actual_sha256=None, online=False, seen=False)
+        rows.append({"device_id": device_id, "online": False, "last_seen": None,
+                     "state": DesiredState(**state)})  # fmt: skip
     return rows
 
 
 @router.post("/devices/{device_id}/rollback", response_model=RollbackOutcome,
-             dependencies=[Writer], responses={**ERRORS, **AUTH_ERRORS, 503: ERRORS[400]})  # fmt: skip
+             dependencies=[Operator], responses={**ERRORS, **AUTH_ERRORS, 503: ERRORS[400]})  # fmt: skip
 async def rollback_device(ctx: Ctx, device_id: str, body: DeviceRollback) -> dict[str, Any]:
     """Restore the model the device ran before its last deploy (waits for the device's answer)."""
     _device(ctx, device_id)

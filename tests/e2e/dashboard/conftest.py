@@ -134,8 +134,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 @pytest.fixture
 def serve(shared_broker_url: str, base_topic: str, tmp_path: Path) -> Iterator[ServeProcess]:
+    """The service, allowing campaigns to name the test's search spaces (tests/e2e/dashboard/
+    spaces.py) as an operator allows their own package."""
     process = ServeProcess(
-        shared_broker_url, base_topic, f"sqlite:///{tmp_path / 'host.db'}", tmp_path / "home"
-    )
+        shared_broker_url, base_topic, f"sqlite:///{tmp_path / 'host.db'}", tmp_path / "home",
+        "--allow-module", "tests.e2e.dashboard.spaces",
+    )  # fmt: skip
     yield process
     process.stop()

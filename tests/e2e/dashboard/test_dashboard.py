@@ -4,13 +4,13 @@ against `edgetailor serve` with real agents over real Mosquitto.
 The fleet page lists the running agents and shows a killed one offline without being reloaded; a
 campaign started from the page shows its progress live, then per device the Pareto chart with the
 chosen point and the constraint line, and a sortable results table; deploying the choices from the
-page makes every agent report the new active model; a rollback asks for confirmation, and for the
-token when the browser has none.
+page makes every agent report the new active model; a page without a token asks for one before it
+shows anything; a rollback asks for confirmation, and for a token that may do it when the
+browser's only reads.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
+from host.security import Scope
+from host.store import Store
+from host.store.service import ServiceStore
 from shared.hashing import sha256_file
 from tests.e2e.conftest import AgentFactory
 from tests.e2e.dashboard.conftest import Browser
@@ -25,13 +28,7 @@ from tests.e2e.serve import ServeProcess
 
 pytestmark = pytest.mark.slow
 
-# Three candidates whose accuracies differ (channel pruning without fine-tuning loses most of
-# it), so that the accuracy constraint is a line across the plot and one point breaks it.
-SPACE = [
-    {"name": "fp32", "steps": []},
-    {"name": "int8", "steps": [{"technique": "int8"}]},
-    {"name": "prune50", "steps": [{"technique": "prune_channels", "ratio": 0.5}]},
-]
+SPACE = "tests.e2e.dashboard.spaces:THREE"  # a module the service under test allows
 # Deadlines for what the page must show, not measurements: a loaded machine may take long.
 CAMPAIGN_DEADLINE_MS = 420_000
 DEPLOY_DEADLINE_MS = 240_000
@@ -54,7 +51,7 @@ def test_the_fleet_page_lists_running_agents_and_shows_a_killed_one_offline_with
     agents = {d: start_agent(d, shared_broker_url) for d in ("dash-a", "dash-b")}
     serve.start()
     page = browser.page
-    page.goto(f"{serve.url}/")
+    page.goto(f"{serve.url}/#token={serve.token()}")
 
     expect(page.locator("table.fleet tbody tr[data-device]")).to_have_count(2)
     for device in agents:
@@ -85,8 +82,6 @@ def test_a_campaign_started_from_the_page_shows_progress_then_the_pareto_chart_a
     agents = {d: start_agent(d, shared_broker_url, extra_args=["--threads", "1"]) for d in devices}
     serve.start()
     token = serve.token()
-    space = tmp_path / "space.json"
-    space.write_text(json.dumps(SPACE))
     page = browser.page
 
     # The address `edgetailor demo` prints: the page keeps the token and drops it from the URL.
@@ -97,7 +92,7 @@ def test_a_campaign_started_from_the_page_shows_progress_then_the_pareto_chart_a
     form = page.locator("form.new-campaign")
     for device in devices:  # online devices are ticked by default
         expect(form.locator(f'input[name="devices"][value="{device}"]')).to_be_checked()
-    form.locator('input[name="space"]').fill(str(space))
+    form.locator('input[name="space"]').fill(SPACE)
     form.locator('select[name="objective"]').select_option("min_latency")
     form.locator('textarea[name="constraints"]').fill("accuracy_drop<=0.02")
     form.locator('input[name="pretrain_epochs"]').fill("4")
@@ -127,7 +122,7 @@ def test_a_campaign_started_from_the_page_shows_progress_then_the_pareto_chart_a
     assert partial, seen  # progress was shown while the benchmarks ran, not only at the end
     expect(page.locator(".progress-text")).to_have_text("6 of 6 benchmarks finished")
 
-    api = httpx.Client(base_url=serve.url, timeout=30)
+    api = httpx.Client(base_url=serve.url, timeout=30, headers={"Authorization": f"Bearer {token}"})
     detail = api.get(f"/api/v1/campaigns/{campaign_id}").json()
     sha_of = {c["id"]: c["sha256"] for c in detail["candidates"]}
     chosen = {d: detail["selection"][d]["candidate"] for d in devices}
@@ -192,17 +187,36 @@ def test_a_campaign_started_from_the_page_shows_progress_then_the_pareto_chart_a
     browser.shot("fleet-after-deploy")
 
 
-def test_a_rollback_from_the_page_is_confirmed_first_and_asks_for_a_missing_token(
+def test_a_page_without_a_token_asks_for_one_before_it_shows_anything(
+    serve: ServeProcess, shared_broker_url: str, start_agent: AgentFactory, browser: Browser
+) -> None:
+    expect = _expect()
+    start_agent("bare", shared_broker_url)
+    serve.start()
+    page = browser.page
+    page.goto(f"{serve.url}/")
+    asked = page.locator("#token-dialog")
+    expect(asked).to_be_visible()
+    expect(asked.locator(".why")).to_contain_text("needs an API token")
+    expect(page.locator("table.fleet tbody tr[data-device]")).to_have_count(0)
+    reader = ServiceStore(Store(serve.db)).new_token(Scope.READ)
+    asked.locator('input[name="token"]').fill(reader)
+    asked.locator('button[value="save"]').click()
+    expect(_row(page, "bare").locator("td.status .badge")).to_have_text("online")
+
+
+def test_a_rollback_from_the_page_is_confirmed_first_and_asks_for_a_token_that_may_do_it(
     serve: ServeProcess, shared_broker_url: str, start_agent: AgentFactory, browser: Browser
 ) -> None:
     expect = _expect()
     start_agent("solo", shared_broker_url)
     serve.start()
     token = serve.token()
+    reader = ServiceStore(Store(serve.db)).new_token(Scope.READ)  # looks, may not act
     page = browser.page
     sent: list[str] = []
     page.on("request", lambda r: sent.append(r.url) if "/rollback" in r.url else None)
-    page.goto(f"{serve.url}/")
+    page.goto(f"{serve.url}/#token={reader}")
 
     button = _row(page, "solo").locator("button.rollback")
     button.click()
@@ -216,8 +230,8 @@ def test_a_rollback_from_the_page_is_confirmed_first_and_asks_for_a_missing_toke
     button.click()
     dialog.locator("button.confirm").click()
     asked = page.locator("#token-dialog")
-    expect(asked).to_be_visible()  # the service refused: no token in this browser yet
-    expect(asked.locator(".why")).to_contain_text("needs the API token")
+    expect(asked).to_be_visible()  # the service refused: the token in this browser only reads
+    expect(asked.locator(".why")).to_contain_text("needs a token with scope operate")
     asked.locator('input[name="token"]').fill(token)
     asked.locator('button[value="save"]').click()
     # Sent again with the token; the agent answers that it has nothing older to go back to.

@@ -51,17 +51,25 @@ async function failure(response) {
   return new ApiError(response.status, code, message);
 }
 
+// Reading needs a token too: a refused read asks the page (main.js) for one, once at a time.
+function refusedRead(method, error) {
+  if (method === "GET" && (error.status === 401 || error.status === 403)) {
+    document.dispatchEvent(new CustomEvent("token-needed", { detail: error.message }));
+  }
+  return error;
+}
+
 export async function api(path, { method = "GET", body } = {}) {
   const init = { method, headers: headers(body === undefined ? {} : { "Content-Type": "application/json" }) };
   if (body !== undefined) init.body = JSON.stringify(body);
   const response = await fetch(`api/v1${path}`, init);
-  if (!response.ok) throw await failure(response);
+  if (!response.ok) throw refusedRead(method, await failure(response));
   return response.status === 204 ? null : response.json();
 }
 
 export async function fragment(path) {
   const response = await fetch(path, { headers: headers({ Accept: "text/html" }) });
-  if (!response.ok) throw await failure(response);
+  if (!response.ok) throw refusedRead("GET", await failure(response));
   return response.text();
 }
 
@@ -80,7 +88,7 @@ function parseBlock(block) {
 }
 
 // Server-sent events read with fetch rather than EventSource, so the token goes in a header
-// (a reader away from the service's machine needs it). The first connection asks for the
+// (every reader needs it). The first connection asks for the
 // events the service still holds (Last-Event-ID 0): that fills the sparklines at once.
 export async function streamEvents(onEvent, onState) {
   let last = 0;

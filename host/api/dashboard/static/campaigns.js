@@ -40,7 +40,7 @@ export function campaignListView(root, app) {
       field("data", h("input", { name: "data", required: true, value: "builtin:digits", size: 32 }),
         "builtin:digits, file.npz, an image folder or module:factory"),
       field("search space", h("input", { name: "space", required: true, value: "default", size: 32 }),
-        "a named space (edgetailor compress --list) or a JSON file on the host"),
+        "a named space (edgetailor compress --list), or pkg.mod:SPACE under a module the service allows"),
       field("objective", h("select", { name: "objective" }, OBJECTIVES.map((o) => h("option", { value: o }, o)))),
       field("constraints", h("textarea", { name: "constraints", rows: 2, cols: 32 }, "accuracy_drop<=0.02"),
         "one per line, e.g. latency_p90_ms<=5"),

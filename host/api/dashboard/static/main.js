@@ -118,8 +118,23 @@ function askToken(why = "") {
 function showTokenState() {
   const button = document.getElementById("token-button");
   button.textContent = token() ? "API token ✓" : "API token";
-  button.title = token() ? "a token is kept in this browser" : "no token: reading only";
+  button.title = token() ? "a token is kept in this browser" : "no token: the service answers nothing";
 }
+
+// A read the service refused (no token, or one revoked): ask once, then read the page again.
+let asking = null;
+document.addEventListener("token-needed", async (event) => {
+  if (asking) return;
+  asking = askToken(event.detail);
+  try {
+    if (await asking) {
+      route();
+      app.fleet.refresh().catch((err) => notify(err.message, "error"));
+    }
+  } finally {
+    asking = null;
+  }
+});
 
 // Runs a mutation; a missing or refused token opens the token dialog and tries once more.
 async function act(run) {
