@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,3 +25,5 @@ class CampaignContext:
     campaign_id: str
     work_dir: Path  # replaced by the stored one when a campaign is resumed
     emit: Emitter
+    # Set to cancel: the measuring stops at its next step and cancels its open commands.
+    cancelled: threading.Event = field(default_factory=threading.Event)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ class CampaignRunner:
         work_dir: str | Path | None = None,
         progress: ProgressFn | None = None,
         device_wait_s: float = 30.0,
+        cancelled: threading.Event | None = None,
     ) -> None:
         campaign_id = check_campaign_id(campaign_id or new_campaign_id())
         self.ctx = CampaignContext(
@@ -50,6 +52,7 @@ class CampaignRunner:
             campaign_id=campaign_id,
             work_dir=Path(work_dir or default_work_root() / campaign_id).expanduser(),
             emit=Emitter(progress),
+            cancelled=cancelled or threading.Event(),
         )
         self.builder = CandidateBuilder(self.ctx)
         self.scheduler = DeviceScheduler(self.ctx, device_wait_s=device_wait_s)

@@ -4,8 +4,9 @@ resumed after a restart from what the campaign tables hold (host.campaign resume
 The runner renews its job's lease while the campaign runs; a process that dies stops renewing,
 and the next service to look takes the job over and resumes the campaign. Cancelling a running
 campaign stops it at its next device step (compression, once started, runs to its end): the
-campaign's fleet calls raise :class:`CampaignCancelled`, so its unfinished jobs end as failed with
-that reason and the stored selection covers what was measured.
+campaign's open benchmark commands are cancelled (a row state: the command driver sends each
+device a signed cancel), its unfinished jobs end as failed with that reason, and the stored
+selection covers what was measured.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from host.campaign.spec import CampaignCancelled
 from host.errors import HostError
 from host.store.service import JOB_CANCELLING, JOB_DONE, JOB_FAILED, ServiceStore
 
@@ -27,31 +27,6 @@ logger = logging.getLogger(__name__)
 
 LEASE_S = 60.0
 RENEW_S = 10.0
-
-
-class _CancellableRegistry:
-    def __init__(self, registry: Any, cancelled: threading.Event) -> None:
-        self._registry = registry
-        self._cancelled = cancelled
-
-    def __getattr__(self, name: str) -> Any:
-        if self._cancelled.is_set() and name in ("get", "wait_for"):
-            raise CampaignCancelled("the campaign was cancelled")
-        return getattr(self._registry, name)
-
-
-class _CancellableFleet:
-    """The service's Fleet as a campaign sees it: every new step raises once it is cancelled."""
-
-    def __init__(self, fleet: Fleet, cancelled: threading.Event) -> None:
-        self._fleet = fleet
-        self._cancelled = cancelled
-        self.registry = _CancellableRegistry(fleet.registry, cancelled)
-
-    def __getattr__(self, name: str) -> Any:
-        if self._cancelled.is_set() and name in ("submit_benchmark", "wait_for_device", "offer"):
-            raise CampaignCancelled("the campaign was cancelled")
-        return getattr(self._fleet, name)
 
 
 class CampaignJobs:
@@ -103,8 +78,8 @@ class CampaignJobs:
                 })  # fmt: skip
 
             runner = CampaignRunner(
-                spec, self.store, _CancellableFleet(self.fleet, cancelled),  # type: ignore[arg-type]
-                campaign_id=campaign_id, work_dir=params.get("work_dir"), progress=on_event,
+                spec, self.store, self.fleet, campaign_id=campaign_id,
+                work_dir=params.get("work_dir"), progress=on_event, cancelled=cancelled,
             )  # fmt: skip
             runner.run()
             self.sstore.finish(campaign_id, self.owner, JOB_DONE)
