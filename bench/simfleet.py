@@ -77,6 +77,7 @@ class _Fetch:
     subscribed: bool = False
     requests: int = 0
     started: float = field(default_factory=time.monotonic)
+    last_chunk: float = field(default_factory=time.monotonic)
     rejected: int = 0
     duplicates: int = 0
 
@@ -309,9 +310,16 @@ class SimBoard:
         self.fleet.later(self.fleet.retry_s, lambda: self._retry(sha, asked))
 
     def _retry(self, sha256: str, asked: int) -> None:
+        """Ask again for what is missing once no chunk at all came for ``retry_s``, as the
+        agent's fetch does: while chunks still flow, the missing ones are queued behind them."""
         fetch = self.fetches.get(sha256)
-        if fetch is not None and fetch.requests == asked:  # nothing newer asked since
-            self._request_missing(fetch)
+        if fetch is None or fetch.requests != asked:  # done, or something newer asked since
+            return
+        quiet = time.monotonic() - fetch.last_chunk
+        if quiet < self.fleet.retry_s:
+            self.fleet.later(self.fleet.retry_s - quiet, lambda: self._retry(sha256, asked))
+            return
+        self._request_missing(fetch)
 
     def _on_chunk(self, sha256: str, frame: bytes) -> None:
         fetch = self.fetches.get(sha256)
@@ -327,6 +335,7 @@ class SimBoard:
             fetch.rejected += 1
             self.fleet.stats.chunks_rejected += 1
             return
+        fetch.last_chunk = time.monotonic()
         if chunk.index in fetch.chunks:
             fetch.duplicates += 1
             return

@@ -733,7 +733,7 @@ def run_bench(
                 for count in path_boards if path_boards is not None else boards:
                     for path_name in paths:
                         report["paths"].append(
-                            path_egress(url, workdir / "paths", path_name, count, fanout_mb,
+                            path_egress(url, workdir / "paths", path_name, count, path, sha,
                                         timeout_s)
                         )  # fmt: skip
                 if deploy_boards:
@@ -915,21 +915,28 @@ def deploy_egress(
 
 
 def path_egress(
-    broker_url: str, workdir: Path, path_name: str, boards: int, size_mb: float, timeout_s: float
+    broker_url: str,
+    workdir: Path,
+    path_name: str,
+    boards: int,
+    artifact: Path,
+    sha256: str,
+    timeout_s: float,
 ) -> dict[str, Any]:
     """One artifact to ``boards`` simulated boards through one of the user's :data:`PATHS`; the
     host's bytes to the broker counted through the proxy, from the first command to the last
-    answer (bench.simfleet boards: fetch, verify, commit a deploy, answer a benchmark)."""
-    from bench.simfleet import write_artifact
+    answer (bench.simfleet boards: fetch, verify, commit a deploy, answer a benchmark). The
+    artifact was written before, as a user's model file is."""
     from host.deploy import Deployer, DeployTarget, create_rollout
     from host.fleet import Fleet
     from host.store import Store
     from host.store.deployments import DeploymentStore
     from shared.broker_url import parse_broker_url
+    from shared.manifest import ArtifactManifest
 
     workdir.mkdir(parents=True, exist_ok=True)
-    artifact = workdir / f"model-{boards}.onnx"
-    manifest = write_artifact(artifact, int(size_mb * MB), seed=boards)
+    manifest = ArtifactManifest(sha256=sha256, size_bytes=artifact.stat().st_size,
+                                format="onnx", precision="fp32", name=artifact.name)  # fmt: skip
     base_topic = f"etbench-{uuid.uuid4().hex[:10]}"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     sims = subprocess.Popen(

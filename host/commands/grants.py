@@ -6,9 +6,11 @@ such a command and revokes the grant when the command ends; a request for which 
 no grant looks the command up in the database (another replica may have published it), and a
 miss is remembered for a moment, so a flood of requests costs one query per artifact and device.
 
-Per grant, each chunk index goes to the device at most ``max_sends`` times: a device that lost
-chunks asks again and gets them, a device that asks for the same chunks over and over cannot
-make the host publish the artifact over and over.
+Per grant, each chunk index is published for the device at most ``max_sends`` times: a device
+that lost chunks asks again and gets them, a device that asks for the same chunks over and over
+cannot make the host publish the artifact over and over. Only publications the device's request
+caused count (:meth:`ChunkGate.charge`): asking again for a chunk already on its way (the chunk
+server coalesces it) costs nothing.
 """
 
 from __future__ import annotations
@@ -106,16 +108,23 @@ class ChunkGate:
         grant = self._find(device_id, request.sha256, now)
         if grant is None:
             return [], "no_command"
-        allowed = []
         with self._lock:
-            for index in dict.fromkeys(request.indices):
-                key = (request.chunk_size, index)
-                sent = grant.sends.get(key, 0)
-                if sent >= self.max_sends:
-                    continue
-                grant.sends[key] = sent + 1
-                allowed.append(index)
+            allowed = [
+                index
+                for index in dict.fromkeys(request.indices)
+                if grant.sends.get((request.chunk_size, index), 0) < self.max_sends
+            ]
         return allowed, None if allowed else "chunk_limit"
+
+    def charge(self, device_id: str, sha256: str, chunk_size: int, published: list[int]) -> None:
+        """The chunk server publishes these indices because this device asked for them."""
+        with self._lock:
+            grant = self._grants.get((device_id, sha256))
+            if grant is None:
+                return
+            for index in published:
+                key = (chunk_size, index)
+                grant.sends[key] = grant.sends.get(key, 0) + 1
 
     def granted(self, device_id: str, sha256: str) -> str | None:
         """The command behind this device's grant of this artifact (tests, diagnostics)."""

@@ -155,6 +155,7 @@ class CommandStore:
         self.store = store
         store.ensure_tables()
         self._store_id: str | None = None
+        self.store_id  # noqa: B018 - read (or made) now, never inside another transaction
 
     # -- identity --------------------------------------------------------------------------------
     @property

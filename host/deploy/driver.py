@@ -21,6 +21,7 @@ the row's state (see host.store.deployments), so exactly one of them records eac
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -194,10 +195,10 @@ class DeploymentDriver:
     def _drive(self, rollout: RolloutInfo) -> None:
         targets = self.dstore.targets(rollout.rollout_id)
         self._observe(t.device_id for t in targets)
+        if rollout.status == ACTIVE:
+            self._send(rollout, [t for t in targets if t.state == PENDING])
         for target in targets:
-            if target.state == PENDING and rollout.status == ACTIVE:
-                self._send(rollout, target)
-            elif target.state in (SENT, TIMEOUT):
+            if target.state in (SENT, TIMEOUT):
                 self._follow(rollout, target)
             if target.rollback_state == RB_PENDING:
                 self._send_rollback(target)
@@ -224,41 +225,67 @@ class DeploymentDriver:
                 self.dstore.update_rollout(rollout.rollout_id, open=False)
 
     # -- sending --------------------------------------------------------------------------------
-    def _send(self, rollout: RolloutInfo, target: TargetInfo) -> None:
-        if not self.online(target.device_id):
+    def _send(self, rollout: RolloutInfo, pending: list[TargetInfo]) -> None:
+        """Record the deploy commands of every pending target whose device is online, in one
+        transaction: the command driver publishes them together, so the devices fetching the
+        same artifact start together and the broker fans one stream out to all of them."""
+        ready = {t.deploy_id: t for t in pending if self.online(t.device_id)}
+        if not ready:
             return
-        if not self.dstore.claim_target(target.deploy_id, PENDING, self.owner, CLAIM_LEASE_S):
-            return
+        claimed = self.dstore.claim_targets(ready, PENDING, self.owner, CLAIM_LEASE_S)
         settings = rollout.settings
-        try:
-            if target.artifact_path is None or target.manifest is None:
-                raise ConfigError(f"deploy {target.deploy_id} names no artifact file")
-            base = msgspec.convert(target.manifest, ArtifactManifest)
-            self.fleet.offer(target.artifact_path, base)
-            eval_manifest = (
-                self.fleet.offer(target.eval_path) if target.eval_path is not None else None
+        builds: dict[str, Callable[[int], DeployCmd]] = {}
+        offered: dict[tuple[str, str | None], ArtifactManifest] = {}
+
+        def offer(path: str, manifest: ArtifactManifest | None) -> ArtifactManifest:
+            # Each file once per pass: a rollout names the same artifact for many devices.
+            key = (path, manifest.sha256 if manifest is not None else None)
+            if key not in offered:
+                offered[key] = self.fleet.offer(path, manifest)
+            return offered[key]
+
+        for deploy_id in claimed:
+            target = ready[deploy_id]
+            try:
+                if target.artifact_path is None or target.manifest is None:
+                    raise ConfigError(f"deploy {target.deploy_id} names no artifact file")
+                base = msgspec.convert(target.manifest, ArtifactManifest)
+                offer(target.artifact_path, base)
+                eval_manifest = (
+                    offer(target.eval_path, None) if target.eval_path is not None else None
+                )
+                # Checked now, so that one bad target cannot fail the others' transaction.
+                self._deploy_command(target, base, eval_manifest, 1, settings=settings)
+            except EdgeTailorError as exc:
+                self._not_sent(rollout, target, exc)
+                continue
+            builds[deploy_id] = functools.partial(
+                self._deploy_command, target, base, eval_manifest, settings=settings
             )
-
-            def build(sequence: int) -> DeployCmd:
-                return self._deploy_command(target, base, eval_manifest, sequence, settings)
-
-            sent = self.dstore.mark_sent(target.deploy_id, self.owner, build=build)
+        try:
+            sent = self.dstore.mark_sent_many(self.owner, builds)
         except EdgeTailorError as exc:
-            logger.warning("deploy %s to %s not sent: %s", target.deploy_id, target.device_id, exc)
-            self.dstore.update_target(
-                target.deploy_id, expect_states=(PENDING,), state=FAILED, error_code="not_sent",
-                detail=str(exc), finished_at=self._clock(), claimed_by=None, claim_until=None,
+            for deploy_id in builds:
+                self._not_sent(rollout, ready[deploy_id], exc)
+            return
+        if sent:
+            self.fleet.commands.wake()
+        for deploy_id, sequence in sent.items():
+            target = ready[deploy_id]
+            self._emit(
+                "sent", device=target.device_id, deploy_id=target.deploy_id,
+                sha256=target.sha256, wave=target.wave, sequence=sequence,
+                rollout=rollout.rollout_id,
             )  # fmt: skip
-            self._emit("outcome", device=target.device_id, outcome=FAILED, detail=str(exc),
-                       rollout=rollout.rollout_id)  # fmt: skip
-            return
-        if sent is None:
-            return
-        self.fleet.commands.wake()
-        self._emit(
-            "sent", device=target.device_id, deploy_id=target.deploy_id, sha256=target.sha256,
-            wave=target.wave, sequence=sent, rollout=rollout.rollout_id,
+
+    def _not_sent(self, rollout: RolloutInfo, target: TargetInfo, exc: Exception) -> None:
+        logger.warning("deploy %s to %s not sent: %s", target.deploy_id, target.device_id, exc)
+        self.dstore.update_target(
+            target.deploy_id, expect_states=(PENDING,), state=FAILED, error_code="not_sent",
+            detail=str(exc), finished_at=self._clock(), claimed_by=None, claim_until=None,
         )  # fmt: skip
+        self._emit("outcome", device=target.device_id, outcome=FAILED, detail=str(exc),
+                   rollout=rollout.rollout_id)  # fmt: skip
 
     def _deploy_command(
         self,
@@ -266,6 +293,7 @@ class DeploymentDriver:
         base: ArtifactManifest,
         eval_manifest: ArtifactManifest | None,
         sequence: int,
+        *,
         settings: dict[str, Any],
     ) -> DeployCmd:
         """The deploy, its manifest addressed to the device with its deploy sequence (signed by

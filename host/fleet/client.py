@@ -76,7 +76,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STATE_SUFFIXES = ("/status", "/birth", "/telemetry")
-PIN_RECHECK_S = 10.0  # a device whose key changed has its pin read from the database again
+PIN_RECHECK_S = 2.0  # a device whose key changed has its pin read from the database again
 
 
 def subscription_qos(topic: str) -> int:
@@ -163,6 +163,7 @@ class Fleet:
         self._lock = threading.Lock()
         self._recent_commands: deque[mqtt.MQTTMessageInfo] = deque(maxlen=4096)
         self._digests: dict[tuple[str, int, int, int], str] = {}
+        self._manifests: dict[tuple[str, int, int, int], ArtifactManifest] = {}
         self._recorded: set[tuple[bytes, str]] = set()  # (manifest, path) in the store already
 
     @property
@@ -372,12 +373,13 @@ class Fleet:
         """Serve ``path`` to devices under ``manifest.sha256`` (built from the file when None).
 
         With ``verify`` the file's size and sha256 are checked against the manifest first. Returns
-        the manifest, signed when the fleet has a signing key and the manifest was not signed yet.
+        the manifest, signed with the host key when it was not signed yet (the command driver
+        signs it again, with the key each device pins, when it publishes a command naming it).
         """
         path = Path(path)
         if manifest is None:
-            manifest = manifest_for_file(path, signing_key=self.signing_key)
-        elif self.signing_key is not None and manifest.signature is None:
+            manifest = self._manifest_of(path)
+        if manifest.signature is None:
             manifest = sign_manifest(manifest, self.signing_key)
         try:
             stat = path.stat()
@@ -402,6 +404,28 @@ class Fleet:
                     if len(self._recorded) >= 1024:
                         self._recorded.clear()
                     self._recorded.add(key)
+        return manifest
+
+    def _manifest_of(self, path: Path) -> ArtifactManifest:
+        """The manifest of a file, built again only when the file changed since (a campaign's
+        device threads offer the same candidate at the same moment: it is hashed and parsed
+        once, not once per device)."""
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            raise ConfigError(f"cannot read artifact {path}: {exc}") from exc
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        with self._lock:
+            known = self._manifests.get(key)
+        if known is not None:
+            return known
+        built_at = time.time_ns()
+        manifest = manifest_for_file(path)
+        if stat.st_mtime_ns < built_at - 1_000_000_000:  # see _digest: racy file times
+            with self._lock:
+                if len(self._manifests) >= 1024:
+                    self._manifests.clear()
+                self._manifests[key] = manifest
         return manifest
 
     def _digest(self, path: Path, stat: os.stat_result) -> str:
@@ -513,11 +537,12 @@ class Fleet:
             if exc.code == "untrusted_key" and pinned is not None:
                 # Unpinned meanwhile (edgetailor devices --forget) by this or another process?
                 last = self._pin_checked.get(device_id, 0.0)
-                if (
-                    time.monotonic() - last > PIN_RECHECK_S
-                    and self._pinned(device_id, again=True) != pinned
-                ):
-                    return self._authentic(kind, device_id, message)
+                if time.monotonic() - last > PIN_RECHECK_S:
+                    now_pinned = self._pinned(device_id, again=True)
+                    if now_pinned != pinned:
+                        if now_pinned is None:
+                            self._refetch_birth(device_id)
+                        return self._authentic(kind, device_id, message)
             self._drop(kind, device_id, exc.code, str(exc))
             return False
         if pinned is None and kind != "birth":
@@ -526,6 +551,14 @@ class Fleet:
                        f"signed by {key[:8]}..., but no birth of this device pinned a key yet")  # fmt: skip
             return False
         return True
+
+    def _refetch_birth(self, device_id: str) -> None:
+        """Subscribe to the device's birth again: the broker sends the retained one, whose
+        signature pins the device's (new) key."""
+        client = self._client
+        if client is not None:
+            topic = self.topics.birth(device_id)
+            client.subscribe(topic, qos=subscription_qos(topic))
 
     def _on_status(self, device_id: str, payload: bytes) -> None:
         if payload not in (STATUS_ONLINE, STATUS_OFFLINE):
@@ -587,7 +620,8 @@ class Fleet:
         try:
             if not self.chunks.offers(request.sha256):
                 self._offer_from_store(request.sha256)
-            self.chunks.handle(device_id, request, sent_at=message.ts)
+            scheduled = self.chunks.handle(device_id, request, sent_at=message.ts)
+            self.gate.charge(device_id, request.sha256, request.chunk_size, scheduled)
         except UnknownArtifactError as exc:
             self._drop("xfer_req", device_id, "unknown_artifact", str(exc))
         except ValidationError as exc:

@@ -389,6 +389,29 @@ class DeploymentStore:
                 .values(claimed_by=None, claim_until=None)
             )
 
+    def claim_targets(
+        self, deploy_ids: Iterable[str], state: str, owner: str, lease_s: float
+    ) -> list[str]:
+        """Take the targets still in ``state`` and not held by another process (one transaction);
+        returns the ones this owner holds now."""
+        now = time.time()
+        claimed = []
+        with self.store.transaction() as session:
+            for deploy_id in deploy_ids:
+                if session.execute(
+                    update(RolloutTargetRow)
+                    .where(
+                        RolloutTargetRow.deploy_id == deploy_id,
+                        RolloutTargetRow.state == state,
+                        (RolloutTargetRow.claim_until.is_(None))
+                        | (RolloutTargetRow.claim_until < now)
+                        | (RolloutTargetRow.claimed_by == owner),
+                    )
+                    .values(claimed_by=owner, claim_until=now + lease_s)
+                ).rowcount:
+                    claimed.append(deploy_id)
+        return claimed
+
     def mark_sent(
         self, deploy_id: str, owner: str, *, build: Callable[[int], DeployCmd]
     ) -> int | None:
@@ -397,19 +420,31 @@ class DeploymentStore:
         ``build(sequence) -> DeployCmd``. Returns the sequence, or None when the claim was lost.
         The command driver publishes the command once the transaction is committed.
         """
+        return self.mark_sent_many(owner, {deploy_id: build}).get(deploy_id)
+
+    def mark_sent_many(
+        self, owner: str, builds: dict[str, Callable[[int], DeployCmd]]
+    ) -> dict[str, int]:
+        """:meth:`mark_sent` for several claimed targets in one transaction, so that their
+        commands are published together (a rollout's devices then fetch one stream)."""
         now = time.time()
+        sent: dict[str, int] = {}
         with self.store.transaction() as session:
-            row = session.get(RolloutTargetRow, deploy_id)
-            if row is None or row.state != PENDING or row.claimed_by != owner:
-                return None
-            sequence = self.next_sequence_in(session, row.device_id)
-            [command] = self.commands.add_in(session, [NewCommand(row.device_id, build(sequence))])
-            row.state, row.sequence = SENT, sequence
-            row.command_msg_id = command.command_id
-            row.sent_at = row.updated = now
-            row.stage = "sent"
-            row.claimed_by = row.claim_until = None
-            return sequence
+            for deploy_id, build in builds.items():
+                row = session.get(RolloutTargetRow, deploy_id)
+                if row is None or row.state != PENDING or row.claimed_by != owner:
+                    continue
+                sequence = self.next_sequence_in(session, row.device_id)
+                [command] = self.commands.add_in(
+                    session, [NewCommand(row.device_id, build(sequence))]
+                )
+                row.state, row.sequence = SENT, sequence
+                row.command_msg_id = command.command_id
+                row.sent_at = row.updated = now
+                row.stage = "sent"
+                row.claimed_by = row.claim_until = None
+                sent[deploy_id] = sequence
+        return sent
 
     def mark_rollback_sent(self, deploy_id: str, owner: str, *, command: RollbackCmd) -> bool:
         """Record the rollback command of a claimed target (the command driver publishes it)."""
