@@ -135,7 +135,16 @@ class CommandDriver:
         if self._threads:
             return
         self._stop.clear()
-        self.commands.store_id  # noqa: B018 - made (or read) once, before any command is recorded
+        other = self.commands.note_host_key(self.keys.key_id, self.keys.previous)
+        if other is not None:
+            logger.error(
+                "this host signs with key %s, but another host process on this database signs "
+                "with %s: devices pin one key, and refuse commands signed by the other. Give "
+                "every host process on one database the same --signing-key (or rotate with "
+                "`edgetailor keys rotate` on one of them)",
+                self.keys.key_id,
+                other,
+            )
         for name, target in (("commands", self._run), ("answers", self._write_forever)):
             thread = threading.Thread(target=target, name=f"edgetailor-{name}", daemon=True)
             thread.start()

@@ -64,6 +64,15 @@ def _write_key(signer: Signer, path: Path, *, exclusive: bool = False) -> bool:
     return True
 
 
+def make_key(path: Path) -> Signer:
+    """A new host key at ``path`` (0600) with its public half beside it; ConfigError if one is
+    there already."""
+    signer = Signer.generate()
+    if not _write_key(signer, Path(path), exclusive=True):
+        raise ConfigError(f"{path} already exists; rotate it with `edgetailor keys rotate`")
+    return signer
+
+
 @dataclass(frozen=True)
 class Rotation:
     path: Path
@@ -183,4 +192,4 @@ class HostKeys:
         return True
 
 
-__all__ = ["HostKeys", "Rotation", "default_key_path", "rotate_key"]
+__all__ = ["HostKeys", "Rotation", "default_key_path", "make_key", "rotate_key"]

@@ -180,6 +180,22 @@ class CommandStore:
             self._store_id = value
         return self._store_id
 
+    def note_host_key(self, key_id: str, previous: Iterable[str] = ()) -> str | None:
+        """Record the key this database's commands are signed with; returns the key id another
+        host process recorded before when it is neither this key nor one it rotated from
+        (replicas on one database must share their key), else None."""
+        with self.store.transaction() as session:
+            row = session.get(StoreIdentityRow, "host_key")
+            if row is None:
+                session.add(StoreIdentityRow(name="host_key", value=key_id, created=time.time()))
+                return None
+            if row.value == key_id:
+                return None
+            if row.value in set(previous):
+                row.value = key_id  # this host rotated it
+                return None
+            return row.value
+
     def new_id(self) -> str:
         return f"{self.store_id}-{uuid.uuid4().hex}"
 

@@ -16,6 +16,7 @@ import pytest
 
 from host.commands import CommandStore, NewCommand, rotate_key
 from host.commands.bench import poll_benchmark, submit_benchmark, wait_benchmark
+from host.commands.keys import make_key
 from host.errors import JobFailedError, JobTimeoutError
 from host.fleet import Fleet
 from host.store import Store
@@ -63,9 +64,7 @@ def device(shared_broker_url: str, base_topic: str) -> Iterator[ScriptedDevice]:
 
 
 @pytest.fixture
-def fleet(
-    shared_broker_url: str, base_topic: str, store: Store, tmp_path: Path
-) -> Iterator[Fleet]:
+def fleet(shared_broker_url: str, base_topic: str, store: Store, tmp_path: Path) -> Iterator[Fleet]:
     with Fleet(
         shared_broker_url, base_topic, store=store, signing_key=_key(tmp_path / "keys"),
         outputs_dir=tmp_path / "outputs",
@@ -75,11 +74,8 @@ def fleet(
 
 def _key(folder: Path) -> Path:
     """A host key of the test's own (the default one is made on first use in EDGETAILOR_HOME)."""
-    from host.commands.keys import _write_key
-
-    path = folder / "signing.key"
-    _write_key(Signer.generate(), path)
-    return path
+    make_key(folder / "signing.key")
+    return folder / "signing.key"
 
 
 def _result(job_id: str, sha: str) -> BenchmarkResult:
