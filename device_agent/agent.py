@@ -495,11 +495,14 @@ class Agent:
         except ValidationError as exc:
             self._answer_bad_message(payload, exc)
             return
+        pinned = self.trust.key_id
         try:
             admission = self.trust.admit(message, self.device_id)
         except SignatureError as exc:
             self._refuse(name, message, exc)
             return
+        if pinned is None and self._connected.is_set():
+            self._publish_birth()  # pinned on first use: the birth names the key from now on
         body = message.body
         if admission is Admission.SEEN:
             # The same envelope again (a broker redelivery): a duplicate of a command the journal

@@ -98,11 +98,34 @@ def devices_cmd(
     tls_key: TlsKeyOpt = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
+    forget: Annotated[
+        str | None,
+        typer.Option(
+            "--forget",
+            metavar="ID",
+            help="unpin this device's key (its data dir was wiped: it made a new one); its next "
+            "signed birth pins the new key",
+        ),
+    ] = None,
 ) -> None:
     """List devices: what the broker's retained birth/status messages say, then the devices only
     the database knows (marked: they may belong to another broker or base topic)."""
     from host.fleet.devices import DeviceRecord
     from host.store import Store
+
+    if forget is not None:
+        from shared.topics import check_device_id
+
+        with Store(db) as store:
+            if not store.forget_device_key(check_device_id(forget)):
+                raise typer.BadParameter(
+                    f"no device {forget!r} in the database", param_hint="--forget"
+                )
+        typer.echo(
+            f"forgot the key pinned for {forget}: the next signed birth of {forget} pins its "
+            "new key (a running host reads its retained birth again when it next hears from it)"
+        )
+        return
 
     if server is not None:
         from host.cli.client import ApiClient
