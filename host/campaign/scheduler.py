@@ -15,7 +15,6 @@ import logging
 import threading
 import time
 from dataclasses import replace
-from typing import Any
 
 from host.campaign.candidates import Prepared
 from host.campaign.context import CampaignContext
@@ -34,7 +33,7 @@ from host.store.campaigns import (
     CandidateInfo,
 )
 from shared.errors import EdgeTailorError
-from shared.results import BenchmarkResult, to_data
+from shared.results import BenchmarkResult
 
 logger = logging.getLogger(__name__)
 
@@ -339,12 +338,7 @@ class DeviceScheduler:
                     self.ctx.campaign_id, cand.candidate_id, device, last_error
                 )
         self.ctx.cstore.job_finished(
-            self.ctx.campaign_id,
-            cand.candidate_id,
-            device,
-            JOB_FAILED,
-            row=self._failed_row(cand, device, prepared, last_error),
-            error=last_error,
+            self.ctx.campaign_id, cand.candidate_id, device, JOB_FAILED, error=last_error
         )
         return JOB_FAILED
 
@@ -411,63 +405,27 @@ class DeviceScheduler:
     def _record(
         self, job: CampaignJobInfo, cand: CandidateInfo, prepared: Prepared, info: CommandInfo
     ) -> str:
+        """Judge an answered benchmark and note the judgement beside the job; the result stays
+        the agent's BenchmarkResult, stored once with its command."""
+        import msgspec
+
         from host.campaign.quality import judge_result
 
         result = info.result_as(BenchmarkResult)
-        if result is None:
-            error = f"job {info.command_id} answered without a result"
-            self.ctx.cstore.job_finished(
-                self.ctx.campaign_id, cand.candidate_id, job.device_id, JOB_FAILED,
-                row=self._failed_row(cand, job.device_id, prepared, error), error=error,
-            )  # fmt: skip
-            return JOB_FAILED
         try:
-            row = judge_result(result, cand, job.device_id, prepared, self.ctx.fleet)
+            if result is None:
+                raise CampaignError(f"job {info.command_id} answered without a result")
+            judgement = judge_result(result, cand, job.device_id, prepared, self.ctx.fleet)
         except EdgeTailorError as exc:  # a user metric that fails, outputs that never came
             error = str(exc)
             logger.warning("%s on %s: %s", cand.candidate_id, job.device_id, error)
             self.ctx.cstore.job_finished(
-                self.ctx.campaign_id,
-                cand.candidate_id,
-                job.device_id,
-                JOB_FAILED,
-                row=self._failed_row(cand, job.device_id, prepared, error),
-                error=error,
+                self.ctx.campaign_id, cand.candidate_id, job.device_id, JOB_FAILED, error=error
             )
             return JOB_FAILED
-        row.update(
-            job_id=result.job_id,
-            artifact=self._variants.get(cand.candidate_id, (cand.candidate_id, None))[0],
-            runtime=result.backend,
-            runtime_version=result.runtime,
-            threads=result.threads,
-            load_ms=result.load_ms,
-            import_ms=result.import_ms,
-            invoke_ms=to_data(result.invoke_ms) if result.invoke_ms is not None else None,
-            latency_cv=result.latency_ms.cv,
-            p50_ci=result.latency_ms.p50_ci,
-            p90_ci=result.latency_ms.p90_ci,
-            board=result.board,
-            transfers=[to_data(t) for t in result.transfers],
-        )
         self.ctx.cstore.mark_held(job.device_id, [t.sha256 for t in result.transfers])
         self.ctx.cstore.job_finished(
-            self.ctx.campaign_id, cand.candidate_id, job.device_id, JOB_OK, row=row
-        )
+            self.ctx.campaign_id, cand.candidate_id, job.device_id, JOB_OK,
+            judgement=msgspec.json.encode(judgement).decode("utf-8"),
+        )  # fmt: skip
         return JOB_OK
-
-    def _failed_row(
-        self, cand: CandidateInfo, device: str, prepared: Prepared, error: str
-    ) -> dict[str, Any]:
-        from host.select import ResultRow
-
-        return ResultRow.failed(
-            candidate=cand.candidate_id,
-            device=device,
-            error=error,
-            recipe=cand.recipe_name,
-            format=cand.format,
-            precision=cand.precision,
-            size_bytes=cand.size_bytes,
-            metric=prepared.metric_name or "metric",
-        ).to_dict()

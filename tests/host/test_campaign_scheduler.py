@@ -123,6 +123,13 @@ def _setup(tmp_path: Path, fleet: ScriptedFleet, **spec_kw: Any) -> tuple[Campai
     return ctx, survivors
 
 
+def _rows(ctx: CampaignContext) -> dict[tuple[str, str], Any]:
+    """The selection's rows, read back from what is stored: results typed, as they came."""
+    from host.campaign import campaign_rows
+
+    return {(r.device, r.candidate): r for r in campaign_rows(ctx.cstore, "camp")}
+
+
 def _prepared(tmp_path: Path) -> Prepared:
     # The scheduler reads only the task of the baseline bundle; no model is needed to schedule.
     bundle = SimpleNamespace(task="classification")
@@ -143,7 +150,7 @@ def test_every_survivor_is_measured_on_every_device_and_a_failed_job_is_retried_
         ("a", "c1"): "ok", ("a", "c2"): "ok", ("b", "c1"): "ok", ("b", "c2"): "ok",
     }  # fmt: skip
     assert jobs[("b", "c2")].attempts == 2 and len(jobs[("b", "c2")].job_ids) == 2
-    assert jobs[("a", "c1")].row["metric_value"] == 0.9
+    assert _rows(ctx)[("a", "c1")].metric_value == 0.9
     assert len(fleet.sent) == 5
 
 
@@ -153,14 +160,13 @@ def test_a_thread_sweep_measures_every_candidate_and_thread_count_as_its_own_var
     fleet = _fleet(tmp_path, "a", "b")
     ctx, survivors = _setup(tmp_path, fleet, threads=(1, 4))
     DeviceScheduler(ctx).measure(survivors, ["a", "b"], _prepared(tmp_path))
-    rows = {(j.device_id, j.candidate_id): j.row for j in ctx.cstore.jobs("camp")}
+    rows = _rows(ctx)
     assert sorted(rows) == [
         (d, f"{c}@t{t}") for d in ("a", "b") for c in ("c1", "c2") for t in (1, 4)
     ]
     for (_device, variant), row in rows.items():
-        assert row is not None and row["candidate"] == variant
-        assert row["artifact"] == variant.split("@")[0]
-        assert row["threads"] == int(variant.split("@t")[1]) and row["runtime"] == "tflite"
+        assert row.ok and row.candidate == variant and row.artifact == variant.split("@")[0]
+        assert row.threads == int(variant.split("@t")[1]) and row.runtime == "tflite"
     assert sorted(fleet.threads) == [1, 1, 1, 1, 4, 4, 4, 4]
 
 
@@ -220,9 +226,10 @@ def test_after_a_restart_a_job_sent_for_one_thread_count_is_adopted_by_that_vari
     DeviceScheduler(ctx).measure(survivors, ["a", "b"], _prepared(tmp_path))
     jobs = {(j.device_id, j.candidate_id): j for j in ctx.cstore.jobs("camp")}
     assert jobs[("a", "c1@t4")].job_ids == [before]
-    assert jobs[("a", "c1@t4")].row["metric_value"] == 0.8
+    rows = _rows(ctx)
+    assert rows[("a", "c1@t4")].metric_value == 0.8  # the adopted job's stored result
     assert before not in jobs[("a", "c1@t1")].job_ids
-    assert jobs[("a", "c1@t1")].row["threads"] == 1
+    assert rows[("a", "c1@t1")].threads == 1
     assert len(fleet.sent) == 7  # every variant but the adopted one
 
 
