@@ -600,8 +600,9 @@ def status_cmd(
         fleet = None
         if not offline_ok:
             fleet = Fleet(
-                broker, base_topic, store=store, tls=TlsOptions(tls_ca, tls_cert, tls_key)
-            )
+                broker, base_topic, store=store, tls=TlsOptions(tls_ca, tls_cert, tls_key),
+                commands=False,
+            )  # fmt: skip
             try:
                 fleet.connect()
                 fleet.wait_synced(settle_s=wait)

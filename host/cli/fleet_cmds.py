@@ -148,7 +148,7 @@ def devices_cmd(
         Console().print(table)
         return
     tls = TlsOptions(tls_ca, tls_cert, tls_key)
-    with Store(db) as store, _fleet(broker, base_topic, store, tls, None) as fleet:
+    with Store(db) as store, _fleet(broker, base_topic, store, tls, None, commands=False) as fleet:
         fleet.wait_synced(settle_s=wait)
         rows = {
             device_id: {**rec.to_dict(), "source": "broker"}

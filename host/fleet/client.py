@@ -99,7 +99,8 @@ class Fleet:
     """A host's connection to its fleet; use as a context manager (connects on enter).
 
     With a store it runs the command pipeline (``fleet.commands``, host.commands.CommandDriver);
-    without one it only watches devices.
+    without one, or with ``commands=False`` (``edgetailor devices``, ``status``), it only watches
+    devices and publishes no command.
     """
 
     def __init__(
@@ -117,6 +118,7 @@ class Fleet:
         client_id: str | None = None,
         outputs_dir: str | os.PathLike[str] | None = None,
         share_group: str | None = None,
+        commands: bool = True,
     ) -> None:
         self.address: BrokerAddress = parse_broker_url(broker_url)
         self.topics = Topics(base_topic)
@@ -142,14 +144,14 @@ class Fleet:
             outputs_dir = edgetailor_home() / "outputs"
         self.outputs = OutputsCollector(Path(outputs_dir))
         # Made on first use ($EDGETAILOR_HOME/keys/signing.key) unless --signing-key names one.
-        self.keys = HostKeys(signing_key)
+        self.keys: HostKeys | None = HostKeys(signing_key) if commands else None
         self.dropped: Counter[tuple[str, str]] = Counter()  # (topic kind, reason) -> messages
         self._pins: dict[str, str | None] = {}  # device -> pinned key (None: none in the store)
         self._pin_checked: dict[str, float] = {}
         self._warned: set[tuple[str, str]] = set()
         self._commands: CommandDriver | None = None
         self.gate: ChunkGate | None = None
-        if store is not None:
+        if store is not None and self.keys is not None:
             self.gate = ChunkGate(self._lookup_grant)
             self._commands = CommandDriver(
                 store, self, self.keys, gate=self.gate, outputs=self.outputs
@@ -169,6 +171,8 @@ class Fleet:
     @property
     def signing_key(self) -> Ed25519PrivateKey:
         """The host key new manifests are signed with (host.commands.keys)."""
+        if self.keys is None:
+            raise ConfigError("this fleet only watches devices: it signs nothing")
         return self.keys.current.private_key
 
     @property
