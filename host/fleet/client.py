@@ -57,7 +57,7 @@ from shared.messages import (
     decode,
 )
 from shared.mqtt import make_client
-from shared.signing import sign_manifest, verify_message
+from shared.signing import verify_message
 from shared.topics import (
     DEFAULT_BASE,
     STATUS_OFFLINE,
@@ -69,7 +69,6 @@ from shared.topics import (
 from shared.transfer import DEFAULT_CHUNK_SIZE, check_chunk_size
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from host.store import Store
 
@@ -167,13 +166,6 @@ class Fleet:
         self._digests: dict[tuple[str, int, int, int], str] = {}
         self._manifests: dict[tuple[str, int, int, int], ArtifactManifest] = {}
         self._recorded: set[tuple[bytes, str]] = set()  # (manifest, path) in the store already
-
-    @property
-    def signing_key(self) -> Ed25519PrivateKey:
-        """The host key new manifests are signed with (host.commands.keys)."""
-        if self.keys is None:
-            raise ConfigError("this fleet only watches devices: it signs nothing")
-        return self.keys.current.private_key
 
     @property
     def commands(self) -> CommandDriver:
@@ -377,14 +369,12 @@ class Fleet:
         """Serve ``path`` to devices under ``manifest.sha256`` (built from the file when None).
 
         With ``verify`` the file's size and sha256 are checked against the manifest first. Returns
-        the manifest, signed with the host key when it was not signed yet (the command driver
-        signs it again, with the key each device pins, when it publishes a command naming it).
+        the manifest as given or built; the command driver signs it, with the key each device
+        pins, when it publishes a command naming it.
         """
         path = Path(path)
         if manifest is None:
             manifest = self._manifest_of(path)
-        if manifest.signature is None:
-            manifest = sign_manifest(manifest, self.signing_key)
         try:
             stat = path.stat()
         except OSError as exc:
