@@ -67,6 +67,10 @@ logger = logging.getLogger(__name__)
 
 POLL_S = 0.25
 REPUBLISH_SCAN_S = 2.0  # how often open commands are looked at for publishing again
+# Commands naming one artifact, recorded this close together (a campaign's device threads, say),
+# are published together, at most this long after the first: their devices then fetch one stream.
+SETTLE_S = 0.2
+MAX_HOLD_S = 2.0
 REPUBLISH_S = 30.0  # a published command with no sign of life is published again after this
 EXPIRE_SCAN_S = 1.0
 HOUSEKEEPING_S = 5.0
@@ -263,14 +267,17 @@ class CommandDriver:
             return None
         return record.online_since if record.online_since is not None else 0.0
 
-    def _publish_due(self, *, pending_only: bool) -> None:
+    def _publish_due(self, *, pending_only: bool, settle: bool = True) -> None:
         now = time.time()
         picked = []
+        fresh: dict[str, list[Due]] = {}  # artifact -> new commands naming it
         for due in self.commands.due(pending_only=pending_only):
             since = self._online_since(due.device_id)
             if since is None or (due.expires_at is not None and due.expires_at <= now):
                 continue
-            if due.state == PENDING:
+            if due.state == PENDING and due.model_sha256 is not None and settle:
+                fresh.setdefault(due.model_sha256, []).append(due)
+            elif due.state == PENDING:
                 picked.append(due)
             elif due.command_id not in self._published or self._published[due.command_id] != since:
                 picked.append(due)  # not by this process yet, or the device has been away since
@@ -280,6 +287,11 @@ class CommandDriver:
                 and now - due.published_at > self.republish_s
             ):
                 picked.append(due)  # no sign of life at all: the first copy may be lost
+        for rows in fresh.values():
+            newest, oldest = max(r.created for r in rows), min(r.created for r in rows)
+            if now - newest < SETTLE_S and now - oldest < MAX_HOLD_S:
+                continue  # more may follow: the next pass publishes the burst at once
+            picked += rows
         if picked:
             self.publish(picked)
 

@@ -135,6 +135,7 @@ class Due:
     expires_at: float | None
     model_sha256: str | None
     eval_sha256: str | None
+    created: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -305,7 +306,7 @@ class CommandStore:
         columns = (
             CommandRow.command_id, CommandRow.device_id, CommandRow.kind, CommandRow.body,
             CommandRow.state, CommandRow.published_at, CommandRow.expires_at,
-            CommandRow.model_sha256, CommandRow.eval_sha256,
+            CommandRow.model_sha256, CommandRow.eval_sha256, CommandRow.created,
         )  # fmt: skip
         query = select(*columns).order_by(CommandRow.created).limit(limit)
         if pending_only:

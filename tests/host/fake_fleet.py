@@ -109,7 +109,7 @@ class FakeFleet:
                 return
             self._pumping = True
             try:
-                self.commands._publish_due(pending_only=False)
+                self.commands._publish_due(pending_only=False, settle=False)
                 while self._replies:
                     batch, self._replies = self._replies, []
                     self.commands.handle(batch)
