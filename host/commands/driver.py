@@ -5,8 +5,10 @@ Two threads per host process:
 - the **publisher** (:meth:`CommandDriver.step`, every ``poll_s`` or when woken) publishes the
   pending commands of online devices, publishes open ones again when their device came back
   online, when this process has not published them yet (a restart, another replica's command),
-  or when a published one got no sign of life for ``republish_s``; it expires commands past their
-  expiry, sends key rotations and retires previous keys (host.commands.keys);
+  or when a published one got no sign of life for ``republish_s``; new commands naming one
+  artifact that are recorded in a burst go out together once the burst settles (``SETTLE_S``, at
+  most ``MAX_HOLD_S``), so that their devices fetch one stream of it; it expires commands past
+  their expiry, sends key rotations and retires previous keys (host.commands.keys);
 - the **writer** takes what paho's network thread hands it (progress, final responses, outputs
   parts) and handles a batch at a time in one transaction: stages noted, each final answer stored
   once (by command, by response msg_id), then acknowledged by an ack command per device, itself
