@@ -588,12 +588,23 @@ def edgetailor_transfers(
             egress_before = proxy.upstream_bytes if proxy else 0
             published_before = fleet.chunks.chunks_published
             started, cpu = time.time(), time.process_time()
-            for device_id in device_ids:
+            sent = [
                 # The boards do not run it; it lets them fetch the artifact, as a deploy does.
                 fleet.commands.send(device_id, BenchmarkCmd(
                     job_id=fleet.commands.commands.new_id(), model=manifest,
                     chunk_size=chunk_size,
-                ))  # fmt: skip
+                )).command_id
+                for device_id in device_ids
+            ]  # fmt: skip
+            # A device fetches once its command reached it: the boards start when it went out.
+            deadline = time.monotonic() + 30
+            while any(
+                fleet.commands.commands.get(c).state == "pending"  # type: ignore[union-attr]
+                for c in sent
+            ):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the commands naming the artifact were never published")
+                time.sleep(0.02)
             for child in children:
                 child.send({"go": True})
             results: list[dict[str, Any]] = []
