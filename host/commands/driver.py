@@ -129,6 +129,7 @@ class CommandDriver:
         self._inbox: queue.SimpleQueue[_Incoming | None] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._rescan = threading.Event()
+        self._recorded = threading.Event()  # this process recorded commands since the last look
         self._stop = threading.Event()
         self._changed = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -196,6 +197,8 @@ class CommandDriver:
         return cancelled
 
     def wake(self) -> None:
+        """Commands were recorded: look at the pending ones now."""
+        self._recorded.set()
         self._wake.set()
 
     def device_online(self, device_id: str) -> None:
@@ -247,7 +250,10 @@ class CommandDriver:
             if rescan:
                 self._rescan.clear()
                 self._last["rescan"] = now
-            self._publish_due(pending_only=not rescan)
+            if rescan or self._recorded.is_set():
+                # New rows of this process are looked at at once; other processes' every scan.
+                self._recorded.clear()
+                self._publish_due(pending_only=not rescan)
         if now - self._last["expire"] >= EXPIRE_SCAN_S:
             self._last["expire"] = now
             expired = self.commands.expire_due(now)
@@ -292,7 +298,8 @@ class CommandDriver:
         for rows in fresh.values():
             newest, oldest = max(r.created for r in rows), min(r.created for r in rows)
             if now - newest < SETTLE_S and now - oldest < MAX_HOLD_S:
-                continue  # more may follow: the next pass publishes the burst at once
+                self._recorded.set()  # more may follow: the next pass publishes the burst
+                continue
             picked += rows
         if picked:
             self.publish(picked)
