@@ -69,7 +69,6 @@ from shared.topics import (
 from shared.transfer import DEFAULT_CHUNK_SIZE, check_chunk_size
 
 if TYPE_CHECKING:
-
     from host.store import Store
 
 logger = logging.getLogger(__name__)
