@@ -185,6 +185,13 @@ class CommandStore:
         """Record the key this database's commands are signed with; returns the key id another
         host process recorded before when it is neither this key nor one it rotated from
         (replicas on one database must share their key), else None."""
+        previous = list(previous)
+        try:
+            return self._note_host_key(key_id, previous)
+        except IntegrityError:  # another process recorded it at the same moment: compare
+            return self._note_host_key(key_id, previous)
+
+    def _note_host_key(self, key_id: str, previous: list[str]) -> str | None:
         with self.store.transaction() as session:
             row = session.get(StoreIdentityRow, "host_key")
             if row is None:
