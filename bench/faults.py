@@ -407,11 +407,13 @@ def deliver(handler: Callable[..., None], client: Any, topic: str, payload: byte
 
 
 def fuzz_agent_once(agent: Any, recorder: RecordingClient, topic: str, payload: bytes) -> None:
-    """One input to the agent; a malformed command on its own topic must get an error response."""
+    """One input to the agent; a malformed command on its own topic must get an error response
+    while the agent's budget of answers to bad commands lasts (a flood gets a bounded number)."""
     from shared.messages import decode
     from shared.topics import Topics
 
     before = len(recorder.published)
+    answerable = agent.refusals.left()
     deliver(agent._on_message, recorder, topic, payload)
     try:
         parsed = Topics(agent.config.base_topic).parse(topic)
@@ -424,7 +426,7 @@ def fuzz_agent_once(agent: Any, recorder: RecordingClient, topic: str, payload: 
         malformed = message.schema != f"cmd.{parsed.name}"
     except ValidationError:
         malformed = True
-    if malformed:
+    if malformed and answerable:
         answers = [decode(p).body for _t, p in recorder.published[before:]]
         if not any(getattr(a, "status", None) == "error" for a in answers):
             raise AssertionError(f"malformed command on {topic} was not answered: {payload[:80]!r}")
@@ -508,11 +510,12 @@ def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
-def _outcome(job: Any, timeout: float) -> str:
+def _outcome(fleet: Any, command_id: str, timeout: float) -> str:
+    from host.commands.bench import wait_benchmark
     from host.errors import JobFailedError, JobTimeoutError
 
     try:
-        job.result(timeout=timeout)
+        wait_benchmark(fleet, command_id, timeout)
         return "ok"
     except JobFailedError as exc:
         return f"error:{exc.code}"
@@ -520,9 +523,16 @@ def _outcome(job: Any, timeout: float) -> str:
         return "no_answer"
 
 
+def _final(fleet: Any, command_id: str) -> bool:
+    info = fleet.commands.commands.get(command_id)
+    return info is not None and info.final
+
+
 def run_broker_kills(model: Path, transfers: int, workdir: Path, seed: int = 0) -> dict[str, Any]:
     """SIGKILL the broker at a random point of each transfer of ``model`` and restart it."""
+    from host.commands.bench import submit_benchmark
     from host.fleet import Fleet
+    from host.store import Store
     from tests.agents import AgentProcess
     from tests.brokers import MosquittoProcess, free_port
 
@@ -544,23 +554,27 @@ def run_broker_kills(model: Path, transfers: int, workdir: Path, seed: int = 0) 
     try:
         agent.start()
         agent.wait_online(timeout=60)
-        with Fleet(broker.url, base, chunk_size=chunk_size) as fleet:
+        with (
+            Store(f"sqlite:///{workdir / 'host.db'}") as store,
+            Fleet(broker.url, base, store=store, chunk_size=chunk_size) as fleet,
+        ):
             for index in range(transfers):
                 variant = model_variant(model, workdir, index, rng)
                 published = fleet.chunks.chunks_published
-                job = fleet.submit_benchmark(
-                    "fault-broker", variant, runs=1, warmup_s=0.0, min_s=0.0, timeout_s=60,
-                    device_timeout_s=60,
-                )  # fmt: skip
+                fleet.wait_for_device("fault-broker", 60)
+                job = submit_benchmark(
+                    fleet, "fault-broker", variant, runs=1, warmup_s=0.0, min_s=0.0, timeout_s=60
+                )
                 target = published + int(rng.uniform(0.05, 0.95) * total)
                 _wait_until(
-                    lambda t=target, j=job: fleet.chunks.chunks_published >= t or j.done(), 30
+                    lambda t=target, j=job: fleet.chunks.chunks_published >= t or _final(fleet, j),
+                    30,
                 )
-                killed_mid_transfer += int(not job.done())
+                killed_mid_transfer += int(not _final(fleet, job))
                 broker.kill()
                 time.sleep(rng.uniform(0.0, 1.5))
                 broker.start()
-                outcome = _outcome(job, JOB_TIMEOUT_S)
+                outcome = _outcome(fleet, job, JOB_TIMEOUT_S)
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
                 invalid += invalid_store_entries(agent.data_dir / "store")
                 variant.unlink()
@@ -585,7 +599,8 @@ def run_agent_kills(
     model: Path, kills: int, workdir: Path, broker_url: str, seed: int = 0
 ) -> dict[str, Any]:
     """SIGKILL the agent at random points of download, verify, activate and report, restart it, and
-    count how often each finished job's result reached the host."""
+    count how often each finished job's result was stored by the host."""
+    from host.commands.bench import submit_benchmark
     from host.fleet import Fleet
     from host.store import Store
     from shared.messages import DeployCmd
@@ -607,9 +622,6 @@ def run_agent_kills(
     store = Store(f"sqlite:///{workdir / 'host.db'}")
     started = time.monotonic()
 
-    def delivered(handle: Any, _response: Any) -> None:
-        deliveries[handle.job_id] = deliveries.get(handle.job_id, 0) + 1
-
     def active_sha() -> str | None:
         link = agent.data_dir / "active"
         return link.resolve().name if link.is_symlink() else None
@@ -618,7 +630,6 @@ def run_agent_kills(
         agent.start()
         agent.wait_online(timeout=60)
         with Fleet(broker_url, base, store=store, chunk_size=chunk_size) as fleet:
-            fleet.on_result(delivered)
             for index in range(kills):
                 point = KILL_POINTS[index % len(KILL_POINTS)]
                 points[point] = points.get(point, 0) + 1
@@ -632,50 +643,62 @@ def run_agent_kills(
                     agent.restart(env={"EDGETAILOR_AGENT_CRASH_AT": hook})
                     agent.wait_online(timeout=60)
                     old = active_sha()
-                    manifest = fleet.offer(variant)
-                    job = fleet.send_command(
+                    manifest = msgspec.structs.replace(
+                        fleet.offer(variant), target_device="fault-agent", sequence=index + 1
+                    )  # addressed and numbered as host.deploy does; signed when published
+                    job = fleet.commands.send(
                         "fault-agent",
                         DeployCmd(deploy_id=f"d{index}", model=manifest, chunk_size=chunk_size,
                                   health_runs=2, timeout_s=60),
-                    )  # fmt: skip
+                    ).command_id  # fmt: skip
                     agent.wait_exit(timeout=60)
                     agent.restart(env={})
                     agent.wait_online(timeout=60)
-                    response = job.wait(timeout=JOB_TIMEOUT_S)
-                    code = f":{response.error.code}" if response.error else ""
-                    outcome = response.status + code
+                    info = fleet.commands.wait(job, timeout=JOB_TIMEOUT_S)
+                    code = f":{info.error_code}" if info.error_code else ""
+                    outcome = ("ok" if info.state == "answered" else "error") + code
                     active_checks += 1
                     active_ok += int(active_sha() in (old, manifest.sha256))
                 elif point == "report":
                     agent.restart(env={"EDGETAILOR_AGENT_CRASH_AT": "after_result_persisted"})
                     agent.wait_online(timeout=60)
-                    job = fleet.submit_benchmark(
-                        "fault-agent", variant, runs=1, warmup_s=0.0, min_s=0.0, timeout_s=60
-                    )
+                    fleet.wait_for_device("fault-agent", 60)
+                    job = submit_benchmark(
+                        fleet, "fault-agent", variant, runs=1, warmup_s=0.0, min_s=0.0,
+                        timeout_s=60,
+                    )  # fmt: skip
                     agent.wait_exit(timeout=60)
                     agent.restart(env={})
                     agent.wait_online(timeout=60)
-                    outcome = _outcome(job, JOB_TIMEOUT_S)
+                    outcome = _outcome(fleet, job, JOB_TIMEOUT_S)
                 else:
                     published = fleet.chunks.chunks_published
-                    job = fleet.submit_benchmark(
-                        "fault-agent", variant, runs=1, warmup_s=0.0, min_s=0.0, timeout_s=60
-                    )
+                    fleet.wait_for_device("fault-agent", 60)
+                    job = submit_benchmark(
+                        fleet, "fault-agent", variant, runs=1, warmup_s=0.0, min_s=0.0,
+                        timeout_s=60,
+                    )  # fmt: skip
                     fraction = rng.uniform(0.05, 0.95) if point == "download" else 1.0
                     target = published + int(fraction * total)
                     _wait_until(
-                        lambda t=target, j=job: fleet.chunks.chunks_published >= t or j.done(), 30
+                        lambda t=target, j=job: (
+                            fleet.chunks.chunks_published >= t or _final(fleet, j)
+                        ),
+                        30,
                     )
                     if point == "verify":
                         time.sleep(rng.uniform(0.0, 0.3))
                     agent.kill()
                     agent.start()
                     agent.wait_online(timeout=60)
-                    outcome = _outcome(job, JOB_TIMEOUT_S)
+                    outcome = _outcome(fleet, job, JOB_TIMEOUT_S)
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
                 invalid += invalid_store_entries(agent.data_dir / "store")
             time.sleep(3)  # several outbox re-send periods: a duplicate would show up now
-            stored_results = len(store.list_results())
+            stored = fleet.commands.stored  # answers stored, per command (a second would count)
+            for command_id, count in stored.items():
+                deliveries[command_id] = count
+            stored_results = sum(stored.values())
     finally:
         agent.terminate(timeout=10)
         store.close()

@@ -10,10 +10,14 @@ pattern: wait until every board is registered (retained birth and ``online``), s
 ``cmd.benchmark`` naming the same small artifact, serve the chunk requests, take every final result
 and acknowledge it with ``cmd.ack``.
 
-- ``reference``: a bare paho client, no host: pre-encoded envelopes, chunks framed from bytes in
-  memory, results kept in a dict.
-- ``edgetailor``: the host's ``Fleet`` with its SQLite store (``submit_benchmark`` per board,
-  results stored as they arrive, each checked in the database afterwards: one per job).
+- ``reference``: a bare paho client, no host: envelopes built in memory, chunks framed from bytes
+  in memory, results kept in a dict. The boards (like real agents) refuse unsigned commands, so
+  it signs each command and ack with an Ed25519 key and a per-board sequence number, which is
+  what any host of this protocol must do; it checks nothing the boards send.
+- ``edgetailor``: the host's ``Fleet`` with its SQLite store (a benchmark command recorded per
+  board through host.commands.bench, published and signed by the command driver, every board
+  message checked against the board's pinned key, results stored as they arrive and acknowledged,
+  each checked in the database afterwards: one per command).
 - ``service``: the same through ``edgetailor serve``'s service (its deployment driver, campaign
   and event loops running beside it), with the HTTP side left out.
 
@@ -65,6 +69,7 @@ def _reference(broker: str, base: str, boards: int, artifact: Path) -> dict[str,
     from host.fleet.client import subscription_qos
     from shared.broker_url import parse_broker_url
     from shared.messages import AckCmd, BenchmarkCmd, ChunkRequest, Response, decode, encode
+    from shared.signing import Signer
     from shared.topics import STATUS_ONLINE, Topics
     from shared.transfer import chunk_bounds, chunk_count, encode_chunk, no_delay
 
@@ -75,6 +80,13 @@ def _reference(broker: str, base: str, boards: int, artifact: Path) -> dict[str,
     births: set[str] = set()
     results: dict[str, bytes] = {}
     registered, finished = threading.Event(), threading.Event()
+    signer = Signer.generate()
+    sequences: dict[str, int] = {}
+
+    def signed(body: Any, device: str) -> bytes:
+        sequences[device] = sequences.get(device, 0) + 1
+        return encode(body, device_id=device, signer=signer, seq=sequences[device])
+
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
     client.on_socket_open = no_delay
 
@@ -103,7 +115,7 @@ def _reference(broker: str, base: str, boards: int, artifact: Path) -> dict[str,
             body = message.body
             if isinstance(body, Response) and body.status != "progress":
                 results.setdefault(device, msg.payload)
-                ack = encode(AckCmd(msg_ids=[message.msg_id]), device_id=device)
+                ack = signed(AckCmd(msg_ids=[message.msg_id]), device)
                 c.publish(topics.cmd(device, "ack"), ack, qos=1)
                 if len(results) == boards:
                     finished.set()
@@ -121,7 +133,7 @@ def _reference(broker: str, base: str, boards: int, artifact: Path) -> dict[str,
     cpu0, t0 = _cpu_s(), time.monotonic()
     for index, device in enumerate(sorted(online)):
         cmd = BenchmarkCmd(job_id=f"job-{index:06d}", model=manifest, runs=20)
-        client.publish(topics.cmd(device, "benchmark"), encode(cmd, device_id=device), qos=1)
+        client.publish(topics.cmd(device, "benchmark"), signed(cmd, device), qos=1)
     if not finished.wait(600):
         raise RuntimeError(f"only {len(results)} of {boards} results")
     wall, cpu = time.monotonic() - t0, _cpu_s() - cpu0
@@ -162,16 +174,21 @@ def _edgetailor(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {len(ready)} of {boards} boards registered")
             time.sleep(0.05)
+        from host.commands.bench import submit_benchmark, wait_benchmark
+
         cpu0, t0 = _cpu_s(), time.monotonic()
-        handles = [
-            fleet.submit_benchmark(d, artifact, manifest, runs=20, device_timeout_s=5)
+        commands = [
+            submit_benchmark(fleet, d, artifact, model_manifest=manifest, runs=20)
             for d in sorted(ready)
         ]
-        results = [h.result(timeout=600) for h in handles]
+        results = [wait_benchmark(fleet, c, 600) for c in commands]
         wall, cpu = time.monotonic() - t0, _cpu_s() - cpu0
-        stored = store.list_results()
-        jobs = {h.job_id for h in handles}
-        once = len(stored) == boards and {r.job_id for r in stored} == jobs
+        stored = [c for c in fleet.commands.commands.list(kinds=("benchmark",)) if c.result_json]
+        once = (
+            len(stored) == boards
+            and {c.command_id for c in stored} == set(commands)
+            and len({c.response_msg_id for c in stored}) == boards
+        )
         time.sleep(0.5)  # the last acks leave
     finally:
         if runner is not None:

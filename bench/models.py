@@ -15,7 +15,7 @@ Compression runs **without labels** on the training and validation splits, so ev
 test split keeps its labels, so the host metric is test accuracy of the exported file; the
 encoder is scored by cosine similarity to the uncompressed model's embeddings. Each row: file size
 ratio to the fp32 baseline, MACs, host metric with its 95% interval, and the metric and latency a
-real agent (a subprocess on a private Mosquitto, benchmarking through ``Fleet.submit_benchmark``)
+real agent (a subprocess on a private Mosquitto, benchmarking through ``host.commands.bench``)
 measured; a recipe that fails says why.
 
 ``--quick`` (``make bench``): smaller configs of the same classes, a fifth of the epochs and five
@@ -206,6 +206,7 @@ def pretrain(arch: Arch, bundle: Any, data: Any, epochs: int, seed: int = 0) -> 
 def real_agent(workdir: Path) -> Iterator[tuple[Any, str]]:
     """A private Mosquitto, one agent subprocess (1 thread) on it, and a Fleet talking to it."""
     from host.fleet import Fleet
+    from host.store import Store
     from tests.agents import AgentProcess
     from tests.brokers import MosquittoProcess, free_port
 
@@ -219,7 +220,10 @@ def real_agent(workdir: Path) -> Iterator[tuple[Any, str]]:
     try:
         agent.start()
         agent.wait_online(timeout=120)
-        with Fleet(broker.url, base) as fleet:
+        with (
+            Store(f"sqlite:///{workdir / 'host.db'}") as store,
+            Fleet(broker.url, base, store=store) as fleet,
+        ):
             yield fleet, device
     finally:
         agent.terminate(timeout=15)
@@ -231,22 +235,24 @@ def board_measure(
 ) -> dict[str, Any]:
     """Benchmark one file on the agent; ``task`` travels in the job, so the agent scores the same
     metric (shared.scoring) as the host did for the same file."""
+    from host.commands.bench import benchmark
     from shared.errors import EdgeTailorError
 
     try:
-        job = fleet.submit_benchmark(
+        fleet.wait_for_device(device, 60)
+        result = benchmark(
+            fleet,
             device,
             artifact.path,
-            artifact.manifest,
-            eval_path,
+            model_manifest=artifact.manifest,
+            eval_path=eval_path,
             threads=1,
             runs=runs,
             min_s=0.5,
             timeout_s=600,
-            device_timeout_s=60,
             task=task,
+            timeout=900,
         )
-        result = job.result(timeout=900)
     except EdgeTailorError as exc:
         return {"error": str(exc)[:300]}
     return {

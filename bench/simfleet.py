@@ -6,9 +6,13 @@ retained birth and ``online`` status, and answers commands with the real ``share
 payload hash checked, the whole artifact checked against its manifest's sha256), the agent's
 ``accepted``/``fetching``/``running`` progress, and a final result kept in an in-memory outbox and
 sent again every ``outbox_retry_s`` until the host acknowledges it with ``cmd.ack``, as
-device_agent.agent does with its outbox on disk. Nothing runs a model: the benchmark numbers are
-synthesized (a latency that grows with the model's size, jittered per board; a metric near 0.9)
-and say so (``backend`` ``simulated``).
+device_agent.agent does with its outbox on disk. Like the agent, each board checks every command
+(shared.signing: signed by the host key it pinned on first use, addressed to it, unexpired, a
+sequence number new to its replay window), refuses the others with their code, and signs
+everything it sends with a device key of its own, at the moment it sends it: that cost is part of
+the fleet bench. Nothing runs a model: the benchmark numbers are synthesized (a latency that grows
+with the model's size, jittered per board; a metric near 0.9) and say so (``backend``
+``simulated``); a deploy fetches its artifact and commits, a rollback restores.
 
 One thread drives every connection: paho clients without their own network threads, their sockets
 in one ``selectors`` loop (``on_socket_register_write`` tells when one has bytes to send), so a
@@ -34,7 +38,7 @@ from typing import Any, Self
 import paho.mqtt.client as mqtt
 
 from shared.broker_url import parse_broker_url
-from shared.errors import ValidationError
+from shared.errors import SignatureError, ValidationError
 from shared.manifest import ArtifactManifest
 from shared.messages import (
     AckCmd,
@@ -42,15 +46,19 @@ from shared.messages import (
     Birth,
     Body,
     ChunkRequest,
+    DeployCmd,
     ErrorInfo,
+    Message,
     PingCmd,
     Response,
+    RollbackCmd,
     RuntimeInfo,
     decode,
     encode,
     new_msg_id,
 )
-from shared.results import BenchmarkResult, LatencyStats, TransferStats, to_data
+from shared.results import BenchmarkResult, DeployResult, LatencyStats, TransferStats, to_data
+from shared.signing import ReplayWindow, Signer, key_id_of, verify_message
 from shared.topics import STATUS_OFFLINE, STATUS_ONLINE, Topics
 from shared.transfer import chunk_count, decode_chunk
 
@@ -69,6 +77,7 @@ class _Fetch:
     subscribed: bool = False
     requests: int = 0
     started: float = field(default_factory=time.monotonic)
+    last_chunk: float = field(default_factory=time.monotonic)
     rejected: int = 0
     duplicates: int = 0
 
@@ -76,7 +85,7 @@ class _Fetch:
 @dataclass
 class _Job:
     cmd_id: str
-    cmd: BenchmarkCmd
+    cmd: BenchmarkCmd | DeployCmd
     fetches: list[_Fetch]
     transfers: list[TransferStats] = field(default_factory=list)
 
@@ -87,6 +96,7 @@ class SimStats:
     results_sent: int = 0
     results_resent: int = 0
     acks: int = 0
+    refused: int = 0
     chunks_received: int = 0
     chunks_rejected: int = 0
     hash_failures: int = 0
@@ -103,7 +113,11 @@ class SimBoard:
         self.rng = random.Random(f"{fleet.seed}-{device_id}")
         self.speed = self.rng.uniform(0.6, 1.6)  # this board's latency factor
         self.journal: dict[str, str | None] = {}  # cmd msg_id -> final response msg_id
-        self.outbox: dict[str, tuple[str, bytes]] = {}  # msg_id -> (topic, payload)
+        # msg_id -> (topic, body, corr_id): signed again each time it is published
+        self.outbox: dict[str, tuple[str, Body, str | None]] = {}
+        self.signer = Signer.generate()  # this board's device key
+        self.pinned: str | None = None  # the host key, pinned on the first valid command
+        self.window = ReplayWindow()
         self.jobs: dict[str, _Job] = {}
         self.fetches: dict[str, _Fetch] = {}  # sha256 -> the transfer in progress
         self._sub_mids: dict[int, str] = {}
@@ -162,8 +176,16 @@ class SimBoard:
             python="3.11",
             runtimes=[RuntimeInfo("tflite", "simulated", "0", ["tflite", "onnx"])],
             tags={"simulated": "true"},
+            host_key_id=key_id_of(self.pinned) if self.pinned else None,
         )
-        return encode(body, device_id=self.device_id)
+        return self._encode(body)
+
+    def _encode(
+        self, body: Body, *, corr_id: str | None = None, msg_id: str | None = None
+    ) -> bytes:
+        return encode(
+            body, device_id=self.device_id, corr_id=corr_id, msg_id=msg_id, signer=self.signer
+        )
 
     # -- incoming --------------------------------------------------------------------------------
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
@@ -178,35 +200,68 @@ class SimBoard:
         except Exception:  # the loop serves every board: one bad message must not stop it
             logger.exception("board %s failed on a message on %s", self.device_id, msg.topic)
 
+    def _admit(self, name: str, message: Message) -> bool:
+        """The agent's checks (device_agent.trust): signature by the pinned key (pinning the
+        first valid one), address, expiry, a sequence number new to the window."""
+        try:
+            key = verify_message(
+                message,
+                trusted={self.pinned} if self.pinned else None,
+                device_id=self.device_id,
+            )
+            seq = message.auth.seq if message.auth is not None else None
+            if seq is None or not self.window.is_new(seq):
+                if seq is not None and message.msg_id in self.journal:
+                    return True  # the same envelope again: a duplicate, answered as one
+                raise SignatureError(f"{message.msg_id}: no new sequence number")
+        except SignatureError as exc:
+            self.fleet.stats.refused += 1
+            error = ErrorInfo(code=exc.code, message=str(exc)[:4000])
+            self._respond(name, message.msg_id, Response(status="error", error=error))
+            return False
+        self.window.accept(seq)
+        if self.pinned is None:
+            self.pinned = key
+        return True
+
     def _on_command(self, name: str, payload: bytes) -> None:
         message = decode(payload)
+        if not self._admit(name, message):
+            return
         body = message.body
         if isinstance(body, AckCmd):
-            for msg_id in body.msg_ids:
+            for msg_id in [*body.msg_ids, *body.unknown]:
                 if self.outbox.pop(msg_id, None) is not None:
                     self.fleet.stats.acks += 1
             return
         if isinstance(body, PingCmd):
             self._respond(name, message.msg_id, Response(status="ok", data={"simulated": True}))
             return
-        if not isinstance(body, BenchmarkCmd):
+        if isinstance(body, RollbackCmd):
+            result = DeployResult(
+                deploy_id=body.deploy_id, outcome="restored", active_sha256=None,
+                previous_sha256=None, detail="simulated",
+            )  # fmt: skip
+            self._finish(name, message.msg_id, Response(status="ok", data=to_data(result)))
+            return
+        if not isinstance(body, BenchmarkCmd | DeployCmd):
             error = ErrorInfo(code="unsupported_command", message=f"simulated: {message.schema}")
             self._respond(name, message.msg_id, Response(status="error", error=error))
             return
         if message.msg_id in self.journal:  # a command sent again: its result again, if done
             done = self.journal[message.msg_id]
             if done is not None and done in self.outbox:
-                topic, data = self.outbox[done]
-                self.client.publish(topic, data, qos=QOS)
+                self._publish_outbox_entry(done)
             return
         self.fleet.stats.commands += 1
         self.journal[message.msg_id] = None
-        accepted = {"stage": "accepted", "job_id": body.job_id}
+        job_id = body.job_id if isinstance(body, BenchmarkCmd) else body.deploy_id
+        accepted = {"stage": "accepted", "job_id": job_id}
         self._respond(name, message.msg_id, Response(status="progress", data=accepted))
         self._respond(
             name,
             message.msg_id,
-            Response(status="progress", data={"stage": "fetching", "job_id": body.job_id}),
+            Response(status="progress", data={"stage": "fetching", "job_id": job_id}),
         )
         manifests = [body.model] + ([body.eval_data] if body.eval_data is not None else [])
         fetches = [self._start_fetch(m, body.chunk_size) for m in manifests]
@@ -249,17 +304,22 @@ class SimBoard:
         )
         fetch.requests += 1
         self.client.publish(
-            self.topics.xfer_request(self.device_id),
-            encode(request, device_id=self.device_id),
-            qos=QOS,
+            self.topics.xfer_request(self.device_id), self._encode(request), qos=QOS
         )
         sha, asked = fetch.manifest.sha256, fetch.requests
         self.fleet.later(self.fleet.retry_s, lambda: self._retry(sha, asked))
 
     def _retry(self, sha256: str, asked: int) -> None:
+        """Ask again for what is missing once no chunk at all came for ``retry_s``, as the
+        agent's fetch does: while chunks still flow, the missing ones are queued behind them."""
         fetch = self.fetches.get(sha256)
-        if fetch is not None and fetch.requests == asked:  # nothing newer asked since
-            self._request_missing(fetch)
+        if fetch is None or fetch.requests != asked:  # done, or something newer asked since
+            return
+        quiet = time.monotonic() - fetch.last_chunk
+        if quiet < self.fleet.retry_s:
+            self.fleet.later(self.fleet.retry_s - quiet, lambda: self._retry(sha256, asked))
+            return
+        self._request_missing(fetch)
 
     def _on_chunk(self, sha256: str, frame: bytes) -> None:
         fetch = self.fetches.get(sha256)
@@ -275,6 +335,7 @@ class SimBoard:
             fetch.rejected += 1
             self.fleet.stats.chunks_rejected += 1
             return
+        fetch.last_chunk = time.monotonic()
         if chunk.index in fetch.chunks:
             fetch.duplicates += 1
             return
@@ -316,6 +377,14 @@ class SimBoard:
     def _maybe_run(self, job: _Job) -> None:
         if job.fetches:
             return
+        if isinstance(job.cmd, DeployCmd):
+            result = DeployResult(
+                deploy_id=job.cmd.deploy_id, outcome="committed",
+                active_sha256=job.cmd.model.sha256, previous_sha256=None, detail="simulated",
+            )  # fmt: skip
+            self.jobs.pop(job.cmd_id, None)
+            self._finish("deploy", job.cmd_id, Response(status="ok", data=to_data(result)))
+            return
         self._respond(
             "benchmark",
             job.cmd_id,
@@ -325,6 +394,8 @@ class SimBoard:
 
     def _finish_job(self, job: _Job) -> None:
         cmd = job.cmd
+        if not isinstance(cmd, BenchmarkCmd):
+            return
         p50 = (0.4 + cmd.model.size_bytes / 2**20 * 1.5) * self.speed
         samples = sorted(p50 * self.rng.lognormvariate(0.0, 0.08) for _ in range(cmd.runs))
 
@@ -361,28 +432,29 @@ class SimBoard:
             accuracy=metric_value if cmd.eval_data is not None else None,
             transfers=job.transfers,
         )
-        msg_id = new_msg_id()
-        topic = self.topics.resp(self.device_id, "benchmark")
-        payload = encode(
-            Response(status="ok", data=to_data(result)),
-            device_id=self.device_id,
-            corr_id=job.cmd_id,
-            msg_id=msg_id,
-        )
-        self.outbox[msg_id] = (topic, payload)
-        self.journal[job.cmd_id] = msg_id
         self.jobs.pop(job.cmd_id, None)
-        self.client.publish(topic, payload, qos=QOS)
-        self.fleet.stats.results_sent += 1
+        self._finish("benchmark", job.cmd_id, Response(status="ok", data=to_data(result)))
 
     # -- outbound --------------------------------------------------------------------------------
+    def _finish(self, name: str, cmd_id: str, response: Response) -> None:
+        """A final response: kept in the outbox until acknowledged, then published."""
+        msg_id = new_msg_id()
+        self.outbox[msg_id] = (self.topics.resp(self.device_id, name), response, cmd_id)
+        self.journal[cmd_id] = msg_id
+        self._publish_outbox_entry(msg_id)
+        self.fleet.stats.results_sent += 1
+
+    def _publish_outbox_entry(self, msg_id: str) -> None:
+        topic, body, corr_id = self.outbox[msg_id]
+        self.client.publish(topic, self._encode(body, corr_id=corr_id, msg_id=msg_id), qos=QOS)
+
     def _respond(self, name: str, corr_id: str | None, response: Body) -> None:
-        payload = encode(response, device_id=self.device_id, corr_id=corr_id)
+        payload = self._encode(response, corr_id=corr_id)
         self.client.publish(self.topics.resp(self.device_id, name), payload, qos=QOS)
 
     def _republish_outbox(self) -> None:
-        for topic, payload in list(self.outbox.values()):
-            self.client.publish(topic, payload, qos=QOS)
+        for msg_id in list(self.outbox):
+            self._publish_outbox_entry(msg_id)
             self.fleet.stats.results_resent += 1
 
 

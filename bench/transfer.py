@@ -20,7 +20,21 @@ The ratio is edgetailor's MB/s over the baseline's, per run; the table shows the
 Egress: N boards (10 and 100; many per process, each with its own MQTT connection and its own copy
 of the agent's fetch code, no runtime) fetch the same artifact at once from one host. The host
 reaches the broker through a TCP proxy that counts every byte the host sends; that count over the
-artifact's size is the egress ratio. Every board's file is checked against the sha256.
+artifact's size is the egress ratio. Every board's file is checked against the sha256. The host
+serves chunks only to a device with an open command naming the artifact, signed by the device's
+pinned key: each board announces itself with a signed birth and the host records a command for it
+(host.commands) before it asks.
+
+Egress on the user's paths: N simulated boards (``bench.simfleet``: the real protocol, signed, in a
+process of their own) are sent one artifact through each path a user takes, the host's bytes
+counted the same way, from the first command to the last answer:
+
+- ``deploy --model``: the rollout ``edgetailor deploy --model FILE --devices ...`` runs
+  (host.deploy.Deployer, one wave);
+- ``service``: ``edgetailor serve``'s service driving a rollout created as ``POST /deployments``
+  creates it (host.deploy.create_rollout);
+- ``campaign``: one benchmark command per board from a thread per board, as a campaign's scheduler
+  sends them (host.commands.bench).
 
 Results go to ``bench/results/transfer.json`` with every raw sample; ``--quick`` uses small sizes
 and one run (well under a minute) for checking that the bench works.
@@ -57,6 +71,7 @@ DEFAULT_OUT = Path("bench/results/transfer.json")
 RAW_CHUNK = 128 * 1024
 SPEED_GOAL = 0.5  # edgetailor MB/s over the bare publisher's, at least
 EGRESS_GOAL = 1.2  # host egress over the artifact size, at most
+PATHS = ("deploy --model", "service", "campaign")  # the user's paths, see path_egress
 MOSQUITTO_LIMITS = ""  # the installed Mosquitto's defaults; see the module doc
 MB = 1e6
 
@@ -153,6 +168,7 @@ class SimulatedBoard:
     def __init__(self, broker_url: str, base_topic: str, device_id: str, data_dir: Path) -> None:
         from device_agent.store import ArtifactStore
         from shared.broker_url import parse_broker_url
+        from shared.signing import Signer
         from shared.topics import Topics
         from shared.transfer import no_delay
 
@@ -160,6 +176,7 @@ class SimulatedBoard:
         self.topics = Topics(base_topic)
         self.store = ArtifactStore(data_dir)
         self.address = parse_broker_url(broker_url)
+        self.signer = Signer.generate()  # the device key the host pins on its signed birth
         self.fetch: Any = None
         self.topic: str | None = None
         self.connected = threading.Event()
@@ -174,6 +191,7 @@ class SimulatedBoard:
         self.client.on_message = self._on_message
         self.client.on_socket_open = no_delay
         self.client.reconnect_delay_set(0.5, 10)
+        self.client.will_set(self.topics.status(device_id), b"offline", qos=1, retain=True)
 
     def start(self) -> None:
         self.client.connect(self.address.host, self.address.port, keepalive=30)
@@ -182,9 +200,17 @@ class SimulatedBoard:
             raise TimeoutError(f"{self.device_id} could not connect to {self.address}")
 
     def _on_connect(self, client: mqtt.Client, *_args: Any) -> None:
+        from shared.messages import Birth
+
         fetch, topic = self.fetch, self.topic
         if topic is not None:
             client.subscribe(topic, qos=1)
+        birth = self._encode(
+            Birth(agent_version="bench.transfer", arch="simulated", cpu_model="simulated",
+                  cores=1, ram_mb=1024.0, os="simulated", python="3")
+        )  # fmt: skip
+        client.publish(self.topics.birth(self.device_id), birth, qos=1, retain=True)
+        client.publish(self.topics.status(self.device_id), b"online", qos=1, retain=True)
         self.connected.set()
         if fetch is not None:
             fetch.on_reconnect()
@@ -194,16 +220,15 @@ class SimulatedBoard:
         if fetch is not None and msg.topic == self.topic:
             fetch.on_chunk(msg.payload)
 
-    def _request(self, request: Any) -> None:
+    def _encode(self, body: Any) -> bytes:
         from shared.messages import encode
 
+        return encode(body, device_id=self.device_id, signer=self.signer)
+
+    def _request(self, request: Any) -> None:
         if not self.connected.is_set():
             return
-        self.client.publish(
-            self.topics.xfer_request(self.device_id),
-            encode(request, device_id=self.device_id),
-            qos=1,
-        )
+        self.client.publish(self.topics.xfer_request(self.device_id), self._encode(request), qos=1)
 
     def receive(self, sha256: str, size: int, chunk_size: int, options: dict[str, Any]) -> dict:
         """Fetch, verify and store one artifact; returns timings and the fetch's own counters."""
@@ -510,15 +535,18 @@ def edgetailor_transfers(
     count_egress: bool,
     timeout_s: float,
     spread_s: float = 0.0,
-    announce: bool = True,
 ) -> dict[str, Any]:
     """``boards`` simulated boards fetch ``path`` from one Fleet; timings and egress.
 
-    Board ``i`` starts ``i * spread_s / (boards - 1)`` s after the first: 0 is all at once.
-    ``announce``: the host knows the boards will ask, as when it sent them a deploy command.
+    Board ``i`` starts ``i * spread_s / (boards - 1)`` s after the first: 0 is all at once. The
+    host records a command naming the artifact for each board once it is registered (the chunk
+    server serves nobody else), and so expects each board to ask.
     """
     from host.fleet import Fleet
+    from host.store import Store
     from shared.broker_url import parse_broker_url
+    from shared.manifest import ArtifactManifest
+    from shared.messages import BenchmarkCmd
 
     base_topic = f"etbench-{uuid.uuid4().hex[:10]}"
     size = path.stat().st_size
@@ -529,10 +557,13 @@ def edgetailor_transfers(
     delays = {d: i * spread_s / max(1, boards - 1) for i, d in enumerate(device_ids)}
     groups = [device_ids[i::processes] for i in range(min(processes, boards))]
     children: list[Child] = []
+    store = Store(f"sqlite:///{data_dir / f'host-{base_topic}.db'}")
     try:
-        with Fleet(host_url, base_topic, chunk_size=chunk_size) as fleet:
+        with Fleet(host_url, base_topic, store=store, chunk_size=chunk_size) as fleet:
             fleet.wait_synced(settle_s=0.2)
-            fleet.chunks.offer(sha256, path)
+            manifest = ArtifactManifest(sha256=sha256, size_bytes=size, format="onnx",
+                                        precision="fp32", name=path.name)  # fmt: skip
+            fleet.offer(path, manifest, verify=False)
             for group in groups:
                 children.append(
                     Child.start(
@@ -552,12 +583,28 @@ def edgetailor_transfers(
                 )
             for child in children:
                 child.read(120)
-            for device_id in device_ids if announce else ():
-                # What Fleet.send_command does for a command naming the artifact (a deploy).
-                fleet.chunks.expect(sha256, device_id)
+            for device_id in device_ids:
+                fleet.wait_for_device(device_id, 60)
             egress_before = proxy.upstream_bytes if proxy else 0
             published_before = fleet.chunks.chunks_published
             started, cpu = time.time(), time.process_time()
+            sent = [
+                # The boards do not run it; it lets them fetch the artifact, as a deploy does.
+                fleet.commands.send(device_id, BenchmarkCmd(
+                    job_id=fleet.commands.commands.new_id(), model=manifest,
+                    chunk_size=chunk_size,
+                )).command_id
+                for device_id in device_ids
+            ]  # fmt: skip
+            # A device fetches once its command reached it: the boards start when it went out.
+            deadline = time.monotonic() + 30
+            while any(
+                fleet.commands.commands.get(c).state == "pending"  # type: ignore[union-attr]
+                for c in sent
+            ):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the commands naming the artifact were never published")
+                time.sleep(0.02)
             for child in children:
                 child.send({"go": True})
             results: list[dict[str, Any]] = []
@@ -576,13 +623,13 @@ def edgetailor_transfers(
             child.close()
         if proxy is not None:
             proxy.close()
+        store.close()
     errors = [r for r in results if "error" in r]
     ok = [r for r in results if "error" not in r]
     total_chunks = -(-size // chunk_size)
     return {
         "boards": boards,
         "start_spread_s": spread_s,
-        "announced": announce,
         "bytes": size,
         "chunk_size": chunk_size,
         "chunks": total_chunks,
@@ -635,6 +682,8 @@ def run_bench(
     chunk_size: int,
     deploy_boards: int = 10,
     deploy_mb: float = 20.0,
+    path_boards: list[int] | None = None,
+    paths: tuple[str, ...] = PATHS,
     fetch_options: dict[str, Any] | None = None,
     round_trips: int = 50,
     timeout_s: float = 300.0,
@@ -657,6 +706,7 @@ def run_bench(
         "round_trip": {},
         "speed": [],
         "egress": [],
+        "paths": [],
         "deploy": None,
         "started": time.time(),
     }
@@ -684,14 +734,19 @@ def run_bench(
                 if kind != brokers[0]:
                     continue  # egress does not depend on the broker; measured on the first
                 path, sha = artifacts[fanout_mb]
-                variants = [(count, spread, True) for count in boards for spread in spreads_s]
-                variants += [(count, 0.0, False) for count in boards]
-                for count, spread, announce in variants:
+                variants = [(count, spread) for count in boards for spread in spreads_s]
+                for count, spread in variants:
                     report["egress"].append(
-                        _egress_row(url, kind, path, sha, count, spread, announce, workdir,
+                        _egress_row(url, kind, path, sha, count, spread, workdir,
                                     chunk_size=chunk_size, fetch_options=fetch_options,
                                     timeout_s=timeout_s)
                     )  # fmt: skip
+                for count in path_boards if path_boards is not None else boards:
+                    for path_name in paths:
+                        report["paths"].append(
+                            path_egress(url, workdir / "paths", path_name, count, path, sha,
+                                        timeout_s)
+                        )  # fmt: skip
                 if deploy_boards:
                     report["deploy"] = deploy_egress(
                         url, workdir / "deploy", deploy_boards, deploy_mb, timeout_s
@@ -747,7 +802,6 @@ def _egress_row(
     sha: str,
     count: int,
     spread: float,
-    announce: bool,
     workdir: Path,
     *,
     chunk_size: int,
@@ -760,7 +814,6 @@ def _egress_row(
         result = edgetailor_transfers(
             url, path, sha, count, disk, chunk_size=chunk_size, fetch_options=fetch_options,
             processes=min(count, 5), count_egress=True, timeout_s=timeout_s, spread_s=spread,
-            announce=announce,
         )  # fmt: skip
     finally:
         shutil.rmtree(disk, ignore_errors=True)
@@ -783,8 +836,7 @@ def _egress_row(
 def _egress_label(row: dict[str, Any]) -> str:
     spread = row["start_spread_s"]
     start = "all at once" if not spread else f"starts spread over {spread:g} s"
-    known = "sent a command" if row["announced"] else "not announced to the host"
-    return f"{row['boards']} boards fetching {row['bytes'] / MB:g} MB, {start}, {known}"
+    return f"{row['boards']} boards fetching {row['bytes'] / MB:g} MB, {start}"
 
 
 def _mlp_model(out_dir: Path, size_mb: float) -> Path:
@@ -873,6 +925,134 @@ def deploy_egress(
     return row
 
 
+def path_egress(
+    broker_url: str,
+    workdir: Path,
+    path_name: str,
+    boards: int,
+    artifact: Path,
+    sha256: str,
+    timeout_s: float,
+) -> dict[str, Any]:
+    """One artifact to ``boards`` simulated boards through one of the user's :data:`PATHS`; the
+    host's bytes to the broker counted through the proxy, from the first command to the last
+    answer (bench.simfleet boards: fetch, verify, commit a deploy, answer a benchmark). The
+    artifact was written before, as a user's model file is."""
+    from host.deploy import Deployer, DeployTarget, create_rollout
+    from host.fleet import Fleet
+    from host.store import Store
+    from host.store.deployments import DeploymentStore
+    from shared.broker_url import parse_broker_url
+    from shared.manifest import ArtifactManifest
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    manifest = ArtifactManifest(sha256=sha256, size_bytes=artifact.stat().st_size,
+                                format="onnx", precision="fp32", name=artifact.name)  # fmt: skip
+    base_topic = f"etbench-{uuid.uuid4().hex[:10]}"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    sims = subprocess.Popen(
+        [sys.executable, "-m", "bench.simfleet", broker_url, base_topic, str(boards)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    proxy = CountingProxy(parse_broker_url(broker_url).port)
+    host_url = f"mqtt://127.0.0.1:{proxy.port}"
+    db = f"sqlite:///{workdir / f'host-{base_topic}.db'}"
+    store: Store | None = None
+    service: Any = None
+    try:
+        assert sims.stdout is not None and sims.stdin is not None
+        if sims.stdout.readline().strip() != "online":
+            raise RuntimeError("the simulated boards did not come online")
+        devices = [f"sim-{i:04d}" for i in range(boards)]
+        targets = [DeployTarget(d, artifact, manifest=manifest) for d in devices]
+        if path_name == "service":
+            from host.service.service import Service, ServiceConfig
+
+            service = Service(ServiceConfig(broker=host_url, db=db, base_topic=base_topic,
+                                            home=workdir / "home"))  # fmt: skip
+            service.start()
+            fleet, store = service.fleet, service.store
+        else:
+            store = Store(db)
+            fleet = Fleet(host_url, base_topic, store=store, outputs_dir=workdir / "outputs")
+            fleet.connect()
+            fleet.wait_synced(timeout=120, settle_s=0.2)
+        for device in devices:
+            fleet.wait_for_device(device, 120)
+        egress_before = proxy.upstream_bytes
+        published_before = fleet.chunks.chunks_published
+        started = time.time()
+        if path_name == "deploy --model":
+            result = Deployer(fleet, health_runs=5, timeout_s=timeout_s).rollout(targets, "100%")
+            done = sum(o.ok for o in result.outcomes)
+        elif path_name == "service":
+            rollout = create_rollout(store, targets, "100%", health_runs=5, timeout_s=timeout_s)
+            dstore = DeploymentStore(store)
+            deadline = time.monotonic() + timeout_s
+            while (info := dstore.get_rollout(rollout.rollout_id)) is not None and info.open:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the service's rollout to {boards} boards did not finish")
+                time.sleep(0.2)
+            done = sum(t.state == "committed" for t in dstore.targets(rollout.rollout_id))
+        else:
+            from host.commands.bench import submit_benchmark, wait_benchmark
+
+            answers: queue.Queue[bool] = queue.Queue()
+
+            def measure(device: str) -> None:
+                try:
+                    command = submit_benchmark(fleet, device, artifact, model_manifest=manifest,
+                                               runs=5)  # fmt: skip
+                    wait_benchmark(fleet, command, timeout_s)
+                    answers.put(True)
+                except Exception:  # noqa: BLE001 -- counted as not done
+                    answers.put(False)
+
+            workers = [threading.Thread(target=measure, args=(d,)) for d in devices]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+            done = sum(answers.get() for _ in devices)
+        seconds = time.time() - started
+        egress = proxy.upstream_bytes - egress_before
+        published = fleet.chunks.chunks_published - published_before
+        chunk_size = fleet.chunk_size
+    finally:
+        if service is not None:
+            service.stop()
+        elif store is not None:
+            fleet.close()
+            store.close()
+        if sims.stdin is not None:
+            sims.stdin.close()
+        try:
+            sims.wait(30)
+        except subprocess.TimeoutExpired:
+            sims.kill()
+        proxy.close()
+    size = artifact.stat().st_size
+    row = {
+        "path": path_name,
+        "boards": boards,
+        "bytes": size,
+        "chunk_size": chunk_size,
+        "chunks": -(-size // chunk_size),
+        "done": done,
+        "seconds": seconds,
+        "chunks_published": published,
+        "host_egress_bytes": egress,
+        "egress_ratio": egress / size,
+    }
+    row["passes"] = done == boards and row["egress_ratio"] <= EGRESS_GOAL
+    print(
+        f"  {path_name} to {boards} boards, {size / MB:.1f} MB: egress {row['egress_ratio']:.2f}x"
+        f", {published} chunk sends for {row['chunks']} chunks, {done} done",
+        flush=True,
+    )
+    return row
+
+
 def _speed_row(kind: str, mb: float, samples: list[dict[str, Any]]) -> dict[str, Any]:
     ratios = [s["ratio"] for s in samples if s["ratio"] is not None]
     ours = [s["edgetailor"]["mb_s"] for s in samples if s["edgetailor"]["mb_s"]]
@@ -927,8 +1107,17 @@ def render(report: dict[str, Any]) -> Any:
             f"{row['host_egress_bytes'] / MB:.1f} MB ({row['chunks_published']} chunk sends)",
             f"artifact {row['bytes'] / MB:.1f} MB ({row['chunks']} chunks)",
             _fmt(row["egress_ratio"], ".2f"),
-            f"<= {EGRESS_GOAL}" if row["announced"] else "",
-            ("pass" if row["passes"] else "MISS") if row["announced"] else "info",
+            f"<= {EGRESS_GOAL}",
+            "pass" if row["passes"] else "MISS",
+        )
+    for row in report.get("paths", []):
+        table.add_row(
+            f"host egress, {row['path']} to {row['boards']} simulated boards ({row['done']} done)",
+            f"{row['host_egress_bytes'] / MB:.1f} MB ({row['chunks_published']} chunk sends)",
+            f"artifact {row['bytes'] / MB:.1f} MB ({row['chunks']} chunks)",
+            f"{row['egress_ratio']:.2f}",
+            f"<= {EGRESS_GOAL}",
+            "pass" if row["passes"] else "MISS",
         )
     deploy = report.get("deploy")
     if deploy:
@@ -963,12 +1152,24 @@ def goal_rows(report: dict[str, Any]) -> list[GoalRow]:
             "transfer",
             f"host egress, {_egress_label(row)}",
             f"{row['host_egress_bytes'] / MB:.1f} MB",
-            f"<= {EGRESS_GOAL}" if row["announced"] else "",
-            row["passes"] if row["announced"] else None,
+            f"<= {EGRESS_GOAL}",
+            row["passes"],
             baseline=f"artifact {row['bytes'] / MB:.1f} MB",
             ratio=row["egress_ratio"],
         )
         for row in report["egress"]
+    ]
+    rows += [
+        GoalRow(
+            "transfer",
+            f"host egress, {row['path']} to {row['boards']} simulated boards",
+            f"{row['host_egress_bytes'] / MB:.1f} MB",
+            f"<= {EGRESS_GOAL}",
+            row["passes"],
+            baseline=f"artifact {row['bytes'] / MB:.1f} MB",
+            ratio=row["egress_ratio"],
+        )
+        for row in report.get("paths", [])
     ]
     deploy = report.get("deploy")
     if deploy:
@@ -1004,6 +1205,10 @@ def main(argv: list[str] | None = None) -> int:
         help="egress runs: the boards' starts spread evenly over each of these many seconds",
     )
     parser.add_argument("--deploy-boards", type=int, default=10, help="real agents; 0 skips")
+    parser.add_argument(
+        "--path-boards", default=None,
+        help="boards per user path (deploy --model, service, campaign); default: --boards",
+    )  # fmt: skip
     parser.add_argument("--deploy-mb", type=float, default=20.0)
     parser.add_argument("--brokers", default="mosquitto,amqtt")
     parser.add_argument("--chunk-size", type=int, default=None)
@@ -1026,6 +1231,9 @@ def main(argv: list[str] | None = None) -> int:
         "deploy_boards": args.deploy_boards,
         "deploy_mb": args.deploy_mb,
         "round_trips": 50,
+        "path_boards": (
+            [int(v) for v in args.path_boards.split(",") if v] if args.path_boards else None
+        ),
     }
     if args.quick:
         settings.update(sizes_mb=[4.0], runs=1, fanout_mb=2.0, deploy_boards=0, round_trips=10)

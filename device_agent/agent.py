@@ -22,6 +22,14 @@ command whose handling fails gets an error response, a result the outbox cannot 
 from memory, and a transfer that cannot fit fails with ``insufficient_storage`` before it starts.
 With ``serve`` set, device_agent.serve runs the active model for local applications and follows
 every deploy and rollback.
+
+Trust (device_agent.trust): every command must be signed by the pinned host key, name this device,
+be unexpired and carry a sequence number new to the replay window; the first validly signed command
+pins its key when none is pinned (``--trust-key`` pins one explicitly). A refused command gets an
+error response whose code says why (``unsigned``, ``bad_signature``, ``untrusted_key``, ``expired``,
+``replayed``, ``misaddressed``), at most a bounded number per minute, and changes nothing: active
+model, queue, outbox, journal and stored results stay as they were. Everything the agent sends is
+signed with its own device key at the moment it is published.
 """
 
 from __future__ import annotations
@@ -53,10 +61,12 @@ from device_agent.outbox import Outbox, OutboxEntry
 from device_agent.store import ArtifactStore, free_bytes, is_disk_full
 from device_agent.systemd import notify, watchdog_interval_s
 from device_agent.telemetry import TelemetrySampler
+from device_agent.trust import Admission, HostTrust
 from shared.broker_url import BrokerAddress, TlsOptions
 from shared.errors import (
     EdgeTailorError,
     MessageTooLargeError,
+    ReplayError,
     SignatureError,
     UnsupportedVersionError,
     ValidationError,
@@ -75,6 +85,7 @@ from shared.messages import (
     PingCmd,
     Response,
     RollbackCmd,
+    RotateKeyCmd,
     decode,
     encode,
     new_msg_id,
@@ -83,7 +94,10 @@ from shared.messages import (
 from shared.mqtt import make_client
 from shared.results import (
     BenchmarkResult,
+    CancelResult,
     OutputsRef,
+    PingResult,
+    RotateKeyResult,
     TransferStats,
     from_data,
     split_outputs,
@@ -101,6 +115,9 @@ RECONNECT_MIN_S = 1.0
 RECONNECT_MAX_S = 30.0
 # Results kept in memory when the outbox cannot write them; beyond this the oldest are dropped.
 MAX_UNSAVED_RESULTS = 256
+# Answers to refused commands (forged, replayed, malformed): a burst, then one per second at most.
+REFUSAL_BURST = 20
+REFUSALS_PER_S = 1.0
 
 
 @dataclass
@@ -120,6 +137,9 @@ class AgentConfig:
     xfer_retry_s: float = 3.0
     xfer_timeout_s: float = 60.0
     outbox_retry_s: float = 15.0
+    outbox_ttl_s: float = 7 * 24 * 3600.0
+    outbox_max_entries: int = 2048
+    outbox_max_mb: float = 64.0
     worker_memory_mb: int | None = None
     # Bounds memory and disk when commands arrive faster than jobs finish.
     max_queued_jobs: int = 32
@@ -163,19 +183,24 @@ class Agent:
         self.lock = DataDirLock(data_dir).acquire()
         max_store = int(config.max_store_mb * 1024 * 1024) if config.max_store_mb else None
         self.store = ArtifactStore(data_dir, max_store)
-        self.outbox = Outbox(data_dir / "outbox")
+        self.outbox = Outbox(
+            data_dir / "outbox",
+            ttl_s=config.outbox_ttl_s,
+            max_entries=config.outbox_max_entries,
+            max_bytes=int(config.outbox_max_mb * 1024 * 1024),
+        )
         self.journal = Journal(data_dir / "journal")
         self.jobs_dir = data_dir / "jobs"
         self.backends = discover()
         self.birth = capabilities.birth(config.tags)
         self.sampler = TelemetrySampler()
-        self.trust_key = None
-        if config.trust_key is not None:
-            from shared.signing import load_public_key
-
-            self.trust_key = load_public_key(config.trust_key)
+        self.trust = HostTrust(data_dir, config.trust_key)
+        self.signer = self.trust.signer
+        self.refusals = _Budget(REFUSAL_BURST, REFUSALS_PER_S)
         self.releases = Releases(data_dir)
-        self.deployer = Deployer(self.releases, self.device_id, self.trust_key, config.threads)
+        self.deployer = Deployer(
+            self.releases, self.device_id, self.trust.public_key, config.threads
+        )
         self._unsaved: dict[str, OutboxEntry] = {}  # results the outbox could not write
         self._refused: str | None = None  # the reason of the last refused CONNACK
         self._connection: threading.Thread | None = None
@@ -242,13 +267,28 @@ class Agent:
         self._republish_outbox()
 
     def _publish_birth(self) -> None:
-        birth = msgspec.structs.replace(self.birth, active_sha256=self.releases.active())
+        birth = msgspec.structs.replace(
+            self.birth, active_sha256=self.releases.active(), host_key_id=self.trust.key_id
+        )
         self.client.publish(
             self.topics.birth(self.device_id),
-            encode(birth, device_id=self.device_id),
+            self._encode(birth),
             qos=QOS,
             retain=True,
         )
+
+    def _encode(
+        self, body: Body, *, corr_id: str | None = None, msg_id: str | None = None
+    ) -> bytes:
+        """An envelope from this device, signed with its key now (a fresh expiry on every copy)."""
+        return encode(
+            body, device_id=self.device_id, corr_id=corr_id, msg_id=msg_id, signer=self.signer
+        )
+
+    def _signed(self, payload: str) -> bytes:
+        """The unsigned envelope an outbox entry keeps, signed for publishing now."""
+        message = decode(payload.encode("utf-8"))
+        return self._encode(message.body, corr_id=message.corr_id, msg_id=message.msg_id)
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
@@ -455,22 +495,49 @@ class Agent:
         except ValidationError as exc:
             self._answer_bad_message(payload, exc)
             return
+        pinned = self.trust.key_id
+        try:
+            admission = self.trust.admit(message, self.device_id)
+        except SignatureError as exc:
+            self._refuse(name, message, exc)
+            return
+        if pinned is None and self._connected.is_set():
+            self._publish_birth()  # pinned on first use: the birth names the key from now on
         body = message.body
+        if admission is Admission.SEEN:
+            # The same envelope again (a broker redelivery): a duplicate of a command the journal
+            # knows, else a replay of one that never ran here.
+            seen = self.journal.get(message.msg_id)
+            if seen is not None and isinstance(body, BenchmarkCmd | DeployCmd | RollbackCmd):
+                self._answer_duplicate(name, message.msg_id, seen)
+            else:
+                self._refuse(
+                    name,
+                    message,
+                    ReplayError(f"{message.schema} {message.msg_id}: sequence number seen before"),
+                )
+            return
+        self.trust.accept(message)
         if isinstance(body, AckCmd):
             for msg_id in body.msg_ids:
                 if self._unsaved.pop(msg_id, None) is not None or self.outbox.remove(msg_id):
                     logger.info("response %s acknowledged by the host", msg_id)
+            for msg_id in body.unknown:
+                if self._unsaved.pop(msg_id, None) is not None or self.outbox.remove(msg_id):
+                    logger.warning(
+                        "response %s dropped: the host has no record of its command", msg_id
+                    )
             return
         if isinstance(body, PingCmd):
             self._respond(name, message.msg_id, Response(status="ok", data=self._ping_data()))
             return
         if isinstance(body, CancelCmd):
             found = self._cancel(body.job_id)
-            self._respond(
-                name,
-                message.msg_id,
-                Response(status="ok", data={"job_id": body.job_id, "cancelled": found}),
-            )
+            result = CancelResult(job_id=body.job_id, cancelled=found)
+            self._respond(name, message.msg_id, Response(status="ok", data=to_data(result)))
+            return
+        if isinstance(body, RotateKeyCmd):
+            self._rotate(name, message, body)
             return
         if isinstance(body, BenchmarkCmd | DeployCmd | RollbackCmd):
             self._accept_benchmark(name, message, body, payload)
@@ -487,6 +554,41 @@ class Agent:
             ),
         )
 
+    def _rotate(self, name: str, message: Message, body: RotateKeyCmd) -> None:
+        """Pin the key the currently pinned key vouches for; the birth then reports it."""
+        previous = self.trust.key_id
+        try:
+            pin = self.trust.rotate(body.key)
+        except (ValidationError, SignatureError) as exc:
+            code = exc.code if isinstance(exc, SignatureError) else "bad_message"
+            self._respond(
+                name,
+                message.msg_id,
+                Response(status="error", error=ErrorInfo(code=code, message=str(exc)[:4000])),
+            )
+            return
+        result = RotateKeyResult(key_id=pin.key_id, previous_key_id=previous)
+        self._respond(name, message.msg_id, Response(status="ok", data=to_data(result)))
+        if self._connected.is_set():
+            self._publish_birth()
+
+    def _refuse(self, name: str, message: Message, exc: SignatureError) -> None:
+        """Answer a command that failed its signature, address, expiry or sequence check.
+
+        Nothing is recorded: the answer goes straight out (never to the outbox), and only while
+        the refusal budget lasts, so a flood of forged commands makes a bounded number of answers.
+        """
+        if not self.refusals.take():
+            logger.debug("refused %s %s (%s), unanswered: over budget", message.schema,
+                         message.msg_id, exc.code)  # fmt: skip
+            return
+        logger.warning("refused %s %s (%s): %s", message.schema, message.msg_id, exc.code, exc)
+        self._respond(
+            name,
+            message.msg_id,
+            Response(status="error", error=ErrorInfo(code=exc.code, message=str(exc)[:4000])),
+        )
+
     def _answer_bad_message(self, payload: bytes, exc: ValidationError) -> None:
         if isinstance(exc, MessageTooLargeError):
             code = "too_large"
@@ -495,6 +597,9 @@ class Agent:
         else:
             code = "bad_message"
         _, corr_id = peek_ids(payload)
+        if not self.refusals.take():
+            logger.debug("rejected a command (%s), unanswered: over budget", code)
+            return
         logger.warning("rejected a command (%s): %s", code, exc)
         self._respond(
             "error",
@@ -546,7 +651,7 @@ class Agent:
         unsaved = next((e for e in self._unsaved.values() if e.corr_id == cmd_id), None)
         if unsaved is not None:  # done, but neither outbox nor journal could record it
             logger.info("command %s was done; re-publishing its result kept in memory", cmd_id)
-            self.client.publish(unsaved.topic, unsaved.payload.encode("utf-8"), qos=QOS)
+            self.client.publish(unsaved.topic, self._signed(unsaved.payload), qos=QOS)
             return
         if seen.state != DONE:
             logger.info("command %s is already queued or running; duplicate ignored", cmd_id)
@@ -554,7 +659,7 @@ class Agent:
         pending = self.outbox.get(seen.response_msg_id) if seen.response_msg_id else None
         if pending is not None:
             logger.info("command %s was done; re-publishing its unacknowledged result", cmd_id)
-            self.client.publish(pending.topic, pending.payload.encode("utf-8"), qos=QOS)
+            self.client.publish(pending.topic, self._signed(pending.payload), qos=QOS)
             return
         self._respond(
             name, cmd_id, Response(status="ok", data={"duplicate": True, "job_id": seen.job_id})
@@ -582,17 +687,18 @@ class Agent:
         with self._lock:
             current = self._current.job_id if self._current else None
             queued = len(self._queued)
-        return {
-            "agent_version": self.birth.agent_version,
-            "uptime_s": round(time.monotonic() - self._started, 1),
-            "running": current,
-            "queued": queued,
-        }
+        result = PingResult(
+            agent_version=self.birth.agent_version,
+            uptime_s=round(time.monotonic() - self._started, 1),
+            running=current,
+            queued=queued,
+        )
+        return to_data(result)
 
     # -- outbound --------------------------------------------------------------------------------
     def _respond(self, name: str, corr_id: str | None, response: Response) -> str:
         msg_id = new_msg_id()
-        payload = encode(response, device_id=self.device_id, corr_id=corr_id, msg_id=msg_id)
+        payload = self._encode(response, corr_id=corr_id, msg_id=msg_id)
         self.client.publish(self.topics.resp(self.device_id, name), payload, qos=QOS)
         return msg_id
 
@@ -630,19 +736,29 @@ class Agent:
             self.journal.mark_done(job.cmd_id, msg_id)
         except OSError as exc:
             logger.error("cannot mark command %s done in the journal: %s", job.cmd_id, exc)
-        self.client.publish(topic, payload, qos=QOS)
+        self.client.publish(
+            topic, self._encode(response, corr_id=job.cmd_id, msg_id=msg_id), qos=QOS
+        )
 
     def _republish_outbox(self) -> None:
+        try:
+            self.outbox.prune()
+        except OSError as exc:
+            logger.warning("could not prune the outbox: %s", exc)
         for entry in [*self.outbox.entries(), *list(self._unsaved.values())]:
-            self.client.publish(entry.topic, entry.payload.encode("utf-8"), qos=QOS)
+            try:
+                payload = self._signed(entry.payload)
+            except ValidationError as exc:
+                logger.error("outbox entry %s unreadable, dropped: %s", entry.msg_id, exc)
+                self.outbox.remove(entry.msg_id)
+                continue
+            self.client.publish(entry.topic, payload, qos=QOS)
 
     def _send_chunk_request(self, request: ChunkRequest) -> None:
         if not self._connected.is_set():
             return  # asked again after the reconnect; queuing it in paho would only duplicate
         self.client.publish(
-            self.topics.xfer_request(self.device_id),
-            encode(request, device_id=self.device_id),
-            qos=QOS,
+            self.topics.xfer_request(self.device_id), self._encode(request), qos=QOS
         )
 
     def _tick_loop(self) -> None:
@@ -664,9 +780,7 @@ class Agent:
                 try:
                     body: Body = self._telemetry()
                     self.client.publish(
-                        self.topics.telemetry(self.device_id),
-                        encode(body, device_id=self.device_id),
-                        qos=QOS,
+                        self.topics.telemetry(self.device_id), self._encode(body), qos=QOS
                     )
                 except (OSError, EdgeTailorError) as exc:
                     logger.warning("telemetry failed: %s", exc)
@@ -869,7 +983,7 @@ class Agent:
             payload = encode(part, device_id=self.device_id, msg_id=msg_id)
             # No corr_id: only the final response of a command marks it done after a restart.
             self.outbox.put(msg_id, topic, payload, corr_id=None, job_id=job.job_id)
-            self.client.publish(topic, payload, qos=QOS)
+            self.client.publish(topic, self._encode(part, msg_id=msg_id), qos=QOS)
         return ref
 
     def _disk_full_text(self, exc: OSError) -> str:
@@ -905,11 +1019,12 @@ class Agent:
                 f"this device has no runtime for {manifest.format!r} artifacts; it runs: "
                 f"{', '.join(sorted(self.backends)) or 'none'}",
             )
-        if self.trust_key is not None:
+        trusted = self.trust.public_key()
+        if trusted is not None:
             from shared.signing import verify_manifest
 
             try:
-                verify_manifest(manifest, self.trust_key, device_id=self.device_id)
+                verify_manifest(manifest, trusted, device_id=self.device_id)
             except SignatureError as exc:
                 raise JobError("untrusted_manifest", f"{exc}; refused before download") from exc
         sha, fmt = manifest.sha256, manifest.format
@@ -967,6 +1082,33 @@ def _artifacts_of(cmd: BenchmarkCmd | DeployCmd | RollbackCmd) -> set[str]:
     if isinstance(cmd, RollbackCmd):
         return set()
     return {cmd.model.sha256} | ({cmd.eval_data.sha256} if cmd.eval_data else set())
+
+
+class _Budget:
+    """A token bucket: ``burst`` at once, then ``per_s`` a second (thread-safe)."""
+
+    def __init__(self, burst: int, per_s: float) -> None:
+        self.burst = burst
+        self.per_s = per_s
+        self._tokens = float(burst)
+        self._at = time.monotonic()
+        self._lock = threading.Lock()
+
+    def left(self) -> bool:
+        """Whether :meth:`take` would succeed now (without taking)."""
+        with self._lock:
+            now = time.monotonic()
+            return min(self.burst, self._tokens + (now - self._at) * self.per_s) >= 1
+
+    def take(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.per_s)
+            self._at = now
+            if self._tokens < 1:
+                return False
+            self._tokens -= 1
+            return True
 
 
 class _Interrupted(Exception):

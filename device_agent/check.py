@@ -149,7 +149,15 @@ def check_tls(settings: Settings, broker: BrokerAddress | None, report: Report) 
 def check_trust_key(settings: Settings, report: Report) -> None:
     path = settings["trust_key"]
     if path is None:
-        report.add("warn", "trust key", "none: unsigned manifests are accepted (set trust_key)")
+        pinned = Path(settings["data_dir"]) / "trust" / "host.json"
+        if pinned.is_file():
+            report.add("ok", "trust key", f"none given; the host key pinned in {pinned} is used")
+        else:
+            report.add(
+                "warn", "trust key",
+                "none: the first host key that signs a command is pinned (trust on first use); "
+                "set trust_key to pin the host's key explicitly",
+            )  # fmt: skip
         return
     problem = _readable(Path(path))
     if problem:

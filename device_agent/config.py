@@ -122,7 +122,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("keepalive", _positive_int, 30, "MQTT keepalive in seconds"),
     Setting("telemetry_interval", _positive_float, 10.0, "seconds between telemetry"),
     Setting(
-        "trust_key", _path, None, "host's Ed25519 public key (PEM); manifests must be signed by it"
+        "trust_key",
+        _path,
+        None,
+        "host's Ed25519 public key (PEM) to pin; commands and manifests must be signed by it "
+        "(without it, the first host key seen is pinned)",
     ),
     Setting("tls_ca", _path, None, "CA certificate (PEM) of the broker"),
     Setting("tls_cert", _path, None, "this device's certificate (PEM), for mTLS"),
@@ -164,6 +168,24 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "outbox_retry_s", _positive_float, 15.0, "re-publish unacknowledged results this often"
+    ),
+    Setting(
+        "outbox_ttl_s",
+        _positive_float,
+        7 * 24 * 3600.0,
+        "drop unacknowledged results older than this many seconds",
+    ),
+    Setting(
+        "outbox_max_entries",
+        _positive_int,
+        2048,
+        "unacknowledged results kept at most; the oldest are dropped",
+    ),
+    Setting(
+        "outbox_max_mb",
+        _positive_float,
+        64.0,
+        "disk the unacknowledged results may take at most, in MB; the oldest are dropped",
     ),
     Setting(
         "max_queued_jobs",

@@ -319,13 +319,18 @@ class Deployer:
         self,
         releases: Releases,
         device_id: str,
-        trust_key: Ed25519PublicKey | None = None,
+        trust_key: Callable[[], Ed25519PublicKey | None] | None = None,
         threads: int | None = None,
     ) -> None:
         self.releases = releases
         self.device_id = device_id
-        self.trust_key = trust_key
+        # The pinned host key, read at each deploy: a rotation changes it while the agent runs.
+        self._trust_key = trust_key or (lambda: None)
         self.threads = threads
+
+    @property
+    def trust_key(self) -> Ed25519PublicKey | None:
+        return self._trust_key()
 
     def deploy(
         self,
@@ -348,7 +353,8 @@ class Deployer:
                 previous_sha256=releases.previous(), health=health, detail=detail,
             )  # fmt: skip
 
-        if self.trust_key is not None:
+        trusted = self.trust_key
+        if trusted is not None:
             from shared.signing import verify_manifest
 
             # A new deploy must be newer than every committed one; an equal sequence is only the
@@ -358,7 +364,7 @@ class Deployer:
             try:
                 verify_manifest(
                     cmd.model,
-                    self.trust_key,
+                    trusted,
                     device_id=self.device_id,
                     min_sequence=state.sequence if rerun else state.sequence + 1,
                 )

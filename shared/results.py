@@ -115,6 +115,30 @@ class DeployResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     detail: str = ""
 
 
+class CancelResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Answer to cmd.cancel: whether the named job was queued or running (it then ends with the
+    error code ``cancelled``)."""
+
+    job_id: str
+    cancelled: bool
+
+
+class PingResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Answer to cmd.ping."""
+
+    agent_version: str
+    uptime_s: float
+    running: str | None
+    queued: int
+
+
+class RotateKeyResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Answer to cmd.rotate_key: the host key the device pins now, and the one it replaced."""
+
+    key_id: str
+    previous_key_id: str | None = None
+
+
 def split_outputs(job_id: str, data: bytes) -> tuple[OutputsRef, list[OutputsPart]]:
     """The parts an outputs file travels in, and the reference the result carries."""
     if len(data) > OUTPUTS_LIMIT_BYTES:

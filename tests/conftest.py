@@ -22,6 +22,20 @@ POSTGRES_URL = os.environ.get(
 SHARED_BROKER = ("127.0.0.1", 1883)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def edgetailor_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A home of the test session's own: the host key made on first use, outputs and the
+    default database never land in the user's ~/.edgetailor (or another session's)."""
+    home = tmp_path_factory.mktemp("edgetailor-home")
+    previous = os.environ.get("EDGETAILOR_HOME")
+    os.environ["EDGETAILOR_HOME"] = str(home)
+    yield home
+    if previous is None:
+        os.environ.pop("EDGETAILOR_HOME", None)
+    else:
+        os.environ["EDGETAILOR_HOME"] = previous
+
+
 @pytest.fixture
 def base_topic() -> str:
     """A base topic no other test (or earlier run) uses: retained messages outlive a run."""

@@ -1,11 +1,17 @@
 """Reading a stored campaign back: result rows, the selection, and the document the CLI, the
-report and deploy read."""
+report and deploy read.
+
+A measured job's row is built here from what is stored as it is: the agent's BenchmarkResult (read
+back typed from its command, host.commands), the host's judgement of it (baseline, paired drop
+interval, user metric: host.campaign.quality) and the candidate it ran."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from host.campaign.spec import CampaignError, CampaignSpec
 from host.report import json_safe
@@ -20,30 +26,60 @@ from host.store.campaigns import (
 
 if TYPE_CHECKING:
     from host.select import DeviceSelection, ResultRow
+    from host.store.campaigns import CampaignJobInfo
+    from shared.results import BenchmarkResult
+
+
+def _measured(
+    cstore: CampaignStore, campaign_id: str
+) -> list[tuple[CampaignJobInfo, ResultRow, BenchmarkResult | None]]:
+    """Each ended job with its row, and the agent's result behind it (None: not measured)."""
+    import msgspec
+
+    from host.campaign.quality import Judgement, result_row
+    from host.commands.repository import CommandStore
+    from host.select import ResultRow
+    from shared.results import BenchmarkResult
+
+    campaign = cstore.get_campaign(campaign_id)
+    metric = (campaign.state.metric if campaign else None) or "metric"
+    candidates = {c.candidate_id: c for c in cstore.candidates(campaign_id)}
+    jobs = [j for j in cstore.jobs(campaign_id) if j.status in FINAL_JOB_STATES]
+    commands = CommandStore(cstore.store).many(
+        j.fleet_job_id for j in jobs if j.status == JOB_OK and j.fleet_job_id
+    )
+    measured = []
+    for job in jobs:
+        artifact = job.candidate_id.rsplit("@t", 1)[0]  # a thread variant runs its candidate
+        cand = candidates.get(artifact)
+        facts = dict(
+            recipe=cand.recipe_name if cand else "", format=cand.format if cand else "",
+            precision=cand.precision if cand else "",
+        )  # fmt: skip
+        info = commands.get(job.fleet_job_id or "")
+        result = info.result_as(BenchmarkResult) if info is not None else None
+        if job.status == JOB_OK and result is not None and job.judgement is not None:
+            judgement = msgspec.json.decode(job.judgement, type=Judgement)
+            row = result_row(
+                result, judgement, candidate=job.candidate_id, artifact=artifact,
+                device=job.device_id, **facts,
+            )  # fmt: skip
+            measured.append((job, row, result))
+            continue
+        error = job.error or (
+            job.status if job.status != JOB_OK else "its stored result cannot be read"
+        )
+        row = ResultRow.failed(
+            candidate=job.candidate_id, device=job.device_id, error=error, metric=metric,
+            size_bytes=cand.size_bytes if cand else 0, **facts,
+        )  # fmt: skip
+        measured.append((job, row, None))
+    return measured
 
 
 def campaign_rows(cstore: CampaignStore, campaign_id: str) -> list[ResultRow]:
     """One select.ResultRow per (candidate, device) job that ended; offline jobs as failed rows."""
-    from host.select import ResultRow
-
-    campaign = cstore.get_campaign(campaign_id)
-    metric = (campaign.state.metric if campaign else None) or "metric"
-    rows = []
-    for job in cstore.jobs(campaign_id):
-        if job.status not in FINAL_JOB_STATES:
-            continue
-        if job.row is not None:
-            rows.append(ResultRow.from_dict(job.row))
-        else:
-            rows.append(
-                ResultRow.failed(
-                    candidate=job.candidate_id,
-                    device=job.device_id,
-                    error=job.error or job.status,
-                    metric=metric,
-                )
-            )
-    return rows
+    return [row for _job, row, _result in _measured(cstore, campaign_id)]
 
 
 def campaign_selection(
@@ -103,29 +139,28 @@ def campaign_outcome(cstore: CampaignStore, campaign_id: str) -> dict[str, Any]:
     ]
     results = []
     transfers = {"fetched": 0, "already_stored": 0}
-    for job in jobs:
-        if job.status not in FINAL_JOB_STATES:
-            continue
-        row = (
-            dict(job.row)
-            if job.row
-            else {
-                "candidate": job.candidate_id,
-                "device": job.device_id,
-                "latency_ms": {},
-                "peak_rss_mb": None,
-                "metric": campaign.state.metric,
-                "metric_value": None,
-                "status": "failed",
-                "error": job.error,
-            }
-        )
-        row["job_status"] = job.status
-        row["job_ids"] = list(job.job_ids)
-        row["attempts"] = job.attempts
-        for transfer in row.get("transfers", []):
-            transfers["already_stored" if transfer.get("already_stored") else "fetched"] += 1
-        results.append(row)
+    for job, row, result in _measured(cstore, campaign_id):
+        doc = row.to_dict()
+        if result is not None:  # what the board measured beside the figures selection weighs
+            doc.update(
+                job_id=result.job_id, runtime_version=result.runtime, load_ms=result.load_ms,
+                import_ms=result.import_ms,
+                invoke_ms=msgspec.to_builtins(result.invoke_ms) if result.invoke_ms else None,
+                latency_cv=result.latency_ms.cv, p50_ci=result.latency_ms.p50_ci,
+                p90_ci=result.latency_ms.p90_ci, board=result.board,
+                transfers=msgspec.to_builtins(result.transfers),
+            )  # fmt: skip
+            if row.metric != (result.metric or "metric"):  # a user metric, computed here
+                doc.update(
+                    device_metric=result.metric, device_metric_value=result.metric_value,
+                    device_metric_interval=result.metric_interval,
+                )  # fmt: skip
+            for transfer in result.transfers:
+                transfers["already_stored" if transfer.already_stored else "fetched"] += 1
+        doc["job_status"] = job.status
+        doc["job_ids"] = list(job.job_ids)
+        doc["attempts"] = job.attempts
+        results.append(doc)
     devices: dict[str, dict[str, Any]] = {}
     for device in campaign.state.devices:
         states = [j.status for j in jobs if j.device_id == device]

@@ -1,23 +1,28 @@
 """What a benchmark result says about quality, judged on the host against the campaign's baseline.
 
-The board scores the eval set with shared.scoring, as the host does; this module turns its result
-into a select.ResultRow whose drop from the baseline has a *paired* 95% interval (the baseline's
-per-sample scores against the board's, on the same samples). With a user metric, the board also
-sent the raw outputs of the eval set back: the metric is computed here, on those outputs, with the
-function the host used for its own run of the file.
+The board scores the eval set with shared.scoring, as the host does; this module judges its result
+(:class:`Judgement`): the baseline it is compared with and the *paired* 95% interval of its drop
+from it (the baseline's per-sample scores against the board's, on the same samples). With a user
+metric, the board also sent the raw outputs of the eval set back: the metric is computed here, on
+those outputs, with the function the host used for its own run of the file. A campaign stores the
+judgement beside the job; the result itself stays the agent's BenchmarkResult, stored once with its
+command (host.commands), and :func:`result_row` puts the two together for selection and report.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
 
 from host.errors import HostError
 
 if TYPE_CHECKING:
     from host.campaign.candidates import Prepared
     from host.fleet import Fleet
+    from host.select import ResultRow
     from host.store.campaigns import CandidateInfo
     from shared.results import BenchmarkResult
 
@@ -31,6 +36,53 @@ class QualityError(HostError):
     """A result cannot be judged: its metric is not the campaign's, or its outputs did not come."""
 
 
+Interval = Annotated[list[float], msgspec.Meta(min_length=2, max_length=2)]
+
+
+class UserMetric(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A user metric computed on the host from the raw outputs the board sent back."""
+
+    name: str
+    value: float
+    interval: Interval | None = None
+
+
+class Judgement(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The host's judgement of one benchmark result (stored beside the campaign's job)."""
+
+    baseline_metric: float | None = None
+    drop_interval: Interval | None = None  # paired where both sides scored each sample
+    user_metric: UserMetric | None = None  # replaces the board's metric when given
+
+
+def result_row(
+    result: BenchmarkResult,
+    judgement: Judgement,
+    *,
+    candidate: str,
+    artifact: str,
+    device: str,
+    recipe: str,
+    format: str,
+    precision: str,
+) -> ResultRow:
+    """The selection's row of one measured variant: the agent's result as judged."""
+    from host.select import ResultRow
+
+    row = ResultRow.from_benchmark(
+        result, candidate=candidate, device=device, recipe=recipe, format=format,
+        precision=precision, baseline_metric=judgement.baseline_metric,
+        drop_interval=tuple(judgement.drop_interval) if judgement.drop_interval else None,  # type: ignore[arg-type]
+    )  # fmt: skip
+    custom = judgement.user_metric
+    if custom is not None:
+        row = dataclasses.replace(
+            row, metric=custom.name, metric_value=custom.value,
+            metric_interval=tuple(custom.interval) if custom.interval else None,  # type: ignore[arg-type]
+        )  # fmt: skip
+    return dataclasses.replace(row, artifact=artifact)
+
+
 def judge_result(
     result: BenchmarkResult,
     cand: CandidateInfo,
@@ -39,40 +91,27 @@ def judge_result(
     fleet: Fleet,
     *,
     outputs_wait_s: float = OUTPUTS_WAIT_S,
-) -> dict[str, Any]:
-    """The stored result row of one benchmark (see the module doc); QualityError when the
+) -> Judgement:
+    """The host's judgement of one benchmark (see the module doc); QualityError when the
     result cannot be compared with the baseline."""
-    from host.select import ResultRow
-
     expected = prepared.baseline.name if prepared.baseline is not None else None
     if expected is not None and result.metric != expected:
         raise QualityError(
             f"{device} reported {result.metric or 'no metric'} where the campaign scores "
             f"{expected} ({prepared.task}); update its agent so both sides score alike"
         )
-    common = dict(
-        candidate=cand.candidate_id,
-        device=device,
-        recipe=cand.recipe_name,
-        format=cand.format,
-        precision=cand.precision,
-        baseline_metric=prepared.baseline_metric,
-    )
     if prepared.user_metric is None:
-        row = ResultRow.from_benchmark(
-            result, drop_interval=_paired_drop(result, prepared), **common
+        drop = _paired_drop(result, prepared)
+        return Judgement(
+            baseline_metric=prepared.baseline_metric, drop_interval=list(drop) if drop else None
         )
-        return row.to_dict()
     custom, drop = _score_returned_outputs(result, prepared, fleet, outputs_wait_s)
-    row = ResultRow.from_benchmark(result, drop_interval=drop, **common)
-    row = dataclasses.replace(
-        row, metric=custom.name, metric_value=custom.value, metric_interval=custom.interval
+    interval = custom.interval
+    return Judgement(
+        baseline_metric=prepared.baseline_metric,
+        drop_interval=list(drop) if drop else None,
+        user_metric=UserMetric(custom.name, custom.value, list(interval) if interval else None),
     )
-    data = row.to_dict()
-    data["device_metric"] = result.metric
-    data["device_metric_value"] = result.metric_value
-    data["device_metric_interval"] = result.metric_interval
-    return data
 
 
 def _paired_drop(result: BenchmarkResult, prepared: Prepared) -> tuple[float, float] | None:

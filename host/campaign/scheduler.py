@@ -1,9 +1,12 @@
 """The board half of a campaign: one job at a time per device, devices in parallel.
 
-Per job: wait for the device (up to ``offline_deadline_s``), send the benchmark, wait for its answer
-(time offline does not count against the job's timeout), retry a failure, and record the result.
-After a host restart a job sent by the run that died is adopted: its answer is awaited under its old
-job id (the agent keeps it in its outbox until acknowledged) before it is ever sent again.
+Per job: wait for the device (up to ``offline_deadline_s``), record the benchmark command
+(host.commands: the fleet's command driver publishes it, signed), wait for its answer (time offline
+does not count against the job's timeout), retry a failure, and record the result. After a host
+restart a job sent by the run that died is adopted: its command is still open in the database, so
+the driver publishes it again and its answer is awaited (the agent keeps a finished one in its
+outbox until acknowledged) before it is ever sent anew. Cancelling the campaign cancels its open
+commands (a row state: the driver sends the device a signed cancel).
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ import logging
 import threading
 import time
 from dataclasses import replace
-from typing import Any
 
 from host.campaign.candidates import Prepared
 from host.campaign.context import CampaignContext
 from host.campaign.spec import CampaignCancelled, CampaignError, variant_id
-from host.errors import DeviceUnavailableError, JobFailedError, JobTimeoutError
+from host.commands.bench import submit_benchmark
+from host.commands.repository import CommandInfo
+from host.errors import DeviceUnavailableError, JobTimeoutError
 from host.store.campaigns import (
     FINAL_JOB_STATES,
     JOB_FAILED,
@@ -28,8 +32,8 @@ from host.store.campaigns import (
     CampaignJobInfo,
     CandidateInfo,
 )
-from shared.errors import EdgeTailorError, ValidationError
-from shared.results import BenchmarkResult, from_data, to_data
+from shared.errors import EdgeTailorError
+from shared.results import BenchmarkResult
 
 logger = logging.getLogger(__name__)
 
@@ -238,12 +242,15 @@ class DeviceScheduler:
                     )
 
     def _wait_online(self, device: str) -> bool:
-        self.ctx.check_cancelled()
-        record = self.ctx.fleet.registry.wait_for(device, self.ctx.spec.offline_deadline_s)
-        self.ctx.check_cancelled()
-        if record is None:
-            logger.warning("device %s offline past the deadline", device)
-        return record is not None
+        deadline = time.monotonic() + self.ctx.spec.offline_deadline_s
+        while True:
+            self.ctx.check_cancelled()
+            left = deadline - time.monotonic()
+            if self.ctx.fleet.registry.wait_for(device, max(0.0, min(left, POLL_S))) is not None:
+                return True
+            if left <= 0:
+                logger.warning("device %s offline past the deadline", device)
+                return False
 
     def _run_job(self, job: CampaignJobInfo, cand: CandidateInfo, prepared: Prepared) -> str:
         device = job.device_id
@@ -269,13 +276,15 @@ class DeviceScheduler:
             self.ctx.fleet.offer(cand.path)
             if prepared.eval_path is not None:
                 self.ctx.fleet.offer(prepared.eval_path)
-            outcome = self._await_stored(job.fleet_job_id, device)
-            if outcome is not None and outcome[0] == JOB_OK:
-                return self._record(job, cand, prepared, *outcome)
+            outcome = self._await_command(job.fleet_job_id, device)
+            if isinstance(outcome, CommandInfo) and outcome.state == "answered":
+                return self._record(job, cand, prepared, outcome)
+            if outcome == JOB_OFFLINE:
+                return JOB_OFFLINE
             last_error = (
-                (outcome[2] or "failed")
-                if outcome is not None
-                else (f"job {job.fleet_job_id} was sent before a restart and never answered")
+                self._error_of(outcome)
+                if isinstance(outcome, CommandInfo)
+                else f"job {job.fleet_job_id} was sent before a restart and never answered"
             )
             # A failure of the adopted job (e.g. its transfer starved while no host served it)
             # gets the same retries as any other.
@@ -290,7 +299,8 @@ class DeviceScheduler:
                 )
             self.ctx.check_cancelled()
             try:
-                handle = self.ctx.fleet.submit_benchmark(
+                command_id = submit_benchmark(
+                    self.ctx.fleet,
                     device,
                     cand.path,
                     eval_path=prepared.eval_path,
@@ -301,12 +311,11 @@ class DeviceScheduler:
                     min_s=self.ctx.spec.min_s,
                     task=prepared.task,
                     return_outputs=prepared.user_metric is not None,
-                    device_timeout_s=5.0,
                 )
             except DeviceUnavailableError:
                 continue  # went offline between the wait and the send: wait again
             attempts += 1
-            self.ctx.cstore.job_sent(self.ctx.campaign_id, cand.candidate_id, device, handle.job_id)
+            self.ctx.cstore.job_sent(self.ctx.campaign_id, cand.candidate_id, device, command_id)
             self.ctx.emit(
                 "job",
                 f"{device}: {cand.candidate_id} sent (attempt {attempts})",
@@ -314,33 +323,36 @@ class DeviceScheduler:
                 candidate=cand.candidate_id,
                 status="sent",
             )
-            outcome = self._await_handle(handle, device)
+            outcome = self._await_command(command_id, device)
             if outcome == JOB_OFFLINE:
                 return JOB_OFFLINE
             if outcome is None:
                 last_error = (
                     f"no answer within {self.ctx.spec.job_timeout_s + TRANSFER_ALLOWANCE_S:.0f} s"
-                    f" (job {handle.job_id})"
+                    f" (job {command_id})"
                 )
+            elif isinstance(outcome, CommandInfo) and outcome.state == "answered":
+                return self._record(job, cand, prepared, outcome)
             else:
-                status, data, error = outcome
-                if status == JOB_OK:
-                    return self._record(job, cand, prepared, status, data, error)
-                last_error = error or "failed"
+                last_error = self._error_of(outcome)
             if attempts <= self.ctx.spec.retries:
                 logger.warning("%s on %s: %s; retrying", cand.candidate_id, device, last_error)
                 self.ctx.cstore.job_retry(
                     self.ctx.campaign_id, cand.candidate_id, device, last_error
                 )
         self.ctx.cstore.job_finished(
-            self.ctx.campaign_id,
-            cand.candidate_id,
-            device,
-            JOB_FAILED,
-            row=self._failed_row(cand, device, prepared, last_error),
-            error=last_error,
+            self.ctx.campaign_id, cand.candidate_id, device, JOB_FAILED, error=last_error
         )
         return JOB_FAILED
+
+    @staticmethod
+    def _error_of(info: CommandInfo | str | None) -> str:
+        if not isinstance(info, CommandInfo):
+            return "failed"
+        return (
+            f"job {info.command_id} failed on device {info.device_id}: "
+            f"[{info.error_code or info.state}] {info.error_message or 'no error details'}"
+        )
 
     def _unrecorded_job(self, device: str, cand: CandidateInfo) -> str | None:
         campaign = self.ctx.cstore.get_campaign(self.ctx.campaign_id)
@@ -349,37 +361,36 @@ class DeviceScheduler:
         known = {jid for j in self.ctx.cstore.jobs(self.ctx.campaign_id) for jid in j.job_ids}
         # Variants of one file differ only in their thread count: adopt only the job of this one.
         threads = self._variants.get(cand.candidate_id, (cand.candidate_id, None))[1]
-        for fleet_job in self.ctx.store.list_jobs(device):
+        for command in self.ctx.fleet.commands.commands.list(
+            device_id=device, kinds=("benchmark",), since=campaign.created
+        ):
             if (
-                fleet_job.kind == "benchmark"
-                and fleet_job.model_sha256 == cand.sha256
-                and fleet_job.params.get("threads") == threads
-                and fleet_job.submitted >= campaign.created
-                and fleet_job.job_id not in known
+                command.model_sha256 == cand.sha256
+                and getattr(command.body(), "threads", None) == threads
+                and command.command_id not in known
             ):
-                return fleet_job.job_id
+                return command.command_id
         return None
 
-    def _await_handle(
-        self, handle: Any, device: str
-    ) -> tuple[str, dict[str, Any] | None, str | None] | str | None:
-        """(status, data, error) of the job; JOB_OFFLINE when the device stayed away; None: timeout.
+    def _await_command(self, command_id: str, device: str) -> CommandInfo | str | None:
+        """The final command; JOB_OFFLINE when the device stayed away; None: no answer in time
+        (the command is cancelled then, so it cannot run later unasked).
 
         Time while the device is offline does not count against the job's timeout: the agent
         journals the job and runs it again when it restarts.
         """
+        commands = self.ctx.fleet.commands
         budget = self.ctx.spec.job_timeout_s + TRANSFER_ALLOWANCE_S
         offline_since: float | None = None
         last = time.monotonic()
         while True:
+            if self.ctx.cancelled.is_set():
+                commands.cancel(command_id)
+                raise CampaignCancelled("the campaign was cancelled")
             try:
-                result = handle.result(timeout=POLL_S)
-                return JOB_OK, to_data(result), None
-            except JobFailedError as exc:
-                return JOB_FAILED, None, str(exc)
+                return commands.wait(command_id, POLL_S)
             except JobTimeoutError:
                 pass
-            self.ctx.check_cancelled()
             now = time.monotonic()
             record = self.ctx.fleet.registry.get(device)
             if record is not None and not record.online:
@@ -390,96 +401,34 @@ class DeviceScheduler:
                 offline_since = None
                 budget -= now - last
                 if budget <= 0:
+                    commands.cancel(command_id)
                     return None
             last = now
 
-    def _await_stored(
-        self, job_id: str, device: str
-    ) -> tuple[str, dict[str, Any] | None, str | None] | None:
-        deadline = time.monotonic() + self.ctx.spec.job_timeout_s + TRANSFER_ALLOWANCE_S
-        while time.monotonic() < deadline:
-            stored = self.ctx.store.get_result(job_id)
-            if stored is not None:
-                if stored.status == "ok":
-                    try:
-                        from_data(stored.data or {}, BenchmarkResult)
-                    except ValidationError as exc:
-                        return JOB_FAILED, None, f"bad stored result: {exc}"
-                    return JOB_OK, stored.data, None
-                return JOB_FAILED, None, f"[{stored.error_code}] {stored.error_message}"
-            time.sleep(POLL_S)
-            self.ctx.check_cancelled()
-        return None
-
     def _record(
-        self,
-        job: CampaignJobInfo,
-        cand: CandidateInfo,
-        prepared: Prepared,
-        status: str,
-        data: dict[str, Any] | None,
-        error: str | None,
+        self, job: CampaignJobInfo, cand: CandidateInfo, prepared: Prepared, info: CommandInfo
     ) -> str:
-        if status != JOB_OK or data is None:
-            self.ctx.cstore.job_finished(
-                self.ctx.campaign_id,
-                cand.candidate_id,
-                job.device_id,
-                JOB_FAILED,
-                row=self._failed_row(cand, job.device_id, prepared, error or ""),
-                error=error,
-            )
-            return JOB_FAILED
+        """Judge an answered benchmark and note the judgement beside the job; the result stays
+        the agent's BenchmarkResult, stored once with its command."""
+        import msgspec
+
         from host.campaign.quality import judge_result
 
-        result = from_data(data, BenchmarkResult)
+        result = info.result_as(BenchmarkResult)
         try:
-            row = judge_result(result, cand, job.device_id, prepared, self.ctx.fleet)
+            if result is None:
+                raise CampaignError(f"job {info.command_id} answered without a result")
+            judgement = judge_result(result, cand, job.device_id, prepared, self.ctx.fleet)
         except EdgeTailorError as exc:  # a user metric that fails, outputs that never came
             error = str(exc)
             logger.warning("%s on %s: %s", cand.candidate_id, job.device_id, error)
             self.ctx.cstore.job_finished(
-                self.ctx.campaign_id,
-                cand.candidate_id,
-                job.device_id,
-                JOB_FAILED,
-                row=self._failed_row(cand, job.device_id, prepared, error),
-                error=error,
+                self.ctx.campaign_id, cand.candidate_id, job.device_id, JOB_FAILED, error=error
             )
             return JOB_FAILED
-        row.update(
-            job_id=result.job_id,
-            artifact=self._variants.get(cand.candidate_id, (cand.candidate_id, None))[0],
-            runtime=result.backend,
-            runtime_version=result.runtime,
-            threads=result.threads,
-            load_ms=result.load_ms,
-            import_ms=result.import_ms,
-            invoke_ms=to_data(result.invoke_ms) if result.invoke_ms is not None else None,
-            latency_cv=result.latency_ms.cv,
-            p50_ci=result.latency_ms.p50_ci,
-            p90_ci=result.latency_ms.p90_ci,
-            board=result.board,
-            transfers=[to_data(t) for t in result.transfers],
-        )
         self.ctx.cstore.mark_held(job.device_id, [t.sha256 for t in result.transfers])
         self.ctx.cstore.job_finished(
-            self.ctx.campaign_id, cand.candidate_id, job.device_id, JOB_OK, row=row
-        )
+            self.ctx.campaign_id, cand.candidate_id, job.device_id, JOB_OK,
+            judgement=msgspec.json.encode(judgement).decode("utf-8"),
+        )  # fmt: skip
         return JOB_OK
-
-    def _failed_row(
-        self, cand: CandidateInfo, device: str, prepared: Prepared, error: str
-    ) -> dict[str, Any]:
-        from host.select import ResultRow
-
-        return ResultRow.failed(
-            candidate=cand.candidate_id,
-            device=device,
-            error=error,
-            recipe=cand.recipe_name,
-            format=cand.format,
-            precision=cand.precision,
-            size_bytes=cand.size_bytes,
-            metric=prepared.metric_name or "metric",
-        ).to_dict()

@@ -455,12 +455,15 @@ def _campaign_through(
 
 def fleet_status(store: Any, fleet: Any | None, last: int = 3) -> list[dict[str, Any]]:
     """Per device: online, active model, the last benchmark results (newest first)."""
+    from host.commands.repository import CommandStore
     from host.deploy import desired_state
     from host.deploy.status import never_seen
     from host.store.campaigns import CampaignStore
     from host.store.deployments import DeploymentStore
+    from shared.results import BenchmarkResult
 
     dstore = DeploymentStore(store)
+    commands = CommandStore(store)
     live = fleet.devices() if fleet is not None else {}
     known = {d.device_id: d for d in store.list_devices()}
     names: dict[str, str] = {}
@@ -485,21 +488,22 @@ def fleet_status(store: Any, fleet: Any | None, last: int = 3) -> list[dict[str,
         ) or {}
         active = telemetry.get("active_sha256") or birth.get("active_sha256")
         results = []
-        for result in reversed(store.list_results(device_id)[-last:]):
-            job = store.get_job(result.job_id)
-            data = result.data or {}
-            sha = job.model_sha256 if job else data.get("model_sha256")
+        for job in commands.list(
+            device_id=device_id, kinds=("benchmark",), finished_only=True, limit=last,
+            newest_first=True,
+        ):  # fmt: skip
+            result = job.result_as(BenchmarkResult) if job.state == "answered" else None
             results.append(
                 {
-                    "job_id": result.job_id,
-                    "model_sha256": sha,
-                    "candidate": names.get(sha or ""),
-                    "status": result.status,
-                    "latency_p90_ms": (data.get("latency_ms") or {}).get("p90"),
-                    "metric": data.get("metric"),
-                    "metric_value": data.get("metric_value"),
-                    "error": result.error_message,
-                    "received": result.received,
+                    "job_id": job.job_id,
+                    "model_sha256": job.model_sha256,
+                    "candidate": names.get(job.model_sha256 or ""),
+                    "status": "ok" if result is not None else "error",
+                    "latency_p90_ms": result.latency_ms.p90 if result else None,
+                    "metric": result.metric if result else None,
+                    "metric_value": result.metric_value if result else None,
+                    "error": job.error_message,
+                    "received": job.finished,
                 }
             )
         rows.append(
@@ -609,8 +613,9 @@ def status_cmd(
         fleet = None
         if not offline_ok:
             fleet = Fleet(
-                broker, base_topic, store=store, tls=TlsOptions(tls_ca, tls_cert, tls_key)
-            )
+                broker, base_topic, store=store, tls=TlsOptions(tls_ca, tls_cert, tls_key),
+                commands=False,
+            )  # fmt: skip
             try:
                 fleet.connect()
                 fleet.wait_synced(settle_s=wait)

@@ -98,11 +98,34 @@ def devices_cmd(
     tls_key: TlsKeyOpt = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
+    forget: Annotated[
+        str | None,
+        typer.Option(
+            "--forget",
+            metavar="ID",
+            help="unpin this device's key (its data dir was wiped: it made a new one); its next "
+            "signed birth pins the new key",
+        ),
+    ] = None,
 ) -> None:
     """List devices: what the broker's retained birth/status messages say, then the devices only
     the database knows (marked: they may belong to another broker or base topic)."""
     from host.fleet.devices import DeviceRecord
     from host.store import Store
+
+    if forget is not None:
+        from shared.topics import check_device_id
+
+        with Store(db) as store:
+            if not store.forget_device_key(check_device_id(forget)):
+                raise typer.BadParameter(
+                    f"no device {forget!r} in the database", param_hint="--forget"
+                )
+        typer.echo(
+            f"forgot the key pinned for {forget}: the next signed birth of {forget} pins its "
+            "new key (a running host reads its retained birth again when it next hears from it)"
+        )
+        return
 
     if server is not None:
         from host.cli.client import ApiClient
@@ -125,7 +148,7 @@ def devices_cmd(
         Console().print(table)
         return
     tls = TlsOptions(tls_ca, tls_cert, tls_key)
-    with Store(db) as store, _fleet(broker, base_topic, store, tls, None) as fleet:
+    with Store(db) as store, _fleet(broker, base_topic, store, tls, None, commands=False) as fleet:
         fleet.wait_synced(settle_s=wait)
         rows = {
             device_id: {**rec.to_dict(), "source": "broker"}
@@ -294,23 +317,33 @@ def bench_cmd(
         _bench_through(server, token, model, eval_file, body, as_json, err)
         return
     tls = TlsOptions(tls_ca, tls_cert, tls_key)
+    from host.commands.bench import submit_benchmark, wait_benchmark
+
     with (
         Store(db) as store,
         _fleet(broker, base_topic, store, tls, signing_key, chunk_size=chunk_size) as fleet,
         err.status(f"waiting for {device}...") as status,
     ):
-
-        def progress(_job: Any, stage: str, _data: dict[str, Any]) -> None:
-            if stage != "done":
-                status.update(f"{device}: {stage}")
-
-        job = fleet.submit_benchmark(
-            device, model, eval_path=eval_file, threads=threads, runs=runs, timeout_s=timeout,
-            device_timeout_s=device_timeout, on_progress=progress, task=task,
-        )  # fmt: skip
-        status.update(f"{device}: sent job {job.job_id}")
         try:
-            result = job.result(timeout=timeout + TRANSFER_ALLOWANCE_S)
+            fleet.wait_for_device(device, device_timeout)
+            # Recorded first, published by the fleet's command driver (this process, until the
+            # answer is stored), exactly as `edgetailor serve` does.
+            command_id = submit_benchmark(
+                fleet, device, model, eval_path=eval_file, threads=threads, runs=runs,
+                timeout_s=timeout, task=task,
+            )  # fmt: skip
+            status.update(f"{device}: sent job {command_id}")
+            deadline = time.monotonic() + timeout + TRANSFER_ALLOWANCE_S
+            while True:
+                try:
+                    result = wait_benchmark(fleet, command_id, 0.5)
+                    break
+                except JobTimeoutError:
+                    if time.monotonic() > deadline:
+                        fleet.commands.cancel(command_id)
+                        raise
+                    info = fleet.commands.commands.get(command_id)
+                    status.update(f"{device}: {(info.stage if info else None) or 'sent'}")
         except (JobFailedError, JobTimeoutError) as exc:
             err.print(f"[red]benchmark failed:[/] {exc}")
             if as_json:

@@ -38,7 +38,7 @@ certs_app = typer.Typer(
     no_args_is_help=True,
 )
 keys_app = typer.Typer(
-    help="The Ed25519 key the host signs artifact manifests with.", no_args_is_help=True
+    help="The Ed25519 key the host signs every command and manifest with.", no_args_is_help=True
 )
 token_app = typer.Typer(
     help="API tokens of `edgetailor serve`, each with a scope: read < operate < admin.",
@@ -173,6 +173,62 @@ def keys_init(
     typer.echo(f"signing key (key id {pair.key_id}):")
     _show(pair.private_path)
     _show(pair.public_path)
+
+
+KeyOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--signing-key",
+        help="The host key (default: $EDGETAILOR_HOME/keys/signing.key, made on first use).",
+    ),
+]
+
+
+@keys_app.command("rotate")
+def keys_rotate(signing_key: KeyOption = None) -> None:
+    """Make a new host key; the old one signs each device a rotation to it, then is retired.
+
+    Every host process on the database picks the new key up. A device whose birth still reports
+    the old key id is sent a rotate_key command signed with the old key (and its other commands
+    are signed with the old key until it confirms); once no known device pins the old key, the
+    command driver deletes it.
+    """
+    from host.commands.keys import rotate_key
+
+    rotation = rotate_key(signing_key)
+    typer.echo(f"host key rotated: {rotation.previous_key_id} -> {rotation.key_id}")
+    _show(rotation.path)
+    typer.echo(f"the previous key is kept until no device pins it: {rotation.previous_path}")
+    typer.echo(
+        "agents started with --trust-key keep the key a signed rotation gave them; give new "
+        f"agents {rotation.path.with_suffix('.pub')}"
+    )
+
+
+@keys_app.command("status")
+def keys_status(
+    signing_key: KeyOption = None,
+    db: Annotated[
+        str | None, typer.Option("--db", help="SQLAlchemy URL (default $EDGETAILOR_DB)")
+    ] = None,
+) -> None:
+    """The host key, the previous keys kept for a rotation, and which devices pin which key."""
+    from host.commands.keys import HostKeys
+    from host.store import Store
+
+    keys = HostKeys(signing_key)
+    typer.echo(f"host key {keys.key_id}: {keys.path}")
+    with Store(db) as store:
+        pinned: dict[str, list[str]] = {}
+        for device in store.list_devices():
+            key_id = (device.birth or {}).get("host_key_id") or "none yet"
+            pinned.setdefault(key_id, []).append(device.device_id)
+    for key_id in [keys.key_id, *keys.previous]:
+        role = "current" if key_id == keys.key_id else "previous"
+        devices = pinned.pop(key_id, [])
+        typer.echo(f"  {role} {key_id}: {len(devices)} devices {', '.join(devices[:10])}")
+    for key_id, devices in sorted(pinned.items()):
+        typer.echo(f"  {key_id} (not held here): {len(devices)} devices {', '.join(devices[:10])}")
 
 
 # -- API tokens --------------------------------------------------------------------------------

@@ -3,9 +3,9 @@
 A deploy is a record, not a call that waits. :func:`create_rollout` stores a rollout: its devices
 split into waves (``"1,25%,100%"``: one device, then a quarter of the fleet, then the rest), each
 device's artifact and health-check bar. The :class:`DeploymentDriver` (run by ``edgetailor serve``,
-or inline by the one-shot ``edgetailor deploy``) sends each device its ``cmd.deploy``
+or inline by the one-shot ``edgetailor deploy``) records each device's ``cmd.deploy``
 (shared.messages.DeployCmd) when it is online, with a manifest addressed to it and the next number
-of its deploy sequence, signed when the fleet has a key; the agent fetches and verifies the
+of its deploy sequence, and the command pipeline (host.commands) publishes it, signed; the agent fetches and verifies the
 artifact, health-checks it in its isolated worker, switches atomically and answers with a
 :class:`shared.results.DeployResult`. When more than ``max_failures`` devices of a wave fail, the
 rollout aborts: the wave's committed devices get ``cmd.rollback`` naming their deploy (a device
@@ -17,7 +17,7 @@ Modules: ``waves`` (the wave spec), ``targets`` (what goes where; from a campaig
 ``status`` (desired versus actual, in words). The tables are in host.store.deployments.
 """
 
-from host.deploy.driver import TRANSFER_ALLOWANCE_S, DeploymentDriver, outcome_from_result
+from host.deploy.driver import TRANSFER_ALLOWANCE_S, DeploymentDriver, outcome_from_command
 from host.deploy.rollout import (
     Deployer,
     DeviceOutcome,
@@ -49,7 +49,7 @@ __all__ = [
     "create_rollout",
     "deploy_selection",
     "desired_state",
-    "outcome_from_result",
+    "outcome_from_command",
     "parse_waves",
     "plan_waves",
     "record_manual_rollback",

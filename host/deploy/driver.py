@@ -4,25 +4,24 @@ Each :meth:`DeploymentDriver.step` reads the database (the source of truth), and
 rollout:
 
 1. sends the pending targets whose device is online: claim the row, give it the device's next
-   sequence and its signed command in one transaction, commit, and only then publish. A command
-   that went out is therefore always on record, and its sequence is used by that command only;
-2. reads the answers that host.fleet stored for sent targets (by job id = deploy id), whichever
-   host process received them; publishes a sent command again (same envelope, same msg_id, so the
-   agent's journal runs it once) when its device comes back online or this process has not
-   published it yet (after a restart); gives up on a device that stays online without answering
-   for ``timeout_s`` plus a transfer allowance;
+   deploy sequence and record its deploy command (host.commands) in one transaction. The command
+   driver publishes it, signed, and publishes it again when the device comes back or after a
+   restart; this driver publishes nothing itself;
+2. reads the answers the command pipeline stored for sent targets (the command's typed
+   DeployResult), whichever host process received them; gives up on a device that stays online
+   without answering for ``timeout_s`` plus a transfer allowance (time offline does not count);
 3. judges the current wave: more than ``max_failures`` failed devices abort the rollout (the
    wave's committed devices are rolled back by name, later waves skipped); a wave whose devices
    have all answered, or are offline past ``offline_grace_s``, lets the next wave start. A device
    that was offline gets its deploy whenever it comes back, long after its wave moved on.
 
 Several processes may run drivers on one database: every transition is a conditional update on
-the row's state (see host.store.deployments), so exactly one of them sends each command, and the
-others only publish the same recorded envelope again, which the agent ignores.
+the row's state (see host.store.deployments), so exactly one of them records each command.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -33,6 +32,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from host.commands.models import ANSWERED, CANCELLED, EXPIRED
+from host.commands.repository import CommandInfo, CommandStore
 from host.errors import ConfigError
 from host.store.deployments import (
     ABORTED,
@@ -57,15 +58,12 @@ from host.store.deployments import (
 )
 from shared.errors import EdgeTailorError, ValidationError
 from shared.manifest import ArtifactManifest
-from shared.messages import DeployCmd, RollbackCmd, decode, encode, new_msg_id
-from shared.results import DeployResult, from_data
-from shared.signing import sign_manifest
+from shared.messages import DeployCmd, RollbackCmd
+from shared.results import DeployResult
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     from host.fleet.devices import DeviceRegistry
-    from host.store import ResultInfo, Store
+    from host.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -77,18 +75,22 @@ DEFAULT_OFFLINE_GRACE_S = 30.0
 EventFn = Callable[[str, dict[str, Any]], None]
 
 
+class CommandsPort(Protocol):
+    def wake(self) -> None: ...
+
+
 class FleetPort(Protocol):
     """What the driver needs of host.fleet.Fleet (tests give it a scripted fleet)."""
 
     registry: DeviceRegistry
-    signing_key: Ed25519PrivateKey | None
     chunk_size: int
+
+    @property
+    def commands(self) -> CommandsPort: ...
 
     def offer(
         self, path: Any, manifest: ArtifactManifest | None = None, *, verify: bool = True
     ) -> ArtifactManifest: ...
-
-    def publish_command(self, device_id: str, name: str, payload: bytes) -> None: ...
 
 
 def default_owner() -> str:
@@ -96,14 +98,18 @@ def default_owner() -> str:
     return f"{socket.gethostname()[:64]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def outcome_from_result(result: ResultInfo) -> dict[str, Any]:
-    """The target columns a device's final answer to a deploy sets."""
-    data = result.data or {}
-    changes: dict[str, Any] = {"error_code": result.error_code}
+def deploy_result(info: CommandInfo) -> DeployResult | None:
+    """The DeployResult a device answered a deploy or rollback with (None: it sent none)."""
     try:
-        parsed = from_data(data, DeployResult) if "outcome" in data else None
+        return info.result_as(DeployResult)
     except ValidationError:
-        parsed = None
+        return None
+
+
+def outcome_from_command(info: CommandInfo) -> dict[str, Any]:
+    """The target columns a deploy command's final state sets."""
+    changes: dict[str, Any] = {"error_code": info.error_code}
+    parsed = deploy_result(info)
     if parsed is not None:
         state = parsed.outcome if parsed.outcome in (COMMITTED, "rolled_back") else FAILED
         changes.update(
@@ -111,12 +117,14 @@ def outcome_from_result(result: ResultInfo) -> dict[str, Any]:
             active_sha256=parsed.active_sha256,
             previous_sha256=parsed.previous_sha256,
             health=msgspec.to_builtins(parsed.health) if parsed.health else None,
-            detail=parsed.detail or (result.error_message or ""),
+            detail=parsed.detail or (info.error_message or ""),
         )
+    elif info.state == EXPIRED:
+        changes.update(state=TIMEOUT, detail=info.error_message or "the deploy expired unanswered")
     else:
         changes.update(
-            state=COMMITTED if result.status == "ok" else FAILED,
-            detail=result.error_message or "",
+            state=COMMITTED if info.state == ANSWERED else FAILED,
+            detail=info.error_message or ("cancelled" if info.state == CANCELLED else ""),
         )
     return changes
 
@@ -136,13 +144,12 @@ class DeploymentDriver:
         self.store = store
         self.fleet = fleet
         self.dstore = DeploymentStore(store)
+        self.commands = CommandStore(store)
         self.owner = owner or default_owner()
         self._on_event = on_event
         self._clock = clock
-        # Per process, and only to avoid publishing too often: after a restart everything sent
-        # is published once more, which the agent's journal makes harmless.
-        self._published: dict[str, float | None] = {}  # msg_id -> device's online_since then
         self.offline_since: dict[str, float] = {}
+        self._came_back: set[str] = set()  # devices back online since the last pass
 
     # -- events ---------------------------------------------------------------------------------
     def _emit(self, event: str, **data: Any) -> None:
@@ -166,7 +173,8 @@ class DeploymentDriver:
         now = self._clock()
         for device in set(devices):
             if self.online(device):
-                self.offline_since.pop(device, None)
+                if self.offline_since.pop(device, None) is not None:
+                    self._came_back.add(device)
             else:
                 self.offline_since.setdefault(device, now)
 
@@ -187,10 +195,10 @@ class DeploymentDriver:
     def _drive(self, rollout: RolloutInfo) -> None:
         targets = self.dstore.targets(rollout.rollout_id)
         self._observe(t.device_id for t in targets)
+        if rollout.status == ACTIVE:
+            self._send(rollout, [t for t in targets if t.state == PENDING])
         for target in targets:
-            if target.state == PENDING and rollout.status == ACTIVE:
-                self._send(rollout, target)
-            elif target.state in (SENT, TIMEOUT):
+            if target.state in (SENT, TIMEOUT):
                 self._follow(rollout, target)
             if target.rollback_state == RB_PENDING:
                 self._send_rollback(target)
@@ -217,45 +225,67 @@ class DeploymentDriver:
                 self.dstore.update_rollout(rollout.rollout_id, open=False)
 
     # -- sending --------------------------------------------------------------------------------
-    def _send(self, rollout: RolloutInfo, target: TargetInfo) -> None:
-        if not self.online(target.device_id):
+    def _send(self, rollout: RolloutInfo, pending: list[TargetInfo]) -> None:
+        """Record the deploy commands of every pending target whose device is online, in one
+        transaction: the command driver publishes them together, so the devices fetching the
+        same artifact start together and the broker fans one stream out to all of them."""
+        ready = {t.deploy_id: t for t in pending if self.online(t.device_id)}
+        if not ready:
             return
-        if not self.dstore.claim_target(target.deploy_id, PENDING, self.owner, CLAIM_LEASE_S):
-            return
+        claimed = self.dstore.claim_targets(ready, PENDING, self.owner, CLAIM_LEASE_S)
         settings = rollout.settings
-        try:
-            if target.artifact_path is None or target.manifest is None:
-                raise ConfigError(f"deploy {target.deploy_id} names no artifact file")
-            base = msgspec.convert(target.manifest, ArtifactManifest)
-            self.fleet.offer(target.artifact_path, base)
-            eval_manifest = (
-                self.fleet.offer(target.eval_path) if target.eval_path is not None else None
+        builds: dict[str, Callable[[int], DeployCmd]] = {}
+        offered: dict[tuple[str, str | None], ArtifactManifest] = {}
+
+        def offer(path: str, manifest: ArtifactManifest | None) -> ArtifactManifest:
+            # Each file once per pass: a rollout names the same artifact for many devices.
+            key = (path, manifest.sha256 if manifest is not None else None)
+            if key not in offered:
+                offered[key] = self.fleet.offer(path, manifest)
+            return offered[key]
+
+        for deploy_id in claimed:
+            target = ready[deploy_id]
+            try:
+                if target.artifact_path is None or target.manifest is None:
+                    raise ConfigError(f"deploy {target.deploy_id} names no artifact file")
+                base = msgspec.convert(target.manifest, ArtifactManifest)
+                offer(target.artifact_path, base)
+                eval_manifest = (
+                    offer(target.eval_path, None) if target.eval_path is not None else None
+                )
+                # Checked now, so that one bad target cannot fail the others' transaction.
+                self._deploy_command(target, base, eval_manifest, 1, settings=settings)
+            except EdgeTailorError as exc:
+                self._not_sent(rollout, target, exc)
+                continue
+            builds[deploy_id] = functools.partial(
+                self._deploy_command, target, base, eval_manifest, settings=settings
             )
-
-            def build(sequence: int) -> tuple[str, str, dict[str, Any]]:
-                return self._deploy_command(target, base, eval_manifest, sequence, settings)
-
-            sent = self.dstore.mark_sent(
-                target.deploy_id, self.owner, device_id=target.device_id,
-                sequence_for=target.device_id, build=build,
-            )  # fmt: skip
+        try:
+            sent = self.dstore.mark_sent_many(self.owner, builds)
         except EdgeTailorError as exc:
-            logger.warning("deploy %s to %s not sent: %s", target.deploy_id, target.device_id, exc)
-            self.dstore.update_target(
-                target.deploy_id, expect_states=(PENDING,), state=FAILED, error_code="not_sent",
-                detail=str(exc), finished_at=self._clock(), claimed_by=None, claim_until=None,
+            for deploy_id in builds:
+                self._not_sent(rollout, ready[deploy_id], exc)
+            return
+        if sent:
+            self.fleet.commands.wake()
+        for deploy_id, sequence in sent.items():
+            target = ready[deploy_id]
+            self._emit(
+                "sent", device=target.device_id, deploy_id=target.deploy_id,
+                sha256=target.sha256, wave=target.wave, sequence=sequence,
+                rollout=rollout.rollout_id,
             )  # fmt: skip
-            self._emit("outcome", device=target.device_id, outcome=FAILED, detail=str(exc),
-                       rollout=rollout.rollout_id)  # fmt: skip
-            return
-        if sent is None:
-            return
-        sequence, msg_id, payload = sent
-        self._publish(target.device_id, "deploy", msg_id, payload)
-        self._emit(
-            "sent", device=target.device_id, deploy_id=target.deploy_id, sha256=target.sha256,
-            wave=target.wave, sequence=sequence, rollout=rollout.rollout_id,
+
+    def _not_sent(self, rollout: RolloutInfo, target: TargetInfo, exc: Exception) -> None:
+        logger.warning("deploy %s to %s not sent: %s", target.deploy_id, target.device_id, exc)
+        self.dstore.update_target(
+            target.deploy_id, expect_states=(PENDING,), state=FAILED, error_code="not_sent",
+            detail=str(exc), finished_at=self._clock(), claimed_by=None, claim_until=None,
         )  # fmt: skip
+        self._emit("outcome", device=target.device_id, outcome=FAILED, detail=str(exc),
+                   rollout=rollout.rollout_id)  # fmt: skip
 
     def _deploy_command(
         self,
@@ -263,62 +293,40 @@ class DeploymentDriver:
         base: ArtifactManifest,
         eval_manifest: ArtifactManifest | None,
         sequence: int,
+        *,
         settings: dict[str, Any],
-    ) -> tuple[str, str, dict[str, Any]]:
+    ) -> DeployCmd:
+        """The deploy, its manifest addressed to the device with its deploy sequence (signed by
+        the command driver, with the key the device pins, when it is published)."""
         manifest = msgspec.structs.replace(
             base, target_device=target.device_id, sequence=sequence, key_id=None, signature=None
         )
-        if self.fleet.signing_key is not None:
-            manifest = sign_manifest(manifest, self.fleet.signing_key)
-        params = {
-            "chunk_size": int(settings.get("chunk_size") or self.fleet.chunk_size),
-            # The picked variant's thread count wins over the rollout-wide setting.
-            "threads": target.threads or settings.get("threads"),
-            "runtime": target.runtime,
-            "latency_budget_ms": target.latency_budget_ms,
-            "min_metric": target.min_metric,
-            "health_runs": int(settings.get("health_runs", 20)),
-            "timeout_s": float(settings.get("timeout_s", 300.0)),
-        }
         try:
-            command = msgspec.convert(
+            return msgspec.convert(
                 {
                     "deploy_id": target.deploy_id,
                     "model": msgspec.to_builtins(manifest),
                     "eval_data": msgspec.to_builtins(eval_manifest) if eval_manifest else None,
-                    **params,
+                    "chunk_size": int(settings.get("chunk_size") or self.fleet.chunk_size),
+                    # The picked variant's thread count wins over the rollout-wide setting.
+                    "threads": target.threads or settings.get("threads"),
+                    "runtime": target.runtime,
+                    "latency_budget_ms": target.latency_budget_ms,
+                    "min_metric": target.min_metric,
+                    "health_runs": int(settings.get("health_runs", 20)),
+                    "timeout_s": float(settings.get("timeout_s", 300.0)),
                 },
                 DeployCmd,
             )
         except msgspec.ValidationError as exc:
             raise ConfigError(f"invalid deploy settings for {target.device_id}: {exc}") from exc
-        msg_id = new_msg_id()
-        payload = encode(command, device_id=target.device_id, msg_id=msg_id)
-        try:
-            decode(payload)  # struct constructors skip the wire constraints; check them here
-        except ValidationError as exc:
-            raise ConfigError(f"invalid deploy command for {target.device_id}: {exc}") from exc
-        return msg_id, payload.decode("utf-8"), {**params, "sequence": sequence}
-
-    def _publish(self, device_id: str, name: str, msg_id: str, payload: str) -> None:
-        self.fleet.publish_command(device_id, name, payload.encode("utf-8"))
-        self._published[msg_id] = self._online_since(device_id)
-
-    def _due_again(self, device_id: str, msg_id: str | None) -> bool:
-        """A recorded command to publish once more: not yet by this process, or the device has
-        been offline since (a command published to an absent device is lost by the broker)."""
-        if msg_id is None or not self.online(device_id):
-            return False
-        if msg_id not in self._published:
-            return True
-        return self._published[msg_id] != self._online_since(device_id)
 
     # -- answers --------------------------------------------------------------------------------
     def _follow(self, rollout: RolloutInfo, target: TargetInfo) -> None:
-        result = self.store.get_result(target.deploy_id)
+        info = self.commands.get(target.command_msg_id) if target.command_msg_id else None
         now = self._clock()
-        if result is not None:
-            changes = outcome_from_result(result)
+        if info is not None and info.final:
+            changes = outcome_from_command(info)
             if self.dstore.update_target(
                 target.deploy_id, expect_states=(SENT, TIMEOUT), finished_at=now,
                 stage="done", **changes,
@@ -330,15 +338,14 @@ class DeploymentDriver:
             return
         if target.state == TIMEOUT:
             return  # final, but a late answer above still says what the device did
-        job = self.store.get_job(target.deploy_id)
-        if job is not None and job.status not in ("submitted", target.stage):
-            self.dstore.update_target(target.deploy_id, expect_states=(SENT,), stage=job.status)
-            self._emit("stage", device=target.device_id, stage=job.status,
+        if info is not None and info.stage is not None and info.stage != target.stage:
+            self.dstore.update_target(target.deploy_id, expect_states=(SENT,), stage=info.stage)
+            self._emit("stage", device=target.device_id, stage=info.stage,
                        rollout=rollout.rollout_id)  # fmt: skip
-        if self._due_again(target.device_id, target.command_msg_id) and target.command:
-            logger.info("publishing deploy %s to %s again", target.deploy_id, target.device_id)
-            self._publish(target.device_id, "deploy", target.command_msg_id or "", target.command)
-            # Time the device spent away does not count against the answer's deadline.
+        if target.device_id in self._came_back:
+            # Time the device spent away does not count against the answer's deadline (the
+            # command driver publishes the deploy again now that it is back).
+            self._came_back.discard(target.device_id)
             self.dstore.update_target(target.deploy_id, expect_states=(SENT,), sent_at=now)
             return
         budget = float(rollout.settings.get("timeout_s", 300.0)) + TRANSFER_ALLOWANCE_S
@@ -411,35 +418,17 @@ class DeploymentDriver:
             return
         if not self.dstore.claim_rollback(target.deploy_id, self.owner, CLAIM_LEASE_S):
             return
-
-        def build() -> tuple[str, str]:
-            msg_id = new_msg_id()
-            command = RollbackCmd(deploy_id=target.deploy_id, reason=target.rollback_reason[:4000])
-            return msg_id, encode(command, device_id=target.device_id, msg_id=msg_id).decode()
-
-        sent = self.dstore.mark_rollback_sent(target.deploy_id, self.owner, build=build)
-        if sent is not None:
-            self._publish(target.device_id, "rollback", *sent)
+        command = RollbackCmd(deploy_id=target.deploy_id, reason=target.rollback_reason[:4000])
+        if self.dstore.mark_rollback_sent(target.deploy_id, self.owner, command=command):
+            self.fleet.commands.wake()
             self._emit("rollback_sent", device=target.device_id, deploy_id=target.deploy_id,
                        rollout=target.rollout_id)  # fmt: skip
 
     def _follow_rollback(self, rollout: RolloutInfo, target: TargetInfo) -> None:
-        result = self.store.get_result(target.rollback_job_id)
-        if result is None:
-            if (
-                self._due_again(target.device_id, target.rollback_msg_id)
-                and target.rollback_command
-            ):
-                self._publish(
-                    target.device_id, "rollback", target.rollback_msg_id or "",
-                    target.rollback_command,
-                )  # fmt: skip
+        info = self.commands.get(target.rollback_msg_id) if target.rollback_msg_id else None
+        if info is None or not info.final:
             return
-        data = result.data or {}
-        try:
-            parsed = from_data(data, DeployResult) if "outcome" in data else None
-        except ValidationError:
-            parsed = None
+        parsed = deploy_result(info)
         if parsed is not None and parsed.outcome == "restored":
             undone = WAVE_ROLLED_BACK if rollout.status == ABORTED else REVERTED
             detail = (
@@ -455,8 +444,8 @@ class DeploymentDriver:
             self._emit("rolled_back", device=target.device_id, outcome=undone,
                        rollout=rollout.rollout_id)  # fmt: skip
         else:
-            what = parsed.outcome if parsed is not None else result.status
-            text = (parsed.detail if parsed is not None else "") or result.error_message or ""
+            what = parsed.outcome if parsed is not None else info.state
+            text = (parsed.detail if parsed is not None else "") or info.error_message or ""
             self.dstore.update_target(
                 target.deploy_id, rollback_state=RB_REFUSED,
                 detail=f"{target.detail}; rollback: {what} ({text})".lstrip("; "),
@@ -528,5 +517,6 @@ __all__ = [
     "DeploymentDriver",
     "FleetPort",
     "default_owner",
-    "outcome_from_result",
+    "deploy_result",
+    "outcome_from_command",
 ]

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from host.artifacts import manifest_for_file
-from host.deploy.driver import DEFAULT_OFFLINE_GRACE_S, DeploymentDriver
+from host.commands.repository import CommandInfo
+from host.deploy.driver import DEFAULT_OFFLINE_GRACE_S, DeploymentDriver, deploy_result
 from host.deploy.targets import DeployError, DeployTarget, targets_from_selection
 from host.deploy.waves import DEFAULT_WAVES, parse_waves, plan_waves
 from host.errors import ConfigError, JobTimeoutError
@@ -36,9 +37,8 @@ from host.store.deployments import (
     RolloutInfo,
     TargetInfo,
 )
-from shared.errors import EdgeTailorError, ValidationError
-from shared.messages import Response, RollbackCmd
-from shared.results import DeployResult, from_data
+from shared.errors import EdgeTailorError
+from shared.messages import RollbackCmd
 from shared.topics import check_device_id
 
 if TYPE_CHECKING:
@@ -296,16 +296,17 @@ class Deployer:
         """
         device = check_device_id(device_id)
         self.fleet.wait_for_device(device, self.device_timeout_s)
-        handle = self.fleet.send_command(
-            device, RollbackCmd(deploy_id=deploy_id, reason=reason[:4000])
-        )
+        commands = self.fleet.commands
+        sent = commands.send(device, RollbackCmd(deploy_id=deploy_id, reason=reason[:4000]))
         outcome = DeviceOutcome(
-            device_id=device, deploy_id=deploy_id or handle.job_id, wave=0, sha256="",
+            device_id=device, deploy_id=deploy_id or sent.command_id, wave=0, sha256="",
             sequence=0, outcome="sent",
         )  # fmt: skip
         try:
-            _apply(outcome, handle.wait(timeout))
+            _apply(outcome, commands.wait(sent.command_id, timeout))
         except JobTimeoutError as exc:
+            # A rollback that would run much later, unasked, is worse than none: given up.
+            commands.cancel(sent.command_id)
             outcome.outcome, outcome.error_code, outcome.detail = "timeout", "timeout", str(exc)
         if outcome.outcome == "restored":
             record_manual_rollback(self.dstore, device, deploy_id, reason)
@@ -332,12 +333,8 @@ def record_manual_rollback(
     return newest.deploy_id
 
 
-def _apply(outcome: DeviceOutcome, response: Response) -> None:
-    data = response.data or {}
-    try:
-        result = from_data(data, DeployResult) if "outcome" in data else None
-    except ValidationError:
-        result = None
+def _apply(outcome: DeviceOutcome, info: CommandInfo) -> None:
+    result = deploy_result(info)
     if result is not None:
         outcome.outcome = result.outcome
         outcome.active_sha256 = result.active_sha256
@@ -345,10 +342,10 @@ def _apply(outcome: DeviceOutcome, response: Response) -> None:
         outcome.health = msgspec.to_builtins(result.health) if result.health else None
         outcome.detail = result.detail
     else:
-        outcome.outcome = COMMITTED if response.status == "ok" else "failed"
-    if response.error is not None:
-        outcome.error_code = response.error.code
-        outcome.detail = outcome.detail or response.error.message
+        outcome.outcome = COMMITTED if info.state == "answered" else "failed"
+    if info.error_code is not None:
+        outcome.error_code = info.error_code
+        outcome.detail = outcome.detail or info.error_message or ""
 
 
 def deploy_selection(

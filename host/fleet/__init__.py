@@ -1,11 +1,10 @@
-"""The host's fleet side: MQTT client, device registry, chunk server and job tracking."""
+"""The host's fleet side: MQTT client, device registry and chunk server (commands: host.commands)."""
 
 from __future__ import annotations
 
 from host.fleet.chunk_server import ChunkServer, UnknownArtifactError
 from host.fleet.client import Fleet, FleetConnectionError
 from host.fleet.devices import DeviceRecord, DeviceRegistry
-from host.fleet.jobs import JobHandle, JobTracker
 
 __all__ = [
     "ChunkServer",
@@ -13,7 +12,5 @@ __all__ = [
     "DeviceRegistry",
     "Fleet",
     "FleetConnectionError",
-    "JobHandle",
-    "JobTracker",
     "UnknownArtifactError",
 ]

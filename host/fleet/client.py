@@ -1,22 +1,24 @@
-"""The host's MQTT side: ``Fleet`` connects to the broker, tracks devices, serves artifact chunks,
-sends commands and collects their results.
+"""The host's MQTT side: ``Fleet`` connects to the broker, tracks devices, authenticates what they
+send, serves artifact chunks to the devices whose commands name them, and runs the command
+pipeline (host.commands) that publishes every command and stores every answer.
 
 Typical use::
 
+    from host.commands.bench import benchmark
+
     with Fleet("mqtt://127.0.0.1:1883", store=Store()) as fleet:
         fleet.wait_for_device("pi-01", timeout=30)
-        job = fleet.submit_benchmark("pi-01", "model.tflite", eval_path="eval.npz", runs=50)
-        job.on_progress(lambda job, stage, data: print(stage))
-        result = job.result(timeout=600)   # BenchmarkResult, or JobFailedError / JobTimeoutError
+        result = benchmark(fleet, "pi-01", "model.tflite", eval_path="eval.npz", runs=50)
 
-Protocol duties (see shared/ and DESIGN.md): retained ``online`` on the host status topic with an
-``offline`` Last Will; device registry from retained birth/status and telemetry; chunks served on
-the per-artifact topic, coalesced; each final response stored (deduplicated by response msg_id and
-by job id), delivered to its caller once, then acknowledged with ``cmd.ack`` so the agent can drop
-it from its outbox. Final responses for jobs this host neither submitted nor finds in its store are
-left unacknowledged: they belong to another host process, which must get the chance to store them.
-Replicas on one database pass ``share_group``: responses and chunk requests then come through MQTT
-shared subscriptions, each to one replica, which finds the job and the artifact in the database.
+Protocol duties (see shared/): retained ``online`` on the host status topic with an ``offline``
+Last Will; a device registry from retained birth/status and telemetry; every device message
+checked against the device's pinned key (pinned on its first signed birth; an unsigned, badly
+signed or foreign-signed message is dropped, counted and logged once); chunks served on the
+per-artifact topic, coalesced, only to a device with an open command naming the artifact
+(host.commands.grants); responses and outputs parts handed to the command driver, which stores
+each final answer once and acknowledges it. Replicas on one database pass ``share_group``:
+responses and chunk requests then come through MQTT shared subscriptions, each to one replica,
+which finds the command and the artifact in the database.
 """
 
 from __future__ import annotations
@@ -26,41 +28,36 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections import Counter, deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 import msgspec
 import paho.mqtt.client as mqtt
 
-from host.artifacts import manifest_for_file, resolve_signing_key
+from host.artifacts import manifest_for_file
+from host.commands.driver import CommandDriver
+from host.commands.grants import ChunkGate
+from host.commands.keys import HostKeys
 from host.errors import ConfigError, DeviceUnavailableError, HostError
 from host.fleet.chunk_server import DEFAULT_COALESCE_S, ChunkServer, UnknownArtifactError
 from host.fleet.devices import DeviceRecord, DeviceRegistry
-from host.fleet.jobs import JobHandle, JobTracker
 from host.fleet.outputs import OutputsCollector
 from shared.broker_url import BrokerAddress, TlsOptions, parse_broker_url
-from shared.errors import IntegrityError, ValidationError
+from shared.errors import IntegrityError, SignatureError, ValidationError
 from shared.hashing import sha256_file
 from shared.manifest import ArtifactManifest
 from shared.messages import (
-    AckCmd,
-    BenchmarkCmd,
     Birth,
-    Body,
     ChunkRequest,
-    ErrorInfo,
     Message,
     OutputsPart,
     Response,
     Telemetry,
     decode,
-    encode,
-    new_msg_id,
-    schema_of,
 )
 from shared.mqtt import make_client
-from shared.signing import sign_manifest
+from shared.signing import verify_message
 from shared.topics import (
     DEFAULT_BASE,
     STATUS_OFFLINE,
@@ -72,15 +69,12 @@ from shared.topics import (
 from shared.transfer import DEFAULT_CHUNK_SIZE, check_chunk_size
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     from host.store import Store
 
 logger = logging.getLogger(__name__)
 
-ResultListener = Callable[[JobHandle, Response], None]
-STAGE_WRITE_S = 0.2  # how often progress stages reach the store
 STATE_SUFFIXES = ("/status", "/birth", "/telemetry")
+PIN_RECHECK_S = 2.0  # a device whose key changed has its pin read from the database again
 
 
 def subscription_qos(topic: str) -> int:
@@ -100,7 +94,12 @@ class FleetConnectionError(HostError):
 
 
 class Fleet:
-    """A host's connection to its fleet; use as a context manager (connects on enter)."""
+    """A host's connection to its fleet; use as a context manager (connects on enter).
+
+    With a store it runs the command pipeline (``fleet.commands``, host.commands.CommandDriver);
+    without one, or with ``commands=False`` (``edgetailor devices``, ``status``), it only watches
+    devices and publishes no command.
+    """
 
     def __init__(
         self,
@@ -108,7 +107,7 @@ class Fleet:
         base_topic: str = DEFAULT_BASE,
         store: Store | str | None = None,
         tls: TlsOptions | None = None,
-        signing_key: Ed25519PrivateKey | str | os.PathLike[str] | None = None,
+        signing_key: str | os.PathLike[str] | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         *,
         coalesce_s: float = DEFAULT_COALESCE_S,
@@ -117,11 +116,11 @@ class Fleet:
         client_id: str | None = None,
         outputs_dir: str | os.PathLike[str] | None = None,
         share_group: str | None = None,
+        commands: bool = True,
     ) -> None:
         self.address: BrokerAddress = parse_broker_url(broker_url)
         self.topics = Topics(base_topic)
         self.tls = (tls or TlsOptions()).check()
-        self.signing_key = resolve_signing_key(signing_key)
         self.chunk_size = check_chunk_size(chunk_size)
         self.share_group = check_share_group(share_group) if share_group else None
         self.keepalive = keepalive
@@ -134,7 +133,6 @@ class Fleet:
             store = _Store(store)
         self.store: Store | None = store
         self.registry = DeviceRegistry()
-        self.jobs = JobTracker()
         self.chunks = ChunkServer(
             self._publish_chunk, coalesce_s=coalesce_s, ready=self._connected_now
         )
@@ -143,7 +141,19 @@ class Fleet:
 
             outputs_dir = edgetailor_home() / "outputs"
         self.outputs = OutputsCollector(Path(outputs_dir))
-        self._result_listeners: list[ResultListener] = []
+        # Made on first use ($EDGETAILOR_HOME/keys/signing.key) unless --signing-key names one.
+        self.keys: HostKeys | None = HostKeys(signing_key) if commands else None
+        self.dropped: Counter[tuple[str, str]] = Counter()  # (topic kind, reason) -> messages
+        self._pins: dict[str, str | None] = {}  # device -> pinned key (None: none in the store)
+        self._pin_checked: dict[str, float] = {}
+        self._warned: set[tuple[str, str]] = set()
+        self._commands: CommandDriver | None = None
+        self.gate: ChunkGate | None = None
+        if store is not None and self.keys is not None:
+            self.gate = ChunkGate(self._lookup_grant)
+            self._commands = CommandDriver(
+                store, self, self.keys, gate=self.gate, outputs=self.outputs
+            )
         self._client: mqtt.Client | None = None
         self._connack = threading.Event()
         self._connack_reason: str | None = None
@@ -151,14 +161,20 @@ class Fleet:
         self._pending_subs: set[int] = set()
         self._subscribed = threading.Event()
         self._lock = threading.Lock()
-        self._unconfirmed_acks: list[mqtt.MQTTMessageInfo] = []
+        self._recent_commands: deque[mqtt.MQTTMessageInfo] = deque(maxlen=4096)
         self._digests: dict[tuple[str, int, int, int], str] = {}
+        self._manifests: dict[tuple[str, int, int, int], ArtifactManifest] = {}
         self._recorded: set[tuple[bytes, str]] = set()  # (manifest, path) in the store already
-        # Progress stages waiting to be written, newest per job: one transaction per interval
-        # instead of one commit per progress message on the network thread.
-        self._stages: dict[str, str] = {}
-        self._stages_stop = threading.Event()
-        self._stage_writer: threading.Thread | None = None
+
+    @property
+    def commands(self) -> CommandDriver:
+        """The command pipeline of this fleet (needs a store)."""
+        if self._commands is None:
+            raise ConfigError(
+                "commands are recorded in the database: give the Fleet a store (--db, or "
+                "EDGETAILOR_DB)"
+            )
+        return self._commands
 
     # -- connection ----------------------------------------------------------------------------
     def __enter__(self) -> Self:
@@ -193,17 +209,15 @@ class Fleet:
                 "running and that --broker names the right host and port"
             ) from exc
         client.loop_start()
-        if self.store is not None and self._stage_writer is None:
-            self._stages_stop.clear()
-            self._stage_writer = threading.Thread(
-                target=self._write_stages_forever, name="fleet-stages", daemon=True
-            )
-            self._stage_writer.start()
+        if self._commands is not None:
+            self._commands.start()
         if not self._connack.wait(self.connect_timeout) or self._connack_reason is not None:
             reason = self._connack_reason or f"no CONNACK within {self.connect_timeout:.0f} s"
             client.loop_stop()
             client.disconnect()
             self._client = None
+            if self._commands is not None:
+                self._commands.stop()
             raise FleetConnectionError(
                 f"the MQTT broker at {self.address} refused the connection: {reason}; check "
                 "the credentials in the URL, the TLS options and the broker's ACL"
@@ -211,17 +225,22 @@ class Fleet:
         logger.info("connected to %s as %s", self.address, self.client_id)
 
     def close(self) -> None:
-        """Publish the retained ``offline`` status and disconnect (idempotent)."""
+        """Store and acknowledge the answers received, publish the retained ``offline`` status
+        and disconnect (idempotent)."""
+        if self._commands is not None:
+            self._commands.stop()
         self.chunks.close()
         client, self._client = self._client, None
         if client is not None:
             with self._lock:
-                unconfirmed, self._unconfirmed_acks = self._unconfirmed_acks, []
+                unconfirmed = [i for i in self._recent_commands if not i.is_published()]
+                self._recent_commands.clear()
+            deadline = time.monotonic() + 3.0
             for info in unconfirmed:
                 try:
-                    info.wait_for_publish(timeout=3)
+                    info.wait_for_publish(timeout=max(0.0, deadline - time.monotonic()))
                 except (RuntimeError, ValueError):
-                    break  # not connected: the agent re-sends, the next host acks
+                    break  # not connected: what is open goes out again from the database
             if self._connected.is_set():
                 info = client.publish(self.topics.host_status(), STATUS_OFFLINE, qos=1, retain=True)
                 try:
@@ -231,10 +250,6 @@ class Fleet:
             client.disconnect()
             client.loop_stop()
         self._connected.clear()
-        writer, self._stage_writer = self._stage_writer, None
-        if writer is not None:
-            self._stages_stop.set()
-            writer.join(timeout=10)
         if self._owns_store and self.store is not None:
             self.store.close()
 
@@ -292,16 +307,22 @@ class Fleet:
             )
         return self._client
 
-    def _publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        info = self._require_client().publish(topic, payload, qos=1, retain=retain)
+    def publish_command(self, device_id: str, name: str, payload: bytes) -> None:
+        """Publish a signed command envelope (host.commands.CommandDriver, the only caller)."""
+        topic = self.topics.cmd(check_device_id(device_id), name)
+        client = self._client
+        if client is None:
+            return  # closing: the command is open in the database and goes out next time
+        info = client.publish(topic, payload, qos=1)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             # NO_CONN: paho keeps the QoS 1 message and sends it after reconnecting.
             logger.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
+        with self._lock:
+            self._recent_commands.append(info)
 
-    def publish_command(self, device_id: str, name: str, payload: bytes) -> None:
-        """Publish a command envelope the caller built and recorded (host.deploy.driver sends the
-        same envelope again after a restart; the agent's journal runs it once)."""
-        self._publish(self.topics.cmd(check_device_id(device_id), name), payload)
+    def expect_artifact(self, sha256: str, device_id: str) -> None:
+        """A command naming this artifact went to this device: it will likely ask for it soon."""
+        self.chunks.expect(sha256, device_id)
 
     def _publish_chunk(self, sha256: str, frame: bytes) -> mqtt.MQTTMessageInfo | None:
         client = self._client
@@ -347,13 +368,12 @@ class Fleet:
         """Serve ``path`` to devices under ``manifest.sha256`` (built from the file when None).
 
         With ``verify`` the file's size and sha256 are checked against the manifest first. Returns
-        the manifest, signed when the fleet has a signing key and the manifest was not signed yet.
+        the manifest as given or built; the command driver signs it, with the key each device
+        pins, when it publishes a command naming it.
         """
         path = Path(path)
         if manifest is None:
-            manifest = manifest_for_file(path, signing_key=self.signing_key)
-        elif self.signing_key is not None and manifest.signature is None:
-            manifest = sign_manifest(manifest, self.signing_key)
+            manifest = self._manifest_of(path)
         try:
             stat = path.stat()
         except OSError as exc:
@@ -379,6 +399,28 @@ class Fleet:
                     self._recorded.add(key)
         return manifest
 
+    def _manifest_of(self, path: Path) -> ArtifactManifest:
+        """The manifest of a file, built again only when the file changed since (a campaign's
+        device threads offer the same candidate at the same moment: it is hashed and parsed
+        once, not once per device)."""
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            raise ConfigError(f"cannot read artifact {path}: {exc}") from exc
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        with self._lock:
+            known = self._manifests.get(key)
+        if known is not None:
+            return known
+        built_at = time.time_ns()
+        manifest = manifest_for_file(path)
+        if stat.st_mtime_ns < built_at - 1_000_000_000:  # see _digest: racy file times
+            with self._lock:
+                if len(self._manifests) >= 1024:
+                    self._manifests.clear()
+                self._manifests[key] = manifest
+        return manifest
+
     def _digest(self, path: Path, stat: os.stat_result) -> str:
         """sha256 of the file, hashed again only when it changed since the last offer.
 
@@ -401,185 +443,146 @@ class Fleet:
                 self._digests[key] = digest
         return digest
 
-    # -- commands and jobs ---------------------------------------------------------------------
-    def on_result(self, listener: ResultListener) -> None:
-        """``listener(handle, response)`` once per finished job submitted by this Fleet."""
-        self._result_listeners.append(listener)
-
-    def send_command(
-        self,
-        device_id: str,
-        body: Body,
-        *,
-        job_id: str | None = None,
-        on_progress: Callable[[JobHandle, str, dict[str, Any]], None] | None = None,
-    ) -> JobHandle:
-        """Send any ``cmd.*`` body; the returned handle's ``wait(timeout)`` gives the final Response.
-
-        ``cmd.ack`` is fire-and-forget (acks are not answered); its handle never finishes.
-        """
-        check_device_id(device_id)
-        schema = schema_of(body)
-        if not schema.startswith("cmd."):
-            raise ConfigError(f"{schema} is not a command")
-        name = schema.removeprefix("cmd.")
-        msg_id = new_msg_id()
-        job_id = job_id or getattr(body, "job_id", None) or msg_id
-        payload = encode(body, device_id=device_id, msg_id=msg_id)
-        try:
-            decode(payload)  # struct constructors skip the wire constraints; check them here
-        except ValidationError as exc:
-            raise ConfigError(f"invalid {schema} command: {exc}") from exc
-        topic = self.topics.cmd(device_id, name)
-        handle = JobHandle(
-            job_id=job_id,
-            device_id=device_id,
-            command_msg_id=msg_id,
-            kind=name,
-            command_topic=topic,
-            command_payload=payload,
-        )
-        if on_progress is not None:
-            handle.on_progress(on_progress)  # before publishing: progress may come back at once
-        for name_of_artifact in ("model", "eval_data"):
-            manifest = getattr(body, name_of_artifact, None)
-            if isinstance(manifest, ArtifactManifest):
-                self.chunks.expect(manifest.sha256, device_id)  # it will ask for the chunks soon
-        if name != "ack":
-            self.jobs.add(handle)
-            if self.store is not None:
-                model = getattr(body, "model", None)
-                eval_data = getattr(body, "eval_data", None)
-                params = {
-                    k: v
-                    for k, v in msgspec.to_builtins(body).items()
-                    if k not in ("model", "eval_data", "job_id")
-                }
-                self.store.create_job(
-                    job_id=job_id,
-                    command_msg_id=msg_id,
-                    device_id=device_id,
-                    kind=name,
-                    model_sha256=model.sha256 if model is not None else None,
-                    eval_sha256=eval_data.sha256 if eval_data is not None else None,
-                    params=params,
-                )
-        self._publish(topic, payload)
-        logger.info("sent cmd.%s %s to %s (job %s)", name, msg_id, device_id, job_id)
-        return handle
-
-    def submit_benchmark(
-        self,
-        device_id: str,
-        model_path: str | Path,
-        model_manifest: ArtifactManifest | None = None,
-        eval_path: str | Path | None = None,
-        eval_manifest: ArtifactManifest | None = None,
-        threads: int | None = None,
-        runs: int = 50,
-        timeout_s: float = 300.0,
-        *,
-        warmup_runs: int = 1,
-        warmup_s: float = 0.5,
-        min_s: float = 1.0,
-        eval_limit: int | None = None,
-        task: str | None = None,
-        return_outputs: bool = False,
-        chunk_size: int | None = None,
-        device_timeout_s: float = 15.0,
-        verify_artifacts: bool = True,
-        on_progress: Callable[[JobHandle, str, dict[str, Any]], None] | None = None,
-    ) -> JobHandle:
-        """Offer the model (and eval data), send cmd.benchmark, return the job's handle.
-
-        Waits up to ``device_timeout_s`` for the device to be online. ``verify_artifacts=False``
-        serves files whose hash does not match their manifest (only tests want that: the device
-        must then refuse them).
-        """
-        self.wait_for_device(device_id, device_timeout_s)
-        model = self.offer(model_path, model_manifest, verify=verify_artifacts)
-        eval_data = None
-        if eval_path is not None:
-            eval_data = self.offer(eval_path, eval_manifest, verify=verify_artifacts)
-        try:
-            command = msgspec.convert(
-                {
-                    "job_id": f"job-{uuid.uuid4().hex[:20]}",
-                    "model": msgspec.to_builtins(model),
-                    "eval_data": msgspec.to_builtins(eval_data) if eval_data else None,
-                    "chunk_size": chunk_size or self.chunk_size,
-                    "threads": threads,
-                    "warmup_runs": warmup_runs,
-                    "warmup_s": warmup_s,
-                    "runs": runs,
-                    "min_s": min_s,
-                    "timeout_s": timeout_s,
-                    "eval_limit": eval_limit,
-                    "task": task,
-                    "return_outputs": return_outputs,
-                },
-                BenchmarkCmd,
-            )
-        except msgspec.ValidationError as exc:
-            raise ConfigError(f"invalid benchmark settings: {exc}") from exc
-        return self.send_command(device_id, command, on_progress=on_progress)
-
     # -- incoming ------------------------------------------------------------------------------
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if self._client is None:
             return  # closing
         try:
             parsed = self.topics.parse(msg.topic)
-            device_id = parsed.device_id
-            if device_id is None:
-                return
+        except ValidationError as exc:
+            logger.debug("ignored a message on %s: %s", msg.topic, exc)
+            return
+        device_id = parsed.device_id
+        if device_id is None or parsed.kind == "cmd":
+            return
+        try:
             if parsed.kind == "status":
                 self._on_status(device_id, msg.payload)
-            elif parsed.kind == "resp" and parsed.name == "xfer":
-                return  # our own answers to chunk requests
             elif msg.payload:
-                self._on_envelope(parsed.kind, device_id, decode(msg.payload))
-        except ValidationError as exc:
-            logger.warning("ignored a message on %s: %s", msg.topic, exc)
+                try:
+                    message = decode(msg.payload)
+                except ValidationError as exc:
+                    self._drop(parsed.kind, device_id, "malformed", str(exc))
+                    return
+                if self._authentic(parsed.kind, device_id, message):
+                    self._on_envelope(parsed.kind, device_id, message)
         except Exception:  # the paho thread must survive anything one message does
             logger.exception("failed to handle a message on %s", msg.topic)
+
+    def _drop(self, kind: str, device_id: str, reason: str, why: str) -> None:
+        """Count a dropped message (on /metrics) and log it once per device and reason."""
+        with self._lock:
+            self.dropped[(kind, reason)] += 1
+            first = (device_id, reason) not in self._warned
+            if first:
+                if len(self._warned) > 10_000:
+                    self._warned.clear()
+                self._warned.add((device_id, reason))
+        if first:
+            logger.warning("dropped a %s message of %s (%s): %s", kind, device_id, reason, why)
+        else:
+            logger.debug("dropped a %s message of %s (%s): %s", kind, device_id, reason, why)
+
+    def drop_counts(self) -> dict[tuple[str, str], int]:
+        """Messages dropped since connecting, by topic kind and reason (host /metrics)."""
+        with self._lock:
+            counts = dict(self.dropped)
+        if self._commands is not None:
+            for reason, n in self._commands.dropped.items():
+                counts[("resp", reason)] = counts.get(("resp", reason), 0) + n
+        return counts
+
+    def _pinned(self, device_id: str, *, again: bool = False) -> str | None:
+        """The key pinned for a device, from memory or (first time, or ``again``) the store."""
+        with self._lock:
+            if device_id in self._pins and not again:
+                return self._pins[device_id]
+        key = self.store.device_key(device_id) if self.store is not None else None
+        with self._lock:
+            self._pins[device_id] = key
+            self._pin_checked[device_id] = time.monotonic()
+        return key
+
+    def _authentic(self, kind: str, device_id: str, message: Message) -> bool:
+        """Whether a device's message is signed by the key pinned for it (pinning it on the
+        first signed birth); anything else is dropped, counted and logged once."""
+        if message.device_id != device_id:
+            self._drop(kind, device_id, "misaddressed",
+                       f"it names device {message.device_id!r} on {device_id}'s topic")  # fmt: skip
+            return False
+        pinned = self._pinned(device_id)
+        if message.auth is None:
+            if pinned is None and kind in ("birth", "telemetry"):
+                key = (device_id, "predates_signing")
+                if key not in self._warned:
+                    self._warned.add(key)
+                    logger.warning(
+                        "device %s sends unsigned messages: its agent predates signing and "
+                        "refuses this host's signed commands; update it", device_id,
+                    )  # fmt: skip
+                return True  # shown as a device, never answered for
+            self._drop(kind, device_id, "unsigned",
+                       "unsigned (an agent that predates signing, or a forgery)")  # fmt: skip
+            return False
+        try:
+            key = verify_message(message, trusted={pinned} if pinned else None, device_id=device_id)
+        except SignatureError as exc:
+            if exc.code == "untrusted_key" and pinned is not None:
+                # Unpinned meanwhile (edgetailor devices --forget) by this or another process?
+                last = self._pin_checked.get(device_id, 0.0)
+                if time.monotonic() - last > PIN_RECHECK_S:
+                    now_pinned = self._pinned(device_id, again=True)
+                    if now_pinned != pinned:
+                        if now_pinned is None:
+                            self._refetch_birth(device_id)
+                        return self._authentic(kind, device_id, message)
+            self._drop(kind, device_id, exc.code, str(exc))
+            return False
+        if pinned is None and kind != "birth":
+            # A key is pinned by the write that stores the device's first signed birth.
+            self._drop(kind, device_id, "not_pinned",
+                       f"signed by {key[:8]}..., but no birth of this device pinned a key yet")  # fmt: skip
+            return False
+        return True
+
+    def _refetch_birth(self, device_id: str) -> None:
+        """Subscribe to the device's birth again: the broker sends the retained one, whose
+        signature pins the device's (new) key."""
+        client = self._client
+        if client is not None:
+            topic = self.topics.birth(device_id)
+            client.subscribe(topic, qos=subscription_qos(topic))
 
     def _on_status(self, device_id: str, payload: bytes) -> None:
         if payload not in (STATUS_ONLINE, STATUS_OFFLINE):
             return  # an empty payload clears the retained status; nothing to learn
         online = payload == STATUS_ONLINE
         known = self.registry.get(device_id)
-        came_back = online and known is not None and not known.online
+        came_back = online and (known is None or not known.online)
         # Store first: whoever wakes up on the registry may read the database next.
         if self.store is not None:
             self.store.upsert_device(device_id, online=online)
         self.registry.set_status(device_id, online)
-        if came_back:
-            self._resend_pending(device_id)
-
-    def _resend_pending(self, device_id: str) -> None:
-        """Send again the unfinished commands of a device that was offline.
-
-        A command published while the device was away (its Will not yet fired, or a clean session
-        after a reconnect) is lost by the broker; the agent journals command ids, so one it did get
-        is not executed twice, and one already done has its result re-sent.
-        """
-        for handle in self.jobs.pending():
-            if handle.device_id == device_id and handle.command_payload:
-                logger.info(
-                    "device %s is back: re-sending cmd.%s %s",
-                    device_id,
-                    handle.kind,
-                    handle.command_msg_id,
-                )
-                self._publish(handle.command_topic, handle.command_payload)
+        if came_back and self._commands is not None:
+            self._commands.device_online(device_id)
 
     def _on_envelope(self, kind: str, device_id: str, message: Message) -> None:
         body = message.body
         if kind == "birth" and isinstance(body, Birth):
             if self.store is not None:
-                self.store.upsert_device(device_id, birth=msgspec.to_builtins(body))
+                key = message.auth.key if message.auth is not None else None
+                pinned = self.store.upsert_device(
+                    device_id, birth=msgspec.to_builtins(body), device_key=key
+                )
+                with self._lock:
+                    self._pins[device_id] = pinned
+                if key is not None and pinned != key:
+                    self._drop(kind, device_id, "untrusted_key",
+                               "its birth is signed by another key than the one pinned")  # fmt: skip
+                    return
             self.registry.set_birth(device_id, body)
+            if self._commands is not None:
+                self._commands.device_online(device_id)
         elif kind == "telemetry" and isinstance(body, Telemetry):
             if self.store is not None:
                 self.store.upsert_device(
@@ -588,26 +591,42 @@ class Fleet:
             self.registry.set_telemetry(device_id, body)
         elif kind == "xfer_req" and isinstance(body, ChunkRequest):
             self._on_chunk_request(device_id, message, body)
-        elif kind == "resp" and isinstance(body, Response):
-            self._on_response(device_id, message, body)
-        elif kind == "resp" and isinstance(body, OutputsPart):
-            self._on_outputs_part(device_id, message, body)
+        elif kind == "resp" and isinstance(body, Response | OutputsPart):
+            if self._commands is not None:
+                self._commands.on_message(device_id, message)
         else:
-            logger.warning(
-                "ignored %s message from %s on a %s topic", message.schema, device_id, kind
-            )
+            self._drop(kind, device_id, "wrong_topic", f"{message.schema} on a {kind} topic")
 
     def _on_chunk_request(self, device_id: str, message: Message, request: ChunkRequest) -> None:
+        if self.gate is None:
+            self._drop("xfer_req", device_id, "no_command", "this host sends no commands")
+            return
+        allowed, reason = self.gate.admit(device_id, request)
+        if reason is not None:
+            self._drop("xfer_req", device_id, reason,
+                       f"chunks of {request.sha256[:12]}: no open command of this device names "
+                       "it" if reason == "no_command" else
+                       f"chunks of {request.sha256[:12]} sent to it too often already")  # fmt: skip
+            return
+        if len(allowed) != len(request.indices):
+            request = msgspec.structs.replace(request, indices=allowed)
         try:
             if not self.chunks.offers(request.sha256):
                 self._offer_from_store(request.sha256)
-            self.chunks.handle(device_id, request, sent_at=message.ts)
+            scheduled = self.chunks.handle(device_id, request, sent_at=message.ts)
+            self.gate.charge(device_id, request.sha256, request.chunk_size, scheduled)
         except UnknownArtifactError as exc:
-            logger.warning("%s", exc)
-            self._answer_xfer(device_id, message.msg_id, "unknown_artifact", str(exc))
+            self._drop("xfer_req", device_id, "unknown_artifact", str(exc))
         except ValidationError as exc:
-            logger.warning("bad chunk request from %s: %s", device_id, exc)
-            self._answer_xfer(device_id, message.msg_id, "bad_request", str(exc))
+            self._drop("xfer_req", device_id, "bad_request", str(exc))
+
+    def _lookup_grant(self, device_id: str, sha256: str) -> tuple[str, float | None] | None:
+        """The open command of this device naming this artifact, from the database (it may have
+        been published by another process on it)."""
+        if self._commands is None:
+            return None
+        due = self._commands.commands.grant_for(device_id, sha256)
+        return None if due is None else (due.command_id, due.expires_at)
 
     def _offer_from_store(self, sha256: str) -> None:
         """Serve an artifact another host process offered, from the path the database records.
@@ -626,101 +645,5 @@ class Fleet:
         except OSError as exc:
             logger.warning("artifact %s recorded at %s cannot be read: %s", sha256[:12], path, exc)
 
-    def _answer_xfer(self, device_id: str, corr_id: str, code: str, text: str) -> None:
-        response = Response(status="error", error=ErrorInfo(code=code, message=text[:4096]))
-        self._publish(
-            self.topics.resp(device_id, "xfer"),
-            encode(response, device_id=device_id, corr_id=corr_id),
-        )
 
-    def _on_response(self, device_id: str, message: Message, response: Response) -> None:
-        handle = self.jobs.by_command(message.corr_id)
-        if response.status == "progress":
-            if handle is not None:
-                handle._progress(response.data or {})
-                if self.store is not None:
-                    self._note_stage(handle.job_id, handle.stage)
-            elif self.store is not None and message.corr_id is not None:
-                # A job recorded by another part of the host (the deployment driver) or another
-                # replica: its stage is read from the store.
-                stored = self.store.find_job_by_command(message.corr_id)
-                if stored is not None:
-                    stage = str((response.data or {}).get("stage", "progress"))[:16]
-                    self._note_stage(stored.job_id, stage)
-            return
-        job_id = handle.job_id if handle is not None else None
-        if job_id is None and self.store is not None and message.corr_id is not None:
-            stored = self.store.find_job_by_command(message.corr_id)
-            job_id = stored.job_id if stored is not None else None
-        if job_id is None:
-            logger.debug("final response %s from %s is for another host", message.msg_id, device_id)
-            return
-        if self.store is not None:
-            error = response.error
-            self.store.record_result(
-                job_id=job_id,
-                response_msg_id=message.msg_id,
-                device_id=device_id,
-                status=response.status,
-                data=response.data,
-                error_code=error.code if error else None,
-                error_message=error.message if error else None,
-            )
-        # Stored first, acknowledged second: the agent may forget it only now. The ack goes out
-        # before the caller is woken, so a caller that exits right away does not lose it.
-        self._ack(device_id, message.msg_id)
-        if handle is not None and self.jobs.claim_final(job_id, message.msg_id):
-            handle._finish(response, message.msg_id)
-            for listener in list(self._result_listeners):
-                try:
-                    listener(handle, response)
-                except Exception:
-                    logger.exception("result listener failed for job %s", job_id)
-        elif handle is not None:
-            logger.info("duplicate final response %s for job %s ignored", message.msg_id, job_id)
-
-    def _note_stage(self, job_id: str, stage: str) -> None:
-        with self._lock:
-            self._stages[job_id] = stage
-
-    def _write_stages_forever(self) -> None:
-        """Write the noted progress stages every STAGE_WRITE_S, and once more when closing.
-
-        A stage written after the job's result is ignored by the store: a finished job keeps its
-        final status.
-        """
-        while True:
-            stopping = self._stages_stop.wait(STAGE_WRITE_S)
-            with self._lock:
-                stages, self._stages = self._stages, {}
-            if stages and self.store is not None:
-                try:
-                    self.store.update_job_statuses(stages)
-                except Exception:  # the stages are progress only; the next ones follow
-                    logger.exception("could not record the progress of %d jobs", len(stages))
-            if stopping:
-                return
-
-    def _on_outputs_part(self, device_id: str, message: Message, part: OutputsPart) -> None:
-        known = self.jobs.by_job(part.job_id) is not None or (
-            self.store is not None and self.store.get_job(part.job_id) is not None
-        )
-        if not known:
-            logger.debug("outputs part of job %s is for another host", part.job_id)
-            return  # left unacknowledged, like a result: the host that sent the job stores it
-        try:
-            self.outputs.add(part)
-        except (IntegrityError, OSError) as exc:
-            logger.warning("outputs part %d of job %s refused: %s", part.index, part.job_id, exc)
-            return
-        self._ack(device_id, message.msg_id)
-
-    def _ack(self, device_id: str, response_msg_id: str) -> None:
-        payload = encode(AckCmd(msg_ids=[response_msg_id]), device_id=device_id)
-        client = self._client
-        if client is None:
-            return  # closing: the agent re-sends it on our next connection
-        info = client.publish(self.topics.cmd(device_id, "ack"), payload, qos=1)
-        with self._lock:
-            self._unconfirmed_acks = [i for i in self._unconfirmed_acks if not i.is_published()]
-            self._unconfirmed_acks.append(info)
+__all__ = ["Fleet", "FleetConnectionError", "subscription_qos"]

@@ -5,9 +5,10 @@ The runner renews its job's lease while the campaign runs; a process that dies s
 and the next service to look takes the job over and resumes the campaign. Cancelling a running
 campaign stops it at its next device step (compression, once started, runs to its end): the
 renewer sets the campaign's ``cancelled`` event (host.campaign.context), each device step then
-raises :class:`CampaignCancelled`, its unfinished jobs end as failed with that reason and the
-stored selection covers what was measured. A campaign queued through the API runs under the same
-reference policy it was checked with (``serve --allow-module``).
+raises :class:`CampaignCancelled`, the campaign's open benchmark commands are cancelled (a row
+state: the command driver sends each device a signed cancel), its unfinished jobs end as failed
+with that reason, and the stored selection covers what was measured. A campaign queued through the
+API runs under the same reference policy it was checked with (``serve --allow-module``).
 """
 
 from __future__ import annotations

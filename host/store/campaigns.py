@@ -107,7 +107,9 @@ class CampaignJobRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     fleet_job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     job_ids: Mapped[list[str]] = mapped_column(JSON, default=list)  # every job id ever sent
-    row: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # select.ResultRow
+    # How the host judged the result of fleet_job_id (host.campaign.quality.Judgement, msgspec
+    # JSON); the result itself is the agent's BenchmarkResult stored with that command.
+    judgement: Mapped[str | None] = mapped_column(Text, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     updated: Mapped[float] = mapped_column(Float)
 
@@ -169,7 +171,7 @@ class CampaignJobInfo:
     attempts: int
     fleet_job_id: str | None
     job_ids: list[str]
-    row: dict[str, Any] | None
+    judgement: str | None
     error: str | None
     updated: float
 
@@ -305,7 +307,7 @@ class CampaignStore:
         device_id: str,
         status: str,
         *,
-        row: dict[str, Any] | None = None,
+        judgement: str | None = None,
         error: str | None = None,
     ) -> None:
         with self.store.transaction() as session:
@@ -313,7 +315,7 @@ class CampaignStore:
             if job is None:
                 return
             job.status = status
-            job.row = row
+            job.judgement = judgement
             job.error = error
             job.updated = time.time()
 

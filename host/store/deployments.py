@@ -2,9 +2,9 @@
 device of a rollout, and each device's deploy sequence.
 
 A rollout is desired state: what each of its devices should run, and in which wave. A target row
-holds everything needed to (re)send its command without recomputing anything: the artifact, the
-health-check bar, and, once sent, the exact envelope that went out (its msg_id is what the agent's
-journal deduplicates on, its manifest carries the signed sequence). The deployment driver
+holds everything needed to send its command without recomputing anything: the artifact and the
+health-check bar; once sent, the id of its deploy command (host.commands, which publishes it and
+stores the device's answer) and the deploy sequence its manifest carries. The deployment driver
 (host.deploy.driver) moves targets through their states; every move is a conditional update on
 the row's current state, so two service processes on one database never both send a target.
 
@@ -21,15 +21,17 @@ Target states::
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, Integer, String, Text, func, select, update
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, String, Text, func, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from host.store.models import Base, JobRow
+from host.commands.repository import CommandStore, NewCommand
+from host.store.models import Base
 from host.store.repository import Store, _columns
+from shared.messages import DeployCmd, RollbackCmd
 
 WAITING = "waiting"
 PENDING = "pending"
@@ -67,7 +69,7 @@ class DeploySequenceRow(Base):
     __tablename__ = "deploy_sequences"
 
     device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    sequence: Mapped[int] = mapped_column(Integer)
+    sequence: Mapped[int] = mapped_column(BigInteger)  # milliseconds since the epoch and up
 
 
 class RolloutRow(Base):
@@ -107,9 +109,8 @@ class RolloutTargetRow(Base):
     runtime: Mapped[str | None] = mapped_column(String(128), nullable=True)
     threads: Mapped[int | None] = mapped_column(Integer, nullable=True)
     state: Mapped[str] = mapped_column(String(24), index=True)
-    sequence: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    command_msg_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    command: Mapped[str | None] = mapped_column(Text, nullable=True)  # the envelope as sent
+    sequence: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    command_msg_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # its command
     stage: Mapped[str | None] = mapped_column(String(32), nullable=True)
     claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     claim_until: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -121,8 +122,7 @@ class RolloutTargetRow(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
     health: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     rollback_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    rollback_msg_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    rollback_command: Mapped[str | None] = mapped_column(Text, nullable=True)
+    rollback_msg_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # its command
     rollback_reason: Mapped[str] = mapped_column(Text, default="")
     created: Mapped[float] = mapped_column(Float)
     updated: Mapped[float] = mapped_column(Float)
@@ -163,7 +163,6 @@ class TargetInfo:
     state: str
     sequence: int | None
     command_msg_id: str | None
-    command: str | None
     stage: str | None
     claimed_by: str | None
     claim_until: float | None
@@ -176,7 +175,6 @@ class TargetInfo:
     health: dict[str, Any] | None
     rollback_state: str | None
     rollback_msg_id: str | None
-    rollback_command: str | None
     rollback_reason: str
     created: float
     updated: float
@@ -184,10 +182,6 @@ class TargetInfo:
     @property
     def final(self) -> bool:
         return self.state in FINAL_STATES
-
-    @property
-    def rollback_job_id(self) -> str:
-        return f"rb-{self.deploy_id}"
 
 
 @dataclass(frozen=True)
@@ -215,6 +209,7 @@ class DeploymentStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.commands = CommandStore(store)
         store.ensure_tables()
 
     # -- sequences ------------------------------------------------------------------------------
@@ -394,50 +389,75 @@ class DeploymentStore:
                 .values(claimed_by=None, claim_until=None)
             )
 
-    def mark_sent(
-        self,
-        deploy_id: str,
-        owner: str,
-        *,
-        device_id: str,
-        sequence_for: str,
-        build: Any,
-    ) -> tuple[int, str, str] | None:
-        """Give the target its sequence and its command, and record the job, in one transaction.
-
-        ``build(sequence) -> (msg_id, payload_text, params)`` makes the signed command. Returns
-        (sequence, msg_id, payload) or None when the claim was lost. Nothing is published here:
-        the caller publishes after the commit, so a command that went out is always on record.
-        """
+    def claim_targets(
+        self, deploy_ids: Iterable[str], state: str, owner: str, lease_s: float
+    ) -> list[str]:
+        """Take the targets still in ``state`` and not held by another process (one transaction);
+        returns the ones this owner holds now."""
         now = time.time()
+        claimed = []
         with self.store.transaction() as session:
-            row = session.get(RolloutTargetRow, deploy_id)
-            if row is None or row.state != PENDING or row.claimed_by != owner:
-                return None
-            sequence = self.next_sequence_in(session, sequence_for)
-            msg_id, payload, params = build(sequence)
-            row.state, row.sequence = SENT, sequence
-            row.command_msg_id, row.command = msg_id, payload
-            row.sent_at = row.updated = now
-            row.stage = "sent"
-            row.claimed_by = row.claim_until = None
-            _add_job(session, deploy_id, msg_id, device_id, "deploy", row.sha256, params, now)
-            return sequence, msg_id, payload
+            for deploy_id in deploy_ids:
+                if session.execute(
+                    update(RolloutTargetRow)
+                    .where(
+                        RolloutTargetRow.deploy_id == deploy_id,
+                        RolloutTargetRow.state == state,
+                        (RolloutTargetRow.claim_until.is_(None))
+                        | (RolloutTargetRow.claim_until < now)
+                        | (RolloutTargetRow.claimed_by == owner),
+                    )
+                    .values(claimed_by=owner, claim_until=now + lease_s)
+                ).rowcount:
+                    claimed.append(deploy_id)
+        return claimed
 
-    def mark_rollback_sent(
-        self, deploy_id: str, owner: str, *, build: Any
-    ) -> tuple[str, str] | None:
+    def mark_sent(
+        self, deploy_id: str, owner: str, *, build: Callable[[int], DeployCmd]
+    ) -> int | None:
+        """Give the target its deploy sequence and record its deploy command, in one transaction.
+
+        ``build(sequence) -> DeployCmd``. Returns the sequence, or None when the claim was lost.
+        The command driver publishes the command once the transaction is committed.
+        """
+        return self.mark_sent_many(owner, {deploy_id: build}).get(deploy_id)
+
+    def mark_sent_many(
+        self, owner: str, builds: dict[str, Callable[[int], DeployCmd]]
+    ) -> dict[str, int]:
+        """:meth:`mark_sent` for several claimed targets in one transaction, so that their
+        commands are published together (a rollout's devices then fetch one stream)."""
+        now = time.time()
+        sent: dict[str, int] = {}
+        with self.store.transaction() as session:
+            for deploy_id, build in builds.items():
+                row = session.get(RolloutTargetRow, deploy_id)
+                if row is None or row.state != PENDING or row.claimed_by != owner:
+                    continue
+                sequence = self.next_sequence_in(session, row.device_id)
+                [command] = self.commands.add_in(
+                    session, [NewCommand(row.device_id, build(sequence))]
+                )
+                row.state, row.sequence = SENT, sequence
+                row.command_msg_id = command.command_id
+                row.sent_at = row.updated = now
+                row.stage = "sent"
+                row.claimed_by = row.claim_until = None
+                sent[deploy_id] = sequence
+        return sent
+
+    def mark_rollback_sent(self, deploy_id: str, owner: str, *, command: RollbackCmd) -> bool:
+        """Record the rollback command of a claimed target (the command driver publishes it)."""
         now = time.time()
         with self.store.transaction() as session:
             row = session.get(RolloutTargetRow, deploy_id)
             if row is None or row.rollback_state != RB_PENDING or row.claimed_by != owner:
-                return None
-            msg_id, payload = build()
-            row.rollback_state, row.rollback_msg_id, row.rollback_command = RB_SENT, msg_id, payload
+                return False
+            [recorded] = self.commands.add_in(session, [NewCommand(row.device_id, command)])
+            row.rollback_state, row.rollback_msg_id = RB_SENT, recorded.command_id
             row.claimed_by = row.claim_until = None
             row.updated = now
-            _add_job(session, f"rb-{deploy_id}", msg_id, row.device_id, "rollback", None, {}, now)
-            return msg_id, payload
+            return True
 
     def claim_rollback(self, deploy_id: str, owner: str, lease_s: float) -> bool:
         now = time.time()
@@ -511,27 +531,6 @@ class DeploymentStore:
                 select(RolloutRow.status, func.count()).group_by(RolloutRow.status)
             ).all()
             return {status: int(count) for status, count in rows}
-
-
-def _add_job(
-    session: Session,
-    job_id: str,
-    msg_id: str,
-    device_id: str,
-    kind: str,
-    sha256: str | None,
-    params: dict[str, Any],
-    now: float,
-) -> None:
-    """The fleet's job row, so that the device's answer is stored under ``job_id`` by whichever
-    host process receives it (host.fleet looks a response up by its command's msg_id)."""
-    session.add(
-        JobRow(
-            job_id=job_id, command_msg_id=msg_id, device_id=device_id, kind=kind,
-            model_sha256=sha256, eval_sha256=None, params=params, status="submitted",
-            submitted=now, updated=now,
-        )
-    )  # fmt: skip
 
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""SQLAlchemy tables of the host store: devices, artifacts, jobs and their results.
+"""SQLAlchemy tables of the host store: devices and artifacts (commands and their results are
+host.commands' tables).
 
 Timestamps are epoch seconds (floats) so that SQLite and PostgreSQL behave the same; documents that
 belong to the wire contract (birth, telemetry, manifests, results) are stored as JSON as received.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Float, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -27,6 +28,10 @@ class DeviceRow(Base):
     first_seen: Mapped[float] = mapped_column(Float)
     last_seen: Mapped[float] = mapped_column(Float)
     last_telemetry_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The device's Ed25519 public key (base64), pinned on its first signed birth: every later
+    # message for this device id must be signed by it (``edgetailor devices --forget`` unpins).
+    device_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    device_key_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class ArtifactRow(Base):
@@ -40,36 +45,3 @@ class ArtifactRow(Base):
     path: Mapped[str | None] = mapped_column(Text, nullable=True)
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
     created: Mapped[float] = mapped_column(Float)
-
-
-class JobRow(Base):
-    __tablename__ = "jobs"
-
-    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    command_msg_id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
-    device_id: Mapped[str] = mapped_column(String(64), index=True)
-    kind: Mapped[str] = mapped_column(String(32))
-    model_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    eval_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    status: Mapped[str] = mapped_column(String(16))  # submitted | <progress stage> | ok | error
-    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
-    submitted: Mapped[float] = mapped_column(Float)
-    updated: Mapped[float] = mapped_column(Float)
-    finished: Mapped[float | None] = mapped_column(Float, nullable=True)
-
-
-class ResultRow(Base):
-    """The final response of a job; unique by job AND by response msg_id (delivered once)."""
-
-    __tablename__ = "results"
-
-    job_id: Mapped[str] = mapped_column(String(64), ForeignKey("jobs.job_id"), primary_key=True)
-    response_msg_id: Mapped[str] = mapped_column(String(64), unique=True)
-    device_id: Mapped[str] = mapped_column(String(64), index=True)
-    status: Mapped[str] = mapped_column(String(16))  # ok | error
-    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
-    received: Mapped[float] = mapped_column(Float)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from sqlalchemy import create_engine, event, inspect, or_, select, text
+from sqlalchemy import create_engine, event, inspect, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import (
     ArgumentError,
@@ -36,7 +36,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from host.errors import ConfigError, HostError
-from host.store.models import ArtifactRow, Base, DeviceRow, JobRow, ResultRow
+from host.store.models import ArtifactRow, Base, DeviceRow
 
 logger = logging.getLogger(__name__)
 
@@ -71,35 +71,8 @@ class DeviceInfo:
     first_seen: float
     last_seen: float
     last_telemetry_at: float | None
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    job_id: str
-    command_msg_id: str
-    device_id: str
-    kind: str
-    model_sha256: str | None
-    eval_sha256: str | None
-    params: dict[str, Any]
-    status: str
-    error_code: str | None
-    error_message: str | None
-    submitted: float
-    updated: float
-    finished: float | None
-
-
-@dataclass(frozen=True)
-class ResultInfo:
-    job_id: str
-    response_msg_id: str
-    device_id: str
-    status: str
-    data: dict[str, Any] | None
-    error_code: str | None
-    error_message: str | None
-    received: float
+    device_key: str | None = None
+    device_key_at: float | None = None
 
 
 def _columns(row: Any, cls: type) -> Any:
@@ -107,7 +80,8 @@ def _columns(row: Any, cls: type) -> Any:
 
 
 class Store:
-    """Devices, artifacts, jobs and results in one SQL database (tables created on open)."""
+    """Devices and artifacts in one SQL database (tables created on open); other host features
+    (commands, campaigns, deployments) keep their tables in it through their repositories."""
 
     def __init__(self, url: str | None = None, *, echo: bool = False) -> None:
         self.url = url or default_db_url()
@@ -285,12 +259,19 @@ class Store:
         birth: dict[str, Any] | None = None,
         telemetry: dict[str, Any] | None = None,
         seen: float | None = None,
-    ) -> None:
+        device_key: str | None = None,
+    ) -> str | None:
+        """Record what a device said; with ``device_key``, pin it unless a key is pinned already.
+        Returns the pinned device key (None when none is)."""
         now = time.time() if seen is None else seen
+        pinned: list[str | None] = [None]
+
+        def write() -> None:
+            pinned[0] = self._upsert_device(device_id, online, birth, telemetry, now, device_key)
+
         with self._lock:
-            self._retry_on_conflict(
-                lambda: self._upsert_device(device_id, online, birth, telemetry, now)
-            )
+            self._retry_on_conflict(write)
+        return pinned[0]
 
     def _upsert_device(
         self,
@@ -299,7 +280,8 @@ class Store:
         birth: dict[str, Any] | None,
         telemetry: dict[str, Any] | None,
         now: float,
-    ) -> None:
+        device_key: str | None,
+    ) -> str | None:
         with self._session() as session:
             row = session.get(DeviceRow, device_id)
             if row is None:
@@ -312,7 +294,29 @@ class Store:
             if telemetry is not None:
                 row.telemetry = telemetry
                 row.last_telemetry_at = now
+            if device_key is not None and row.device_key is None:
+                row.device_key, row.device_key_at = device_key, now
             row.last_seen = max(row.last_seen, now)
+            return row.device_key
+
+    def device_key(self, device_id: str) -> str | None:
+        """The key pinned for a device (None: none yet, or forgotten)."""
+        with self._session() as session:
+            return session.scalar(
+                select(DeviceRow.device_key).where(DeviceRow.device_id == device_id)
+            )
+
+    def forget_device_key(self, device_id: str) -> bool:
+        """Unpin a device's key (its data dir was wiped: it made a new one); its next signed
+        birth pins the new key. False when the device is unknown."""
+        with self._lock, self._session() as session:
+            return bool(
+                session.execute(
+                    update(DeviceRow)
+                    .where(DeviceRow.device_id == device_id)
+                    .values(device_key=None, device_key_at=None)
+                ).rowcount
+            )
 
     def get_device(self, device_id: str) -> DeviceInfo | None:
         with self._session() as session:
@@ -354,134 +358,3 @@ class Store:
         with self._session() as session:
             row = session.get(ArtifactRow, sha256)
             return None if row is None else {"manifest": row.manifest, "path": row.path}
-
-    # -- jobs ----------------------------------------------------------------------------------
-    def create_job(
-        self,
-        *,
-        job_id: str,
-        command_msg_id: str,
-        device_id: str,
-        kind: str,
-        model_sha256: str | None = None,
-        eval_sha256: str | None = None,
-        params: dict[str, Any] | None = None,
-    ) -> None:
-        now = time.time()
-        with self._lock, self._session() as session:
-            session.add(
-                JobRow(
-                    job_id=job_id,
-                    command_msg_id=command_msg_id,
-                    device_id=device_id,
-                    kind=kind,
-                    model_sha256=model_sha256,
-                    eval_sha256=eval_sha256,
-                    params=params or {},
-                    status="submitted",
-                    submitted=now,
-                    updated=now,
-                )
-            )
-
-    def update_job_status(self, job_id: str, status: str) -> None:
-        """Record a progress stage; a finished job keeps its final status."""
-        with self._lock, self._session() as session:
-            row = session.get(JobRow, job_id)
-            if row is not None and row.finished is None:
-                row.status = status
-                row.updated = time.time()
-
-    def update_job_statuses(self, stages: dict[str, str]) -> None:
-        """Record the progress stage of several jobs in one transaction (see update_job_status)."""
-        if not stages:
-            return
-        now = time.time()
-        with self._lock, self._session() as session:
-            for row in session.scalars(select(JobRow).where(JobRow.job_id.in_(list(stages)))):
-                if row.finished is None:
-                    row.status = stages[row.job_id]
-                    row.updated = now
-
-    def get_job(self, job_id: str) -> JobInfo | None:
-        with self._session() as session:
-            row = session.get(JobRow, job_id)
-            return None if row is None else _columns(row, JobInfo)
-
-    def find_job_by_command(self, command_msg_id: str) -> JobInfo | None:
-        with self._session() as session:
-            row = session.scalar(select(JobRow).where(JobRow.command_msg_id == command_msg_id))
-            return None if row is None else _columns(row, JobInfo)
-
-    def list_jobs(self, device_id: str | None = None) -> list[JobInfo]:
-        with self._session() as session:
-            query = select(JobRow).order_by(JobRow.submitted)
-            if device_id is not None:
-                query = query.where(JobRow.device_id == device_id)
-            return [_columns(row, JobInfo) for row in session.scalars(query)]
-
-    # -- results -------------------------------------------------------------------------------
-    def record_result(
-        self,
-        *,
-        job_id: str,
-        response_msg_id: str,
-        device_id: str,
-        status: str,
-        data: dict[str, Any] | None = None,
-        error_code: str | None = None,
-        error_message: str | None = None,
-    ) -> bool:
-        """Store a job's final response; False (and nothing written) when it is a duplicate.
-
-        A duplicate is the same response msg_id OR a second final response for the same job (an
-        agent that re-sends its outbox after a restart may wrap the same result in a new envelope).
-        """
-        now = time.time()
-        with self._lock:
-            try:
-                with self._session() as session:
-                    existing = session.scalar(
-                        select(ResultRow.job_id).where(
-                            or_(
-                                ResultRow.job_id == job_id,
-                                ResultRow.response_msg_id == response_msg_id,
-                            )
-                        )
-                    )
-                    if existing is not None:
-                        return False
-                    session.add(
-                        ResultRow(
-                            job_id=job_id,
-                            response_msg_id=response_msg_id,
-                            device_id=device_id,
-                            status=status,
-                            data=data,
-                            error_code=error_code,
-                            error_message=error_message,
-                            received=now,
-                        )
-                    )
-                    job = session.get(JobRow, job_id)
-                    if job is not None:
-                        job.status = status
-                        job.error_code = error_code
-                        job.error_message = error_message
-                        job.updated = job.finished = now
-            except IntegrityError:
-                # Another process stored it between our check and our insert: still a duplicate.
-                return False
-        return True
-
-    def get_result(self, job_id: str) -> ResultInfo | None:
-        with self._session() as session:
-            row = session.get(ResultRow, job_id)
-            return None if row is None else _columns(row, ResultInfo)
-
-    def list_results(self, device_id: str | None = None) -> list[ResultInfo]:
-        with self._session() as session:
-            query = select(ResultRow).order_by(ResultRow.received)
-            if device_id is not None:
-                query = query.where(ResultRow.device_id == device_id)
-            return [_columns(row, ResultInfo) for row in session.scalars(query)]

@@ -1,9 +1,11 @@
 """MiniHost: a small real MQTT client playing the host side of the protocol, for agent tests.
 
 It follows the same contract as the real host (host/fleet): it serves chunks of the artifacts it
-offers on the per-artifact topic when a device asks, sends commands, collects responses and
-acknowledges final results. Tests can make it misbehave on purpose (corrupt one chunk, stop
-serving) and read back exactly which chunk indices each device asked for.
+offers on the per-artifact topic when a device asks, sends commands signed with its host key and a
+per-device sequence (shared.signing), collects responses and acknowledges final results. Its
+manifests are signed with the same key, which the agent pins on the first command. Tests can make
+it misbehave on purpose (corrupt one chunk, stop serving, sign with another key or not at all) and
+read back exactly which chunk indices each device asked for.
 """
 
 from __future__ import annotations
@@ -24,15 +26,18 @@ from shared.errors import ValidationError
 from shared.hashing import sha256_file
 from shared.manifest import ArtifactManifest
 from shared.messages import (
+    DEFAULT_TTL_S,
     AckCmd,
     Body,
     ChunkRequest,
+    DeployCmd,
     Message,
     Response,
     decode,
     encode,
     new_msg_id,
 )
+from shared.signing import Signer, sign_manifest
 from shared.topics import Topics
 from shared.transfer import chunk_bounds, chunk_count, encode_chunk
 
@@ -61,7 +66,17 @@ class Offer:
 
 
 class MiniHost:
-    def __init__(self, broker_url: str, base_topic: str, *, auto_ack: bool = True) -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        base_topic: str,
+        *,
+        auto_ack: bool = True,
+        signer: Signer | None = None,
+    ) -> None:
+        self.signer = signer or Signer.generate()
+        self._sequences: dict[str, int] = {}
+        self._deploy_sequences: dict[str, int] = {}
         self.topics = Topics(base_topic)
         self.address = parse_broker_url(broker_url)
         self.auto_ack = auto_ack
@@ -119,19 +134,35 @@ class MiniHost:
 
     # -- artifacts -------------------------------------------------------------------------------
     def offer(
-        self, path: Path, fmt: str, precision: str = "fp32", *, sha256: str | None = None
+        self,
+        path: Path,
+        fmt: str,
+        precision: str = "fp32",
+        *,
+        sha256: str | None = None,
+        sign: bool = True,
     ) -> ArtifactManifest:
-        """Serve ``path`` and return its manifest (``sha256`` overrides the real digest, for lies)."""
+        """Serve ``path`` and return its manifest, signed with the host key unless ``sign`` is
+        False (``sha256`` overrides the real digest, for lies)."""
         path = Path(path)
         digest = sha256 or sha256_file(path)
         self.offers[digest] = Offer(path, path.stat().st_size)
-        return ArtifactManifest(
+        manifest = ArtifactManifest(
             sha256=digest,
             size_bytes=path.stat().st_size,
             format=fmt,
             precision=precision,
             name=path.name,
         )
+        return sign_manifest(manifest, self.signer.private_key) if sign else manifest
+
+    def for_deploy(self, manifest: ArtifactManifest, device_id: str) -> ArtifactManifest:
+        """The manifest addressed to ``device_id`` with its next deploy sequence, signed, as the
+        host's deployment layer makes it."""
+        sequence = self._deploy_sequences.get(device_id, 0) + 1
+        self._deploy_sequences[device_id] = sequence
+        addressed = msgspec.structs.replace(manifest, target_device=device_id, sequence=sequence)
+        return sign_manifest(addressed, self.signer.private_key)
 
     def corrupt_once(self, sha256: str, index: int) -> None:
         self.offers[sha256].corrupt_once.add(index)
@@ -171,9 +202,43 @@ class MiniHost:
                 self.chunks_published += 1
 
     # -- commands --------------------------------------------------------------------------------
+    def next_seq(self, device_id: str) -> int:
+        with self._cond:
+            seq = self._sequences.get(device_id, 0) + 1
+            self._sequences[device_id] = seq
+            return seq
+
+    def envelope(
+        self,
+        device_id: str,
+        body: Body,
+        *,
+        msg_id: str | None = None,
+        signer: Signer | None = None,
+        seq: int | None = None,
+        ttl_s: float = DEFAULT_TTL_S,
+        now: float | None = None,
+        address: str | None = None,
+    ) -> bytes:
+        """A command envelope as the host signs it (``signer``/``seq``/``address``/``now`` change
+        what a forger would)."""
+        return encode(
+            body,
+            device_id=address or device_id,
+            msg_id=msg_id or new_msg_id(),
+            signer=signer or self.signer,
+            seq=seq if seq is not None else self.next_seq(device_id),
+            ttl_s=ttl_s,
+            now=now,
+        )
+
     def send(self, device_id: str, name: str, body: Body, *, msg_id: str | None = None) -> str:
+        """Send a signed command; a deploy whose manifest names no device is addressed to this
+        one with its next deploy sequence first, as the host's deployment layer does."""
         msg_id = msg_id or new_msg_id()
-        payload = encode(body, msg_id=msg_id)
+        if isinstance(body, DeployCmd) and body.model.target_device is None:
+            body = msgspec.structs.replace(body, model=self.for_deploy(body.model, device_id))
+        payload = self.envelope(device_id, body, msg_id=msg_id)
         self.client.publish(self.topics.cmd(device_id, name), payload, qos=1).wait_for_publish(5)
         return msg_id
 
@@ -258,9 +323,10 @@ class MiniHost:
                 and body.status in ("ok", "error")
                 and parsed.name == "benchmark"
             ):
+                device = parsed.device_id or ""
                 self.client.publish(
-                    self.topics.cmd(parsed.device_id or "", "ack"),
-                    encode(AckCmd(msg_ids=[message.msg_id])),
+                    self.topics.cmd(device, "ack"),
+                    self.envelope(device, AckCmd(msg_ids=[message.msg_id])),
                     qos=1,
                 )
 

@@ -15,7 +15,7 @@ from shared.hashing import sha256_file
 from shared.manifest import ArtifactManifest
 from shared.messages import Birth, DeployCmd, Response, RollbackCmd, decode
 from shared.results import DeployResult, from_data
-from shared.signing import generate_key, save_public_key, sign_manifest
+from shared.signing import save_public_key, sign_manifest
 from tests.agents import AgentProcess
 from tests.device_agent.minihost import MiniHost
 
@@ -229,9 +229,9 @@ def signed(
     minihost: MiniHost,
     device_id: str,
 ) -> SignFn:
-    """Start an agent that trusts a fresh host key; returns (file, precision, sequence) -> manifest
-    offered by the MiniHost, addressed to that agent and signed with the key."""
-    key = generate_key()
+    """Start an agent that pins the MiniHost's key explicitly; returns (file, precision, sequence)
+    -> manifest offered by the MiniHost, addressed to that agent and signed with the key."""
+    key = minihost.signer.private_key
     public = tmp_path / "host.pub"
     save_public_key(key.public_key(), public)
     start_agent(["--trust-key", str(public)])

@@ -89,9 +89,9 @@ def test_each_named_attack_is_refused_by_the_agents_own_checks(
 
 
 # -- the same attacks through a running agent ----------------------------------------------------
-@pytest.fixture(scope="module")
-def host_key():
-    return generate_key()
+@pytest.fixture
+def host_key(minihost: MiniHost) -> object:
+    return minihost.signer.private_key  # the agent pins the key the MiniHost signs commands with
 
 
 @pytest.fixture

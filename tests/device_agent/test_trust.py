@@ -16,9 +16,9 @@ from tests.device_agent.minihost import MiniHost, result_of
 FAST = dict(warmup_runs=1, warmup_s=0.0, runs=3, min_s=0.0, timeout_s=60.0)
 
 
-@pytest.fixture(scope="module")
-def host_key():
-    return generate_key()
+@pytest.fixture
+def host_key(minihost: MiniHost) -> object:
+    return minihost.signer.private_key
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def test_manifest_not_signed_by_the_trusted_key_is_refused_before_download(
     device_id: str,
     data_dir: Path,
 ) -> None:
-    model = minihost.offer(model_dir / "float.tflite", "tflite")
+    model = minihost.offer(model_dir / "float.tflite", "tflite", sign=False)
     if signer == "other_key":
         model = sign_manifest(model, generate_key())
     cmd = minihost.send(

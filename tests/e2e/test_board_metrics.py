@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from host.commands.bench import benchmark
 from host.compress import compress
 from host.data import load_data
 from host.fleet import Fleet
@@ -56,18 +57,20 @@ def test_board_and_host_score_each_task_alike_and_user_metrics_come_from_returne
     agent.start()
     try:
         agent.wait_online(timeout=60)
-        with Fleet(shared_broker_url, base_topic, outputs_dir=tmp_path / "outputs") as fleet:
+        with Fleet(
+            shared_broker_url, base_topic, store=f"sqlite:///{tmp_path / 'host.db'}",
+            outputs_dir=tmp_path / "outputs",
+        ) as fleet:  # fmt: skip
             fleet.wait_for_device("board-metrics", timeout=30)
             for task, result in made.items():
                 (artifact,) = result.artifacts
                 host = artifact.manifest.metrics
                 metric_spec = cases[task][2]
-                job = fleet.submit_benchmark(
-                    "board-metrics", artifact.path, artifact.manifest,
+                board = benchmark(
+                    fleet, "board-metrics", artifact.path, model_manifest=artifact.manifest,
                     eval_path=tmp_path / task / "eval.npz", runs=3, min_s=0.05,
-                    return_outputs=metric_spec is not None,
+                    return_outputs=metric_spec is not None, timeout=180,
                 )  # fmt: skip
-                board = job.result(timeout=180)
                 assert board.runtime.startswith("tflite_runtime 2.14"), board.runtime
                 assert board.task == task
                 assert board.metric == host["host_metric"], task

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from host.commands.bench import benchmark
 from host.data import load_data, write_eval_npz
 from host.export import ExportConfig, export
 from host.fleet import Fleet
@@ -52,18 +53,19 @@ def test_an_agent_on_tflite_runtime_2_14_without_torch_measures_the_hosts_accura
     agent.start()
     try:
         agent.wait_online(timeout=60)
-        with Fleet(shared_broker_url, base_topic) as fleet:
+        with Fleet(
+            shared_broker_url, base_topic, store=f"sqlite:///{tmp_path / 'host.db'}"
+        ) as fleet:
             record = fleet.wait_for_device("board-tfl214", timeout=30)
             assert record.birth is not None
             runtimes = {r.module: r.version for r in record.birth.runtimes}
             assert runtimes.get("tflite_runtime") == "2.14.0", runtimes
             assert "ai_edge_litert" not in runtimes
             for artifact in artifacts:
-                job = fleet.submit_benchmark(
-                    "board-tfl214", artifact.path, artifact.manifest, eval_path=eval_npz,
-                    runs=5, min_s=0.1,
+                result = benchmark(
+                    fleet, "board-tfl214", artifact.path, model_manifest=artifact.manifest,
+                    eval_path=eval_npz, runs=5, min_s=0.1, timeout=120,
                 )  # fmt: skip
-                result = job.result(timeout=120)
                 assert result.runtime.startswith("tflite_runtime 2.14"), result.runtime
                 host_accuracy = artifact.manifest.metrics["host_metric_value"]
                 assert result.accuracy == pytest.approx(host_accuracy, abs=1e-9), (

@@ -21,7 +21,7 @@ from host.store import Store
 from host.store.campaigns import CampaignStore, CandidateInfo
 from shared.hashing import sha256_file
 from shared.messages import DeployCmd, decode
-from shared.results import DeployResult, from_data
+from shared.results import DeployResult
 from shared.signing import generate_key, save_private_key, save_public_key
 from tests.agents import AgentProcess
 from tests.e2e.conftest import AgentFactory, DigitsArtifacts, cli_env
@@ -128,13 +128,16 @@ def test_signed_deploys_carry_growing_per_device_sequences_and_a_replayed_one_is
         assert second.sequence > first.sequence
         assert all(c.model.target_device == "signed-a" and c.model.signature for c in sent)
 
-        # An attacker on the broker replays the first, validly signed, deploy.
+        # The first deploy again, in a fresh, validly signed envelope: its manifest's deploy
+        # sequence is older than the committed one (a captured envelope itself is refused as a
+        # replay: tests/device_agent/test_signed_commands.py).
         replay = msgspec.structs.replace(sent[0], deploy_id="replayed")
-        response = fleet.send_command("signed-a", replay).wait(60)
-    assert response.status == "error" and response.error is not None
-    assert response.error.code == "untrusted_manifest"
-    assert "replay or rollback refused" in response.error.message
-    assert from_data(response.data, DeployResult).active_sha256 == sha256_file(new_model)
+        sent_again = fleet.commands.send("signed-a", replay)
+        answered = fleet.commands.wait(sent_again.command_id, 60)
+    assert answered.state == "failed" and answered.error_code == "untrusted_manifest"
+    assert "replay or rollback refused" in (answered.error_message or "")
+    result = answered.result_as(DeployResult)
+    assert result is not None and result.active_sha256 == sha256_file(new_model)
     assert active_sha(agent) == sha256_file(new_model)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from host.commands.bench import submit_benchmark, wait_benchmark
 from host.errors import JobFailedError
 from host.fleet import Fleet
 from tests.e2e.conftest import AgentFactory, DigitsArtifacts
@@ -87,32 +88,32 @@ def _worker_of(agent_pid: int, timeout: float = 30.0) -> psutil.Process:
 
 def test_a_hanging_an_exploding_and_a_crashing_model_are_each_reported_and_the_agent_keeps_serving(
     shared_broker_url: str, base_topic: str, start_agent: AgentFactory,
-    hostile_models: dict[str, Path], digits_model: DigitsArtifacts,
+    hostile_models: dict[str, Path], digits_model: DigitsArtifacts, tmp_path: Path,
 ) -> None:  # fmt: skip
     agent = start_agent("board-x", shared_broker_url, extra_args=["--worker-memory-mb", "1500"])
     assert agent.proc is not None
-    with Fleet(shared_broker_url, base_topic) as fleet:
-        hang = fleet.submit_benchmark("board-x", hostile_models["hang"], timeout_s=4, **FAST)
+    with Fleet(shared_broker_url, base_topic, store=f"sqlite:///{tmp_path / 'host.db'}") as fleet:
+        hang = submit_benchmark(fleet, "board-x", hostile_models["hang"], timeout_s=4, **FAST)
         with pytest.raises(JobFailedError) as hung:
-            hang.result(timeout=60)
+            wait_benchmark(fleet, hang, 60)
         assert hung.value.code == "timeout", hung.value
 
-        grow = fleet.submit_benchmark("board-x", hostile_models["grow"], timeout_s=60, **FAST)
+        grow = submit_benchmark(fleet, "board-x", hostile_models["grow"], timeout_s=60, **FAST)
         with pytest.raises(JobFailedError) as exploded:
-            grow.result(timeout=90)
+            wait_benchmark(fleet, grow, 90)
         assert exploded.value.code == "out_of_memory", exploded.value
         assert "allocate" in str(exploded.value)
 
-        crash = fleet.submit_benchmark("board-x", hostile_models["hang"], timeout_s=60, **FAST)
+        crash = submit_benchmark(fleet, "board-x", hostile_models["hang"], timeout_s=60, **FAST)
         worker = _worker_of(agent.proc.pid)
         time.sleep(0.5)  # let it load the model and enter the runtime
         worker.send_signal(signal.SIGSEGV)
         with pytest.raises(JobFailedError) as crashed:
-            crash.result(timeout=60)
+            wait_benchmark(fleet, crash, 60)
         assert crashed.value.code == "worker_crashed", crashed.value
         assert "SIGSEGV" in str(crashed.value)
 
         assert agent.running
         assert psutil.Process(agent.proc.pid).children(recursive=True) == []
-        good = fleet.submit_benchmark("board-x", digits_model.tflite, timeout_s=60, **FAST)
-        assert good.result(timeout=60).runs >= 2
+        good = submit_benchmark(fleet, "board-x", digits_model.tflite, timeout_s=60, **FAST)
+        assert wait_benchmark(fleet, good, 60).runs >= 2

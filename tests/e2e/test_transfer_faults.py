@@ -9,6 +9,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from host.commands import CommandStore
+from host.commands.bench import submit_benchmark, wait_benchmark
 from host.errors import JobFailedError
 from host.fleet import Fleet
 from host.store import Store
@@ -38,7 +40,7 @@ def test_a_broker_killed_mid_transfer_the_transfer_resumes_without_asking_for_st
     assert wide_model.size_bytes > 4 * 1024 * 1024 and total > 400
     store = Store(f"sqlite:///{tmp_path / 'host.db'}")
     with Fleet(private_broker.url, base_topic, store=store, chunk_size=SMALL_CHUNK) as fleet:
-        job = fleet.submit_benchmark("board-r", wide_model.tflite, runs=5, timeout_s=120)
+        job = submit_benchmark(fleet, "board-r", wide_model.tflite, runs=5, timeout_s=120)
         sha = job_sha = sha256_file(wide_model.tflite)
         deadline = time.monotonic() + 60
         while fleet.chunks.chunks_published < total // 4:
@@ -55,7 +57,7 @@ def test_a_broker_killed_mid_transfer_the_transfer_resumes_without_asking_for_st
         assert len(stored_before) < total, "the broker must die in the middle of the transfer"
         private_broker.start()
 
-        result = job.result(timeout=180)
+        result = wait_benchmark(fleet, job, 180)
 
     model_transfer = next(t for t in result.transfers if t.sha256 == job_sha)
     assert not model_transfer.already_stored
@@ -71,7 +73,7 @@ def test_a_broker_killed_mid_transfer_the_transfer_resumes_without_asking_for_st
     }
     assert asked_after, "after the restart the agent must ask for the chunks it lacks"
     assert not asked_after & stored_before, sorted(asked_after & stored_before)[:10]
-    assert store.get_result(job.job_id) is not None
+    assert CommandStore(store).get(job).response_msg_id is not None  # type: ignore[union-attr]
     store.close()
 
 
@@ -85,12 +87,14 @@ def test_a_manifest_with_the_wrong_hash_fails_with_hash_mismatch_and_stores_noth
     real = manifest_for_file(digits_model.tflite)
     wrong_sha = "0" * 63 + "1"
     lying = msgspec.structs.replace(real, sha256=wrong_sha)
-    with Fleet(shared_broker_url, base_topic, chunk_size=SMALL_CHUNK) as fleet:
-        job = fleet.submit_benchmark(
-            "board-h", digits_model.tflite, lying, runs=5, verify_artifacts=False
-        )
+    store = f"sqlite:///{tmp_path / 'host.db'}"
+    with Fleet(shared_broker_url, base_topic, store=store, chunk_size=SMALL_CHUNK) as fleet:
+        job = submit_benchmark(
+            fleet, "board-h", digits_model.tflite, model_manifest=lying, runs=5,
+            verify_artifacts=False,
+        )  # fmt: skip
         with pytest.raises(JobFailedError, match="hash_mismatch") as failure:
-            job.result(timeout=120)
+            wait_benchmark(fleet, job, 120)
     assert failure.value.code == "hash_mismatch"
     assert list((agent.data_dir / "store").glob(f"{wrong_sha}*")) == []
     assert list((agent.data_dir / "partial").glob(f"{wrong_sha}*")) == []

@@ -1,7 +1,8 @@
 """A scripted device for host tests: a plain paho client speaking the device side of the contract.
 
 It is the counterpart of the thing under test (the host's Fleet), not a copy of it: it publishes
-exactly what a test tells it to, and records everything it receives.
+exactly what a test tells it to, signed with a device key of its own unless told otherwise, and
+records everything it receives.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import paho.mqtt.client as mqtt
 
 from shared.broker_url import parse_broker_url
 from shared.messages import Birth, Body, Message, RuntimeInfo, decode, encode
+from shared.signing import Signer
 from shared.topics import STATUS_OFFLINE, STATUS_ONLINE, Topics
 from shared.transfer import Chunk, decode_chunk
 
@@ -33,9 +35,12 @@ def sample_birth() -> Birth:
 
 
 class ScriptedDevice:
-    def __init__(self, broker_url: str, base_topic: str, device_id: str) -> None:
+    def __init__(
+        self, broker_url: str, base_topic: str, device_id: str, signer: Signer | None = None
+    ) -> None:
         self.topics = Topics(base_topic)
         self.device_id = device_id
+        self.signer = signer or Signer.generate()
         self.commands: queue.Queue[tuple[str, Message]] = queue.Queue()
         self.chunks: queue.Queue[Chunk] = queue.Queue()
         self.responses: queue.Queue[Message] = queue.Queue()
@@ -63,10 +68,29 @@ class ScriptedDevice:
     def announce(self, birth: Birth | None = None) -> None:
         self.publish(
             self.topics.birth(self.device_id),
-            encode(birth or sample_birth(), device_id=self.device_id),
+            self.envelope(birth or sample_birth()),
             retain=True,
         )
         self.publish(self.topics.status(self.device_id), STATUS_ONLINE, retain=True)
+
+    def envelope(
+        self,
+        body: Body,
+        *,
+        corr_id: str | None = None,
+        msg_id: str | None = None,
+        signer: Signer | None = None,
+        unsigned: bool = False,
+        device_id: str | None = None,
+    ) -> bytes:
+        """What this device sends: signed with its key (or ``signer``, or nothing at all)."""
+        return encode(
+            body,
+            device_id=device_id or self.device_id,
+            corr_id=corr_id,
+            msg_id=msg_id,
+            signer=None if unsigned else (signer or self.signer),
+        )
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
@@ -74,7 +98,7 @@ class ScriptedDevice:
     def send(
         self, topic: str, body: Body, *, corr_id: str | None = None, msg_id: str | None = None
     ) -> None:
-        self.publish(topic, encode(body, device_id=self.device_id, corr_id=corr_id, msg_id=msg_id))
+        self.publish(topic, self.envelope(body, corr_id=corr_id, msg_id=msg_id))
 
     def watch_artifact(self, sha256: str) -> None:
         _rc, _mid = self.client.subscribe(self.topics.artifact_chunks(sha256), qos=1)
@@ -90,6 +114,9 @@ class ScriptedDevice:
                 got.append(self.chunks.get(timeout=quiet_s))
             except queue.Empty:
                 return got
+
+    def offline(self) -> None:
+        self.publish(self.topics.status(self.device_id), STATUS_OFFLINE, retain=True)
 
     def close(self) -> None:
         self.client.disconnect()

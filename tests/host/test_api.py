@@ -657,14 +657,29 @@ def test_metrics_count_devices_jobs_deployments_and_result_latency(
 ) -> None:
     _device(store, "pi-1")
     _device(store, "pi-2", online=False)
-    store.create_job(job_id="j1", command_msg_id="m1", device_id="pi-1", kind="benchmark")
-    store.record_result(job_id="j1", response_msg_id="r1", device_id="pi-1", status="ok",
-                        data={"transfers": [{"sha256": "0" * 64, "already_stored": False}]})  # fmt: skip
+    from host.commands import CommandStore, NewCommand
+    from shared.manifest import ArtifactManifest
+    from shared.messages import BenchmarkCmd
+    from shared.results import BenchmarkResult, LatencyStats, TransferStats
+
+    commands = CommandStore(store)
+    model = ArtifactManifest(sha256="0" * 64, size_bytes=4096, format="tflite", precision="fp32")
+    [job] = commands.add([NewCommand("pi-1", BenchmarkCmd(job_id="j1", model=model))])
+    stats = LatencyStats(mean=1, std=0, min=1, p50=1, p90=1, p95=1, p99=1, max=1)
+    result = BenchmarkResult(
+        job_id="j1", model_sha256="0" * 64, backend="tflite", runtime="x", threads=1,
+        size_bytes=4096, load_ms=1, warmup_runs=1, runs=1, latency_ms=stats, peak_rss_mb=1,
+        rss_growth_mb=0, transfers=[TransferStats(sha256="0" * 64, already_stored=False)],
+    )  # fmt: skip
+    with store.transaction() as session:
+        commands.store_final(session, job.command_id, response_msg_id="r1", status="ok",
+                             state="answered", result=result, error_code=None,
+                             error_message=None)  # fmt: skip
     store.add_artifact({"sha256": "0" * 64, "size_bytes": 4096, "format": "tflite",
                         "precision": "fp32"})  # fmt: skip
     text = api.get("/metrics").text
     assert "edgetailor_devices_online 1.0" in text
-    assert 'edgetailor_jobs{kind="benchmark",state="ok"} 1.0' in text
+    assert 'edgetailor_jobs{kind="benchmark",state="answered"} 1.0' in text
     assert "edgetailor_result_latency_seconds_count 1.0" in text
     assert "edgetailor_transfer_bytes_total 4096.0" in text
     assert "edgetailor_deployment_targets" in text and "edgetailor_service_jobs" in text

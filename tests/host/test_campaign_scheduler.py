@@ -1,68 +1,105 @@
 """The campaign's device scheduler against a scripted fleet (the scheduler is under test, not the
-fleet): every survivor measured on every device, a failed job retried, a device that stays
-offline ends its jobs as offline. Real agents: tests/e2e/test_campaign_resume.py."""
+fleet; the command pipeline is the real one, pumped synchronously): every survivor measured on
+every device, a failed job retried, a device that stays offline ends its jobs as offline, a
+cancelled campaign cancels its open commands. Real agents: tests/e2e/test_campaign_resume.py."""
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import pytest
-
 from host.campaign import CampaignCancelled, CampaignSpec, DeviceScheduler, Prepared
 from host.campaign.context import CampaignContext
 from host.campaign.events import Emitter
-from host.errors import JobFailedError
-from host.fleet.devices import DeviceRegistry
+from host.commands import NewCommand
 from host.store import Store
 from host.store.campaigns import CampaignStore, CandidateInfo
-from shared.results import BenchmarkResult, LatencyStats
+from shared.hashing import sha256_file
+from shared.manifest import ArtifactManifest
+from shared.messages import BenchmarkCmd, Message
+from shared.results import BenchmarkResult, LatencyStats, to_data
+from tests.host.fake_fleet import FakeFleet, Reply
 from tests.host.fleet_helpers import sample_birth
 
 
-@dataclass
-class DoneHandle:
-    job_id: str
-    result_or_error: BenchmarkResult | JobFailedError
+class ScriptedFleet(FakeFleet):
+    """Devices that answer each benchmark with a result (or fail it once when told to)."""
 
-    def result(self, timeout: float | None = None) -> BenchmarkResult:
-        if isinstance(self.result_or_error, JobFailedError):
-            raise self.result_or_error
-        return self.result_or_error
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.sent: list[tuple[str, str]] = []  # (device, model file) of each benchmark
+        self.fail_first: set[str] = set()
+        self.threads: list[int | None] = []
+        self.silent_for: set[str] = set()
+        self.files: dict[str, str] = {}
 
+    def offer(
+        self, path: Any, manifest: ArtifactManifest | None = None, *, verify: bool = True
+    ) -> ArtifactManifest:
+        sha = sha256_file(Path(path))
+        self.files[sha] = str(path)
+        return ArtifactManifest(sha256=sha, size_bytes=Path(path).stat().st_size,
+                                format=Path(path).suffix[1:], precision="fp32")  # fmt: skip
 
-@dataclass
-class ScriptedFleet:
-    registry: DeviceRegistry = field(default_factory=DeviceRegistry)
-    sent: list[tuple[str, str]] = field(default_factory=list)
-    fail_first: set[str] = field(default_factory=set)
-    threads: list[int | None] = field(default_factory=list)
+    def online(self, device_id: str) -> None:
+        self.registry.set_birth(device_id, sample_birth())
+        self.registry.set_status(device_id, True)
 
-    def offer(self, *_a: Any, **_k: Any) -> None:
-        return None
-
-    def submit_benchmark(self, device: str, model_path: Any, **kw: Any) -> DoneHandle:
-        job_id = f"job-{len(self.sent)}"
-        self.sent.append((device, str(model_path)))
-        self.threads.append(kw.get("threads"))
-        key = f"{device}:{model_path}"
+    def answer(self, name: str, message: Message) -> Reply | None:
+        body = message.body
+        if not isinstance(body, BenchmarkCmd):
+            return "ok", {}, None
+        device = message.device_id or ""
+        if message.msg_id in {m for _d, m in self.sent_ids}:
+            return None  # published again: the first answer stands
+        self.sent_ids.append((device, message.msg_id))
+        path = self.files.get(body.model.sha256, body.model.sha256)
+        self.sent.append((device, path))
+        self.threads.append(body.threads)
+        if device in self.silent_for:
+            return None
+        key = f"{device}:{path}"
         if key in self.fail_first:
             self.fail_first.discard(key)
-            return DoneHandle(job_id, JobFailedError(f"job {job_id} failed: [worker_crashed]", "x"))
+            return "error", {"job_id": body.job_id}, "worker_crashed"
         latency = LatencyStats(mean=1, std=0, min=1, p50=1, p90=1, p95=1, p99=1, max=1)
-        return DoneHandle(job_id, BenchmarkResult(
-            job_id=job_id, model_sha256="0" * 64, backend="tflite", runtime="fake 1",
-            threads=kw.get("threads"),
-            size_bytes=10, load_ms=1.0, warmup_runs=1, runs=5, latency_ms=latency,
-            peak_rss_mb=10.0, rss_growth_mb=0.0, metric="accuracy", metric_value=0.9,
-        ))  # fmt: skip
+        return "ok", to_data(BenchmarkResult(
+            job_id=body.job_id, model_sha256=body.model.sha256, backend="tflite",
+            runtime="fake 1", threads=body.threads, size_bytes=10, load_ms=1.0, warmup_runs=1,
+            runs=5, latency_ms=latency, peak_rss_mb=10.0, rss_growth_mb=0.0, metric="accuracy",
+            metric_value=0.9,
+        )), None  # fmt: skip
+
+    def __post_init__(self) -> None:  # the dataclass hook of FakeFleet, with answers wired
+        super().__post_init__()
+        self.sent_ids: list[tuple[str, str]] = []
+        self.answers = _AnswerAll(self.answer)  # type: ignore[assignment]
+
+
+class _AnswerAll(dict):  # type: ignore[type-arg]
+    """Every device answers with the same function."""
+
+    def __init__(self, answer: Any) -> None:
+        super().__init__()
+        self._answer = answer
+
+    def get(self, _device: str, _default: Any = None) -> Any:  # type: ignore[override]
+        return self._answer
+
+
+def _fleet(tmp_path: Path, *online: str) -> ScriptedFleet:
+    fleet = ScriptedFleet(Store(f"sqlite:///{tmp_path / 'host.db'}"))
+    for device in online:
+        fleet.online(device)
+    return fleet
 
 
 def _setup(tmp_path: Path, fleet: ScriptedFleet, **spec_kw: Any) -> tuple[CampaignContext, list]:
-    store = Store(f"sqlite:///{tmp_path / 'host.db'}")
+    store = fleet.store
     cstore = CampaignStore(store)
     spec = CampaignSpec(model="builtin:mlp", data="builtin:digits", devices=("a", "b"), **spec_kw)
     cstore.create_campaign("camp", spec.to_dict())
@@ -85,9 +122,17 @@ def _setup(tmp_path: Path, fleet: ScriptedFleet, **spec_kw: Any) -> tuple[Campai
     return ctx, survivors
 
 
+def _rows(ctx: CampaignContext) -> dict[tuple[str, str], Any]:
+    """The selection's rows, read back from what is stored: results typed, as they came."""
+    from host.campaign import campaign_rows
+
+    return {(r.device, r.candidate): r for r in campaign_rows(ctx.cstore, "camp")}
+
+
 def _prepared(tmp_path: Path) -> Prepared:
     # The scheduler reads only the task of the baseline bundle; no model is needed to schedule.
     bundle = SimpleNamespace(task="classification")
+    (tmp_path / "eval.npz").write_bytes(b"eval set")  # served, never read here
     return Prepared(bundle=bundle, dataset=None, eval_path=tmp_path / "eval.npz",  # type: ignore[arg-type]
                     baseline_metric=0.95, metric_name="accuracy")  # fmt: skip
 
@@ -95,10 +140,7 @@ def _prepared(tmp_path: Path) -> Prepared:
 def test_every_survivor_is_measured_on_every_device_and_a_failed_job_is_retried_once(
     tmp_path: Path,
 ) -> None:
-    fleet = ScriptedFleet()
-    for device in ("a", "b"):
-        fleet.registry.set_birth(device, sample_birth())
-        fleet.registry.set_status(device, True)
+    fleet = _fleet(tmp_path, "a", "b")
     fleet.fail_first.add(f"b:{tmp_path / 'c2.tflite'}")
     ctx, survivors = _setup(tmp_path, fleet, retries=1)
     DeviceScheduler(ctx).measure(survivors, ["a", "b"], _prepared(tmp_path))
@@ -107,37 +149,30 @@ def test_every_survivor_is_measured_on_every_device_and_a_failed_job_is_retried_
         ("a", "c1"): "ok", ("a", "c2"): "ok", ("b", "c1"): "ok", ("b", "c2"): "ok",
     }  # fmt: skip
     assert jobs[("b", "c2")].attempts == 2 and len(jobs[("b", "c2")].job_ids) == 2
-    assert jobs[("a", "c1")].row["metric_value"] == 0.9
+    assert _rows(ctx)[("a", "c1")].metric_value == 0.9
     assert len(fleet.sent) == 5
 
 
 def test_a_thread_sweep_measures_every_candidate_and_thread_count_as_its_own_variant(
     tmp_path: Path,
 ) -> None:
-    fleet = ScriptedFleet()
-    for device in ("a", "b"):
-        fleet.registry.set_birth(device, sample_birth())
-        fleet.registry.set_status(device, True)
+    fleet = _fleet(tmp_path, "a", "b")
     ctx, survivors = _setup(tmp_path, fleet, threads=(1, 4))
     DeviceScheduler(ctx).measure(survivors, ["a", "b"], _prepared(tmp_path))
-    rows = {(j.device_id, j.candidate_id): j.row for j in ctx.cstore.jobs("camp")}
+    rows = _rows(ctx)
     assert sorted(rows) == [
         (d, f"{c}@t{t}") for d in ("a", "b") for c in ("c1", "c2") for t in (1, 4)
     ]
     for (_device, variant), row in rows.items():
-        assert row is not None and row["candidate"] == variant
-        assert row["artifact"] == variant.split("@")[0]
-        assert row["threads"] == int(variant.split("@t")[1]) and row["runtime"] == "tflite"
+        assert row.ok and row.candidate == variant and row.artifact == variant.split("@")[0]
+        assert row.threads == int(variant.split("@t")[1]) and row.runtime == "tflite"
     assert sorted(fleet.threads) == [1, 1, 1, 1, 4, 4, 4, 4]
 
 
 def test_a_board_without_a_runtime_for_a_format_is_not_sent_candidates_of_that_format(
     tmp_path: Path,
 ) -> None:
-    fleet = ScriptedFleet()
-    for device in ("a", "b"):
-        fleet.registry.set_birth(device, sample_birth())  # tflite only
-        fleet.registry.set_status(device, True)
+    fleet = _fleet(tmp_path, "a", "b")  # tflite only
     ctx, survivors = _setup(tmp_path, fleet)
     survivors = [survivors[0], replace(survivors[1], format="onnx")]
     DeviceScheduler(ctx).measure(survivors, ["a", "b"], _prepared(tmp_path))
@@ -149,9 +184,7 @@ def test_a_board_without_a_runtime_for_a_format_is_not_sent_candidates_of_that_f
 def test_the_jobs_of_a_device_that_stays_offline_end_as_offline_with_how_to_resume(
     tmp_path: Path,
 ) -> None:
-    fleet = ScriptedFleet()
-    fleet.registry.set_birth("a", sample_birth())
-    fleet.registry.set_status("a", True)
+    fleet = _fleet(tmp_path, "a")
     ctx, survivors = _setup(tmp_path, fleet, offline_deadline_s=0.2)
     DeviceScheduler(ctx).measure(survivors, ["a", "b"], _prepared(tmp_path))
     states = {(j.device_id, j.candidate_id): (j.status, j.error) for j in ctx.cstore.jobs("camp")}
@@ -165,55 +198,59 @@ def test_the_jobs_of_a_device_that_stays_offline_end_as_offline_with_how_to_resu
 def test_after_a_restart_a_job_sent_for_one_thread_count_is_adopted_by_that_variant_only(
     tmp_path: Path,
 ) -> None:
-    from shared.results import to_data
 
-    fleet = ScriptedFleet()
-    for device in ("a", "b"):
-        fleet.registry.set_birth(device, sample_birth())
-        fleet.registry.set_status(device, True)
+    fleet = _fleet(tmp_path, "a", "b")
     ctx, survivors = _setup(tmp_path, fleet, threads=(1, 4))
     # The run that died sent c1 on 4 threads to "a", and the answer arrived, but it never noted
     # the job id in the campaign.
-    ctx.store.create_job(
-        job_id="job-before", command_msg_id="m-before", device_id="a", kind="benchmark",
-        model_sha256=survivors[0].sha256, eval_sha256=None, params={"threads": 4},
-    )  # fmt: skip
+    commands = fleet.commands.commands
+    before = commands.new_id()
+    manifest = ArtifactManifest(
+        sha256=survivors[0].sha256 or "", size_bytes=2, format="tflite", precision="fp32"
+    )
+    commands.add([NewCommand("a", BenchmarkCmd(
+        job_id=before, model=manifest, threads=4), command_id=before)])  # fmt: skip
     latency = LatencyStats(mean=2, std=0, min=2, p50=2, p90=2, p95=2, p99=2, max=2)
     answered = BenchmarkResult(
-        job_id="job-before", model_sha256=survivors[0].sha256 or "", backend="tflite",
+        job_id=before, model_sha256=survivors[0].sha256 or "", backend="tflite",
         runtime="fake 1", threads=4, size_bytes=10, load_ms=1.0, warmup_runs=1, runs=5,
         latency_ms=latency, peak_rss_mb=10.0, rss_growth_mb=0.0, metric="accuracy",
         metric_value=0.8,
     )  # fmt: skip
-    ctx.store.record_result(job_id="job-before", response_msg_id="r-before", device_id="a",
-                            status="ok", data=to_data(answered))  # fmt: skip
+    with commands.store.transaction() as session:
+        commands.store_final(
+            session, before, response_msg_id="r-before", status="ok", state="answered",
+            result=answered, error_code=None, error_message=None,
+        )  # fmt: skip
     DeviceScheduler(ctx).measure(survivors, ["a", "b"], _prepared(tmp_path))
     jobs = {(j.device_id, j.candidate_id): j for j in ctx.cstore.jobs("camp")}
-    assert jobs[("a", "c1@t4")].job_ids == ["job-before"]
-    assert jobs[("a", "c1@t4")].row["metric_value"] == 0.8
-    assert "job-before" not in jobs[("a", "c1@t1")].job_ids
-    assert jobs[("a", "c1@t1")].row["threads"] == 1
+    assert jobs[("a", "c1@t4")].job_ids == [before]
+    rows = _rows(ctx)
+    assert rows[("a", "c1@t4")].metric_value == 0.8  # the adopted job's stored result
+    assert before not in jobs[("a", "c1@t1")].job_ids
+    assert rows[("a", "c1@t1")].threads == 1
     assert len(fleet.sent) == 7  # every variant but the adopted one
 
 
-def test_a_cancelled_campaign_sends_nothing_more_and_ends_its_open_jobs_as_cancelled(
-    tmp_path: Path,
-) -> None:
-    fleet = ScriptedFleet()
-    fleet.registry.set_birth("a", sample_birth())
-    fleet.registry.set_status("a", True)
-    ctx, survivors = _setup(tmp_path, fleet, retries=0)
-    submit = fleet.submit_benchmark
+def test_a_cancelled_campaign_cancels_its_open_benchmark_and_stops(tmp_path: Path) -> None:
+    fleet = _fleet(tmp_path, "a")
+    fleet.silent_for.add("a")  # the benchmark runs for ever
+    ctx, survivors = _setup(tmp_path, fleet)
+    threading.Timer(1.0, ctx.cancelled.set).start()
+    scheduler = DeviceScheduler(ctx)
+    try:  # one device's job, as its thread runs it
+        job = _pending(ctx, survivors[0].candidate_id)
+        scheduler._run_job(job, survivors[0], _prepared(tmp_path))
+    except CampaignCancelled:
+        pass
+    else:
+        raise AssertionError("the cancelled campaign went on")
+    [command] = fleet.commands.commands.list(kinds=("benchmark",))
+    assert command.state == "cancelled"
+    cancels = [p for p in fleet.published if p.name == "cancel"]
+    assert [p.message.body.job_id for p in cancels] == [command.command_id]  # type: ignore[union-attr]
 
-    def submit_then_cancel(*args: Any, **kw: Any) -> DoneHandle:
-        handle = submit(*args, **kw)
-        ctx.cancelled.set()  # the API's cancel arrives while the first job runs
-        return handle
 
-    fleet.submit_benchmark = submit_then_cancel  # type: ignore[method-assign]
-    with pytest.raises(CampaignCancelled):
-        DeviceScheduler(ctx).measure(survivors, ["a"], _prepared(tmp_path))
-    jobs = {j.candidate_id: j for j in ctx.cstore.jobs("camp")}
-    assert len(fleet.sent) == 1
-    assert jobs["c1"].status == "ok"
-    assert jobs["c2"].status == "failed" and jobs["c2"].error == "the campaign was cancelled"
+def _pending(ctx: CampaignContext, candidate: str = "c1") -> Any:
+    ctx.cstore.ensure_job("camp", candidate, "a", 0)
+    return next(j for j in ctx.cstore.jobs("camp", "a") if j.candidate_id == candidate)

@@ -20,8 +20,9 @@ from host.campaign import CampaignSpec, campaign_selection
 from host.report import pareto_svg
 from host.security import Scope
 from host.store import Store
-from host.store.campaigns import JOB_OK, CampaignStore
+from host.store.campaigns import CampaignStore
 from host.store.service import ServiceStore
+from tests.host.campaign_helpers import store_measured
 from tests.host.test_report import HOSTILE, row
 
 LOCAL = ("127.0.0.1", 50000)
@@ -74,11 +75,10 @@ def _measured_campaign(store: Store) -> None:
         row("c2", "pi4", 0.90, 8.0, recipe=HOSTILE),
         row("c3", "pi4", 0.95, 25.0),
         row("c1", "jetson", 0.94, 4.0),
-        row("c2", "jetson", 0.93, 3.0),
+        row("c2", "jetson", 0.93, 3.0, recipe=HOSTILE),
     ]
     for position, r in enumerate(rows):
-        cstore.ensure_job("camp-d", r.candidate, r.device, position)
-        cstore.job_finished("camp-d", r.candidate, r.device, JOB_OK, row=r.to_dict())
+        store_measured(store, "camp-d", r, position)
 
 
 def _static_references(text: str) -> list[str]:

@@ -1,6 +1,7 @@
-"""The deployment driver against a scripted fleet: desired state reached wave by wave, offline
-devices caught up later, failing waves rolled back, restarts and second drivers that send nothing
-twice. The real agents and Mosquitto are in tests/e2e/test_service_deploy.py."""
+"""The deployment driver against a scripted fleet (the real command pipeline, synchronous):
+desired state reached wave by wave, offline devices caught up later, failing waves rolled back,
+restarts and second drivers that send nothing twice. The real agents and Mosquitto are in
+tests/e2e/test_service_deploy.py."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from tests.host.fake_fleet import FakeFleet
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    with Store(f"sqlite:///{tmp_path / 'host.db'}") as opened:
+def store(db_url: str) -> Store:
+    with Store(db_url) as opened:
         yield opened
 
 
@@ -112,7 +113,7 @@ def test_a_wave_past_its_failure_threshold_is_rolled_back_and_later_waves_never_
     ]
 
 
-def test_a_restarted_driver_publishes_the_recorded_command_again_and_takes_no_new_sequence(
+def test_a_restarted_host_publishes_the_recorded_command_again_and_takes_no_new_sequence(
     store: Store, tmp_path: Path
 ) -> None:
     fleet = FakeFleet(store)
@@ -124,7 +125,9 @@ def test_a_restarted_driver_publishes_the_recorded_command_again_and_takes_no_ne
     assert sent.state == "sent" and sent.sequence
 
     fleet.answers["a"] = fleet.commit
-    restarted = DeploymentDriver(store, fleet)  # a new process: nothing in memory
+    fleet.restart()  # a new process: nothing in memory
+    restarted = DeploymentDriver(store, fleet)
+    fleet.pump()
     _drive(restarted)
     [done] = DeploymentStore(store).targets(rollout.rollout_id)
     assert done.state == "committed" and done.sequence == sent.sequence
@@ -165,11 +168,8 @@ def test_a_device_online_without_an_answer_times_out_and_a_late_answer_still_cou
     [timed_out] = DeploymentStore(store).targets(rollout.rollout_id)
     assert timed_out.state == "timeout" and "no final answer within 130 s" in timed_out.detail
 
-    answer = fleet.commit("deploy", next(p.message for p in fleet.published))
-    store.record_result(
-        job_id=timed_out.deploy_id, response_msg_id="late-answer", device_id="a", status=answer[0],
-        data=answer[1],
-    )  # fmt: skip
+    command = next(p.message for p in fleet.published)
+    fleet.reply(command, fleet.commit("deploy", command))  # late, but it says what happened
     driver.step()
     assert DeploymentStore(store).targets(rollout.rollout_id)[0].state == "committed"
 

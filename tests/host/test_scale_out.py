@@ -16,6 +16,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from bench.simfleet import SimFleet, write_artifact
+from host.commands import CommandInfo, CommandStore
+from host.commands.keys import make_key
 from host.store import Store
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -47,8 +49,11 @@ def _start_replica(
 ) -> tuple[subprocess.Popen[bytes], Path]:  # fmt: skip
     ready = tmp_path / f"{name}.ready"
     log = (tmp_path / f"{name}.log").open("wb")
+    key = tmp_path / "keys" / "signing.key"  # replicas of one database share the host key
+    if not key.exists():
+        make_key(key)
     args = [broker, base, db, str(tmp_path / name), "hosts", str(artifact), manifest_json,
-            ",".join(devices), str(ready)]  # fmt: skip
+            ",".join(devices), str(ready), str(key)]  # fmt: skip
     env = {**os.environ, "EDGETAILOR_HOME": str(tmp_path / name)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.host.replica", *args], cwd=ROOT, stdout=log, stderr=log,
@@ -68,10 +73,15 @@ def _wait(what: str, check: object, timeout: float, procs: list[subprocess.Popen
         time.sleep(0.1)
 
 
+def _results(commands: CommandStore) -> list[CommandInfo]:
+    return [c for c in commands.list(kinds=("benchmark",)) if c.response_msg_id is not None]
+
+
 def test_two_replicas_store_every_result_once_even_when_one_is_sigkilled(
     tmp_path: Path, pg_url: str, shared_broker_url: str, base_topic: str
 ) -> None:
     store = Store(pg_url)  # creates the tables before the replicas race to
+    commands = CommandStore(store)
     # One artifact per replica: a chunk request the broker hands to the other replica is served
     # from the path the database records.
     artifacts = [tmp_path / "a.onnx", tmp_path / "b.onnx"]
@@ -103,17 +113,17 @@ def test_two_replicas_store_every_result_once_even_when_one_is_sigkilled(
             _wait("the doomed replica to send its jobs", doomed_ready.exists, 40, procs)
             doomed.send_signal(signal.SIGKILL)
             doomed.wait(10)
-            at_kill = store.list_results()
+            at_kill = _results(commands)
             stored_at_kill = len(at_kill)
             doomed_done_at_kill = sum(r.device_id in ids[:half] for r in at_kill)
             _wait(
                 f"all {BOARDS} results (had {stored_at_kill} when a replica was killed)",
-                lambda: len(store.list_results()) >= BOARDS, 40, [survivor],
+                lambda: len(_results(commands)) >= BOARDS, 40, [survivor],
             )  # fmt: skip
             _wait("every result acknowledged", lambda: sims.outbox_sizes() == 0, 10, [survivor])
             time.sleep(1.5)  # a re-sent result arriving now must not be stored twice
-            results = store.list_results()
-            jobs = store.list_jobs()
+            results = _results(commands)
+            jobs = commands.list(kinds=("benchmark",))
         finally:
             for proc in procs:
                 if proc.poll() is None:
@@ -132,5 +142,6 @@ def test_two_replicas_store_every_result_once_even_when_one_is_sigkilled(
     assert len(results) == BOARDS
     assert sorted(r.job_id for r in results) == sorted(j.job_id for j in jobs)
     assert {r.device_id for r in results} == set(ids)
-    assert all(r.status == "ok" for r in results)
+    assert all(r.state == "answered" for r in results)
+    assert len({r.response_msg_id for r in results}) == BOARDS
     assert sims.stats.hash_failures == 0

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from host.commands import CommandStore, NewCommand
 from host.errors import ConfigError
 from host.store import Store, StoreError
+from shared.messages import PingCmd
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -40,19 +42,24 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         admin.dispose()
 
 
-def _job(store: Store, job_id: str = "job-1", command: str = "cmd-1") -> None:
-    store.create_job(
-        job_id=job_id,
-        command_msg_id=command,
-        device_id="pi-01",
-        kind="benchmark",
-        model_sha256="a" * 64,
-        params={"runs": 5},
+def _command(commands: CommandStore, device: str = "pi-01") -> str:
+    [info] = commands.add([NewCommand(device, PingCmd())])
+    return info.command_id
+
+
+def _store_final(commands: CommandStore, command_id: str, msg_id: str, **kw: object) -> bool:
+    values: dict[str, object] = dict(
+        status="ok", state="answered", result=None, error_code=None, error_message=None
     )
+    values.update(kw)
+    with commands.store.transaction() as session:
+        return commands.store_final(session, command_id, response_msg_id=msg_id, **values)  # type: ignore[arg-type]
 
 
-def test_store_creates_the_four_tables(store: Store) -> None:
-    assert {"devices", "artifacts", "jobs", "results"} <= set(store.table_names())
+def test_store_creates_its_tables_and_the_command_tables_on_first_use(store: Store) -> None:
+    assert {"devices", "artifacts"} <= set(store.table_names())
+    CommandStore(store)
+    assert {"commands", "command_sequences", "store_identity"} <= set(store.table_names())
 
 
 def test_device_updates_merge_birth_status_and_telemetry(store: Store) -> None:
@@ -70,49 +77,33 @@ def test_device_updates_merge_birth_status_and_telemetry(store: Store) -> None:
     assert [d.device_id for d in store.list_devices()] == ["pi-01"]
 
 
-def test_a_result_is_stored_once_by_msg_id_and_by_job(store: Store) -> None:
-    _job(store)
-    _job(store, "job-2", "cmd-2")
-    first = store.record_result(
-        job_id="job-1", response_msg_id="r1", device_id="pi-01", status="ok", data={"load_ms": 3.0}
-    )
-    same_msg = store.record_result(
-        job_id="job-1", response_msg_id="r1", device_id="pi-01", status="ok", data={}
-    )
-    same_job_new_envelope = store.record_result(
-        job_id="job-1", response_msg_id="r9", device_id="pi-01", status="ok", data={}
-    )
-    msg_id_reused_for_other_job = store.record_result(
-        job_id="job-2", response_msg_id="r1", device_id="pi-01", status="ok", data={}
-    )
-    assert (first, same_msg, same_job_new_envelope, msg_id_reused_for_other_job) == (
-        True,
-        False,
-        False,
-        False,
-    )
-    result = store.get_result("job-1")
-    assert result is not None and result.data == {"load_ms": 3.0}
-    job = store.get_job("job-1")
-    assert job is not None and job.status == "ok" and job.finished is not None
-    assert len(store.list_results()) == 1
+def test_an_answer_is_stored_once_by_command_and_by_response_msg_id(store: Store) -> None:
+    commands = CommandStore(store)
+    first_id, second_id = _command(commands), _command(commands)
+    first = _store_final(commands, first_id, "r1")
+    same_msg = _store_final(commands, first_id, "r1")
+    same_command_new_envelope = _store_final(commands, first_id, "r9")
+    with commands.store.read() as session:
+        reused = commands.stored_responses(session, ["r1", "r2"])
+    assert (first, same_msg, same_command_new_envelope, reused) == (True, False, False, {"r1"})
+    stored = commands.get(first_id)
+    assert stored is not None and stored.state == "answered" and stored.response_msg_id == "r1"
+    assert stored.finished is not None
+    assert commands.get(second_id).state == "pending"  # type: ignore[union-attr]
 
 
-def test_progress_does_not_overwrite_a_finished_job(store: Store) -> None:
-    _job(store)
-    store.update_job_status("job-1", "running")
-    store.record_result(
-        job_id="job-1",
-        response_msg_id="r1",
-        device_id="pi-01",
-        status="error",
-        error_code="hash_mismatch",
-        error_message="bad file",
-    )
-    store.update_job_status("job-1", "running")
-    job = store.get_job("job-1")
-    assert job is not None and (job.status, job.error_code) == ("error", "hash_mismatch")
-    assert store.find_job_by_command("cmd-1") == job
+def test_progress_does_not_overwrite_a_finished_command(store: Store) -> None:
+    commands = CommandStore(store)
+    command_id = _command(commands)
+    with store.transaction() as session:
+        commands.note_stages(session, {command_id: "running"})
+    _store_final(commands, command_id, "r1", status="error", state="failed",
+                 error_code="hash_mismatch", error_message="bad file")  # fmt: skip
+    with store.transaction() as session:
+        commands.note_stages(session, {command_id: "running"})
+    stored = commands.get(command_id)
+    assert stored is not None and (stored.state, stored.error_code) == ("failed", "hash_mismatch")
+    assert commands.find(command_id) == stored
 
 
 def test_artifacts_are_recorded_once_with_their_manifest(store: Store) -> None:
@@ -179,7 +170,7 @@ def test_a_missing_column_that_cannot_be_null_is_an_error_naming_it(tmp_path: Pa
     Store(url).close()
     engine = create_engine(url)
     with engine.begin() as conn:
-        conn.execute(text("ALTER TABLE jobs DROP COLUMN kind"))
+        conn.execute(text("ALTER TABLE devices DROP COLUMN online"))
     engine.dispose()
-    with pytest.raises(StoreError, match=r"table jobs without the column kind"):
+    with pytest.raises(StoreError, match=r"table devices without the column online"):
         Store(url)

@@ -184,7 +184,9 @@ def test_every_encoder_candidate_exports_with_two_integer_inputs_and_keeps_fidel
 def test_a_real_agent_runs_every_encoder_candidate_with_two_integer_inputs(
     encoder_candidates: tuple[Path, list], shared_broker_url: str, base_topic: str, tmp_path: Path
 ) -> None:
+    from host.commands.bench import benchmark as run_benchmark
     from host.fleet import Fleet
+    from host.store import Store
     from tests.agents import AgentProcess
 
     out, results = encoder_candidates
@@ -192,14 +194,15 @@ def test_a_real_agent_runs_every_encoder_candidate_with_two_integer_inputs(
     agent.start()
     try:
         agent.wait_online(timeout=60)
-        with Fleet(shared_broker_url, base_topic) as fleet:
+        store = Store(f"sqlite:///{tmp_path / 'host.db'}")
+        with Fleet(shared_broker_url, base_topic, store=store) as fleet:
+            fleet.wait_for_device("enc-board", 30)
             for result in results:
                 artifact = result.artifacts[0]
-                job = fleet.submit_benchmark(
-                    "enc-board", artifact.path, artifact.manifest, eval_path=out / "eval.npz",
-                    runs=3, min_s=0.05,
+                benchmark = run_benchmark(
+                    fleet, "enc-board", artifact.path, model_manifest=artifact.manifest,
+                    eval_path=out / "eval.npz", runs=3, min_s=0.05, timeout=120,
                 )  # fmt: skip
-                benchmark = job.result(timeout=120)
                 assert benchmark.eval_samples > 0, result.recipe.name
                 assert benchmark.latency_ms.p50 > 0
     finally:

@@ -1,7 +1,8 @@
 """Benchmarks: one stored model on one device, as `edgetailor bench` does; and any job's state.
 
-The job and its result live in the database (the fleet records both), so a result that arrives
-while no client is polling is kept, and ``GET /jobs/{id}`` answers after a restart of the service.
+The job is a recorded command (host.commands) and its result the agent's BenchmarkResult stored
+with it, so a result that arrives while no client is polling is kept, and ``GET /jobs/{id}``
+answers after a restart of the service.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from host.api.context import ApiContext
 from host.api.deps import Ctx, Operator, Reader
 from host.api.errors import AUTH_ERRORS, ERRORS, ApiError, not_found
 from host.api.models import BenchmarkCreate, JobStatus
@@ -21,26 +21,32 @@ from host.api.routers.deployments import (
     check_devices,
     stored_artifact,
 )
+from host.commands.models import ANSWERED, OPEN_STATES, PENDING
+from host.commands.repository import CommandInfo, CommandStore
 from host.errors import DeviceUnavailableError
-from host.store.repository import JobInfo
+from shared.results import to_data
 
 router = APIRouter(tags=["benchmarks"])
 
 
-def _status(ctx: ApiContext, job: JobInfo) -> dict[str, Any]:
-    result = ctx.store.get_result(job.job_id) if job.finished is not None else None
+def _status(job: CommandInfo) -> dict[str, Any]:
+    if job.state in OPEN_STATES:
+        status = "submitted" if job.state == PENDING or job.stage is None else job.stage
+    else:
+        status = "ok" if job.state == ANSWERED else "error"
+    result = job.result() if job.state == ANSWERED else None
     return {
         "job_id": job.job_id,
         "device_id": job.device_id,
         "kind": job.kind,
-        "status": job.status,
-        "finished": job.finished is not None,
+        "status": status,
+        "finished": job.final,
         "model_sha256": job.model_sha256,
         "error_code": job.error_code,
         "error_message": job.error_message,
-        "submitted": job.submitted,
+        "submitted": job.created,
         "updated": job.updated,
-        "result": result.data if result is not None and result.status == "ok" else None,
+        "result": to_data(result) if result is not None else None,
     }
 
 
@@ -59,28 +65,30 @@ async def create_benchmark(ctx: Ctx, body: BenchmarkCreate) -> dict[str, Any]:
         raise ApiError(503, "no_fleet", "this API serves the database only: no broker connected")
 
     def submit() -> str:
-        handle = ctx.fleet.submit_benchmark(
-            body.device_id, model, manifest, eval_path=eval_path, eval_manifest=eval_manifest,
-            threads=body.threads, runs=body.runs, timeout_s=body.timeout_s, task=body.task,
-            device_timeout_s=body.device_timeout_s,
+        from host.commands.bench import submit_benchmark
+
+        ctx.fleet.wait_for_device(body.device_id, body.device_timeout_s)
+        return submit_benchmark(
+            ctx.fleet, body.device_id, model, model_manifest=manifest, eval_path=eval_path,
+            eval_manifest=eval_manifest, threads=body.threads, runs=body.runs,
+            timeout_s=body.timeout_s, task=body.task,
         )  # fmt: skip
-        return str(handle.job_id)
 
     try:
         job_id = await run_in_threadpool(submit)
     except DeviceUnavailableError as exc:
         raise ApiError(503, "device_unavailable", str(exc)) from exc
-    job = ctx.store.get_job(job_id)
-    if job is None:  # the fleet records the job before it sends the command
+    job = CommandStore(ctx.store).get(job_id)
+    if job is None:  # recorded before it is ever published
         raise ApiError(500, "internal", f"job {job_id} was sent but not recorded")
-    return _status(ctx, job)
+    return _status(job)
 
 
 @router.get("/jobs/{job_id}", response_model=JobStatus, dependencies=[Reader],
             responses={**ERRORS, **AUTH_ERRORS})  # fmt: skip
 def get_job(ctx: Ctx, job_id: str) -> dict[str, Any]:
     """A job's state; its result once the device answered."""
-    job = ctx.store.get_job(job_id)
+    job = CommandStore(ctx.store).find(job_id)
     if job is None:
         raise not_found("job", job_id, "benchmark jobs are made with POST /api/v1/benchmarks")
-    return _status(ctx, job)
+    return _status(job)

@@ -22,9 +22,12 @@ from host.api.models import (
     HistoryItem,
     RollbackOutcome,
 )
+from host.commands.models import ANSWERED
+from host.commands.repository import CommandStore
 from host.deploy.status import desired_state, never_seen
 from host.store import DeviceInfo
 from host.store.deployments import DeploymentStore
+from shared.results import BenchmarkResult
 
 router = APIRouter(tags=["devices"])
 
@@ -94,13 +97,13 @@ def get_device(ctx: Ctx, device_id: str) -> dict[str, Any]:
             kind="deploy", id=target.deploy_id, at=target.updated, status=target.state,
             sha256=target.sha256 or None, detail=target.detail,
         ))  # fmt: skip
-    for result in ctx.store.list_results(device_id)[-50:]:
-        job = ctx.store.get_job(result.job_id)
-        if job is None or job.kind != "benchmark":
-            continue
+    for job in CommandStore(ctx.store).list(
+        device_id=device_id, kinds=("benchmark",), finished_only=True, limit=50, newest_first=True
+    ):
         history.append(HistoryItem(
-            kind="benchmark", id=result.job_id, at=result.received, status=result.status,
-            sha256=job.model_sha256, detail=result.error_message or "",
+            kind="benchmark", id=job.job_id, at=job.finished or job.updated,
+            status="ok" if job.state == ANSWERED else "error", sha256=job.model_sha256,
+            detail=job.error_message or "",
         ))  # fmt: skip
     history.sort(key=lambda item: item.at, reverse=True)
     return {
@@ -119,15 +122,20 @@ def fleet_status(ctx: Ctx) -> list[dict[str, Any]]:
     """Per device: online, active model, desired state and why they differ, last results; and
     the devices a deploy waits for that were never seen ("pending until first seen")."""
     rows = []
+    commands = CommandStore(ctx.store)
     for device in ctx.store.list_devices():
         results = []
-        for result in reversed(ctx.store.list_results(device.device_id)[-3:]):
-            data = result.data or {}
+        for job in commands.list(
+            device_id=device.device_id, kinds=("benchmark",), finished_only=True, limit=3,
+            newest_first=True,
+        ):  # fmt: skip
+            result = job.result_as(BenchmarkResult) if job.state == ANSWERED else None
             results.append({
-                "job_id": result.job_id, "status": result.status,
-                "latency_p90_ms": (data.get("latency_ms") or {}).get("p90"),
-                "metric": data.get("metric"), "metric_value": data.get("metric_value"),
-                "error": result.error_message, "received": result.received,
+                "job_id": job.job_id, "status": "ok" if job.state == ANSWERED else "error",
+                "latency_p90_ms": result.latency_ms.p90 if result else None,
+                "metric": result.metric if result else None,
+                "metric_value": result.metric_value if result else None,
+                "error": job.error_message, "received": job.finished,
             })  # fmt: skip
         rows.append({
             "device_id": device.device_id, "online": device.online,

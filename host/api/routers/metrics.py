@@ -1,6 +1,7 @@
 """Prometheus metrics at ``/metrics``, read from the database at scrape time, so that every
-replica reports the same fleet: devices online, jobs by state, transfer bytes, result latency,
-deployments by state."""
+replica reports the same fleet: devices online, commands by kind and state, transfer bytes,
+result latency, deployments by state. Messages this process dropped (unsigned, badly signed,
+chunk requests no command allows, ...) are counted per process, by topic and reason."""
 
 from __future__ import annotations
 
@@ -19,10 +20,13 @@ from sqlalchemy import func, select
 
 from host.api.deps import Ctx, Reader
 from host.api.errors import AUTH_ERRORS
+from host.commands.kinds import KINDS
+from host.commands.models import CommandRow
 from host.store import Store
 from host.store.deployments import DeploymentStore
-from host.store.models import ArtifactRow, DeviceRow, JobRow, ResultRow
+from host.store.models import ArtifactRow, DeviceRow
 from host.store.service import ServiceStore
+from shared.results import BenchmarkResult
 
 router = APIRouter(tags=["metrics"])
 
@@ -32,8 +36,9 @@ LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, float("inf"))
 class StoreCollector:
     """A prometheus-client collector over the host's tables."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, fleet: Any = None) -> None:
         self.store = store
+        self.fleet = fleet
 
     def collect(self) -> Iterator[Metric]:
         with self.store.read() as session:
@@ -41,13 +46,16 @@ class StoreCollector:
                 select(DeviceRow.online, func.count()).group_by(DeviceRow.online)
             ).all()
             jobs = session.execute(
-                select(JobRow.kind, JobRow.status, func.count()).group_by(
-                    JobRow.kind, JobRow.status
+                select(CommandRow.kind, CommandRow.state, func.count()).group_by(
+                    CommandRow.kind, CommandRow.state
                 )
             ).all()
             latencies = session.execute(
-                select(ResultRow.received - JobRow.submitted, ResultRow.data, JobRow.kind).join(
-                    JobRow, JobRow.job_id == ResultRow.job_id
+                select(
+                    CommandRow.finished - CommandRow.created, CommandRow.result, CommandRow.kind
+                ).where(
+                    CommandRow.response_msg_id.is_not(None),
+                    CommandRow.kind.in_(("benchmark", "deploy", "rollback")),
                 )
             ).all()
             sizes = dict(session.execute(select(ArtifactRow.sha256, ArtifactRow.size_bytes)).all())
@@ -62,8 +70,8 @@ class StoreCollector:
             "edgetailor_devices_online", "devices online now", value=counts.get(True, 0)
         )
         by_state = GaugeMetricFamily(
-            "edgetailor_jobs", "device jobs (benchmark, deploy, rollback) by state",
-            labels=["kind", "state"],
+            "edgetailor_jobs", "commands to devices (benchmark, deploy, rollback, ack, ...) by "
+            "state", labels=["kind", "state"],
         )  # fmt: skip
         for kind, status, n in jobs:
             by_state.add_metric([kind, status], int(n))
@@ -88,20 +96,35 @@ class StoreCollector:
         for status, n in dstore.rollout_counts_by_status().items():
             rollouts.add_metric([status], n)
         yield rollouts
+        dropped = CounterMetricFamily(
+            "edgetailor_dropped_messages", "device messages this host process dropped: unsigned, "
+            "badly signed, signed by a key not pinned, chunk requests no open command allows, "
+            "responses to commands sent elsewhere", labels=["topic", "reason"],
+        )  # fmt: skip
+        counts = self.fleet.drop_counts() if self.fleet is not None else {}
+        for (topic, reason), n in sorted(counts.items()):
+            dropped.add_metric([topic, reason], n)
+        yield dropped
 
     @staticmethod
     def _results(rows: list[Any], sizes: dict[str, int]) -> Iterator[Metric]:
         buckets = [0] * len(LATENCY_BUCKETS)
         total, transferred = 0.0, 0
-        for seconds, data, _kind in rows:
+        benchmark = KINDS.get("benchmark")
+        for seconds, data, kind in rows:
             seconds = max(0.0, float(seconds))
             total += seconds
             for i, bound in enumerate(LATENCY_BUCKETS):
                 if seconds <= bound:
                     buckets[i] += 1
-            for transfer in (data or {}).get("transfers") or []:
-                if not transfer.get("already_stored"):
-                    transferred += int(sizes.get(str(transfer.get("sha256")), 0))
+            if kind != "benchmark" or data is None:
+                continue
+            result = benchmark.decode_result(data)
+            if not isinstance(result, BenchmarkResult):
+                continue
+            for transfer in result.transfers:
+                if not transfer.already_stored:
+                    transferred += int(sizes.get(transfer.sha256, 0))
         histogram = HistogramMetricFamily(
             "edgetailor_result_latency_seconds",
             "time from sending a device job to storing its final result",
@@ -125,5 +148,5 @@ class StoreCollector:
 def metrics(ctx: Ctx) -> Response:
     """Prometheus text format."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(ctx.store))  # type: ignore[arg-type]
+    registry.register(StoreCollector(ctx.store, ctx.fleet))  # type: ignore[arg-type]
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
