@@ -13,7 +13,17 @@ PT2E quantizers do not annotate (they match ``aten.conv2d.default``) and torchao
 fusion does not match: full int8 of EfficientNet-B0 left all 81 convolutions float and the file
 1.01x smaller than fp32. The same padding written as numbers traces to ``conv2d.default``.
 
-:func:`canonicalize` applies both; the exporters and QAT's preparation call it on their own copy.
+:func:`fold_layer_scales`: a per-channel scale multiplying a Linear's output (ConvNeXt's
+``layer_scale_parameter``, the LayerScale of CaiT or DINOv2) is folded into the Linear's weights
+and bias, and the scale set to ones. After a GELU, on the 1x1 map of ConvNeXt's last stage, the
+converter fused the scale's multiplication with the Linear into a BATCH_MATMUL of rank 4 it then
+refused ("'tfl.batch_matmul' op found invalid output rank, expected 3 but got 4": fp32, fp16 and
+dynamic int8 of transformers' ConvNeXt all failed); a multiplication by ones it removes.
+
+:func:`linearize_recurrent` (host.models.recurrent): GRU, LSTM and RNN layers in a form made of
+Linears, which the int8 quantizer annotates and every runtime unrolls.
+
+:func:`canonicalize` applies them all; the exporters and QAT's preparation call it on their own copy.
 """
 
 from __future__ import annotations
@@ -113,9 +123,89 @@ def number_conv_padding(module: nn.Module) -> list[str]:
     return rewritten
 
 
+def fold_layer_scales(module: nn.Module, examples: tuple[torch.Tensor, ...]) -> list[str]:
+    """Fold, in place, every 1-D parameter that only multiplies the output of one Linear (its
+    length that Linear's output width) into that Linear, and set it to ones; returns the names of
+    the scales folded. Found on a torch.export trace; a model that does not trace is left as is."""
+    import torch
+    from torch import nn
+
+    owned = {
+        id(p)
+        for m in module.modules()
+        if isinstance(
+            m,
+            (
+                nn.Linear,
+                nn.modules.conv._ConvNd,
+                nn.LayerNorm,
+                nn.modules.batchnorm._NormBase,
+                nn.GroupNorm,
+                nn.Embedding,
+            ),
+        )
+        for p in m.parameters(recurse=False)
+    }
+    if not any(p.dim() == 1 and id(p) not in owned for p in module.parameters()):
+        return []
+    try:
+        program = torch.export.export(module, examples)
+    except Exception as exc:  # noqa: BLE001 - nothing to fold in what cannot be traced
+        logger.debug("layer scales not folded: the model does not trace (%s)", exc)
+        return []
+    params = program.graph_signature.inputs_to_parameters
+    linear_ops = {torch.ops.aten.linear.default}
+    mul_ops = {torch.ops.aten.mul.Tensor}
+    folded: list[str] = []
+    scale_users: dict[str, int] = {}
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in params:
+            scale_users[params[node.name]] = len(node.users)
+    for node in program.graph.nodes:
+        if node.op != "call_function" or node.target not in linear_ops or len(node.users) != 1:
+            continue
+        (user,) = node.users
+        if user.op != "call_function" or user.target not in mul_ops:
+            continue
+        other = user.args[1] if user.args[0] is node else user.args[0]
+        weight = node.args[1]
+        if getattr(other, "op", None) != "placeholder" or other.name not in params:
+            continue
+        if getattr(weight, "op", None) != "placeholder" or weight.name not in params:
+            continue
+        scale_name, weight_name = params[other.name], params[weight.name]
+        if scale_users.get(scale_name) != 1 or scale_name in folded:
+            continue
+        scale = module.get_parameter(scale_name)
+        linear = module.get_submodule(weight_name.rpartition(".")[0])
+        if not isinstance(linear, nn.Linear) or tuple(scale.shape) != (linear.out_features,):
+            continue
+        with torch.no_grad():
+            linear.weight.mul_(scale[:, None])
+            if linear.bias is not None:
+                linear.bias.mul_(scale)
+            scale.fill_(1.0)
+        folded.append(scale_name)
+    if folded:
+        logger.info("folded %d layer scale(s) into their Linear layers", len(folded))
+    return folded
+
+
 def canonicalize(module: nn.Module, examples: tuple[torch.Tensor, ...]) -> list[str]:
     """Apply every rewrite of this module to ``module`` in place; returns the layers changed."""
-    return make_global_pools_adaptive(module, examples) + number_conv_padding(module)
+    from host.models.recurrent import linearize_recurrent
+
+    return (
+        make_global_pools_adaptive(module, examples)
+        + number_conv_padding(module)
+        + fold_layer_scales(module, examples)
+        + linearize_recurrent(module)
+    )
 
 
-__all__ = ["canonicalize", "make_global_pools_adaptive", "number_conv_padding"]
+__all__ = [
+    "canonicalize",
+    "fold_layer_scales",
+    "make_global_pools_adaptive",
+    "number_conv_padding",
+]
