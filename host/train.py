@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from host.compress.features import FeatureMatch
 from host.data import DataSet, Split
 from host.errors import CompressionError
 from host.metrics import score_outputs, to_tensor
@@ -86,13 +87,16 @@ def fit(
     lr_retries: int = 0,
     masks: dict[str, torch.Tensor] | None = None,
     log: FitLog | None = None,
+    features: FeatureMatch | None = None,
 ) -> nn.Module:
     """Train ``module`` on ``data.train``; ``progress(message, fraction_done)`` after each epoch.
 
     With ``keep_best`` the weights that scored best on ``data.val`` (accuracy with labels,
     agreement or cosine with the teacher without them), the starting weights included, are the ones
     returned. ``masks`` maps parameter names to 0/1 tensors kept applied after every step (so a
-    sparse model stays sparse). ``log`` receives what happened.
+    sparse model stays sparse). ``log`` receives what happened. ``features`` adds the distance of
+    matched intermediate activations to the teacher's (host.compress.features) to the loss; its
+    adapters train along and are left out of the returned module.
     """
     if epochs < 0:
         raise CompressionError(f"epochs must be >= 0, got {epochs}")
@@ -124,14 +128,21 @@ def fit(
         score, log.metric = _val_score(module, data.val, val_reference, task, device, batch_size)
         log.start_score = score
         best = (score, 0, start_state)
+    if features is not None:
+        features.to(device).attach()
     for attempt in range(lr_retries + 1):
         log.retries, log.lr, log.epoch_scores = attempt, lr, []
         torch.manual_seed(seed)
-        outcome = _train(
-            module, data, epochs, lr, targets, val_reference, temperature, alpha, batch_size, seed,
-            task, weight_decay, masks, device, validate, attempt < lr_retries, best, log,
-            progress,
-        )  # fmt: skip
+        try:
+            outcome = _train(
+                module, data, epochs, lr, targets, val_reference, temperature, alpha, batch_size,
+                seed, task, weight_decay, masks, device, validate, attempt < lr_retries, best, log,
+                progress, features,
+            )  # fmt: skip
+        except BaseException:
+            if features is not None:
+                features.detach()
+            raise
         best = outcome
         first = log.epoch_scores[0] if log.epoch_scores else None
         worse = (
@@ -151,6 +162,8 @@ def fit(
         )
         module.load_state_dict(start_state)
         lr /= 10
+    if features is not None:
+        features.detach()
     if best is not None:
         log.best_score, log.kept_epoch = best[0], best[1]
         if best[1] != epochs:
@@ -180,15 +193,17 @@ def _train(
     best: tuple[float, int, dict[str, Any]] | None,
     log: FitLog,
     progress: Progress | None,
+    features: FeatureMatch | None = None,
 ) -> tuple[float, int, dict[str, Any]] | None:
     module.train()
     params = dict(module.named_parameters())
     mask_pairs = [
         (params[name], mask.to(device)) for name, mask in (masks or {}).items() if name in params
     ]
-    optimizer = torch.optim.Adam(
-        [p for p in module.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay
-    )
+    trained = [p for p in module.parameters() if p.requires_grad]
+    if features is not None:
+        trained += list(features.adapters.parameters())
+    optimizer = torch.optim.Adam(trained, lr=lr, weight_decay=weight_decay)
     steps_per_epoch = max(1, -(-len(data.train) // batch_size))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=epochs * steps_per_epoch
@@ -197,6 +212,8 @@ def _train(
         total, count = 0.0, 0
         for inputs, labels, teacher_out in _batches(data.train, targets, batch_size, seed + epoch):
             tensors = [to_tensor(a, device) for a in inputs]
+            if features is not None:
+                features.teacher_pass(tensors)
             outs = _outputs(module(*tensors))
             target = None if labels is None else [torch.from_numpy(y).to(device) for y in labels]
             soft = (
@@ -218,6 +235,8 @@ def _train(
                     target[index] if target is not None and index < len(target) else None,
                     soft[index] if soft is not None and index < len(soft) else None,
                 )
+            if features is not None:
+                loss = loss + features.loss().to(loss.device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
