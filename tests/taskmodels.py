@@ -249,3 +249,31 @@ def class_and_box_error(outputs: list[np.ndarray], targets: list[np.ndarray]) ->
     labels, truth = targets
     accuracy = float(np.mean(np.argmax(scores, axis=1) == labels))
     return accuracy - float(np.mean(np.abs(np.asarray(boxes) - truth)))
+
+
+def hf_output_classifier() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """transformers' ConvNeXt as it comes: its forward returns an ImageClassifierOutput."""
+    import transformers
+
+    config = transformers.ConvNextConfig(
+        num_channels=3,
+        hidden_sizes=[8, 8, 16, 16],
+        depths=[1, 1, 1, 1],
+        image_size=16,
+        num_labels=10,
+    )
+    return transformers.ConvNextForImageClassification(config).eval(), (torch.zeros(1, 3, 32, 32),)
+
+
+class DictOutputNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 6)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.fc(x)
+        return {"scores": out[:, :2], "boxes": out[:, 2:]}
+
+
+def dict_output_net() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    return DictOutputNet().eval(), (torch.zeros(1, 4),)
