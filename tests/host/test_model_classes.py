@@ -378,7 +378,10 @@ def test_a_factory_returning_a_transformers_output_object_is_unwrapped_with_a_no
 ) -> None:
     pytest.importorskip("transformers")
     bundle = load_model("tests.taskmodels:hf_output_classifier")
-    assert "returns a ImageClassifierOutputWithNoAttention; using its .logits" in capsys.readouterr().err
+    assert (
+        "returns a ImageClassifierOutputWithNoAttention; using its .logits"
+        in capsys.readouterr().err
+    )
     with torch.no_grad():
         out = bundle.module(*bundle.example_inputs)
     assert isinstance(out, torch.Tensor) and out.shape == (1, 10)
