@@ -20,6 +20,12 @@ converter fused the scale's multiplication with the Linear into a BATCH_MATMUL o
 refused ("'tfl.batch_matmul' op found invalid output rank, expected 3 but got 4": fp32, fp16 and
 dynamic int8 of transformers' ConvNeXt all failed); a multiplication by ones it removes.
 
+:func:`flatten_linear_inputs`: a Linear applied to a 4-D tensor (ConvNeXt's pointwise layers
+run on channels-last ``(N, H, W, C)`` maps) with a non-zero bias, after a GELU, on a 1x1 map,
+was converted to the same refused rank-4 BATCH_MATMUL (a freshly initialised ConvNeXt, whose
+biases are zero, converted; the trained one did not). The same layer applied to the rows of a 2-D
+view of its input, reshaped back, converts to a FULLY_CONNECTED.
+
 :func:`linearize_recurrent` (host.models.recurrent): GRU, LSTM and RNN layers in a form made of
 Linears, which the int8 quantizer annotates and every runtime unrolls.
 
@@ -28,6 +34,7 @@ Linears, which the int8 quantizer annotates and every runtime unrolls.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING
 
@@ -123,6 +130,58 @@ def number_conv_padding(module: nn.Module) -> list[str]:
     return rewritten
 
 
+@functools.lru_cache(maxsize=1)
+def _rowwise_linear_class() -> type:
+    from torch import nn
+
+    class RowwiseLinear(nn.Module):
+        """A Linear applied to the rows of a 2-D view of its input, reshaped back."""
+
+        def __init__(self, linear: nn.Linear) -> None:
+            super().__init__()
+            self.linear = linear
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            rows = self.linear(x.reshape(-1, x.shape[-1]))
+            return rows.reshape(*x.shape[:-1], rows.shape[-1])
+
+    return RowwiseLinear
+
+
+def flatten_linear_inputs(module: nn.Module, examples: tuple[torch.Tensor, ...]) -> list[str]:
+    """Wrap, in place, every Linear that sees an input of more than 3 dimensions on ``examples`` so
+    that it multiplies a 2-D view of it (the same numbers); returns the names of the layers."""
+    import torch
+    from torch import nn
+
+    deep: set[str] = set()
+    hooks = []
+    for name, layer in module.named_modules():
+        if isinstance(layer, nn.Linear) and name:
+
+            def record(_layer: nn.Module, args: tuple, name: str = name) -> None:
+                if args and isinstance(args[0], torch.Tensor) and args[0].dim() > 3:
+                    deep.add(name)
+
+            hooks.append(layer.register_forward_pre_hook(record))
+    if not hooks:
+        return []
+    try:
+        with torch.no_grad():
+            module(*examples)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    wrapper = _rowwise_linear_class()
+    for name in sorted(deep):
+        parent_name, _, child = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, child, wrapper(getattr(parent, child)))
+    if deep:
+        logger.info("Linear layers on 2-D views of their N-D inputs: %d layers", len(deep))
+    return sorted(deep)
+
+
 def fold_layer_scales(module: nn.Module, examples: tuple[torch.Tensor, ...]) -> list[str]:
     """Fold, in place, every 1-D parameter that only multiplies the output of one Linear (its
     length that Linear's output width) into that Linear, and set it to ones; returns the names of
@@ -200,11 +259,13 @@ def canonicalize(module: nn.Module, examples: tuple[torch.Tensor, ...]) -> list[
         + number_conv_padding(module)
         + fold_layer_scales(module, examples)
         + linearize_recurrent(module)
+        + flatten_linear_inputs(module, examples)
     )
 
 
 __all__ = [
     "canonicalize",
+    "flatten_linear_inputs",
     "fold_layer_scales",
     "make_global_pools_adaptive",
     "number_conv_padding",

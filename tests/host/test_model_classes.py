@@ -28,7 +28,7 @@ from host.compress.handlers.pruning import structured_prune
 from host.data import DataSet, Split, load_data
 from host.errors import DataError, ExportError, ModelSpecError
 from host.export import ExportConfig, export, run_artifact_all
-from host.export.canonical import fold_layer_scales
+from host.export.canonical import flatten_linear_inputs, fold_layer_scales
 from host.metrics import count_params, predict
 from host.models import ModelBundle, load_model
 from host.models.recurrent import LinearRecurrent, linearize_recurrent
@@ -333,6 +333,25 @@ def test_a_layer_scale_after_a_linear_is_folded_into_it_and_nothing_else_changes
     torch.testing.assert_close(block(x), before(x))
 
 
+def test_a_linear_on_a_4d_input_multiplies_a_2d_view_and_computes_the_same() -> None:
+    class ChannelsLast(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pointwise = nn.Linear(4, 6)
+            self.head = nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.pointwise(x.permute(0, 2, 3, 1)).mean((1, 2)))
+
+    torch.manual_seed(0)
+    model = ChannelsLast().eval()
+    before = copy.deepcopy(model)
+    x = torch.randn(2, 4, 3, 3)
+    assert flatten_linear_inputs(model, (x,)) == ["pointwise"]
+    assert isinstance(model.head, nn.Linear)
+    torch.testing.assert_close(model(x), before(x))
+
+
 @pytest.mark.parametrize("fmt,precision", [("tflite", "fp32"), ("tflite", "fp16"),
                                            ("tflite", "int8_dynamic"), ("tflite", "int8"),
                                            ("onnx", "fp32")])  # fmt: skip
@@ -343,6 +362,10 @@ def test_transformers_convnext_exports_at_every_precision(
     bundle = load_model(
         "builtin:hf_convnext", hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1], image_size=32
     )
+    with torch.no_grad():  # as after training: transformers initialises every bias at zero
+        for layer in bundle.module.modules():
+            if isinstance(layer, nn.Linear):
+                layer.bias.normal_(0, 0.1)
     rng = np.random.default_rng(0)
     calib = Split((rng.normal(size=(16, 3, 32, 32)).astype(np.float32),))
     artifact = export(
