@@ -220,7 +220,7 @@ class Distill(TechniqueConfig):
     temperature: float = 4.0
     alpha: float = 0.7
     batch_size: int = 64
-    features: float = 1.0
+    features: float = 0.1
 
     def __post_init__(self) -> None:
         if isinstance(self.student, bool):

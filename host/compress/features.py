@@ -5,8 +5,12 @@ A student trained only towards its teacher's outputs learns what a pruned model'
 layers the student shares with its teacher by name (a pruned or narrower student of the same
 architecture), a learned adapter (a 1x1 convolution for feature maps, a Linear otherwise) maps the
 student's narrower activation to the teacher's width, and the mean squared distance to the
-teacher's activation, relative to its mean square, joins the loss (FitNets' hints). The adapters
-are trained with the student and dropped afterwards: the student's architecture does not change.
+teacher's activation, relative to its mean square, joins the loss (FitNets' hints). Each adapter
+starts as the least-squares map from the student's activations to the teacher's on a batch of
+training samples, so the term starts at what the student cannot yet express rather than at a
+random projection's error (which, at weight 1, pulled a pruned student far from its kept weights
+in the first epoch). The adapters are trained with the student and dropped afterwards: the
+student's architecture does not change.
 """
 
 from __future__ import annotations
@@ -34,6 +38,21 @@ def _tensor_of(out: Any) -> torch.Tensor | None:
 
 def _channel_dim(tensor: torch.Tensor) -> int:
     return 1 if tensor.dim() == 4 else -1
+
+
+def _rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Channels last, everything else as rows: (samples x positions, channels)."""
+    if tensor.dim() == 4:
+        tensor = tensor.permute(0, 2, 3, 1)
+    return tensor.reshape(-1, tensor.shape[-1]).double()
+
+
+def _least_squares(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """The (teacher channels x student channels) matrix that best maps one to the other."""
+    s, t = _rows(student), _rows(teacher)
+    ridge = 1e-4 * s.square().mean().clamp_min(1e-12) * torch.eye(s.shape[1], dtype=s.dtype)
+    solution = torch.linalg.solve(s.T @ s + len(s) * ridge, s.T @ t)
+    return solution.T.float()
 
 
 def _layer_outputs(
@@ -93,10 +112,12 @@ class FeatureMatch:
         examples: tuple[torch.Tensor, ...],
         weight: float = 1.0,
         exclude: list[nn.Module] | None = None,
+        samples: tuple[torch.Tensor, ...] | None = None,
     ) -> FeatureMatch | None:
         """Match up to :data:`MAX_POINTS` layers, evenly spread over the teacher's, that the student
         has under the same name with an output of the same shape but its channel count; None when
-        there is none (a student of another architecture learns from the outputs alone)."""
+        there is none (a student of another architecture learns from the outputs alone). The
+        adapters are fitted on ``samples`` (a batch of inputs; default the examples)."""
         excluded = {id(m) for m in exclude or []}
         teacher_names = [
             n for n in _candidate_layers(teacher) if id(teacher.get_submodule(n)) not in excluded

@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 # Recovery steps retry at a tenth of the learning rate when their first epoch makes things worse.
 RECOVERY_LR_RETRIES = 2
 
+# Training samples the feature adapters are first fitted on (least squares).
+FEATURE_FIT_SAMPLES = 256
+
 # A student pruned harder than this keeps too few channels to learn from its teacher.
 _MAX_STUDENT_PRUNING = 0.9
 
@@ -164,6 +167,7 @@ def apply_distill(bundle: ModelBundle, cfg: Distill, ctx: CompressContext) -> Mo
             f"the teacher's {teacher_params}; choose a smaller student"
         )
     from host.compress.features import FeatureMatch
+    from host.metrics import to_tensor
 
     teacher = cpu_copy(bundle.module).eval()
     learner = cpu_copy(student.module)
@@ -175,6 +179,7 @@ def apply_distill(bundle: ModelBundle, cfg: Distill, ctx: CompressContext) -> Mo
             bundle.example_inputs,
             cfg.features,
             exclude=head_modules(teacher, bundle.example_inputs),
+            samples=tuple(to_tensor(a) for a in ctx.data.train.subset(FEATURE_FIT_SAMPLES).inputs),
         )
     log = FitLog()
     trained = fit(
