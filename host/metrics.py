@@ -146,39 +146,47 @@ def _take(outputs: Any, idx: np.ndarray) -> Any:
     return np.asarray(outputs)[idx]
 
 
+def _rows(values: Any) -> int:
+    return len(values[0]) if isinstance(values, (list, tuple)) else len(values)
+
+
 def score_user_metric(
     metric: UserMetric,
     outputs: np.ndarray | Sequence[np.ndarray],
-    labels: np.ndarray | None,
+    labels: np.ndarray | Sequence[np.ndarray] | None,
     reference: np.ndarray | None,
     *,
     resamples: int = USER_METRIC_RESAMPLES,
 ) -> MetricResult:
-    """The user metric on the eval outputs, with a bootstrap interval over samples."""
+    """The user metric on the eval outputs, with a bootstrap interval over samples. ``labels`` is
+    one target array or the list of several (``y0, y1, ...``), passed on as they are."""
     target = labels if labels is not None else reference
     if target is None:
         raise DataError(
             f"metric {metric.spec} needs labels or reference outputs to compare with; the eval "
             "set has neither"
         )
-    first = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
-    n = len(first)
-    if len(target) != n:
-        raise DataError(f"{n} outputs but {len(target)} labels/reference outputs")
+    n = _rows(outputs)
+    if _rows(target) != n:
+        raise DataError(f"{n} outputs but {_rows(target)} labels/reference outputs")
     value = metric(outputs, target)
     if not math.isfinite(value):
         raise DataError(f"metric {metric.spec} returned {value}; it must return a finite float")
-    target_arr = np.asarray(target)
 
     def resampled(idx: np.ndarray) -> float:
         try:
-            return metric(_take(outputs, idx), target_arr[idx])
+            return metric(_take(outputs, idx), _take(target, idx))
         except DataError:
             return math.nan  # a resample the metric cannot score (e.g. one class only)
 
     low, high = scoring.bootstrap_interval(resampled, n, resamples=resamples)
+    first_labels = labels[0] if isinstance(labels, (list, tuple)) else labels
+    class_labels = first_labels is not None and np.asarray(first_labels).dtype.kind in "iu"
     warnings = scoring.eval_warnings(
-        n, labels, reference, "classification" if labels is not None else "embedding"
+        n,
+        first_labels if class_labels else None,
+        reference,
+        "classification" if class_labels else "embedding",
     )
     return MetricResult(
         metric.name,
@@ -196,7 +204,7 @@ def user_metric_drop_interval(
     metric: UserMetric,
     baseline_outputs: Any,
     outputs: Any,
-    labels: np.ndarray | None,
+    labels: np.ndarray | Sequence[np.ndarray] | None,
     reference: np.ndarray | None,
     *,
     resamples: int = USER_METRIC_RESAMPLES,
@@ -206,17 +214,16 @@ def user_metric_drop_interval(
     target = labels if labels is not None else reference
     if target is None:
         return None
-    target_arr = np.asarray(target)
 
     def drop(idx: np.ndarray) -> float:
         try:
-            return metric(_take(baseline_outputs, idx), target_arr[idx]) - metric(
-                _take(outputs, idx), target_arr[idx]
+            return metric(_take(baseline_outputs, idx), _take(target, idx)) - metric(
+                _take(outputs, idx), _take(target, idx)
             )
         except DataError:
             return math.nan
 
-    low, high = scoring.bootstrap_interval(drop, len(target_arr), resamples=resamples)
+    low, high = scoring.bootstrap_interval(drop, _rows(target), resamples=resamples)
     return None if math.isnan(low) or math.isnan(high) else (low, high)
 
 

@@ -8,6 +8,11 @@
 * teacher, no labels -> fidelity to the teacher only: softened KL for classifiers, ``1 - cosine``
   plus the MSE relative to the teacher's mean square for embeddings, MSE for regressors.
 
+A model with several outputs is trained on all of them: the first in its task's terms (above), every
+other one towards the teacher's (MSE relative to the teacher's mean square, so a box regression and
+class scores weigh alike) and towards its own target array where the data has one (``y1``, ...:
+cross-entropy for one integer class per sample, MSE otherwise).
+
 With ``keep_best`` the state that scores best on the validation split is returned, and the state
 the module started from competes too: a recovery step never hands back a model worse than the one
 it was given. When the first epoch leaves the model worse than it started (a learning rate tuned on
@@ -33,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from host.compress.features import FeatureMatch
 from host.data import DataSet, Split
 from host.errors import CompressionError
 from host.metrics import score_outputs, to_tensor
@@ -81,13 +87,16 @@ def fit(
     lr_retries: int = 0,
     masks: dict[str, torch.Tensor] | None = None,
     log: FitLog | None = None,
+    features: FeatureMatch | None = None,
 ) -> nn.Module:
     """Train ``module`` on ``data.train``; ``progress(message, fraction_done)`` after each epoch.
 
     With ``keep_best`` the weights that scored best on ``data.val`` (accuracy with labels,
     agreement or cosine with the teacher without them), the starting weights included, are the ones
     returned. ``masks`` maps parameter names to 0/1 tensors kept applied after every step (so a
-    sparse model stays sparse). ``log`` receives what happened.
+    sparse model stays sparse). ``log`` receives what happened. ``features`` adds the distance of
+    matched intermediate activations to the teacher's (host.compress.features) to the loss; its
+    adapters train along and are left out of the returned module.
     """
     if epochs < 0:
         raise CompressionError(f"epochs must be >= 0, got {epochs}")
@@ -111,21 +120,29 @@ def fit(
     module.to(device)
     targets = _teacher_outputs(teacher, data.train, device, batch_size)
     validate = keep_best and len(data.val) > 0
-    val_reference = _teacher_outputs(teacher, data.val, device, batch_size) if validate else None
+    val_teacher = _teacher_outputs(teacher, data.val, device, batch_size) if validate else None
+    val_reference = None if val_teacher is None else val_teacher[0]
     start_state = copy.deepcopy(module.state_dict())
     best: tuple[float, int, dict[str, Any]] | None = None
     if validate:
         score, log.metric = _val_score(module, data.val, val_reference, task, device, batch_size)
         log.start_score = score
         best = (score, 0, start_state)
+    if features is not None:
+        features.to(device).attach()
     for attempt in range(lr_retries + 1):
         log.retries, log.lr, log.epoch_scores = attempt, lr, []
         torch.manual_seed(seed)
-        outcome = _train(
-            module, data, epochs, lr, targets, val_reference, temperature, alpha, batch_size, seed,
-            task, weight_decay, masks, device, validate, attempt < lr_retries, best, log,
-            progress,
-        )  # fmt: skip
+        try:
+            outcome = _train(
+                module, data, epochs, lr, targets, val_reference, temperature, alpha, batch_size,
+                seed, task, weight_decay, masks, device, validate, attempt < lr_retries, best, log,
+                progress, features,
+            )  # fmt: skip
+        except BaseException:
+            if features is not None:
+                features.detach()
+            raise
         best = outcome
         first = log.epoch_scores[0] if log.epoch_scores else None
         worse = (
@@ -145,6 +162,8 @@ def fit(
         )
         module.load_state_dict(start_state)
         lr /= 10
+    if features is not None:
+        features.detach()
     if best is not None:
         log.best_score, log.kept_epoch = best[0], best[1]
         if best[1] != epochs:
@@ -159,7 +178,7 @@ def _train(
     data: DataSet,
     epochs: int,
     lr: float,
-    targets: np.ndarray | None,
+    targets: list[np.ndarray] | None,
     val_reference: np.ndarray | None,
     temperature: float,
     alpha: float,
@@ -174,15 +193,17 @@ def _train(
     best: tuple[float, int, dict[str, Any]] | None,
     log: FitLog,
     progress: Progress | None,
+    features: FeatureMatch | None = None,
 ) -> tuple[float, int, dict[str, Any]] | None:
     module.train()
     params = dict(module.named_parameters())
     mask_pairs = [
         (params[name], mask.to(device)) for name, mask in (masks or {}).items() if name in params
     ]
-    optimizer = torch.optim.Adam(
-        [p for p in module.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay
-    )
+    trained = [p for p in module.parameters() if p.requires_grad]
+    if features is not None:
+        trained += list(features.adapters.parameters())
+    optimizer = torch.optim.Adam(trained, lr=lr, weight_decay=weight_decay)
     steps_per_epoch = max(1, -(-len(data.train) // batch_size))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=epochs * steps_per_epoch
@@ -191,10 +212,31 @@ def _train(
         total, count = 0.0, 0
         for inputs, labels, teacher_out in _batches(data.train, targets, batch_size, seed + epoch):
             tensors = [to_tensor(a, device) for a in inputs]
-            out = _first(module(*tensors))
-            target = None if labels is None else torch.from_numpy(labels).to(device)
-            soft = None if teacher_out is None else torch.from_numpy(teacher_out).to(device)
-            loss = _loss(out, target, soft, temperature, alpha, task)
+            if features is not None:
+                features.teacher_pass(tensors)
+            outs = _outputs(module(*tensors))
+            target = None if labels is None else [torch.from_numpy(y).to(device) for y in labels]
+            soft = (
+                None
+                if teacher_out is None
+                else [torch.from_numpy(t).to(device) for t in teacher_out]
+            )
+            loss = _loss(
+                outs[0],
+                None if target is None else target[0],
+                None if soft is None else soft[0],
+                temperature,
+                alpha,
+                task,
+            )
+            for index, extra in enumerate(outs[1:], start=1):
+                loss = loss + _extra_output_loss(
+                    extra,
+                    target[index] if target is not None and index < len(target) else None,
+                    soft[index] if soft is not None and index < len(soft) else None,
+                )
+            if features is not None:
+                loss = loss + features.loss().to(loss.device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -224,38 +266,49 @@ def _train(
 
 
 def _batches(
-    split: Split, targets: np.ndarray | None, size: int, seed: int
-) -> Iterator[tuple[tuple[np.ndarray, ...], np.ndarray | None, np.ndarray | None]]:
+    split: Split, targets: list[np.ndarray] | None, size: int, seed: int
+) -> Iterator[tuple[tuple[np.ndarray, ...], list[np.ndarray] | None, list[np.ndarray] | None]]:
+    """(inputs, every target array, every teacher output) of shuffled batches."""
     order = np.random.default_rng(seed).permutation(len(split))
     for start in range(0, len(split), size):
         idx = order[start : start + size]
-        labels = None if split.labels is None else split.labels[idx]
+        labels = (
+            None
+            if split.labels is None
+            else [split.labels[idx], *(y[idx] for y in split.more_labels)]
+        )
         yield (
             tuple(a[idx] for a in split.inputs),
             labels,
-            None if targets is None else targets[idx],
+            None if targets is None else [t[idx] for t in targets],
         )
 
 
 def _teacher_outputs(
     teacher: nn.Module | None, split: Split, device: torch.device, batch_size: int
-) -> np.ndarray | None:
-    """The teacher's outputs on ``split``, computed once: every epoch reuses them."""
+) -> list[np.ndarray] | None:
+    """Every output of the teacher on ``split``, computed once: every epoch reuses them."""
     if teacher is None:
         return None
-    return _predict(teacher, split, device, max(batch_size, 128))
+    return _predict_all(teacher, split, device, max(batch_size, 128))
+
+
+def _predict(module: nn.Module, split: Split, device: torch.device, batch_size: int) -> np.ndarray:
+    return _predict_all(module, split, device, batch_size)[0]
 
 
 @torch.no_grad()
-def _predict(module: nn.Module, split: Split, device: torch.device, batch_size: int) -> np.ndarray:
+def _predict_all(
+    module: nn.Module, split: Split, device: torch.device, batch_size: int
+) -> list[np.ndarray]:
     was_training = module.training
     module.to(device).eval()
-    outs = []
+    outs: list[list[np.ndarray]] = []
     for inputs, _ in split.batches(batch_size):
         tensors = [to_tensor(a, device) for a in inputs]
-        outs.append(_first(module(*tensors)).float().cpu().numpy())
+        outs.append([o.float().cpu().numpy() for o in _outputs(module(*tensors))])
     module.train(was_training)
-    return np.concatenate(outs)
+    return [np.concatenate(group) for group in zip(*outs, strict=True)]
 
 
 def _val_score(
@@ -279,7 +332,31 @@ def _val_score(
 
 
 def _first(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
+    return _outputs(out)[0]
+
+
+def _outputs(out: torch.Tensor | tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """Every output tensor of a forward pass, nested tuples and lists flattened in order."""
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _outputs(o)]
+    return [out]
+
+
+def _extra_output_loss(
+    out: torch.Tensor, labels: torch.Tensor | None, teacher_out: torch.Tensor | None
+) -> torch.Tensor:
+    """The loss of an output after the first: towards its own targets and the teacher's."""
+    loss = out.new_zeros(())
+    if labels is not None:
+        if labels.dim() == 1 and not labels.is_floating_point() and out.dim() == 2:
+            loss = loss + F.cross_entropy(out, labels)
+        else:
+            loss = loss + F.mse_loss(out.float(), labels.float().view_as(out))
+    if teacher_out is not None:
+        a = out.reshape(len(out), -1).float()
+        b = teacher_out.reshape(len(teacher_out), -1).float()
+        loss = loss + F.mse_loss(a, b) / b.square().mean().clamp_min(1e-8)
+    return loss
 
 
 def _loss(

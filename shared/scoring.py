@@ -9,8 +9,9 @@ Which metric (:func:`metric_for`), higher is better for all of them:
 - ``classification`` with labels: ``accuracy``, top-1 against ``y``;
 - ``classification`` without labels: ``agreement``, top-1 against the reference's top-1;
 - ``embedding``: ``cosine``, mean per-sample cosine similarity to the reference;
-- ``regression``: ``r2``, the coefficient of determination of the outputs against the reference
-  (1 - squared error / variance of the reference): 1 when identical, 0 for a constant guess.
+- ``regression``: ``r2``, the coefficient of determination of the outputs against the labels when
+  the eval set has real-valued labels ``y`` (of any per-sample shape), else against the reference
+  (1 - squared error / variance of the target): 1 when identical, 0 for a constant guess.
 
 Every score carries its sample count and a 95% interval: Wilson's for the proportions (accuracy,
 agreement), a percentile bootstrap over samples for cosine and r2. :func:`eval_warnings` names what
@@ -262,7 +263,13 @@ def score(
         per = correct_per_sample(out, labels)
     else:
         target = reference
-        if target is None and labels is not None and task != "classification":
+        # A regressor's real-valued labels are the truth; other tasks fall back on labels only
+        # where there is no reference.
+        if (
+            labels is not None
+            and task != "classification"
+            and (task == "regression" or target is None)
+        ):
             target = labels
         if target is None:
             raise ScoringError(

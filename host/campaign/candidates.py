@@ -146,7 +146,7 @@ class CandidateBuilder:
             self.ctx.emit("stage", f"warning: {warning}", warning=warning)
         user_baseline = None
         if user_metric is not None:
-            user_baseline = score_user_metric(user_metric, outputs, split.labels, reference)
+            user_baseline = score_user_metric(user_metric, outputs, split.targets, reference)
         chance = 1.0 / bundle.num_classes if bundle.num_classes else 0.0
         if baseline.name == "accuracy" and baseline.value < 2 * chance:
             # Every candidate is measured against this baseline: an untrained one makes the whole

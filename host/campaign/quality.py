@@ -148,7 +148,7 @@ def _score_returned_outputs(
     with np.load(path, allow_pickle=False) as data:
         count = len(data.files)
         outputs = user_outputs([data[f"out{k}"] for k in range(count)])
-    labels = split.labels
+    labels = split.targets
     custom = score_user_metric(metric, outputs, labels, prepared.reference)
     drop = user_metric_drop_interval(
         metric, prepared.baseline_outputs, outputs, labels, prepared.reference

@@ -89,11 +89,12 @@ def reference_outputs(
     bundle: ModelBundle, data: DataSet, split: Split | None = None
 ) -> np.ndarray | None:
     """Outputs of the uncompressed model on ``split`` (default: the test split) when there are no
-    labels to score against."""
+    labels to score against: a classifier's class labels and a regressor's real targets are the
+    truth its outputs are scored on; an embedding's labels (topics) are not comparable to it."""
     from host.metrics import predict
 
     split = data.test if split is None else split
-    if split.labels is not None and bundle.task == "classification":
+    if split.labels is not None and bundle.task in ("classification", "regression"):
         return None
     return predict(bundle.module, split)
 
@@ -184,6 +185,7 @@ def resolve_task(
             scoring.check_task(task)
         except scoring.ScoringError as exc:
             raise ConfigError(f"--task: {exc}") from exc
+        check_targets(task, data)
         if task == bundle.task and not bundle.task_inferred:
             return bundle, None
         num_classes = bundle.num_classes if task == "classification" else None
@@ -194,11 +196,14 @@ def resolve_task(
             None,
         )
     if not bundle.task_inferred:
+        check_targets(bundle.task, data)
         return bundle, None
     import numpy as np
 
     guess, why = bundle.task, "its output is 2-D (class scores)"
-    if guess == "classification":
+    if guess == "classification" and data.has_labels and not data.train.class_labels:
+        guess, why = "regression", "the labels are real values, not one class per sample"
+    elif guess == "classification":
         rows = _output_rows(bundle, data.test)
         norms = np.linalg.norm(rows, axis=1)
         if len(rows) and np.allclose(norms, 1.0, atol=1e-3):
@@ -217,6 +222,17 @@ def resolve_task(
     if guess != bundle.task:
         settled["num_classes"] = None
     return dataclasses.replace(bundle, **settled), note
+
+
+def check_targets(task: str, data: DataSet) -> None:
+    """A classifier needs one integer class label per sample; a DataError saying so otherwise."""
+    labels = data.train.labels
+    if task == "classification" and labels is not None and not data.train.class_labels:
+        raise DataError(
+            f"a classifier is scored on integer class labels, one per sample, but the data's "
+            f"labels y are {labels.dtype} {tuple(labels.shape)}; give class indices (0..K-1) as "
+            "an integer array, or pass --task regression for real-valued targets"
+        )
 
 
 def prepare_baseline(
@@ -429,7 +445,7 @@ def _compress(
         if user_metric is not None:
             # A metric that cannot score the uncompressed model's outputs fails here, not after
             # the compression.
-            target = split.labels if split.labels is not None else reference
+            target = split.targets if split.labels is not None else reference
             user_metric(user_outputs(baseline_outputs), target)
     for warning in warnings:
         logger.warning("eval set: %s", warning)
@@ -479,7 +495,7 @@ def _compress(
             extra = _manifest_metrics(scored, "host", warnings)
             if user_metric is not None:
                 custom = score_user_metric(
-                    user_metric, user_outputs(every), split.labels, reference
+                    user_metric, user_outputs(every), split.targets, reference
                 )
                 entry["user_metric"] = _metric_entry(custom)
                 extra.update(_manifest_metrics(custom, "user", []))

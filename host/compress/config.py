@@ -202,7 +202,9 @@ class QuantAwareTraining(TechniqueConfig):
 @technique
 @dataclass(frozen=True)
 class Distill(TechniqueConfig):
-    """Train a fresh student on the incoming model's softened outputs (plus labels when present).
+    """Train a fresh student on the incoming model's softened outputs (plus labels when present),
+    and on its intermediate activations through learned adapters (``features``: the weight of that
+    term, 0 for outputs only; host.compress.features).
 
     ``student`` is a width multiplier relative to the teacher (``0.5``), a zoo name (``"ds_cnn"``),
     or a model spec (``"builtin:mlp"``, ``"path/file.py:factory"``, ``"pkg.mod:factory"``).
@@ -218,6 +220,7 @@ class Distill(TechniqueConfig):
     temperature: float = 4.0
     alpha: float = 0.7
     batch_size: int = 64
+    features: float = 0.1
 
     def __post_init__(self) -> None:
         if isinstance(self.student, bool):
@@ -237,6 +240,11 @@ class Distill(TechniqueConfig):
             allow_one=True,
             hint="it weighs the teacher's soft targets against the labels",
         )
+        if not self.features >= 0:
+            raise ConfigError(
+                f"{self.name}.features must be >= 0 (the weight of feature matching; 0 turns it "
+                f"off), got {self.features}"
+            )
 
 
 # ---------------------------------------------------------------- low rank

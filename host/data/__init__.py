@@ -1,11 +1,14 @@
 """Data specs: ``builtin:digits``, ``file.npz``, an image folder, or ``module:factory`` -> :class:`DataSet`.
 
-A :class:`Split` holds one array per model input (``inputs``) and optional integer ``labels``.
-Without labels, metrics are fidelity to the uncompressed model. :func:`write_eval_npz` writes the
+A :class:`Split` holds one array per model input (``inputs``) and optional ``labels``: integer
+class labels, or real-valued targets of any per-sample shape (regression, boxes); several target
+arrays (``y0, y1, ...``) are its ``labels`` and ``more_labels``, and a ``--metric`` receives them
+all. Without labels, metrics are fidelity to the uncompressed model. :func:`write_eval_npz` writes the
 evaluation set a device benchmarks with (``x`` or ``x0, x1, ...``, optional ``y`` and ``ref``, and
 the ``task`` both sides score it for).
 
-npz files hold ``x`` (one input) or ``x0, x1, ...`` (several), optional ``y``; they are split into
+npz files hold ``x`` (one input) or ``x0, x1, ...`` (several), optional ``y`` (or ``y0, y1, ...``
+for several targets); they are split into
 train/val/test with the seed (70/15/15). A file may instead hold ready splits as
 ``train_x``/``train_y``, ``val_x``..., ``test_x``... (or ``train_x0`` ... for several inputs).
 """
@@ -32,10 +35,12 @@ SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 
 @dataclass(frozen=True)
 class Split:
-    """Samples along axis 0 of every input array, with optional integer labels."""
+    """Samples along axis 0 of every input array, with optional labels (class labels or real
+    targets) and, for several target arrays, the ones after the first in ``more_labels``."""
 
     inputs: tuple[np.ndarray, ...]
     labels: np.ndarray | None = None
+    more_labels: tuple[np.ndarray, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -52,6 +57,14 @@ class Split:
                 f"{len(self.labels)} labels for {len(self.inputs[0])} samples; y must have one label "
                 "per sample"
             )
+        if self.more_labels and self.labels is None:
+            raise DataError("more target arrays but no first one (y0)")
+        for i, extra in enumerate(self.more_labels, start=1):
+            if len(extra) != len(self.inputs[0]):
+                raise DataError(
+                    f"target y{i} has {len(extra)} rows for {len(self.inputs[0])} samples; every "
+                    "y0, y1, ... needs one row per sample"
+                )
 
     def __len__(self) -> int:
         return len(self.inputs[0])
@@ -78,11 +91,25 @@ class Split:
         return Split(
             tuple(a[idx] for a in self.inputs),
             None if self.labels is None else self.labels[idx],
+            tuple(a[idx] for a in self.more_labels),
         )
 
     @property
     def has_labels(self) -> bool:
         return self.labels is not None
+
+    @property
+    def class_labels(self) -> bool:
+        """Whether the labels are one integer class per sample."""
+        return self.labels is not None and self.labels.ndim == 1 and self.labels.dtype.kind in "iu"
+
+    @property
+    def targets(self) -> np.ndarray | list[np.ndarray] | None:
+        """What a user metric compares outputs with: the labels, or the list of every target
+        array when there are several."""
+        if self.labels is None or not self.more_labels:
+            return self.labels
+        return [self.labels, *self.more_labels]
 
 
 @dataclass(frozen=True)
@@ -98,13 +125,14 @@ class DataSet:
 
     @property
     def num_classes(self) -> int | None:
-        if self.train.labels is None:
+        """One more than the largest class label; None without integer class labels."""
+        if not self.train.class_labels:
             return None
         return int(
             max(
                 s.labels.max()
                 for s in (self.train, self.val, self.test)
-                if s.labels is not None and len(s)
+                if s.labels is not None and s.class_labels and len(s)
             )
             + 1
         )
@@ -139,10 +167,14 @@ def load_data(spec: str, seed: int = 0, input_layout: str = "NCHW") -> DataSet:
 
 
 def split_arrays(
-    name: str, inputs: tuple[np.ndarray, ...], labels: np.ndarray | None, seed: int
+    name: str,
+    inputs: tuple[np.ndarray, ...],
+    labels: np.ndarray | None,
+    seed: int,
+    more_labels: tuple[np.ndarray, ...] = (),
 ) -> DataSet:
     """Split arrays into train/val/test (70/15/15) with a permutation fixed by ``seed``."""
-    whole = Split(inputs, labels)
+    whole = Split(inputs, labels, more_labels)
     n = len(whole)
     if n < 3:
         raise DataError(f"{name}: {n} samples is too few to split into train/val/test (need 3+)")
@@ -179,13 +211,38 @@ def _clean_inputs(arrays: list[np.ndarray], source: str) -> tuple[np.ndarray, ..
     return tuple(cleaned)
 
 
-def _clean_labels(y: Any, source: str) -> np.ndarray | None:
+def _clean_labels(y: Any, source: str, name: str = "y") -> np.ndarray | None:
+    """Integer labels as int64, real-valued targets (any per-sample shape) as float32."""
     if y is None:
         return None
     y = np.asarray(y)
-    if y.ndim != 1 or y.dtype.kind not in "iu":
-        raise DataError(f"{source}: labels y must be a 1-D integer array, got {y.dtype} {y.shape}")
+    if y.ndim < 1 or y.dtype.kind not in "iubf":
+        raise DataError(
+            f"{source}: targets {name} must be a numeric array with one row per sample (integer "
+            f"class labels, or real values for regression), got {y.dtype} {y.shape}"
+        )
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)):
+            raise DataError(f"{source}: targets {name} contain NaN or infinite values")
+        return y.astype(np.float32)
     return y.astype(np.int64)
+
+
+def labels_from_mapping(
+    arrays: Any, source: str, prefix: str = ""
+) -> tuple[np.ndarray | None, tuple[np.ndarray, ...]]:
+    """(first target, the others) from ``y`` or ``y0, y1, ...`` (with ``prefix``)."""
+    keys = list(arrays.keys())
+    if f"{prefix}y" in keys:
+        return _clean_labels(arrays[f"{prefix}y"], source, f"{prefix}y"), ()
+    numbered = []
+    i = 0
+    while f"{prefix}y{i}" in keys:
+        numbered.append(_clean_labels(arrays[f"{prefix}y{i}"], source, f"{prefix}y{i}"))
+        i += 1
+    if not numbered:
+        return None, ()
+    return numbered[0], tuple(numbered[1:])
 
 
 def inputs_from_mapping(
@@ -216,16 +273,18 @@ def _npz(path: Path, seed: int) -> DataSet:
             inputs = inputs_from_mapping(arrays, source, prefix=f"{part}_")
             if inputs is None:
                 raise DataError(f"{source} has train_x but no {part}_x / {part}_x0")
-            splits.append(Split(inputs, _clean_labels(arrays.get(f"{part}_y"), source)))
+            labels, more = labels_from_mapping(arrays, source, prefix=f"{part}_")
+            splits.append(Split(inputs, labels, more))
         _check_same_sample_shapes(splits, source)
         return DataSet(path.stem, *splits)
     inputs = inputs_from_mapping(arrays, source)
     if inputs is None:
         raise DataError(
             f"{source} holds {', '.join(sorted(arrays)) or 'no arrays'}; it needs x (one input) or "
-            "x0, x1, ... (several inputs), optional y"
+            "x0, x1, ... (several inputs), optional y (or y0, y1, ... for several targets)"
         )
-    return split_arrays(path.stem, inputs, _clean_labels(arrays.get("y"), source), seed)
+    labels, more = labels_from_mapping(arrays, source)
+    return split_arrays(path.stem, inputs, labels, seed, more)
 
 
 def _check_same_sample_shapes(splits: list[Split], source: str) -> None:
@@ -301,7 +360,8 @@ def _factory(spec: str, seed: int) -> DataSet:
         inputs = inputs_from_mapping(result, spec)
         if inputs is None:
             raise DataError(f"data factory {spec!r} returned a dict without x or x0, x1, ...")
-        return split_arrays(spec, inputs, _clean_labels(result.get("y"), spec), seed)
+        labels, more = labels_from_mapping(result, spec)
+        return split_arrays(spec, inputs, labels, seed, more)
     if isinstance(result, tuple) and len(result) == 2:
         x, y = result
         inputs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
@@ -323,7 +383,7 @@ def _to_layout(data: DataSet, layout: str) -> DataSet:
             np.ascontiguousarray(a.transpose(0, 2, 3, 1)) if a.ndim == 4 else a
             for a in split.inputs
         )
-        return Split(inputs, split.labels)
+        return Split(inputs, split.labels, split.more_labels)
 
     return DataSet(data.name, convert(data.train), convert(data.val), convert(data.test))
 
@@ -335,8 +395,9 @@ def write_eval_npz(
     limit: int | None = None,
     task: str | None = None,
 ) -> Path:
-    """Write the eval set a device benchmarks with: ``x``/``x0..``, optional ``y`` and ``ref``,
-    and the ``task`` it is scored for (a one-element string array: no pickle needed to read it)."""
+    """Write the eval set a device benchmarks with: ``x``/``x0..``, optional ``y`` (and ``y1``,
+    ``y2``... for more target arrays) and ``ref``, and the ``task`` it is scored for (a one-element
+    string array: no pickle needed to read it)."""
     if limit is not None:
         split = split.subset(limit)
     arrays: dict[str, np.ndarray] = {}
@@ -346,6 +407,7 @@ def write_eval_npz(
         arrays.update({f"x{i}": a for i, a in enumerate(split.inputs)})
     if split.labels is not None:
         arrays["y"] = split.labels
+        arrays.update({f"y{i}": a for i, a in enumerate(split.more_labels, start=1)})
     if reference_outputs is not None:
         ref = np.asarray(reference_outputs)
         if len(ref) < len(split):

@@ -17,6 +17,12 @@ from host.errors import ExportError
 
 logger = logging.getLogger(__name__)
 
+# The converter's own words: "<file>:<line>:<col>: error: 'tfl.batch_matmul' op found invalid ...".
+_CONVERTER_OP = re.compile(
+    r"(?:([^\s\"']+\.py):(\d+):\d+: error: )?'((?:tfl|stablehlo|mhlo|tf)\.[A-Za-z0-9_]+)' op ([^\n]*)"
+)
+# Messages of torch.export's tracer when Python code branches on a tensor's value.
+_DATA_DEPENDENT = ("data-dependent", "data dependent", "GuardOnDataDependentSymNode", "UserError")
 _ATEN_OP = re.compile(r"\baten[._:]+([A-Za-z0-9_]+)(?:\.([A-Za-z0-9_]+))?")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _MAX_MESSAGE = 600
@@ -79,6 +85,14 @@ def export_error(
 ) -> ExportError:
     """An ExportError for ``exc`` raised while ``stage`` (e.g. "TFLite conversion") ran."""
     text = _messages(exc)
+    converter = _CONVERTER_OP.search(_ANSI.sub("", text))
+    if converter is not None:
+        source, line, op, why = converter.groups()
+        made_from = f" made from {source}:{line}" if source else ""
+        return ExportError(
+            f"{stage} failed: the converter refused op {op}{made_from}: {_short(why)}. Choose "
+            "another format/precision, or rewrite that code with other tensor ops"
+        )
     match = _ATEN_OP.search(text)
     op = None
     if match:
@@ -87,11 +101,14 @@ def export_error(
     if not op:
         frame = _user_frame(exc)
         where = f" at {frame}" if frame else ""
-        return ExportError(
-            f"{stage} failed{where}: {_short(str(exc))}. Replace the failing code with "
-            "exportable tensor ops (no data-dependent Python control flow) or choose another "
-            "format/precision"
-        )
+        if any(marker in text for marker in _DATA_DEPENDENT):
+            hint = (
+                "Replace the failing code with exportable tensor ops (no Python control flow on "
+                "tensor values) or choose another format/precision"
+            )
+        else:
+            hint = "Choose another format/precision, or rewrite the failing code"
+        return ExportError(f"{stage} failed{where}: {_short(str(exc))}. {hint}")
     where = f" in layer {', '.join(layers)}" if layers else ""
     return ExportError(
         f"{stage} failed: op {op}{where} cannot be exported ({_short(str(exc))}). Replace that "

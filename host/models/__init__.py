@@ -80,6 +80,7 @@ def load_model(spec: str, **kwargs: Any) -> ModelBundle:
         factory = resolve_factory(base, what="model")
         _check_params(factory, params, spec)
         bundle = _to_bundle(_call(factory, merged, spec), spec, merged)
+        bundle = unwrap_output_object(bundle, spec)
     if params:
         bundle = dataclasses.replace(bundle, factory=spec)  # so the same model can be built again
     return _check_bundle(bundle, spec)
@@ -266,6 +267,67 @@ def _to_bundle(result: Any, spec: str, kwargs: dict[str, Any]) -> ModelBundle:
     )
 
 
+# The fields of a transformers ModelOutput a model's result is read from, most useful first.
+OUTPUT_FIELDS = ("logits", "last_hidden_state", "pooler_output", "prediction_logits")
+
+
+class OutputField(nn.Module):
+    """A model that returns an output object (transformers' ``ModelOutput``), reduced to the one
+    tensor field of it that every exporter and compression step can work with."""
+
+    def __init__(self, model: nn.Module, field: str) -> None:
+        super().__init__()
+        self.model = model
+        self.field = field
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return getattr(self.model(*inputs), self.field)
+
+
+def _output_object_fields(out: Any) -> list[str] | None:
+    """The tensor fields of a dict-like output object (a ModelOutput, a dict); None otherwise."""
+    if isinstance(out, (torch.Tensor, tuple, list)) or not hasattr(out, "items"):
+        return None
+    try:
+        return [k for k, v in out.items() if isinstance(v, torch.Tensor)]
+    except Exception:  # noqa: BLE001 - an object with keys() that is no mapping
+        return None
+
+
+def unwrap_output_object(bundle: ModelBundle, spec: str) -> ModelBundle:
+    """A bundle whose model returns a ``ModelOutput`` (or a dict) of tensors, wrapped to return its
+    ``logits`` (else ``last_hidden_state``, ...) with a printed note; a ModelSpecError naming the
+    fields when none of those is there. Other bundles are returned as they are."""
+    try:
+        with torch.no_grad():
+            out = bundle.module.eval()(*bundle.example_inputs)
+    except Exception as exc:
+        raise ModelSpecError(
+            f"model spec {spec!r}: the model fails on its own example inputs: {exc}"
+        ) from exc
+    fields = _output_object_fields(out)
+    if fields is None:
+        return bundle
+    name = type(out).__name__
+    field = next((f for f in OUTPUT_FIELDS if f in fields), None)
+    if field is None:
+        raise ModelSpecError(
+            f"model spec {spec!r} returns a {name} with fields {', '.join(fields) or 'none'}; "
+            "return one tensor (e.g. `return model(x).<field>` in the factory's module)"
+        )
+    note = (
+        f"{spec}: the model returns a {name}; using its .{field} (return a tensor, e.g. "
+        f"`model(x).{field}`, to choose another field)"
+    )
+    logger.warning("%s", note)
+    print(note, file=sys.stderr)
+    module = OutputField(bundle.module, field).eval()
+    if bundle.task_inferred:
+        task, num_classes = _infer_task(module, bundle.example_inputs, None)
+        return dataclasses.replace(bundle, module=module, task=task, num_classes=num_classes)
+    return dataclasses.replace(bundle, module=module)
+
+
 def _infer_task(
     module: nn.Module, examples: tuple[torch.Tensor, ...], num_classes: int | None
 ) -> tuple[Task, int | None]:
@@ -295,4 +357,12 @@ def _check_bundle(bundle: ModelBundle, spec: str) -> ModelBundle:
     return bundle
 
 
-__all__ = ["MODELS", "ModelBundle", "Task", "load_model", "resolve_factory"]
+__all__ = [
+    "MODELS",
+    "ModelBundle",
+    "OutputField",
+    "Task",
+    "load_model",
+    "resolve_factory",
+    "unwrap_output_object",
+]

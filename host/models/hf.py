@@ -2,8 +2,9 @@
 
 Nobody here wrote these networks: ``ResNetForImageClassification`` (ResNet-18 layout),
 ``MobileNetV2ForImageClassification``, ``EfficientNetForImageClassification`` (B0 coefficients),
-``ViTForImageClassification`` and ``BertModel`` (mean-pooled sentence embedding over the attention
-mask). Each is built from a config with freshly initialised weights (nothing is downloaded) and
+``ViTForImageClassification``, ``ConvNextForImageClassification`` (depthwise 7x7 convolutions,
+channels-last LayerNorm, Linear pointwise layers, GELU, layer scales) and ``BertModel``
+(mean-pooled sentence embedding over the attention mask). Each is built from a config with freshly initialised weights (nothing is downloaded) and
 wrapped so that it returns a plain tensor, as torch.export and every compression step expect.
 
 They deliberately take no ``width`` argument, like a user's torchvision or timm factory: a
@@ -205,6 +206,33 @@ def hf_vit(
     )
 
 
+@MODELS.register("hf_convnext")
+def hf_convnext(
+    num_classes: int = 10,
+    image_size: int = 32,
+    channels: int = 3,
+    hidden_sizes: tuple[int, ...] | list[int] = (40, 80, 160, 320),
+    depths: tuple[int, ...] | list[int] = (2, 2, 6, 2),
+) -> ModelBundle:
+    """ConvNeXt (the Atto widths and depths by default) as ``ConvNextForImageClassification``."""
+    _check_image(num_classes, image_size, channels)
+    if len(hidden_sizes) != len(depths):
+        raise ModelSpecError(
+            f"hidden_sizes {list(hidden_sizes)} and depths {list(depths)} differ in length"
+        )
+    tf = _transformers()
+    config = tf.ConvNextConfig(
+        num_channels=channels,
+        hidden_sizes=[int(h) for h in hidden_sizes],
+        depths=[int(d) for d in depths],
+        image_size=image_size,
+        num_labels=num_classes,
+    )
+    return _image_bundle(
+        tf.ConvNextForImageClassification(config), "hf_convnext", num_classes, image_size, channels
+    )
+
+
 @MODELS.register("hf_bert")
 def hf_bert(
     vocab_size: int = 512,
@@ -251,6 +279,7 @@ __all__ = [
     "ImageLogits",
     "MeanPooledEncoder",
     "hf_bert",
+    "hf_convnext",
     "hf_efficientnet_b0",
     "hf_mobilenetv2",
     "hf_resnet18",

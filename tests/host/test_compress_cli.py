@@ -340,3 +340,47 @@ def test_labels_past_the_models_classes_are_one_line_exit_2(
     (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert "labels up to 9" in line and "scores 4 classes" in line and "num_classes=10" in line
     assert not (tmp_path / "out").exists()
+
+
+# One model of each class of docs/models.md, as its bench row runs it: a recurrent classifier, a
+# net with two outputs and two target arrays (and a metric over both), a regressor with real
+# labels, transformers' ConvNeXt.
+MODEL_CLASS_CASES = {
+    "gru-int8": ("tests.taskmodels:gru_classifier?hidden=16", "tests.taskmodels:digit_rows",
+                 "int8", "accuracy"),
+    "lstm-int8_dynamic": ("tests.taskmodels:lstm_classifier?hidden=16",
+                          "tests.taskmodels:digit_rows", "int8_dynamic", "accuracy"),
+    "two_outputs-int8": ("tests.taskmodels:two_head_net", "tests.taskmodels:digits_with_boxes",
+                         "int8", "accuracy"),
+    "mlp_regressor-lowrank_ft": ("tests.taskmodels:mlp_regressor", "tests.taskmodels:diabetes",
+                                 "lowrank_ft", "r2"),
+    "convnext-fp16": ("builtin:hf_convnext?hidden_sizes=[8,16,32,64]&depths=[1,1,1,1]",
+                      "images", "fp16", "agreement"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(MODEL_CLASS_CASES))
+def test_json_output_on_each_model_class_parses(
+    case: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    model, data, recipe, metric = MODEL_CLASS_CASES[case]
+    if data == "images":
+        pytest.importorskip("transformers")
+        data = str(tmp_path / "images.npz")
+        np.savez(data, x=np.random.default_rng(0).normal(size=(120, 3, 32, 32)).astype(np.float32))
+    extra = ["--metric", "tests.taskmodels:class_and_box_error"] if "two_outputs" in case else []
+    pretrain = [] if metric == "agreement" else ["--pretrain-epochs", "1"]  # unlabelled images
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([
+            "compress", "--model", model, "--data", data, "--recipe", recipe,
+            "--out", str(tmp_path / "out"), "--json", *pretrain, *extra,
+        ])  # fmt: skip
+    captured = capfd.readouterr()
+    assert exit_info.value.code == 0, captured.err[-2000:]
+    result = json.loads(captured.out)
+    (artifact,) = result["artifacts"]
+    assert artifact["metric"] == metric
+    low, high = artifact["metric_interval"]
+    assert low <= artifact["metric_value"] <= high
+    if extra:
+        assert artifact["user_metric"]["metric"] == "class_and_box_error"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from host.compress.config import LowRank
-from host.compress.handlers.base import cpu_copy, handles, head_module, param_count, with_module
+from host.compress.handlers.base import cpu_copy, handles, head_modules, param_count, with_module
 from host.errors import CompressionError
 from shared.errors import ConfigError
 
@@ -265,10 +265,15 @@ def _forward_error(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
 def factorize_module(
     module: nn.Module, example_inputs: tuple[torch.Tensor, ...], cfg: LowRank
 ) -> tuple[nn.Module, list[FactorizedLayer], list[SkippedLayer]]:
-    """Return a factorized copy of ``module`` plus what was and was not factorized."""
+    """Return a factorized copy of ``module`` plus what was and was not factorized. Recurrent
+    layers (GRU, LSTM, RNN) are first written in linear form, so that their input and recurrent
+    matrices (``rnn.cells.0.ih``, ``rnn.cells.0.hh``, ...) are factorized like any Linear."""
     from torch import nn
 
+    from host.models.recurrent import linearize_recurrent
+
     model = cpu_copy(module)
+    linearize_recurrent(model)
     modules = dict(model.named_modules())
     if isinstance(cfg.layers, tuple):
         missing = [n for n in cfg.layers if n not in modules]
@@ -278,13 +283,13 @@ def factorize_module(
                 f"lowrank.layers names unknown module(s) {missing}; factorizable layers are: "
                 f"{', '.join(candidates) or 'none'}"
             )
-    head = head_module(model, example_inputs) if cfg.skip_classifier else None
+    heads = head_modules(model, example_inputs) if cfg.skip_classifier else []
     done: list[FactorizedLayer] = []
     skipped: list[SkippedLayer] = []
     for name, layer in list(modules.items()):
         if not isinstance(layer, (nn.Linear, nn.Conv2d)) or not _selected(name, layer, cfg):
             continue
-        if layer is head:
+        if any(layer is head for head in heads):
             skipped.append(SkippedLayer(name, "output head (skip_classifier=true)"))
             continue
         if isinstance(layer, nn.Conv2d) and layer.groups != 1:

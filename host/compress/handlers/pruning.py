@@ -8,12 +8,16 @@ exported file, the MACs and the latency really drop.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from host.compress.config import ChannelPrune, UnstructuredPrune
-from host.compress.handlers.base import cpu_copy, handles, head_module, param_count, with_module
+from host.compress.handlers.base import cpu_copy, handles, head_modules, param_count, with_module
 from host.errors import CompressionError
 
 if TYPE_CHECKING:
@@ -165,10 +169,166 @@ def _output_shapes(out: object) -> list[tuple[int, ...]]:
 
 @dataclass
 class PruneOutcome:
-    """The pruned model and what happened to its attention heads (before, after per block)."""
+    """The pruned model, what happened to its attention heads (before, after per block) and to
+    its recurrent layers' hidden units (name, before, after)."""
 
     model: nn.Module
     heads: list[tuple[int, int]]
+    hidden_units: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)
+
+
+def _slice_linear(layer: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | None) -> None:
+    """Keep ``rows`` (outputs) and ``cols`` (inputs) of a Linear, in place."""
+    from torch import nn
+
+    weight = layer.weight.data
+    if rows is not None:
+        weight = weight[rows]
+        if layer.bias is not None:
+            layer.bias = nn.Parameter(layer.bias.data[rows].clone())
+        layer.out_features = len(rows)
+    if cols is not None:
+        weight = weight[:, cols]
+        layer.in_features = len(cols)
+    layer.weight = nn.Parameter(weight.clone())
+
+
+def _unit_importance(layer: object, index: int) -> torch.Tensor:
+    """L2 norm of each hidden unit's gate rows (input and recurrent) in layer ``index``, summed
+    over directions: a unit is kept or removed in every direction together."""
+    import torch
+
+    hidden, gates = layer.hidden_size, layer.cells[0].hh.out_features // layer.hidden_size
+    total = torch.zeros(hidden)
+    for direction in range(layer.directions):
+        cell = layer.cells[index * layer.directions + direction]
+        for linear in (cell.ih, cell.hh):
+            rows = linear.weight.detach().reshape(gates, hidden, -1)
+            total += rows.square().sum(dim=(0, 2))
+    return total.sqrt()
+
+
+def _prune_hidden_units(layer: object, keep_last: list[int]) -> None:
+    """Keep ``keep_last`` hidden units of the last layer of a LinearRecurrent, as many of each
+    inner layer (the most important), in place; the next layer's inputs follow."""
+    import torch
+
+    hidden, directions = layer.hidden_size, layer.directions
+    gates = layer.cells[0].hh.out_features // hidden
+    count = len(keep_last)
+    previous: torch.Tensor | None = None
+    for index in range(layer.num_layers):
+        if index == layer.num_layers - 1:
+            keep = torch.tensor(sorted(keep_last))
+        else:
+            keep = torch.sort(torch.topk(_unit_importance(layer, index), count).indices).values
+        rows = torch.cat([keep + g * hidden for g in range(gates)])
+        cols = (
+            None
+            if previous is None
+            else torch.cat([previous + d * hidden for d in range(directions)])
+        )
+        for direction in range(directions):
+            cell = layer.cells[index * directions + direction]
+            _slice_linear(cell.ih, rows, cols)
+            _slice_linear(cell.hh, rows, keep)
+        previous = keep
+    layer.hidden_size = count
+
+
+@functools.lru_cache(maxsize=1)
+def _recurrent_pruner() -> object:
+    """torch-pruning's view of a LinearRecurrent: input features in, ``hidden * directions``
+    output features out (the sequence output), its gates pruned together inside."""
+    import torch_pruning as tp
+
+    class RecurrentPruner(tp.pruner.BasePruningFunc):
+        def prune_out_channels(self, layer: nn.Module, idxs: list[int]) -> nn.Module:
+            hidden = layer.hidden_size
+            removed = {int(i) % hidden for i in idxs}
+            _prune_hidden_units(layer, [j for j in range(hidden) if j not in removed])
+            return layer
+
+        def prune_in_channels(self, layer: nn.Module, idxs: list[int]) -> nn.Module:
+            import torch
+
+            removed = {int(i) for i in idxs}
+            keep = torch.tensor([j for j in range(layer.input_size) if j not in removed])
+            for direction in range(layer.directions):
+                _slice_linear(layer.cells[direction].ih, None, keep)
+            layer.input_size = len(keep)
+            return layer
+
+        def get_out_channels(self, layer: nn.Module) -> int:
+            return layer.hidden_size * layer.directions
+
+        def get_in_channels(self, layer: nn.Module) -> int:
+            return layer.input_size
+
+    return RecurrentPruner()
+
+
+def _shape_forward(
+    layer: nn.Module, x: torch.Tensor, hx: object = None
+) -> tuple[torch.Tensor, object]:
+    """What torch-pruning traces of a LinearRecurrent: one op from its input to an output of the
+    sequence output's shape, and final states read from that output. Tracing the unrolled steps
+    themselves made its dependency search run for minutes on an 8-step GRU."""
+    import torch
+
+    hidden, directions = layer.hidden_size, layer.directions
+    proxy = torch.zeros(hidden * directions, x.shape[-1], requires_grad=True)
+    output = torch.nn.functional.linear(x, proxy)
+    last = output[:, -1] if layer.batch_first else output[-1]
+    finals = [last[..., d * hidden : (d + 1) * hidden] for d in range(directions)]
+    h_n = torch.stack(finals * layer.num_layers)
+    return output, ((h_n, h_n) if layer.mode == "LSTM" else h_n)
+
+
+@contextlib.contextmanager
+def _traced_as_one_op(model: nn.Module) -> Iterator[None]:
+    """Within the block, every LinearRecurrent of ``model`` runs :func:`_shape_forward`."""
+    import types
+
+    from host.models.recurrent import LinearRecurrent
+
+    layers = [m for m in model.modules() if isinstance(m, LinearRecurrent)]
+    for layer in layers:
+        layer.forward = types.MethodType(_shape_forward, layer)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
+
+
+def _prune_recurrent_layers(
+    pruner: object, model: nn.Module, ratio: float, ignored: list[nn.Module]
+) -> list[tuple[str, int, int]]:
+    """Remove ``ratio`` of the hidden units of every recurrent layer (in linear form) of ``model``
+    through torch-pruning's dependency graph, so the layers reading its sequence output follow."""
+    import math
+
+    from host.models.recurrent import LinearRecurrent
+
+    changes = []
+    function = _recurrent_pruner().prune_out_channels
+    for name, layer in model.named_modules():
+        if not isinstance(layer, LinearRecurrent) or any(layer is m for m in ignored):
+            continue
+        hidden = layer.hidden_size
+        remove = min(hidden - 1, math.floor(hidden * ratio))
+        if remove < 1:
+            continue
+        order = _unit_importance(layer, layer.num_layers - 1).argsort()
+        units = sorted(int(j) for j in order[:remove])
+        idxs = [j + d * hidden for d in range(layer.directions) for j in units]
+        group = pruner.DG.get_pruning_group(layer, function, idxs)
+        if not pruner.DG.check_pruning_group(group):
+            continue
+        group.prune()
+        changes.append((name, hidden, layer.hidden_size))
+    return changes
 
 
 def structured_prune(
@@ -179,7 +339,7 @@ def structured_prune(
 ) -> PruneOutcome:
     """A copy of ``module`` with ``cfg.ratio`` of the channels of every prunable group removed.
 
-    The output head is never pruned (its width is the number of classes / output features). In a
+    No output's head is pruned (its width is the number of classes / output features). In a
     model with multi-head attention, whole heads (q/k/v together, at the same ratio) and FFN
     channels are removed while the residual width stays, so the output keeps its size; the
     attention modules' head counts are updated to match. ``cfg.hidden`` prunes the residual width
@@ -190,12 +350,16 @@ def structured_prune(
     import torch_pruning as tp
     from torch import nn
 
+    from host.models.recurrent import LinearRecurrent, linearize_recurrent
+
     model = cpu_copy(module).eval()
+    # GRU/LSTM/RNN layers in linear form: their hidden units can then be removed, gates together.
+    recurrent = linearize_recurrent(model)
     inputs = tuple(t.cpu() for t in example_inputs)
     with torch.no_grad():
         shapes_before = _output_shapes(model(*inputs))
-    head = head_module(model, inputs)
-    ignored_layers = ([head] if head is not None else []) + list(ignored or [])
+    # Every output's head keeps its width: it is the number of classes, box coordinates, ...
+    ignored_layers = head_modules(model, inputs) + list(ignored or [])
     blocks = find_attention_blocks(model)
     attention: dict[str, object] = {}
     if blocks:
@@ -217,18 +381,23 @@ def structured_prune(
         if not any(name.endswith(s) for s in (".weight", ".bias")) and p.dim() > 1
     ]
     try:
-        pruner = tp.pruner.BasePruner(
-            model,
-            inputs if len(inputs) > 1 else inputs[0],
-            importance=_importance(cfg.importance),
-            pruning_ratio=cfg.ratio,
-            global_pruning=cfg.global_pruning,
-            ignored_layers=ignored_layers,
-            round_to=cfg.round_to,
-            unwrapped_parameters=unwrapped or None,
-            **attention,
-        )
+        with _traced_as_one_op(model):
+            pruner = tp.pruner.BasePruner(
+                model,
+                inputs if len(inputs) > 1 else inputs[0],
+                importance=_importance(cfg.importance),
+                pruning_ratio=cfg.ratio,
+                global_pruning=cfg.global_pruning,
+                ignored_layers=ignored_layers,
+                round_to=cfg.round_to,
+                unwrapped_parameters=unwrapped or None,
+                customized_pruners={LinearRecurrent: _recurrent_pruner()} if recurrent else None,
+                **attention,
+            )
         pruner.step()
+        hidden_units = (
+            _prune_recurrent_layers(pruner, model, cfg.ratio, ignored_layers) if recurrent else []
+        )
     except Exception as exc:  # torch-pruning raises bare Python errors from its graph tracer
         raise CompressionError(
             f"structured pruning failed while tracing/pruning the model: {type(exc).__name__}: "
@@ -248,7 +417,7 @@ def structured_prune(
             f"channel pruning changed the model's output shape {shapes_before} -> {shapes_after}; "
             "its output is not produced by a Linear/Conv head torch-pruning can leave alone"
         )
-    return PruneOutcome(model, heads)
+    return PruneOutcome(model, heads, hidden_units)
 
 
 def channel_prune(
@@ -281,6 +450,8 @@ def apply_channel_prune(
         before,
         after,
     )
+    for name, before_units, after_units in outcome.hidden_units:
+        ctx.note("recurrent layer %s: hidden units %d -> %d", name, before_units, after_units)
     if outcome.heads:
         kept = sum(h for _, h in outcome.heads)
         total = sum(h for h, _ in outcome.heads)

@@ -16,7 +16,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from host.compress.config import Distill, FineTune
-from host.compress.handlers.base import cpu_copy, handles, param_count, with_module
+from host.compress.handlers.base import cpu_copy, handles, head_modules, param_count, with_module
 from host.errors import CompressionError, ModelSpecError
 
 if TYPE_CHECKING:
@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 # Recovery steps retry at a tenth of the learning rate when their first epoch makes things worse.
 RECOVERY_LR_RETRIES = 2
+
+# Training samples the feature adapters are first fitted on (least squares).
+FEATURE_FIT_SAMPLES = 256
 
 # A student pruned harder than this keeps too few channels to learn from its teacher.
 _MAX_STUDENT_PRUNING = 0.9
@@ -163,10 +166,24 @@ def apply_distill(bundle: ModelBundle, cfg: Distill, ctx: CompressContext) -> Mo
             f"the distillation student ({how}) has {student_params} parameters, not fewer than "
             f"the teacher's {teacher_params}; choose a smaller student"
         )
+    from host.compress.features import FeatureMatch
+    from host.metrics import to_tensor
+
     teacher = cpu_copy(bundle.module).eval()
+    learner = cpu_copy(student.module)
+    matched = None
+    if cfg.features > 0:
+        matched = FeatureMatch.build(
+            learner,
+            teacher,
+            bundle.example_inputs,
+            cfg.features,
+            exclude=head_modules(teacher, bundle.example_inputs),
+            samples=tuple(to_tensor(a) for a in ctx.data.train.subset(FEATURE_FIT_SAMPLES).inputs),
+        )
     log = FitLog()
     trained = fit(
-        cpu_copy(student.module),
+        learner,
         ctx.data,
         cfg.epochs,
         cfg.lr,
@@ -179,6 +196,7 @@ def apply_distill(bundle: ModelBundle, cfg: Distill, ctx: CompressContext) -> Mo
         log=log,
         lr_retries=RECOVERY_LR_RETRIES,
         progress=lambda label, frac: ctx.report(f"distill {label}", frac),
+        features=matched,
     )
     ctx.detail("teacher_params", teacher_params)
     ctx.detail("student_params", student_params)
@@ -195,6 +213,16 @@ def apply_distill(bundle: ModelBundle, cfg: Distill, ctx: CompressContext) -> Mo
         cfg.alpha,
         "" if ctx.data.train.labels is not None else ", no labels: teacher outputs only",
     )
+    if matched is not None:
+        ctx.detail("feature_layers", matched.names)
+        ctx.note(
+            "feature distillation at %d layer(s) (%s) through learned adapters, weight %g",
+            len(matched.names),
+            ", ".join(matched.names),
+            cfg.features,
+        )
+    elif cfg.features > 0:
+        ctx.note("no layer shared with the teacher to match features at: outputs only")
     note_fit(ctx, log, cfg.lr)
     return dataclasses.replace(student, module=trained.cpu().eval())
 
