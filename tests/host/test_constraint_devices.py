@@ -63,7 +63,7 @@ def test_a_search_refuses_a_constraint_on_a_device_it_does_not_search() -> None:
     assert spec.constraints_for("pi-01") == ["accuracy_drop<=0.02", "latency_p90_ms<=5@pi-01"]
 
 
-def test_a_deployment_takes_each_device_its_own_latency_budget(tmp_path) -> None:  # noqa: ANN001
+def test_a_deployment_takes_each_device_its_own_latency_budget(tmp_path) -> None:
     model = tmp_path / "m.tflite"
     model.write_bytes(b"x")
     selection = {d: {"candidate": "c", "reason": "r"} for d in ("pi-01", "pi-02", "pi-03")}

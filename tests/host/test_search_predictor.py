@@ -115,7 +115,7 @@ def _birth_dict(birth: object) -> dict[str, object]:
     return msgspec.to_builtins(birth)
 
 
-def _toy_graph(macs: float):  # noqa: ANN202 - a GraphFeatures
+def _toy_graph(macs: float):
     from host.search.predictor.features import GraphFeatures
 
     return GraphFeatures(
