@@ -253,7 +253,8 @@ class SearchLoop:
         decision, reason = self._decide(state, built, plan, prediction, estimate)
         row: ResultRow | None = None
         if decision == DECISION_MEASURED:
-            row, decision, reason = self._measure(state, plan, built, trial.number)
+            row, decision, outcome = self._measure(state, plan, built, trial.number)
+            reason = f"{reason}; {outcome}"
         host = built.to_dict()
         info = TrialInfo(
             **base,
