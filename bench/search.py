@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path("bench/results/search.json")
 FAST, SLOW = "edge-fast", "edge-slow"
+QUOTA_PERIOD_US = 4_000
 
 
 # ------------------------------------------------------------------ data (a factory for specs)
@@ -69,7 +70,11 @@ def start_agents(
     from tests.agents import AgentProcess
 
     cores = os.cpu_count() or 1
-    group, why = make_cpu_quota(f"edgetailor-bench-{os.getpid()}", slow_quota)
+    # Short periods spread the throttling over many small slices: a slower core, as a model of a
+    # few milliseconds sees it, rather than a rare long stall that makes p90 a lottery.
+    group, why = make_cpu_quota(
+        f"edgetailor-bench-{os.getpid()}", slow_quota, period_us=QUOTA_PERIOD_US
+    )
 
     class QuotaAgent(AgentProcess):
         def command(self) -> list[str]:
@@ -111,7 +116,21 @@ def named_space(path: Path, epoch_scale: float) -> int:
     return len(recipes)
 
 
-def run_arch(
+def pretrained(arch: Any, args: argparse.Namespace, work: Path) -> Path:
+    import torch
+
+    from bench.models import build, digits_rgb32, pretrain
+
+    weights = work / f"{arch.key}.pt"
+    if not weights.is_file():
+        bundle = build(arch, True, 0)
+        epochs = max(1, round(arch.epochs * args.pretrain_scale))
+        teacher = pretrain(arch, bundle, digits_rgb32(), epochs)
+        torch.save(teacher.module.state_dict(), weights)
+    return weights
+
+
+def run_campaign_of(
     arch: Any,
     args: argparse.Namespace,
     store: Any,
@@ -119,32 +138,19 @@ def run_arch(
     work: Path,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    import torch
-
-    from bench.models import build, digits_rgb32, pretrain
+    """Step 1: the exhaustive campaign over the named recipes, and the constraints it implies."""
     from host.campaign import CampaignSpec, campaign_rows, run_campaign
-    from host.search import SearchSpec, run_search
-    from host.search.store import SearchStore
-    from host.select import select
     from host.store.campaigns import CampaignStore
 
     started = time.perf_counter()
-    spec_text = model_spec(arch)
-    weights = work / f"{arch.key}.pt"
-    if not weights.is_file():
-        bundle = build(arch, True, 0)
-        epochs = max(1, round(arch.epochs * args.pretrain_scale))
-        teacher = pretrain(arch, bundle, digits_rgb32(), epochs)
-        torch.save(teacher.module.state_dict(), weights)
+    weights = pretrained(arch, args, work)
     log(f"{arch.key}: pretrained ({time.perf_counter() - started:.0f} s)")
-
-    # 1. the exhaustive campaign over the named recipes
     space = work / f"{arch.key}-named.json"
     recipes = named_space(space, args.epoch_scale)
     cspec = CampaignSpec(
-        model=spec_text, data="bench.search:vision_data", space=str(space), devices=(FAST, SLOW),
-        weights=str(weights), runs=args.runs, min_s=args.min_s, screen_margin=1.0,
-        eval_samples=args.eval_samples, job_timeout_s=600,
+        model=model_spec(arch), data="bench.search:vision_data", space=str(space),
+        devices=(FAST, SLOW), weights=str(weights), runs=args.runs, min_s=args.min_s,
+        screen_margin=1.0, eval_samples=args.eval_samples, job_timeout_s=600,
     )  # fmt: skip
     campaign_id = f"named-{arch.key}-{args.run_id}"
     t0 = time.perf_counter()
@@ -152,10 +158,8 @@ def run_arch(
     campaign_s = time.perf_counter() - t0
     cstore = CampaignStore(store)
     rows = campaign_rows(cstore, campaign_id)
-    campaign_jobs = [j for j in cstore.jobs(campaign_id) if j.status in ("ok", "failed")]
-    log(
-        f"{arch.key}: campaign {len(rows)} rows, {len(campaign_jobs)} board jobs ({campaign_s:.0f} s)"
-    )
+    jobs = [j for j in cstore.jobs(campaign_id) if j.status in ("ok", "failed")]
+    log(f"{arch.key}: campaign {len(rows)} rows, {len(jobs)} board jobs ({campaign_s:.0f} s)")
     baseline = {
         r.device: r.latency_ms.get("p90") for r in rows if r.candidate == "baseline" and r.ok
     }
@@ -164,14 +168,38 @@ def run_arch(
     constraints = [f"metric_drop<={args.max_drop:g}"] + [
         f"latency_p90_ms<={round(baseline[d] * args.latency_share, 4):g}@{d}" for d in (FAST, SLOW)
     ]
-    named = select(rows, constraints, "min_latency", devices=(FAST, SLOW))
+    return {
+        "arch": arch.key, "model": model_spec(arch), "weights": str(weights), "recipes": recipes,
+        "constraints": constraints, "baseline_p90_ms": baseline, "campaign_id": campaign_id,
+        "campaign_seconds": round(campaign_s, 1), "campaign_measurements": len(jobs),
+        "campaign_jobs": {d: len([j for j in jobs if j.device_id == d]) for d in (FAST, SLOW)},
+        "campaign_artifacts": sorted({c.sha256 for c in cstore.candidates(campaign_id) if c.sha256}),
+    }  # fmt: skip
 
-    # 2. the search, its predictor blind to this architecture's campaign
-    exclude = {c.sha256 for c in cstore.candidates(campaign_id) if c.sha256}
+
+def run_search_of(
+    arch: Any,
+    done: dict[str, Any],
+    args: argparse.Namespace,
+    store: Any,
+    fleet: Any,
+    work: Path,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Step 2-3: the search with the same constraints, against the best named recipe."""
+    from host.campaign import campaign_rows
+    from host.search import SearchSpec, run_search
+    from host.search.store import SearchStore
+    from host.select import select
+    from host.store.campaigns import CampaignStore
+
+    rows = campaign_rows(CampaignStore(store), done["campaign_id"])
+    constraints = done["constraints"]
+    named = select(rows, constraints, "min_latency", devices=(FAST, SLOW))
     sspec = SearchSpec(
-        model=spec_text, data="bench.search:vision_data", devices=(FAST, SLOW),
+        model=done["model"], data="bench.search:vision_data", devices=(FAST, SLOW),
         constraints=tuple(constraints), objective="min_latency", budget=args.budget,
-        trials=args.trials, weights=str(weights), runs=args.runs, min_s=args.min_s,
+        trials=args.trials, weights=done["weights"], runs=args.runs, min_s=args.min_s,
         recovery_epochs=args.recovery_epochs, eval_samples=args.eval_samples, runtimes=("tflite",),
         max_prune=0.8, seed=args.seed, job_timeout_s=600,
     )  # fmt: skip
@@ -184,6 +212,7 @@ def run_arch(
                 f"  {data['device']} #{data.get('trial')}: {data['decision']} ({data.get('used')}/{data.get('budget')}) {data['reason'][:110]}"
             )
 
+    # The predictor is blind to this architecture's campaign: those are not the search's results.
     outcome = run_search(
         sspec,
         store,
@@ -191,28 +220,22 @@ def run_arch(
         search_id=search_id,
         work_dir=work / search_id,
         progress=progress,
-        predictor_exclude=exclude,
+        predictor_exclude=set(done["campaign_artifacts"]),
     )
     search_s = time.perf_counter() - t0
-    sstore = SearchStore(store)
     devices = {}
     for device in (FAST, SLOW):
         doc = outcome["devices"][device]
-        mine = doc["selection"]
-        theirs = named[device]
         devices[device] = _compare(
-            device, mine, theirs, doc, len([j for j in campaign_jobs if j.device_id == device])
+            device, doc["selection"], named[device], doc, done["campaign_jobs"][device]
         )
         log(f"{arch.key} {device}: {devices[device]['verdict']}")
-    search_shas = {t.sha256 for t in sstore.trials(search_id) if t.sha256}
+    search_shas = {t.sha256 for t in SearchStore(store).trials(search_id) if t.sha256}
     return {
-        "arch": arch.key, "model": spec_text, "recipes": recipes, "constraints": constraints,
-        "baseline_p90_ms": baseline, "campaign_id": campaign_id, "search_id": search_id,
-        "campaign_seconds": round(campaign_s, 1), "search_seconds": round(search_s, 1),
-        "campaign_measurements": len(campaign_jobs),
+        **done, "search_id": search_id, "search_seconds": round(search_s, 1),
         "search_measurements": sum(d["search_measurements"] for d in devices.values()),
         "devices": devices, "sensitivity": outcome.get("sensitivity"),
-        "artifacts": sorted(exclude | search_shas),
+        "artifacts": sorted(set(done["campaign_artifacts"]) | search_shas),
     }  # fmt: skip
 
 
@@ -369,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--quick", action="store_true", help="one architecture, few trials")
     parser.add_argument("--models", default="resnet18,mobilenetv2,vit")
-    parser.add_argument("--trials", type=int, default=12, help="search trials per device")
+    parser.add_argument("--trials", type=int, default=10, help="search trials per device")
     parser.add_argument("--budget", type=int, default=5, help="board measurements per device")
     parser.add_argument(
         "--epoch-scale", type=float, default=0.2, help="of the named recipes' epochs"
@@ -382,9 +405,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--latency-share", type=float, default=0.5, help="p90 budget: share of the baseline's"
     )
-    parser.add_argument("--slow-quota", type=float, default=0.4)
-    parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--min-s", type=float, default=0.5)
+    parser.add_argument("--slow-quota", type=float, default=0.5)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--min-s", type=float, default=1.0)
     parser.add_argument("--eval-samples", type=int, default=270)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=None)
@@ -426,8 +449,10 @@ def main(argv: list[str] | None = None) -> None:
             archs = []
             with Fleet(broker.url, base, store=store) as fleet:
                 fleet.wait_synced()
-                for arch in wanted:
-                    archs.append(run_arch(arch, args, store, fleet, work, log))
+                # Every campaign first: each search's predictor then learns from the others'.
+                campaigns = [run_campaign_of(a, args, store, fleet, work, log) for a in wanted]
+                for arch, done in zip(wanted, campaigns, strict=True):
+                    archs.append(run_search_of(arch, done, args, store, fleet, work, log))
             report = {
                 "command": "python -m bench.search "
                 + " ".join(argv if argv is not None else sys.argv[1:]),

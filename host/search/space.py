@@ -9,7 +9,8 @@ Parameters (Optuna names):
   most int8-sensitive layer groups kept float);
 * ``prune``: the global structured-pruning ratio; ``stage{i}``: each layer group's share of it,
   scaled by how little pruning hurts that group (sensitivity), so sensitive groups lose less;
-* ``lowrank``: none or the energy a low-rank factorization keeps;
+* ``lowrank``: none or the share of each factorized layer's parameters a low-rank (SVD)
+  factorization keeps;
 * ``student``: none or a distilled student's width (when the spec lists widths).
 
 Every weight-changing plan gets the spec's short recovery (fine-tuning) on the host.
@@ -47,7 +48,7 @@ RUNTIME_PRECISIONS = {
     "onnx": ("fp32", "int8_dynamic", "int8"),
 }
 STAGE_SCALES = (0.0, 0.5, 1.0, 1.5)
-LOWRANK_ENERGIES = (0.9, 0.95, 0.98)
+LOWRANK_RATIOS = (0.3, 0.5, 0.7)
 
 
 @dataclass(frozen=True)
@@ -162,9 +163,9 @@ class DeviceSpace:
             )
             weight_steps = True
         if spec.lowrank:
-            energy = trial.suggest_categorical("lowrank", ["none", *map(str, LOWRANK_ENERGIES)])
-            if energy != "none":
-                steps.append(LowRank(energy=float(energy)))
+            ratio = trial.suggest_categorical("lowrank", ["none", *map(str, LOWRANK_RATIOS)])
+            if ratio != "none":
+                steps.append(LowRank(ratio=float(ratio)))
                 weight_steps = True
         if (
             weight_steps
