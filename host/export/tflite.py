@@ -173,8 +173,7 @@ def module_path(key_and_value: tuple[str, Any]) -> str:
     key, value = key_and_value
     path = value[0] if isinstance(value, tuple) and value and isinstance(value[0], str) else key
     for prefix in ("L['self'].", "L['self']", "self."):
-        if path.startswith(prefix):
-            path = path[len(prefix) :]
+        path = path.removeprefix(prefix)
     return path.replace("._modules['", ".").replace("']", "")
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from host.api import ApiContext, create_app
 from host.api.live import ChangeWatcher, EventBus
 from host.deploy.driver import DeploymentDriver, default_owner
+from host.search.jobs import SearchWorkers
 from host.service.campaigns import CampaignJobs
 from host.store import Store
 from host.store.service import ServiceStore
@@ -62,6 +63,7 @@ class Service:
         self.bus = EventBus()
         self.driver = DeploymentDriver(self.store, self.fleet, owner=self.owner)
         self.campaigns = CampaignJobs(self.store, self.fleet, self.owner)
+        self.searches = SearchWorkers(self.store, self.fleet, self.owner, self.home / "searches")
         self.watcher = ChangeWatcher(self.store, self.bus)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -94,6 +96,7 @@ class Service:
         for name, target in (
             ("deploy-driver", self._drive_forever),
             ("campaign-jobs", self.campaigns.run_forever),
+            ("search-workers", self.searches.run_forever),
             ("event-watcher", self.watcher.run_forever),
         ):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -111,6 +114,7 @@ class Service:
     def stop(self) -> None:
         self._stop.set()
         self.campaigns.stop()
+        self.searches.stop()
         self.watcher.stop()
         for thread in self._threads:
             if thread.name != "campaign-jobs":

@@ -20,7 +20,10 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     config = json.loads(Path(argv[0]).read_text())
     spec = SearchSpec.from_dict(config["spec"])
-    with Store(config["db"]) as store, Fleet(config["broker"], config["base"], store=store) as fleet:
+    with (
+        Store(config["db"]) as store,
+        Fleet(config["broker"], config["base"], store=store) as fleet,
+    ):
         fleet.wait_synced()
         outcome = run_search(
             spec, store, fleet, search_id=config["search_id"], work_dir=Path(config["work_dir"]),

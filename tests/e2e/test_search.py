@@ -41,7 +41,9 @@ SMALL = dict(
 
 
 @pytest.fixture(scope="module")
-def board(tmp_path_factory: pytest.TempPathFactory, shared_broker_url: str) -> Iterator[tuple[str, str]]:
+def board(
+    tmp_path_factory: pytest.TempPathFactory, shared_broker_url: str
+) -> Iterator[tuple[str, str]]:
     """One real agent (two threads) on the machine's broker, under a base topic of its own."""
     import uuid
 
@@ -60,7 +62,9 @@ def fleet_db(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('search-db') / 'host.db'}"
 
 
-def _search(db: str, broker: str, base: str, search_id: str, work: Path, **spec: Any) -> dict[str, Any]:
+def _search(
+    db: str, broker: str, base: str, search_id: str, work: Path, **spec: Any
+) -> dict[str, Any]:
     with Store(db) as store, Fleet(broker, base, store=store) as fleet:
         fleet.wait_synced()
         return run_search(
@@ -77,7 +81,9 @@ def _benchmark_jobs(store: Store) -> Counter[tuple[str | None, Any]]:
     )
 
 
-def test_a_board_of_an_unknown_class_is_measured_fully(board: tuple[str, str], fleet_db: str, tmp_path: Path) -> None:
+def test_a_board_of_an_unknown_class_is_measured_fully(
+    board: tuple[str, str], fleet_db: str, tmp_path: Path
+) -> None:
     broker, base = board
     outcome = _search(fleet_db, broker, base, "unknown-class", tmp_path, trials=8, budget=8,
                       threads=(1, 2), max_prune=0.5)  # fmt: skip
@@ -89,11 +95,15 @@ def test_a_board_of_an_unknown_class_is_measured_fully(board: tuple[str, str], f
         assert trial["decision"] != DECISION_SKIPPED, trial["reason"]
     measured = [t for t in trials if t["decision"] == DECISION_MEASURED]
     assert measured and all("unknown" in t["reason"] for t in measured)
-    assert doc["board_measurements"] == len({t["variant"] for t in trials if t["decision"] in (DECISION_MEASURED, DECISION_REUSED)})
+    assert doc["board_measurements"] == len(
+        {t["variant"] for t in trials if t["decision"] in (DECISION_MEASURED, DECISION_REUSED)}
+    )
     assert doc["selection"]["chosen"] in {row["candidate"] for row in doc["measured"]}
 
 
-def test_a_choice_never_rests_on_a_prediction_alone(board: tuple[str, str], fleet_db: str, tmp_path: Path) -> None:
+def test_a_choice_never_rests_on_a_prediction_alone(
+    board: tuple[str, str], fleet_db: str, tmp_path: Path
+) -> None:
     broker, base = board
     # The board's class is known now (the previous test stored its results): most trials are
     # judged on predictions, and the budget leaves room for few measurements.
@@ -102,7 +112,9 @@ def test_a_choice_never_rests_on_a_prediction_alone(board: tuple[str, str], flee
     doc = outcome["devices"][DEVICE]
     assert any(t["prediction"]["known"] for t in doc["trials"])
     skipped = [t for t in doc["trials"] if t["decision"] == DECISION_SKIPPED]
-    assert skipped, "with a known class and a budget of 2, some trials must be judged on predictions"
+    assert skipped, (
+        "with a known class and a budget of 2, some trials must be judged on predictions"
+    )
     chosen = doc["selection"]["chosen"]
     assert chosen is not None
     with Store(fleet_db) as store:
@@ -111,14 +123,18 @@ def test_a_choice_never_rests_on_a_prediction_alone(board: tuple[str, str], flee
         assert chosen in rows and rows[chosen].state == MEASURED
         stored = store.get_result(rows[chosen].fleet_job_id)
         assert stored is not None and stored.status == "ok"  # the board's own answer
-        assert stored.data["latency_ms"]["p90"] == doc["selection"]["candidate"]["latency_ms"]["p90"]
+        assert (
+            stored.data["latency_ms"]["p90"] == doc["selection"]["candidate"]["latency_ms"]["p90"]
+        )
     assert doc["board_measurements"] <= 2
 
 
 TINY = dict(precisions=("fp32", "int8", "fp16"), threads=(1,), max_prune=0.0, lease_s=3.0)
 
 
-def _worker(tmp_path: Path, name: str, db: str, board: tuple[str, str], search_id: str, **spec: Any) -> tuple[subprocess.Popen[bytes], Path]:
+def _worker(
+    tmp_path: Path, name: str, db: str, board: tuple[str, str], search_id: str, **spec: Any
+) -> tuple[subprocess.Popen[bytes], Path]:
     config = {
         "db": db, "broker": board[0], "base": board[1], "search_id": search_id,
         "work_dir": str(tmp_path / "work"), "worker": name,
@@ -144,21 +160,33 @@ def _wait(proc: subprocess.Popen[bytes], log: Path, timeout: float = 400) -> Non
     assert code == 0, log.read_text()[-4000:]
 
 
-def test_a_search_killed_mid_way_resumes_without_measuring_a_variant_again(board: tuple[str, str], tmp_path: Path) -> None:
+def test_a_search_killed_mid_way_resumes_without_measuring_a_variant_again(
+    board: tuple[str, str], tmp_path: Path
+) -> None:
     db = f"sqlite:///{tmp_path / 'host.db'}"
     proc, log = _worker(tmp_path, "first", db, board, "killed", trials=6, budget=3, **TINY)
     deadline = time.monotonic() + 300
     with Store(db) as store:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                pytest.fail(f"the worker ended before it could be killed:\n{log.read_text()[-3000:]}")
-            done = [m for m in SearchStore(store).measurements("killed")] if "searches" in store.table_names() else []
+                pytest.fail(
+                    f"the worker ended before it could be killed:\n{log.read_text()[-3000:]}"
+                )
+            done = (
+                [m for m in SearchStore(store).measurements("killed")]
+                if "searches" in store.table_names()
+                else []
+            )
             if any(m.state == MEASURED for m in done):
                 break
             time.sleep(0.3)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        before = {m.variant: m.fleet_job_id for m in SearchStore(store).measurements("killed") if m.state == MEASURED}
+        before = {
+            m.variant: m.fleet_job_id
+            for m in SearchStore(store).measurements("killed")
+            if m.state == MEASURED
+        }
         assert before
     again, log2 = _worker(tmp_path, "second", db, board, "killed", trials=6, budget=3, **TINY)
     _wait(again, log2)
@@ -175,7 +203,9 @@ def test_a_search_killed_mid_way_resumes_without_measuring_a_variant_again(board
         assert DECISION_REUSED in decisions  # the resumed run asked measured variants again
 
 
-def test_two_workers_on_one_study_never_measure_the_same_trial_twice(board: tuple[str, str], pg_url: str, tmp_path: Path) -> None:
+def test_two_workers_on_one_study_never_measure_the_same_trial_twice(
+    board: tuple[str, str], pg_url: str, tmp_path: Path
+) -> None:
     one_variant = dict(precisions=("int8",), threads=(1,), max_prune=0.0, lease_s=30.0)
     Store(pg_url).close()
     a, log_a = _worker(tmp_path, "a", pg_url, board, "shared", trials=4, budget=4, **one_variant)
