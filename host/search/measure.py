@@ -97,12 +97,31 @@ class BoardMeter:
             raise MeasureError(str(exc)) from exc
         if on_sent is not None:
             on_sent(handle.job_id)
-        try:
-            return handle.result(timeout=self.timeout_s + TRANSFER_ALLOWANCE_S)
-        except (JobFailedError, JobTimeoutError) as exc:
-            raise MeasureError(f"{device}: {exc}") from exc
-        except EdgeTailorError as exc:
-            raise MeasureError(f"{device}: {exc}") from exc
+        deadline = time.monotonic() + self.timeout_s + TRANSFER_ALLOWANCE_S
+        while True:
+            try:
+                return handle.result(timeout=4 * POLL_S)
+            except JobTimeoutError:
+                pass
+            except (JobFailedError, EdgeTailorError) as exc:
+                raise MeasureError(f"{device}: {exc}") from exc
+            # Beside other replicas (a shared subscription), another one may have received and
+            # stored the answer: the database has it then, this process's handle never will.
+            stored = self.store.get_result(handle.job_id)
+            if stored is not None:
+                if stored.status != "ok":
+                    raise MeasureError(
+                        f"{device}: [{stored.error_code}] {stored.error_message or 'failed'}"
+                    )
+                try:
+                    return from_data(stored.data or {}, BenchmarkResult)
+                except ValidationError as exc:
+                    raise MeasureError(f"{device}: a stored result is malformed: {exc}") from exc
+            if time.monotonic() > deadline:
+                raise MeasureError(
+                    f"{device}: no answer to job {handle.job_id} within "
+                    f"{self.timeout_s + TRANSFER_ALLOWANCE_S:.0f} s"
+                )
 
     def _await_stored(self, job_id: str) -> BenchmarkResult | None:
         """The stored result of a job sent before (the agent re-sends it until acknowledged)."""
