@@ -79,7 +79,7 @@ export function searchView(root, app, id) {
     const doc = await api(`/searches/${encodeURIComponent(id)}`);
     const s = doc.search;
     const predictor = doc.predictor || {};
-    head.replaceChildren(
+    head.replaceChildren(...[
       h("p", {}, badge(s.status), ` ${s.spec.model} on ${s.spec.devices.join(", ")}; constraints: ${(s.spec.constraints || []).join(", ") || "none"}; objective ${s.spec.objective}`),
       s.error ? h("p", { class: "error" }, s.error) : null,
       predictor.median_rel_error != null
@@ -90,7 +90,8 @@ export function searchView(root, app, id) {
         h("thead", {}, h("tr", {}, ["group", "params", "prune 50% drop", "int8 drop"].map((t) => h("th", {}, t)))),
         h("tbody", {}, (doc.sensitivity || []).map((g) => h("tr", {},
           h("td", {}, g.group.name), h("td", { class: "num" }, g.group.params),
-          h("td", { class: "num" }, fmt(g.prune_drop, 4)), h("td", { class: "num" }, fmt(g.int8_drop, 4)))))));
+          h("td", { class: "num" }, fmt(g.prune_drop, 4)), h("td", { class: "num" }, fmt(g.int8_drop, 4)))))),
+    ].filter(Boolean));
     panels.replaceChildren(...Object.entries(doc.devices).map(([device, d]) => devicePanel(device, d)));
   }
   const reload = debounce(() => load().catch((err) => app.notify(err.message, "error")), 300);
