@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,7 +70,6 @@ class DeviceState:
     study: DeviceStudy
     constraints: list[Constraint]
     formats: set[str] | None = None
-    pending: list[tuple[float, bool, Plan, Built]] = field(default_factory=list)
 
 
 class SearchLoop:
@@ -255,7 +254,7 @@ class SearchLoop:
         if decision == DECISION_MEASURED:
             row, decision, outcome = self._measure(state, plan, built, trial.number)
             reason = f"{reason}; {outcome}"
-        host = built.to_dict()
+        host = {**built.to_dict(), "recipe_name": plan.recipe.name}
         info = TrialInfo(
             **base,
             sha256=built.sha256,
@@ -278,8 +277,6 @@ class SearchLoop:
             latency = prediction.latency_p90_ms or math.inf
             violations = self._violations(state, estimate)
             state.study.tell(trial, built.metric_value, latency, violations)
-            feasible = not any(v > 0 for v in violations)
-            state.pending.append((self._goodness(estimate), feasible, plan, built))
             return
         state.study.fail(trial, reason)
 
@@ -479,7 +476,7 @@ class SearchLoop:
         """Boards last: while budget is left, measure the skipped trials predicted to beat the
         device's current (measured) choice, best first; with no choice yet, the best predicted
         one whatever it is, so that the device ends with a measured result to choose from."""
-        for _goodness, feasible, plan, built in sorted(state.pending, key=lambda p: p[0]):
+        for _goodness, feasible, plan, built in self._skipped(state):
             if self.used(state.device) >= self.spec.budget:
                 break
             current = self.selection_for(state).candidate
@@ -497,6 +494,40 @@ class SearchLoop:
                  "reason": f"final check of {plan.describe()}: {reason}",
                  "used": self.used(state.device), "budget": self.spec.budget},
             )  # fmt: skip
+
+    def _skipped(self, state: DeviceState) -> list[tuple[float, bool, Plan, Built]]:
+        """The device's trials that were judged on predictions and not measured -- whichever
+        worker or run decided them, read from the database -- best predicted first:
+        (goodness, predicted feasible, plan, built)."""
+        from host.compress import Recipe
+
+        measured = {m.variant for m in self.sstore.measurements(self.search_id, state.device)}
+        out: dict[str, tuple[float, bool, Plan, Built]] = {}
+        for trial in self.sstore.trials(self.search_id, state.device):
+            if trial.decision != DECISION_SKIPPED or not trial.host or not trial.variant:
+                continue
+            if trial.variant in measured or trial.variant in out:
+                continue
+            try:
+                built = Built.from_dict(trial.host)
+                plan = Plan(
+                    Recipe.from_obj(trial.recipe, name=str(trial.host.get("recipe_name", ""))),
+                    str(trial.params.get("runtime") or built.format),
+                    trial.params.get("threads"),
+                    dict(trial.params),
+                )
+            except (ConfigError, TypeError, KeyError) as exc:
+                logger.info("trial %d cannot be checked again: %s", trial.trial_number, exc)
+                continue
+            if plan.variant != trial.variant or not Path(built.path).is_file():
+                continue
+            prediction = self._predict(built, plan, state)
+            if not prediction.known:
+                continue
+            estimate = self._estimate_row(built, plan, state.device, prediction)
+            feasible = not any(v > 0 for v in self._violations(state, estimate))
+            out[trial.variant] = (self._goodness(estimate), feasible, plan, built)
+        return sorted(out.values(), key=lambda p: p[0])
 
     def selection_for(self, state: DeviceState) -> Any:
         rows = self._measured_rows(state.device)
