@@ -69,7 +69,7 @@ def test_the_report_chooses_among_measured_results_and_shows_predictions_beside(
         "g0:body.1",
         "Measured against predicted",
         "budget: kept for the final check",
-        "latency_p90_ms<=3@pi-01",
+        "latency_p90_ms&lt;=3@pi-01",
     ):
         assert text in page, text
     assert (tmp_path / "report" / "search.json").is_file()
