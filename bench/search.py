@@ -2,9 +2,10 @@
 
     python -m bench.search [--quick] [--models resnet18,mobilenetv2,vit] [--out bench/results/search.json]
 
-Two real agents on a private Mosquitto, with different speeds: ``edge-fast`` (the machine's cores)
-and ``edge-slow`` (one CPU under a cgroup quota of ``--slow-quota`` CPU, joined before the agent
-starts, so its birth announces the quota and it is a board class of its own). For each architecture
+Two real agents on a private Mosquitto, with different speeds, each on one thread and a CPU of its
+own: ``edge-fast`` (CPU 0) and ``edge-slow`` (the last CPU under a cgroup quota of
+``--slow-quota`` CPU, joined before the agent starts, so its birth announces the quota and it is a
+board class of its own). The search keeps to one thread for the same reason (two shared cores). For each architecture
 of bench.models (transformers' classes, small configs, briefly pretrained on the digits upsampled
 to 3x32x32; recovery without training labels):
 
@@ -84,7 +85,13 @@ def start_agents(
             script = f'echo $$ > {shlex.quote(str(group.path / "cgroup.procs"))} && exec "$@"'
             return ["taskset", "-c", str(cores - 1), "sh", "-c", script, "sh", *inner]
 
-    fast = AgentProcess(broker_url, FAST, root / FAST, base, ["--threads", str(min(cores, 2))])
+    class PinnedAgent(AgentProcess):
+        def command(self) -> list[str]:
+            return ["taskset", "-c", "0", *super().command()]
+
+    # One thread each, on a core of its own: on a 2-core machine shared with the host's own
+    # compression (and other work), a second thread mostly measures who else is running.
+    fast = PinnedAgent(broker_url, FAST, root / FAST, base, ["--threads", "1"])
     slow = QuotaAgent(broker_url, SLOW, root / SLOW, base, ["--threads", "1"])
     agents = [fast, slow]
     for agent in agents:
@@ -201,7 +208,7 @@ def run_search_of(
         constraints=tuple(constraints), objective="min_latency", budget=args.budget,
         trials=args.trials, weights=done["weights"], runs=args.runs, min_s=args.min_s,
         recovery_epochs=args.recovery_epochs, eval_samples=args.eval_samples, runtimes=("tflite",),
-        max_prune=0.8, seed=args.seed, job_timeout_s=600,
+        max_prune=0.8, seed=args.seed, job_timeout_s=600, threads=(1,),
     )  # fmt: skip
     search_id = f"search-{arch.key}-{args.run_id}"
     t0 = time.perf_counter()

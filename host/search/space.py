@@ -132,6 +132,26 @@ class DeviceSpace:
         """Groups from the most int8-sensitive to the least."""
         return sorted(self.sensitivity, key=lambda s: -s.int8_drop)
 
+    def uniform_policies(self) -> list[dict[str, Any]]:
+        """The first trials of a fresh study: uniform policies as named recipes apply them
+        (full int8 alone, and half the channels pruned at every stage with int8 or fp16), in
+        the space's own parameters, on the first runtime and the fewest threads."""
+        base: dict[str, Any] = {"runtime": self.runtimes[0], "threads": min(self.threads)}
+        stages = {f"stage{i}": 1.0 for i in range(len(self.sensitivity))}
+        if self.spec.lowrank:
+            base["lowrank"] = "none"
+        if self.spec.students:
+            base["student"] = "none"
+        out = []
+        for precision, prune in (("int8", 0.0), ("int8", 0.5), ("fp16", 0.5)):
+            if precision not in self.spec.precisions or prune > self.spec.max_prune:
+                continue
+            policy = {**base, **stages, "precision": precision}
+            if self.spec.max_prune:
+                policy["prune"] = prune
+            out.append(policy)
+        return out
+
     # -- trial -> plan ---------------------------------------------------------------------
     def suggest(self, trial: optuna.trial.BaseTrial) -> Plan:
         spec = self.spec

@@ -105,6 +105,14 @@ class DeviceStudy:
             load_if_exists=True,
         )
 
+    def warm_start(self, policies: list[dict[str, Any]]) -> None:
+        """Ask these parameters first in a study that has no trial yet (the uniform policies a
+        named recipe would apply), so the search starts from what the menu offers."""
+        if self.study.get_trials(deepcopy=False):
+            return
+        for params in policies:
+            self.study.enqueue_trial(params, skip_if_exists=True)
+
     def recover(self) -> None:
         """Fail the trials of workers that stopped beating (their parameters are asked again)."""
         from optuna.storages import fail_stale_trials

@@ -190,6 +190,7 @@ class SearchLoop:
         study = DeviceStudy(
             storage, self.search_id, device, self.spec.sampler, self.spec.seed, self.spec.trials
         )
+        study.warm_start(space.uniform_policies())
         constraints = [Constraint.parse(c) for c in self.spec.constraints_for(device)]
         return DeviceState(
             device, space, board_class_of(self.store, device), study, constraints, formats
@@ -347,18 +348,22 @@ class SearchLoop:
                     DECISION_SKIPPED,
                     f"host metric breaks {constraint}: {violation.describe() if violation else ''}",
                 )
-        optimistic = {
-            "latency_p90_ms": prediction.latency_interval[0]
-            if prediction.latency_interval
-            else None,
-            "peak_rss_mb": prediction.memory_interval[0] if prediction.memory_interval else None,
+        predicted = {
+            "latency_p90_ms": prediction.latency_p90_ms,
+            "peak_rss_mb": prediction.peak_rss_mb,
         }
         for constraint in state.constraints:
-            value = optimistic.get(constraint.name)
+            value = predicted.get(constraint.name)
             if value is not None and not constraint.satisfied_by(value):
+                interval = (
+                    prediction.latency_interval
+                    if constraint.name == "latency_p90_ms"
+                    else prediction.memory_interval
+                )
+                shown = f" (80% interval {interval[0]:.3g} - {interval[1]:.3g})" if interval else ""
                 return DECISION_SKIPPED, (
-                    f"predicted infeasible: {constraint.name} {prediction.latency_p90_ms if constraint.name.startswith('latency') else prediction.peak_rss_mb:.3g} "
-                    f"(optimistic {value:.3g}) against {constraint}"
+                    f"predicted infeasible: {constraint.name} {value:.3g}{shown} against "
+                    f"{constraint}"
                 )
         dominating = self._dominated_by(state, estimate, prediction)
         if dominating is not None:
@@ -380,16 +385,16 @@ class SearchLoop:
     def _dominated_by(
         self, state: DeviceState, estimate: ResultRow, prediction: Prediction
     ) -> str | None:
-        """A measured feasible row at least as accurate and faster than the trial's optimistic
-        latency (so measuring it could not improve the device's front)."""
-        low = prediction.latency_interval[0] if prediction.latency_interval else None
-        if low is None:
+        """A measured feasible row at least as accurate and faster than the trial's predicted
+        p90 (so measuring it would not be expected to improve the device's front)."""
+        predicted = prediction.latency_p90_ms
+        if predicted is None:
             return None
         for row in self._measured_rows(state.device):
             if not row.ok or not self._feasible(state, row):
                 continue
             p90 = figure_value(row, "latency_p90_ms")
-            if p90 is not None and p90 <= low and row.metric_value >= estimate.metric_value:
+            if p90 is not None and p90 <= predicted and row.metric_value >= estimate.metric_value:
                 return row.candidate
         return None
 
