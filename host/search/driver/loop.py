@@ -6,9 +6,10 @@ class. It goes to the board only when
 
 * the board's class is unknown to the predictor (such a board is measured fully: no trial is
   skipped on a prediction), or
-* it is predicted feasible (the optimistic end of the predicted interval meets every latency and
-  memory constraint, the host metric does not clearly break a quality constraint) and promising
-  (no measured result of this device dominates it), and the device's budget allows.
+* it is predicted feasible (its predicted p90 and peak memory meet every constraint on them, the
+  host metric does not clearly break a quality constraint) and promising (no measured result of
+  this device is as accurate and faster than its predicted p90), and the device's budget allows
+  (one measurement is kept for the final checks).
 
 Otherwise it is skipped, with the reason recorded. The same variant is never measured twice: the
 measurement is claimed in the database (host.search.store), whichever worker or run asks. When the
