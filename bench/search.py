@@ -98,7 +98,8 @@ def start_agents(
         agent.start()
     for agent in agents:
         agent.wait_online(timeout=120)
-    label = group.label() if group is not None else f"no cgroup ({why}); CPU {cores - 1} only"
+    where = f"CPU {cores - 1}"
+    label = f"{where}, {group.label()}" if group is not None else f"{where}, no cgroup ({why})"
     return agents, [group] if group is not None else [], label
 
 
@@ -451,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
             agents, groups, slow_label = start_agents(
                 broker.url, base, work / "agents", args.slow_quota
             )
-            log(f"agents: {FAST} (all CPUs), {SLOW} ({slow_label})")
+            log(f"agents: {FAST} (CPU 0, 1 thread), {SLOW} ({slow_label}, 1 thread)")
             store = Store(f"sqlite:///{work / 'host.db'}")
             archs = []
             with Fleet(broker.url, base, store=store) as fleet:
