@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,16 +62,27 @@ def make_storage(url: str, *, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GRA
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 30}
-    try:
-        return RDBStorage(
-            url,
-            engine_kwargs=kwargs,
-            heartbeat_interval=heartbeat_s,
-            grace_period=grace_s,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-        )
-    except Exception as exc:
-        raise ConfigError(f"Optuna cannot use the database {url.split('@')[-1]}: {exc}") from exc
+    # Two workers starting on a fresh database both create Optuna's tables (and PostgreSQL enum
+    # types); the loser's "already exists" means they exist now, so looking again settles it.
+    for attempt in range(5):
+        try:
+            return RDBStorage(
+                url,
+                engine_kwargs=kwargs,
+                heartbeat_interval=heartbeat_s,
+                grace_period=grace_s,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+            )
+        except Exception as exc:
+            text = str(exc).lower()
+            if attempt < 4 and ("already exists" in text or "duplicate" in text):
+                logger.debug("Optuna's tables created concurrently (attempt %d)", attempt)
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise ConfigError(
+                f"Optuna cannot use the database {url.split('@')[-1]}: {exc}"
+            ) from exc
+    raise ConfigError(f"Optuna cannot create its tables in {url.split('@')[-1]}")
 
 
 class DeviceStudy:
