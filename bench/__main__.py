@@ -46,6 +46,9 @@ BENCHES: tuple[Bench, ...] = (
     # Quick: one architecture (each takes minutes to train here); --full runs all five.
     Bench("models", ("--quick", "--models", "resnet18"), ("--compact", "--epoch-scale", "0.5")),
     Bench("uploads", ()),
+    # Quick: one architecture, a few trials (the search's predictor is blind then: no other
+    # architecture's results); --full runs three, the figures of docs/search.md.
+    Bench("search", ("--quick",), ()),
     Bench("compression", ("--quick",), (), has_goals=False),
     Bench("scoring", ("--sentences", "200"), (), has_goals=False),
 )

@@ -55,6 +55,60 @@ def cpu_model() -> str:
     return _short(platform.processor() or platform.machine() or "unknown")
 
 
+# /proc/cpuinfo flags (x86 "flags", Arm "Features") that decide which inference kernels run: SIMD
+# width, fused multiply-add, int8 dot products and matrix extensions, half-precision arithmetic.
+INFERENCE_FLAGS = frozenset(
+    (
+        # x86
+        "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
+        "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_int8", "amx_bf16",
+        # Arm
+        "neon", "asimd", "asimdhp", "asimddp", "fphp", "i8mm", "bf16", "sve", "sve2", "sme",
+    )
+)  # fmt: skip
+
+
+def cpu_flags(cpuinfo: str | None = None) -> list[str]:
+    """The inference-relevant CPU flags of /proc/cpuinfo (sorted; empty where it has none)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return []
+    found: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in ("flags", "features"):
+            found.update(flag for flag in value.split() if flag in INFERENCE_FLAGS)
+    return sorted(found)
+
+
+def cpu_quota(proc_cgroup: str | None = None, root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs' worth of time this process's cgroup allows (cgroup v2 ``cpu.max``, v1
+    ``cpu.cfs_quota_us``); None without a quota or where it cannot be read."""
+    try:
+        text = proc_cgroup if proc_cgroup is not None else Path("/proc/self/cgroup").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        relative = path.strip().lstrip("/")
+        try:
+            if controllers == "":
+                quota, period = (root / relative / "cpu.max").read_text().split()[:2]
+                if quota != "max":
+                    return round(int(quota) / int(period), 3)
+            elif "cpu" in controllers.split(","):
+                base = root / ("cpu" if (root / "cpu").is_dir() else controllers)
+                quota_us = int((base / relative / "cpu.cfs_quota_us").read_text())
+                period_us = int((base / relative / "cpu.cfs_period_us").read_text())
+                if quota_us > 0 and period_us > 0:
+                    return round(quota_us / period_us, 3)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def delegates() -> list[str]:
     """What loads, from the probe process; the delegate libraries present where it fails."""
     from device_agent.probe import probe_delegates
@@ -93,4 +147,6 @@ def birth(tags: dict[str, str], active_sha256: str | None = None) -> Birth:
         delegates=delegates(),
         tags=tags,
         active_sha256=active_sha256,
+        cpu_flags=cpu_flags(),
+        cpu_quota=cpu_quota(),
     )

@@ -89,9 +89,12 @@ class CpuQuotaGroup:
         return f"cgroup v{self.version} quota {self.cpus:g} CPU"
 
 
-def make_cpu_quota(name: str, cpus: float) -> tuple[CpuQuotaGroup | None, str]:
-    """A cgroup limited to ``cpus`` CPUs' worth of time, or (None, why not)."""
-    quota_us = max(1000, int(CFS_PERIOD_US * cpus))
+def make_cpu_quota(
+    name: str, cpus: float, period_us: int = CFS_PERIOD_US
+) -> tuple[CpuQuotaGroup | None, str]:
+    """A cgroup limited to ``cpus`` CPUs' worth of time (in periods of ``period_us``), or
+    (None, why not)."""
+    quota_us = max(1000, int(period_us * cpus))
     v2_controllers = _CGROUP_V2_ROOT / "cgroup.controllers"
     try:
         if v2_controllers.is_file() and "cpu" in v2_controllers.read_text().split():
@@ -100,12 +103,12 @@ def make_cpu_quota(name: str, cpus: float) -> tuple[CpuQuotaGroup | None, str]:
                 subtree.write_text("+cpu\n")
             path = _CGROUP_V2_ROOT / name
             path.mkdir(exist_ok=True)
-            (path / "cpu.max").write_text(f"{quota_us} {CFS_PERIOD_US}\n")
+            (path / "cpu.max").write_text(f"{quota_us} {period_us}\n")
             return CpuQuotaGroup(path, 2, cpus), ""
         if (_CGROUP_V1_CPU / "cpu.cfs_quota_us").is_file():
             path = _CGROUP_V1_CPU / name
             path.mkdir(exist_ok=True)
-            (path / "cpu.cfs_period_us").write_text(f"{CFS_PERIOD_US}\n")
+            (path / "cpu.cfs_period_us").write_text(f"{period_us}\n")
             (path / "cpu.cfs_quota_us").write_text(f"{quota_us}\n")
             return CpuQuotaGroup(path, 1, cpus), ""
     except OSError as exc:

@@ -414,7 +414,8 @@ def figure_interval(row: ResultRow, name: str) -> tuple[float, float] | None:
 Operator = Literal["<=", "<", ">=", ">", "=="]
 _CONSTRAINT_RE = re.compile(
     r"^\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op><=|>=|==|<|>)\s*"
-    r"(?P<value>[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
+    r"(?P<value>[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*"
+    r"(?:@\s*(?P<device>[^\s@]+)\s*)?$"
 )
 # A bound of zero cannot scale a violation; this keeps "== 0" or "drop <= 0" usable in closest-miss.
 _NORMALIZE_FLOOR = 1e-9
@@ -454,11 +455,13 @@ class Violation:
 
 @dataclass(frozen=True)
 class Constraint:
-    """``figure op bound``, e.g. ``latency_p90_ms <= 20``."""
+    """``figure op bound``, e.g. ``latency_p90_ms <= 20``; with ``@device``
+    (``latency_p90_ms<=5@pi-01``) it applies on that device only."""
 
     name: str
     op: Operator
     bound: float
+    device: str | None = None
 
     def __post_init__(self) -> None:
         if self.name not in FIGURES:
@@ -469,6 +472,19 @@ class Constraint:
             raise ConfigError(f"unknown operator {self.op!r}; use one of <=, <, >=, >, ==")
         if not math.isfinite(self.bound):
             raise ConfigError(f"constraint bound for {self.name} must be a finite number")
+        if self.device is not None:
+            from shared.topics import check_device_id
+
+            try:
+                check_device_id(self.device)
+            except Exception as exc:
+                raise ConfigError(
+                    f"constraint {self.name}{self.op}{self.bound:g}@{self.device}: {exc}"
+                ) from exc
+
+    def applies_to(self, device: str) -> bool:
+        """Whether this constraint binds ``device`` (always, without an ``@device``)."""
+        return self.device is None or self.device == device
 
     @classmethod
     def parse(cls, text: str) -> Constraint:
@@ -476,17 +492,19 @@ class Constraint:
         if match is None:
             raise ConfigError(
                 f"cannot read constraint {text!r}: write NAME OP NUMBER, e.g. "
-                f"'latency_p90_ms<=20', with OP one of <=, <, >=, >, == and NAME one of: "
+                f"'latency_p90_ms<=20', optionally @DEVICE for one device "
+                f"('latency_p90_ms<=5@pi-01'), with OP one of <=, <, >=, >, == and NAME one of: "
                 f"{_valid_names()}"
             )
-        return cls(match["name"], match["op"], float(match["value"]))  # type: ignore[arg-type]
+        return cls(match["name"], match["op"], float(match["value"]), match["device"])  # type: ignore[arg-type]
 
     @property
     def figure(self) -> Figure:
         return FIGURES.get(self.name)
 
     def __str__(self) -> str:
-        return f"{self.name}{self.op}{self.bound:g}"
+        where = f"@{self.device}" if self.device is not None else ""
+        return f"{self.name}{self.op}{self.bound:g}{where}"
 
     def check(self, row: ResultRow) -> Violation | None:
         """None when the row meets the constraint, else how it breaks it."""
@@ -543,7 +561,13 @@ class Constraint:
         return "undecided", violation
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "op": self.op, "bound": self.bound, "text": str(self)}
+        return {
+            "name": self.name,
+            "op": self.op,
+            "bound": self.bound,
+            "device": self.device,
+            "text": str(self),
+        }
 
 
 def _as_constraints(items: Iterable[Constraint | str]) -> list[Constraint]:
@@ -1005,6 +1029,8 @@ def select(
         seen.add(key)
         per_device.setdefault(row.device, []).append(row)
     return {
-        device: _select_device(device, per_device[device], parsed, goal, strict)
+        device: _select_device(
+            device, per_device[device], [c for c in parsed if c.applies_to(device)], goal, strict
+        )
         for device in sorted(per_device)
     }

@@ -74,6 +74,10 @@ class Birth(Body, frozen=True):
     # command: the host signs with the key the device trusts, and sends a signed rotation to a
     # device that still pins a previous key.
     host_key_id: ShortStr | None = None
+    # The CPU's instruction-set extensions that inference kernels use (avx2, avx512_vnni, asimddp,
+    # i8mm, ...), and the CPUs' worth of time a cgroup quota leaves the agent (None: no quota).
+    cpu_flags: Annotated[list[ShortStr], msgspec.Meta(max_length=64)] = []
+    cpu_quota: Annotated[float, msgspec.Meta(gt=0, le=4096)] | None = None
 
 
 class ServingLatency(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -29,6 +29,7 @@ from host.api.routers import (
     devices,
     events,
     metrics,
+    searches,
 )
 
 API_PREFIX = "/api/v1"
@@ -57,7 +58,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.add_middleware(Hygiene)
     errors.install(app)
     for router in (devices.router, artifacts.router, campaigns.router, deployments.router,
-                   benchmarks.router, events.router):  # fmt: skip
+                   benchmarks.router, events.router, searches.router):  # fmt: skip
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(metrics.router)
     dashboard.install(app)

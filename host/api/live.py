@@ -5,7 +5,8 @@ The database is the source of truth, so the watcher reads what changed there (ro
 then streams the same events, whichever replica received the MQTT message or made the change.
 
 Event types: ``device`` (online/offline, birth), ``telemetry``, ``campaign`` (status and progress
-of a campaign and its job), ``deployment`` (a rollout's status and each device's state).
+of a campaign and its job), ``deployment`` (a rollout's status and each device's state),
+``search`` (a search's status, and per device its trials by decision and its board measurements).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from host.search.store import SearchMeasurementRow, SearchRow, SearchTrialRow
 from host.store import Store
 from host.store.campaigns import CampaignJobRow, CampaignRow
 from host.store.deployments import RolloutRow, RolloutTargetRow
@@ -30,7 +32,7 @@ from host.store.service import ServiceJobRow
 
 logger = logging.getLogger(__name__)
 
-EVENT_TYPES = ("device", "telemetry", "campaign", "deployment")
+EVENT_TYPES = ("device", "telemetry", "campaign", "deployment", "search")
 HISTORY = 1000
 
 
@@ -173,6 +175,7 @@ class ChangeWatcher:
                         "service_job": job.state if job else None,
                         "progress": job.progress if job else {},
                     })  # fmt: skip
+            self._poll_searches(session, since)
             rollouts = {
                 row.rollout_id: row
                 for row in session.scalars(select(RolloutRow).where(RolloutRow.updated >= since))
@@ -195,3 +198,34 @@ class ChangeWatcher:
                         "current_wave": rollout.current_wave, "waves": len(rollout.waves),
                         "devices": devices_doc,
                     })  # fmt: skip
+
+    def _poll_searches(self, session: Any, since: float) -> None:
+        searches = {
+            row.search_id: row
+            for row in session.scalars(select(SearchRow).where(SearchRow.updated >= since))
+        }
+        for table, stamp in (
+            (SearchTrialRow, SearchTrialRow.created),
+            (SearchMeasurementRow, SearchMeasurementRow.updated),
+        ):
+            for row in session.scalars(select(table).where(stamp >= since)):
+                searches.setdefault(row.search_id, session.get(SearchRow, row.search_id))
+        for search_id, search in searches.items():
+            if search is None:
+                continue
+            devices: dict[str, dict[str, Any]] = {}
+            for trial in session.scalars(
+                select(SearchTrialRow).where(SearchTrialRow.search_id == search_id)
+            ):
+                decisions = devices.setdefault(trial.device_id, {"decisions": {}, "measured": 0})
+                counts = decisions["decisions"]
+                counts[trial.decision] = counts.get(trial.decision, 0) + 1
+            for m in session.scalars(
+                select(SearchMeasurementRow).where(SearchMeasurementRow.search_id == search_id)
+            ):
+                devices.setdefault(m.device_id, {"decisions": {}, "measured": 0})["measured"] += 1
+            marker = (search.status, search.updated, json.dumps(devices, sort_keys=True))
+            if self._changed(("search", search_id), marker):
+                self.bus.publish("search", {
+                    "search_id": search_id, "status": search.status, "devices": devices,
+                })  # fmt: skip

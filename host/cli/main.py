@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "host.cli.security_cmds",  # certs, keys
     "host.cli.deploy_cmds",  # deploy, rollback
     "host.cli.service_cmds",  # serve
+    "host.cli.search_cmds",  # search, predict
 )
 
 

@@ -471,7 +471,10 @@ def _compress(
     for index, fmt in enumerate(formats):
         ctx.report(f"export {fmt} {ctx.precision}", index / len(formats))
         cfg = ExportConfig(
-            format=fmt, precision=ctx.precision, calibration_samples=ctx.calibration_samples
+            format=fmt,
+            precision=ctx.precision,
+            calibration_samples=ctx.calibration_samples,
+            float_layers=ctx.float_layers,
         )
         artifact = export(
             candidate,

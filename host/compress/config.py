@@ -130,6 +130,9 @@ class ChannelPrune(TechniqueConfig):
     # Transformers: also prune the residual (hidden) width -- embeddings, LayerNorms, patch
     # projection -- not only heads and FFN channels. Needs an output head that keeps its width.
     hidden: bool = False
+    # Per-layer ratios, (module name, ratio) pairs: each named module (and the layers inside it)
+    # loses that fraction of its channels instead of ``ratio``; 0 leaves it whole.
+    layer_ratios: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         _check_fraction(
@@ -142,6 +145,20 @@ class ChannelPrune(TechniqueConfig):
         )
         if self.round_to is not None and self.round_to < 1:
             raise ConfigError(f"{self.name}.round_to={self.round_to} must be a positive integer")
+        names = [name for name, _ in self.layer_ratios]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{self.name}.layer_ratios names a module twice: {names}")
+        for name, ratio in self.layer_ratios:
+            if not name:
+                raise ConfigError(f"{self.name}.layer_ratios has an empty module name")
+            _check_fraction(
+                self.name,
+                f"layer_ratios[{name}]",
+                ratio,
+                allow_zero=True,
+                allow_one=False,
+                hint="it is the fraction of that module's channels removed",
+            )
 
 
 # ---------------------------------------------------------------- quantization
@@ -172,6 +189,9 @@ class Int8Full(TechniqueConfig):
     )
     changes_weights: ClassVar[bool] = False
     calibration_samples: int = 256
+    # Mixed precision: modules (by name, with the layers inside them) left in float; the rest is
+    # int8. Empty: every op the quantizer knows is int8.
+    float_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.calibration_samples < 1:
@@ -179,6 +199,8 @@ class Int8Full(TechniqueConfig):
                 f"{self.name}.calibration_samples={self.calibration_samples} must be >= 1; "
                 "a few hundred representative samples are typical"
             )
+        if any(not name for name in self.float_layers):
+            raise ConfigError(f"{self.name}.float_layers has an empty module name")
 
 
 @technique

@@ -54,6 +54,8 @@ class CompressContext:
     teacher: ModelBundle
     precision: str = "fp32"
     calibration_samples: int = 256
+    # Mixed-precision int8: module names the exporter leaves in float.
+    float_layers: tuple[str, ...] = ()
     quantizer_state: Any = None
     # Set by unstructured pruning: later retraining keeps the zeroed weights at zero.
     sparse: bool = False

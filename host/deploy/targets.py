@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from host.errors import ConflictError, HostError, NotFoundError
+from shared.errors import ConfigError
 from shared.manifest import ArtifactManifest
 
 if TYPE_CHECKING:
@@ -44,16 +44,21 @@ class DeployTarget:
     threads: int | None = None
 
 
-def _latency_bound(constraints: Sequence[str]) -> float | None:
-    """The tightest ``latency_p90_ms<=X`` (or ``<``) bound among a campaign's constraints."""
+def _latency_bound(constraints: Sequence[str], device: str | None = None) -> float | None:
+    """The tightest ``latency_p90_ms<=X`` (or ``<``) bound among a campaign's constraints that
+    bind ``device`` (those without ``@device``, and its own)."""
+    from host.select import Constraint
+
     bounds = []
     for text in constraints:
-        match = re.match(r"^\s*latency_p90_ms\s*<=?\s*([0-9.eE+-]+)\s*$", text)
-        if match:
-            try:
-                bounds.append(float(match.group(1)))
-            except ValueError:
-                continue
+        try:
+            constraint = Constraint.parse(text)
+        except ConfigError:
+            continue
+        if constraint.name != "latency_p90_ms" or constraint.op not in ("<=", "<"):
+            continue
+        if device is None or constraint.applies_to(device):
+            bounds.append(constraint.bound)
     return min(bounds) if bounds else None
 
 
@@ -72,7 +77,6 @@ def targets_from_selection(
     The latency budget is ``latency_budget_ms`` when given, else the campaign's p90 constraint.
     """
     by_id = {str(c.get("id") or c.get("candidate_id")): c for c in candidates}
-    budget = latency_budget_ms if latency_budget_ms is not None else _latency_bound(constraints)
     wanted = list(devices) if devices else sorted(selection)
     targets = []
     for device in wanted:
@@ -82,6 +86,11 @@ def targets_from_selection(
                 f"device {device!r} has no selection in this campaign; selected devices: "
                 f"{', '.join(sorted(selection)) or 'none'}"
             )
+        budget = (
+            latency_budget_ms
+            if latency_budget_ms is not None
+            else _latency_bound(constraints, device)
+        )
         candidate_id = choice.get("candidate")
         if not candidate_id:
             raise DeployConflictError(

@@ -63,6 +63,8 @@ class ExportConfig:
     precision: ExportPrecision = "fp32"
     calibration_samples: int = 256
     dynamic_scheme: Literal["dynamic", "weight_only"] = "dynamic"
+    # Full int8 with these modules (by name, with the layers inside them) left in float.
+    float_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -80,6 +82,11 @@ class ExportConfig:
         if self.calibration_samples < 1:
             raise ExportError(
                 f"calibration_samples must be at least 1, got {self.calibration_samples}"
+            )
+        if self.float_layers and self.precision != "int8":
+            raise ExportError(
+                f"float_layers keeps modules float in a full int8 export; precision "
+                f"{self.precision!r} has no int8 layers to leave out"
             )
 
 

@@ -28,6 +28,11 @@ class OnnxExporter(Exporter):
 
     def write(self, request: ExportRequest, path: Path) -> None:
         precision = request.config.precision
+        if request.config.float_layers:
+            raise ExportError(
+                "mixed-precision int8 (float_layers) is written to TFLite only; export this "
+                "recipe as tflite, or drop float_layers for ONNX"
+            )
         if precision == "fp32":
             _export_float(request, path)
             return

@@ -130,7 +130,7 @@ def _private_dequantize(graph_module: Any) -> int:
     return copies
 
 
-def pt2e_quantizer(config: Any, qat: bool = False) -> Any:
+def pt2e_quantizer(config: Any, qat: bool = False, float_modules: tuple[str, ...] = ()) -> Any:
     """litert-torch's PT2E quantizer set to ``config``, with two repairs for torch 2.13's export.
 
     Its ``add`` annotator looks residual adds up by source function, and torch 2.13's export names
@@ -139,23 +139,52 @@ def pt2e_quantizer(config: Any, qat: bool = False) -> Any:
     adds left unannotated get the same annotation here. With ``qat``, its QAT-only
     conv+bn patterns are dropped: they are traced with torch.export from plain functions, which
     torch 2.13 refuses; batch norms are folded into their convolutions in the captured graph
-    instead (see host.compress.handlers.quantization.prepare_qat).
+    instead (see host.compress.handlers.quantization.prepare_qat). ``float_modules``: module
+    names whose ops stay float (mixed precision); a node belongs to a module when the module is
+    on its ``nn_module_stack``.
     """
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
+
+    def quantized(node: Any) -> bool:
+        return not (float_modules and in_modules(node, float_modules))
 
     class Quantizer(PT2EQuantizer):
         STATIC_QAT_ONLY_OPS: ClassVar[list[str]] = [] if qat else PT2EQuantizer.STATIC_QAT_ONLY_OPS
 
         def annotate(self, model: Any) -> Any:
-            model = super().annotate(model)
+            if float_modules and self.global_config is not None:
+                if self.global_config.is_dynamic:
+                    raise ExportError("float_modules applies to static int8 only")
+                from litert_torch.quantize.pt2e_quantizer_utils import propagate_annotation
+
+                self._annotate_all_static_patterns(model, self.global_config, quantized)
+                propagate_annotation(model)
+            else:
+                model = super().annotate(model)
             if self.global_config is not None and not self.global_config.is_dynamic:
-                _annotate_float_adds(model, self.global_config)
+                _annotate_float_adds(model, self.global_config, quantized)
             return model
 
     return Quantizer().set_global(config)
 
 
-def _annotate_float_adds(graph_module: Any, config: Any) -> int:
+def module_path(key_and_value: tuple[str, Any]) -> str:
+    """A module's dotted name from one ``nn_module_stack`` entry (``L['self'].a.b`` or ``a.b``)."""
+    key, value = key_and_value
+    path = value[0] if isinstance(value, tuple) and value and isinstance(value[0], str) else key
+    for prefix in ("L['self'].", "L['self']", "self."):
+        path = path.removeprefix(prefix)
+    return path.replace("._modules['", ".").replace("']", "")
+
+
+def in_modules(node: Any, names: tuple[str, ...]) -> bool:
+    """Whether an exported graph's node was traced inside one of the named modules."""
+    stack = getattr(node, "meta", {}).get("nn_module_stack") or {}
+    paths = [module_path(item) for item in stack.items()]
+    return any(p == name or p.startswith(name + ".") for p in paths for name in names)
+
+
+def _annotate_float_adds(graph_module: Any, config: Any, wanted: Any = None) -> int:
     """Annotate, as litert-torch's ``add`` annotator would, every unannotated add of two float
     tensors of one shape that are both outputs the quantizer already quantizes (through an
     eval-mode dropout, which passes its input on): a residual add between quantized layers.
@@ -196,6 +225,8 @@ def _annotate_float_adds(graph_module: Any, config: Any) -> int:
         ):
             continue
         if "quantization_annotation" in node.meta:
+            continue
+        if wanted is not None and not wanted(node):
             continue
         inputs = node.args[:2]
         shape = float_shape(node)
@@ -291,7 +322,7 @@ def _prepare_static(request: ExportRequest) -> tuple[Any, Any]:
 
     if request.calibration is None:
         raise ExportError("full int8 export needs calibration data")
-    quantizer = pt2e_quantizer(static_int8_config())
+    quantizer = pt2e_quantizer(static_int8_config(), float_modules=request.config.float_layers)
 
     def prepared(batched: bool) -> tuple[Any, bool]:
         try:

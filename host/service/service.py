@@ -26,6 +26,7 @@ from host.api.live import ChangeWatcher, EventBus
 from host.artifacts import UploadLimits
 from host.campaign.references import ReferencePolicy
 from host.deploy.driver import DeploymentDriver, default_owner
+from host.search.jobs import SearchWorkers
 from host.security import Scope
 from host.service.campaigns import CampaignJobs
 from host.store import Store
@@ -113,6 +114,7 @@ class Service:
         self.campaigns = CampaignJobs(
             self.store, self.fleet, self.owner, policy=ReferencePolicy.for_api(config.allow_modules)
         )
+        self.searches = SearchWorkers(self.store, self.fleet, self.owner, self.home / "searches")
         self.watcher = ChangeWatcher(self.store, self.bus)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -152,6 +154,7 @@ class Service:
         for name, target in (
             ("deploy-driver", self._drive_forever),
             ("campaign-jobs", self.campaigns.run_forever),
+            ("search-workers", self.searches.run_forever),
             ("event-watcher", self.watcher.run_forever),
         ):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -169,6 +172,7 @@ class Service:
     def stop(self) -> None:
         self._stop.set()
         self.campaigns.stop()
+        self.searches.stop()
         self.watcher.stop()
         for thread in self._threads:
             if thread.name != "campaign-jobs":

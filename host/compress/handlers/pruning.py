@@ -380,6 +380,7 @@ def structured_prune(
         for name, p in model.named_parameters(recurse=True)
         if not any(name.endswith(s) for s in (".weight", ".bias")) and p.dim() > 1
     ]
+    per_layer = _layer_ratios(model, cfg)
     try:
         with _traced_as_one_op(model):
             pruner = tp.pruner.BasePruner(
@@ -387,6 +388,7 @@ def structured_prune(
                 inputs if len(inputs) > 1 else inputs[0],
                 importance=_importance(cfg.importance),
                 pruning_ratio=cfg.ratio,
+                pruning_ratio_dict=per_layer or None,
                 global_pruning=cfg.global_pruning,
                 ignored_layers=ignored_layers,
                 round_to=cfg.round_to,
@@ -418,6 +420,20 @@ def structured_prune(
             "its output is not produced by a Linear/Conv head torch-pruning can leave alone"
         )
     return PruneOutcome(model, heads, hidden_units)
+
+
+def _layer_ratios(model: nn.Module, cfg: ChannelPrune) -> dict[nn.Module, float]:
+    """``cfg.layer_ratios`` as torch-pruning's module -> ratio map; an unknown name is an error."""
+    modules = dict(model.named_modules())
+    ratios: dict[nn.Module, float] = {}
+    for name, ratio in cfg.layer_ratios:
+        if name not in modules:
+            raise CompressionError(
+                f"prune_channels.layer_ratios names {name!r}, which the model does not have; "
+                f"its top-level modules are: {', '.join(n for n, _ in model.named_children())}"
+            )
+        ratios[modules[name]] = float(ratio)
+    return ratios
 
 
 def channel_prune(

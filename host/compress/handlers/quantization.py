@@ -60,6 +60,15 @@ def apply_int8(bundle: ModelBundle, cfg: Int8Full, ctx: CompressContext) -> Mode
         "export as full-integer int8 (per-channel weights), calibrated on %d samples",
         cfg.calibration_samples,
     )
+    if cfg.float_layers:
+        modules = dict(bundle.module.named_modules())
+        unknown = [name for name in cfg.float_layers if name not in modules]
+        if unknown:
+            raise CompressionError(
+                f"int8.float_layers names {', '.join(unknown)}, which {bundle.name} does not have"
+            )
+        ctx.float_layers = tuple(cfg.float_layers)
+        ctx.note("mixed precision: %s stay float", ", ".join(cfg.float_layers))
     return bundle
 
 

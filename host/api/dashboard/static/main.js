@@ -6,6 +6,7 @@ import { campaignListView, campaignView } from "./campaigns.js";
 import { deploymentsView } from "./deployments.js";
 import { debounce, h } from "./dom.js";
 import { fleetView } from "./fleet.js";
+import { searchListView, searchView } from "./searches.js";
 
 const SAMPLES = 60; // telemetry points per device in a sparkline
 
@@ -181,6 +182,10 @@ function route() {
     current = campaignView(root, app, decodeURIComponent(rest.join("/")));
   } else if (page === "campaigns") {
     current = campaignListView(root, app);
+  } else if (page === "searches" && rest.length) {
+    current = searchView(root, app, decodeURIComponent(rest.join("/")));
+  } else if (page === "searches") {
+    current = searchListView(root, app);
   } else if (page === "deployments") {
     current = deploymentsView(root, app);
   } else {
