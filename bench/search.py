@@ -292,11 +292,13 @@ def _compare(
 
 def predictor_errors(store: Any, archs: list[dict[str, Any]], seed: int) -> dict[str, Any]:
     """(a) K-fold held-out over every result; (b) leave-one-architecture-out on the campaigns."""
+    from host.commands.repository import CommandStore
     from host.search.predictor.data import FeatureCache, board_class_of, training_rows
     from host.search.predictor.features import graph_features
     from host.search.predictor.model import Predictor, _quantile
     from host.search.store import SearchStore
     from host.store.campaigns import CampaignStore
+    from shared.results import BenchmarkResult
 
     sstore = SearchStore(store)
     everything = Predictor(seed).fit(training_rows(store, sstore))
@@ -307,8 +309,12 @@ def predictor_errors(store: Any, archs: list[dict[str, Any]], seed: int) -> dict
     for arch in archs:
         blind = Predictor(seed).fit(training_rows(store, sstore, set(arch["artifacts"])))
         errors: dict[str, list[float]] = {}
-        for job in cstore.jobs(arch["campaign_id"]):
-            if job.status != "ok" or not job.row:
+        jobs = [j for j in cstore.jobs(arch["campaign_id"]) if j.status == "ok" and j.fleet_job_id]
+        commands = CommandStore(store).many(j.fleet_job_id or "" for j in jobs)
+        for job in jobs:
+            stored = commands.get(job.fleet_job_id or "")
+            result = stored.result_as(BenchmarkResult) if stored is not None else None
+            if result is None:
                 continue
             cand = next(
                 c
@@ -319,8 +325,8 @@ def predictor_errors(store: Any, archs: list[dict[str, Any]], seed: int) -> dict
             graph = cache.get(cand.sha256 or "", cand.path) or graph_features(cand.path or "")
             from host.search.predictor.data import predict_file
 
-            prediction = predict_file(blind, graph, board, job.row.get("threads"), "tflite")
-            actual = (job.row.get("latency_ms") or {}).get("p90")
+            prediction = predict_file(blind, graph, board, result.threads, "tflite")
+            actual = result.latency_ms.p90
             if not prediction.known or not actual:
                 continue
             error = abs(prediction.latency_p90_ms - actual) / actual

@@ -93,6 +93,10 @@ _NUMBER = r"[-+]?(?:[0-9]{1,15}(?:\.[0-9]{0,15})?|\.[0-9]{1,15})(?:[eE][-+]?[0-9
 CONSTRAINT_PATTERN = (
     rf"^ *(?:{'|'.join(sorted(FIGURES, key=len, reverse=True))}) *(?:<=|>=|==|<|>) *{_NUMBER} *$"
 )
+# The same with an optional ``@DEVICE``: the constraint binds that device only (a search's).
+DEVICE_CONSTRAINT_PATTERN = (
+    CONSTRAINT_PATTERN.removesuffix(" *$") + rf" *(?:@ *{DEVICE_ID_PATTERN[1:-1]})? *$"
+)
 Task = Literal["classification", "embedding", "regression"]
 Format = Literal["tflite", "onnx"]
 
@@ -104,18 +108,29 @@ def _objective(name: str) -> str:
         raise ValueError(str(exc)) from None
 
 
-def _constraint(text: str) -> str:
-    # The pattern first, so that what the schema says is what is accepted (1e999 parses, to inf).
+def _constraint_as(text: str, pattern: str, form: str) -> str:
+    # The pattern too, so that what the schema says is what is accepted (1e999 parses, to inf).
     try:
         Constraint.parse(text)
-        if not re.fullmatch(CONSTRAINT_PATTERN, text):
+        if not re.fullmatch(pattern, text):
             raise ConfigError(
-                f"constraint {text!r}: write NAME OP NUMBER, e.g. latency_p90_ms<=20 (a number "
-                "of at most 15 digits either side of the point and a 2-digit exponent)"
+                f"constraint {text!r}: write {form} (a number of at most 15 digits either side "
+                "of the point and a 2-digit exponent)"
             )
     except ConfigError as exc:
         raise ValueError(str(exc)) from None
     return text
+
+
+def _constraint(text: str) -> str:
+    return _constraint_as(text, CONSTRAINT_PATTERN, "NAME OP NUMBER, e.g. latency_p90_ms<=20")
+
+
+def _device_constraint(text: str) -> str:
+    return _constraint_as(
+        text, DEVICE_CONSTRAINT_PATTERN,
+        "NAME OP NUMBER[@DEVICE], e.g. latency_p90_ms<=20 or latency_p90_ms<=5@pi-01",
+    )  # fmt: skip
 
 
 def _device_id(text: str) -> str:
@@ -126,7 +141,7 @@ def _device_id(text: str) -> str:
     return text
 
 
-def _no_duplicates(items: tuple[Any, ...]) -> tuple[Any, ...]:
+def no_duplicates(items: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(dict.fromkeys(items))
 
 
@@ -139,6 +154,12 @@ ConstraintText = Annotated[
     str,
     AfterValidator(_constraint),
     WithJsonSchema({"type": "string", "pattern": CONSTRAINT_PATTERN, "maxLength": 128}),
+]
+DeviceConstraintText = Annotated[
+    str,
+    Field(max_length=200),
+    AfterValidator(_device_constraint),
+    WithJsonSchema({"type": "string", "pattern": DEVICE_CONSTRAINT_PATTERN, "maxLength": 200}),
 ]
 DeviceId = Annotated[
     str,
@@ -201,7 +222,7 @@ class CampaignSpec(BaseModel):
         description="FIGURE OP NUMBER, e.g. latency_p90_ms<=20 or accuracy_drop<=0.02",
     )  # fmt: skip
     objective: ObjectiveName = Field("max_metric", description="which feasible candidate wins")
-    formats: Annotated[tuple[Format, ...], AfterValidator(_no_duplicates)] = Field(
+    formats: Annotated[tuple[Format, ...], AfterValidator(no_duplicates)] = Field(
         ("tflite",), min_length=1, max_length=2
     )
     pretrain_epochs: int = Field(
@@ -218,7 +239,7 @@ class CampaignSpec(BaseModel):
     min_s: float = Field(1.0, ge=0, le=3600, description="at least this many seconds of timed runs")
     warmup_s: float = Field(0.5, ge=0, le=600)
     threads: Annotated[
-        tuple[Annotated[int, Field(ge=1, le=256)], ...], AfterValidator(_no_duplicates)
+        tuple[Annotated[int, Field(ge=1, le=256)], ...], AfterValidator(no_duplicates)
     ] = Field(
         (), max_length=16,
         description="thread counts to sweep: each (candidate, threads) is measured and selected as "
@@ -309,56 +330,72 @@ class CampaignSpec(BaseModel):
         the devices this host has seen; None skips that check), ConfigError for the rest. Module
         code named by the spec is imported (not run) to find its factories.
         """
-        from host.models import check_model_spec, resolve_factory
-
         refs = self.references()
-        for ref in refs:
-            policy.check(ref)
-        for ref in refs:
-            if ref.field == "model":
-                if ref.reach is Reach.ARTIFACT:
-                    raise ConfigError(
-                        "a campaign's model is PyTorch code: builtin:NAME or pkg.mod:factory, not "
-                        "an uploaded artifact"
-                    )
-                check_model_spec(ref.text)
-            elif ref.field == "data":
-                self._check_data(ref, store, resolve_factory)
-            elif ref.field == "metric":
-                from host.metrics import load_metric
-
-                load_metric(ref.text)
-            elif ref.field == "weights" and not Path(ref.text).is_file():
-                raise ConfigError(f"--weights {ref.text}: no such file")
+        check_references(refs, policy, store, what="a campaign")
         recipes = resolve_space(self.space, policy)
         if known_devices is not None and not self.all_devices:
-            unknown = [d for d in self.devices if d not in known_devices]
-            if unknown:
-                known = ", ".join(sorted(known_devices)[:20]) or "none yet"
-                raise UnknownDeviceError(
-                    f"device(s) {', '.join(unknown)} never seen by this host (known: {known}); "
-                    "start their agents first, or leave them out"
-                )
+            check_known_devices(self.devices, known_devices)
         return recipes
 
-    @staticmethod
-    def _check_data(ref: Reference, store: Store | None, resolve_factory: Any) -> None:
-        if ref.reach is Reach.BUILTIN:
-            if ref.text != "builtin:digits":  # host.data's only builtin
-                raise NotFoundError(
-                    f"unknown builtin data set {ref.text[:80]!r}; known: builtin:digits"
+
+def check_references(
+    refs: list[Reference], policy: ReferencePolicy, store: Store | None, *, what: str
+) -> None:
+    """Each model, data, metric and weights reference: allowed to the caller (NotAllowedError),
+    found (NotFoundError: an unknown builtin or artifact), readable (ConfigError); checked before
+    any model or data loads. Module code is imported (not run) to find its factories."""
+    from host.models import check_model_spec
+
+    for ref in refs:
+        policy.check(ref)
+    for ref in refs:
+        if ref.field == "model":
+            if ref.reach is Reach.ARTIFACT:
+                raise ConfigError(
+                    f"{what}'s model is PyTorch code: builtin:NAME or pkg.mod:factory, not an "
+                    "uploaded artifact"
                 )
-        elif ref.reach is Reach.ARTIFACT:
-            if store is None:
-                raise ConfigError(f"data {ref.text[:80]!r} names an uploaded artifact: give --db")
-            stored_npz(store, ref.text)
-        elif ref.reach is Reach.MODULE:
-            resolve_factory(ref.text, what="data")
-        elif not Path(ref.text).exists():
-            raise ConfigError(
-                f"data {ref.text!r} is neither builtin:digits, an existing .npz file, an image "
-                "folder nor module:factory"
+            check_model_spec(ref.text)
+        elif ref.field == "data":
+            _check_data(ref, store)
+        elif ref.field == "metric":
+            from host.metrics import load_metric
+
+            load_metric(ref.text)
+        elif ref.field == "weights" and not Path(ref.text).is_file():
+            raise ConfigError(f"--weights {ref.text}: no such file")
+
+
+def check_known_devices(devices: Collection[str], known_devices: Collection[str]) -> None:
+    """UnknownDeviceError (a NotFoundError) naming the devices this host has never seen."""
+    unknown = [d for d in dict.fromkeys(devices) if d not in known_devices]
+    if unknown:
+        known = ", ".join(sorted(known_devices)[:20]) or "none yet"
+        raise UnknownDeviceError(
+            f"device(s) {', '.join(unknown)} never seen by this host (known: {known}); "
+            "start their agents first, or leave them out"
+        )
+
+
+def _check_data(ref: Reference, store: Store | None) -> None:
+    from host.models import resolve_factory
+
+    if ref.reach is Reach.BUILTIN:
+        if ref.text != "builtin:digits":  # host.data's only builtin
+            raise NotFoundError(
+                f"unknown builtin data set {ref.text[:80]!r}; known: builtin:digits"
             )
+    elif ref.reach is Reach.ARTIFACT:
+        if store is None:
+            raise ConfigError(f"data {ref.text[:80]!r} names an uploaded artifact: give --db")
+        stored_npz(store, ref.text)
+    elif ref.reach is Reach.MODULE:
+        resolve_factory(ref.text, what="data")
+    elif not Path(ref.text).exists():
+        raise ConfigError(
+            f"data {ref.text!r} is neither builtin:digits, an existing .npz file, an image "
+            "folder nor module:factory"
+        )
 
 
 class CampaignRequest(CampaignSpec):

@@ -14,10 +14,12 @@ from fastapi.testclient import TestClient
 from host.api import ApiContext, create_app
 from host.api.live import ChangeWatcher
 from host.search.store import SearchStore, TrialInfo
+from host.security import Scope
 from host.store import Store
 from host.store.service import ServiceStore
 
 LOCAL = ("127.0.0.1", 50000)
+BASE = "http://127.0.0.1"  # a Host the service answers to by default
 BODY = {
     "model": "builtin:mlp",
     "data": "builtin:digits",
@@ -32,6 +34,8 @@ BODY = {
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     with Store(f"sqlite:///{tmp_path / 'host.db'}") as opened:
+        for device in ("pi-01", "pi-02", "pi-03"):
+            opened.upsert_device(device, online=True)
         yield opened
 
 
@@ -41,18 +45,31 @@ def ctx(store: Store, tmp_path: Path) -> ApiContext:
 
 
 @pytest.fixture
-def client(ctx: ApiContext) -> Iterator[TestClient]:
-    with TestClient(create_app(ctx), client=LOCAL) as opened:
-        yield opened
+def token(store: Store) -> str:
+    """An admin token, as `edgetailor serve` makes on its first start."""
+    return ServiceStore(store).new_token()
 
 
-def _auth(store: Store) -> dict[str, str]:
-    return {"Authorization": f"Bearer {ServiceStore(store).new_token()}"}
+@pytest.fixture
+def local(ctx: ApiContext) -> Iterator[TestClient]:
+    """A client on this machine that sends no token unless a request brings one."""
+    with TestClient(create_app(ctx), client=LOCAL, base_url=BASE) as client:
+        yield client
 
 
-def test_a_search_is_queued_for_the_service_and_read_back(client: TestClient, store: Store) -> None:
-    assert client.post("/api/v1/searches", json=BODY).status_code == 401
-    created = client.post("/api/v1/searches", json=BODY, headers=_auth(store))
+@pytest.fixture
+def api(ctx: ApiContext, token: str) -> Iterator[TestClient]:
+    """A client on this machine that sends the admin token with every request."""
+    with TestClient(create_app(ctx), client=LOCAL, base_url=BASE, headers=auth(token)) as client:
+        yield client
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_a_search_is_queued_for_the_service_and_read_back(api: TestClient, store: Store) -> None:
+    created = api.post("/api/v1/searches", json=BODY)
     assert created.status_code == 202, created.text
     assert created.json()["search_id"] == "s-api" and created.json()["status"] == "created"
     stored = SearchStore(store).get_search("s-api")
@@ -65,36 +82,71 @@ def test_a_search_is_queued_for_the_service_and_read_back(client: TestClient, st
         prediction=prediction, decision="skipped", reason="predicted infeasible", worker="w",
         created=time.time(),
     ))  # fmt: skip
-    listed = client.get("/api/v1/searches").json()
+    listed = api.get("/api/v1/searches").json()
     assert [s["search_id"] for s in listed] == ["s-api"] and listed[0]["trials"] == 1
-    doc = client.get("/api/v1/searches/s-api").json()
+    doc = api.get("/api/v1/searches/s-api").json()
     trial = doc["devices"]["pi-01"]["trials"][0]
     assert trial["decision"] == "skipped" and trial["prediction"]["latency_p90_ms"] == 2.0
     assert doc["devices"]["pi-02"]["trials"] == []
     assert doc["devices"]["pi-01"]["selection"]["chosen"] is None  # nothing measured: no choice
 
 
-def test_a_bad_search_is_refused_and_stores_nothing(client: TestClient, store: Store) -> None:
-    headers = _auth(store)
-    bad = client.post(
-        "/api/v1/searches",
-        json={**BODY, "constraints": ["latency_p90_ms<=5@pi-09"]},
-        headers=headers,
-    )
-    assert bad.status_code == 400 and "pi-09" in bad.json()["error"]["message"]
-    assert (
-        client.post("/api/v1/searches", json={**BODY, "budget": 0}, headers=headers).status_code
-        == 422
-    )
-    assert (
-        client.post("/api/v1/searches", json={**BODY, "surprise": 1}, headers=headers).status_code
-        == 422
-    )
+def test_the_search_routes_ask_for_a_token_of_the_right_scope_and_an_allowed_host(
+    local: TestClient, ctx: ApiContext, store: Store
+) -> None:
+    assert local.post("/api/v1/searches", json=BODY).status_code == 401
+    assert local.get("/api/v1/searches").status_code == 401
+    assert local.get("/api/v1/searches/s-api").status_code == 401
+    reader = auth(ServiceStore(store).new_token(Scope.READ))
+    refused = local.post("/api/v1/searches", json=BODY, headers=reader)
+    assert refused.status_code == 403, refused.text
+    assert local.get("/api/v1/searches", headers=reader).json() == []
+    operator = auth(ServiceStore(store).new_token(Scope.OPERATE))
+    with TestClient(create_app(ctx), client=LOCAL) as elsewhere:  # Host: testserver
+        stray = elsewhere.post("/api/v1/searches", json=BODY, headers=operator)
+        assert stray.status_code == 400, stray.text
     assert SearchStore(store).list_searches() == []
-    assert client.post("/api/v1/searches", json=BODY, headers=headers).status_code == 202
-    clash = client.post("/api/v1/searches", json={**BODY, "budget": 5}, headers=headers)
+    assert local.post("/api/v1/searches", json=BODY, headers=operator).status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "named"),
+    [
+        ({"constraints": ["latency_p90_ms<=5@pi-03"]}, 422, "pi-03"),  # known, not searched
+        ({"constraints": ["latency_p90_ms<=5@pi-09"]}, 404, "pi-09"),  # never seen
+        ({"devices": ["pi-01", "pi-09"]}, 404, "pi-09"),
+        ({"devices": [""]}, 422, "devices"),
+        ({"constraints": ["latency_p90_ms<=1e999"]}, 422, "constraints"),
+        ({"precisions": ["int4"]}, 422, "precisions"),
+        ({"runtimes": ["tensorrt"]}, 422, "runtimes"),
+        ({"students": [1.5]}, 422, "students"),
+        ({"search_id": "../x"}, 422, "search_id"),
+        ({"objective": "fastest"}, 422, "objective"),
+        ({"budget": 0}, 422, "budget"),
+        ({"surprise": 1}, 422, "surprise"),
+        ({"model": "builtin:no_such_model"}, 404, "no_such_model"),
+        ({"data": "builtin:no_such_data"}, 404, "no_such_data"),
+        ({"model": "/etc/passwd"}, 403, "/etc/passwd"),
+    ],
+)
+def test_a_bad_search_is_refused_with_one_clear_message_and_stores_nothing(
+    api: TestClient, store: Store, change: dict[str, object], status: int, named: str
+) -> None:
+    bad = api.post("/api/v1/searches", json={**BODY, **change})
+    assert bad.status_code == status, bad.text
+    message = bad.json()["error"]["message"]
+    assert named in message and "\n" not in message
+    assert SearchStore(store).list_searches() == []
+
+
+def test_a_clashing_search_id_is_a_conflict_and_an_unknown_one_is_not_found(
+    api: TestClient,
+) -> None:
+    assert api.post("/api/v1/searches", json=BODY).status_code == 202
+    assert api.post("/api/v1/searches", json=BODY).status_code == 202  # same spec: joins it
+    clash = api.post("/api/v1/searches", json={**BODY, "budget": 5})
     assert clash.status_code == 409
-    missing = client.get("/api/v1/searches/nope")
+    missing = api.get("/api/v1/searches/nope")
     assert missing.status_code == 404 and "s-api" in missing.json()["error"]["message"]
 
 

@@ -3,46 +3,76 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from host.api.deps import CallerScope, Ctx, Reader, require
-from host.api.errors import AUTH_ERRORS, ERRORS, ApiError, not_found
+from host.api.errors import AUTH_ERRORS, ERRORS, ApiError, ErrorBody, not_found
 from host.campaign.references import Reach, ReferencePolicy, classify
+from host.campaign.spec import (
+    DeviceConstraintText,
+    DeviceId,
+    Format,
+    ObjectiveName,
+    ReferenceText,
+    Task,
+    no_duplicates,
+    check_known_devices,
+    check_references,
+)
+from host.search.space import PRECISION_CHOICES
 from host.security import Scope
 
 router = APIRouter(tags=["searches"])
 
+SEARCH_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$"
+Precision = Literal[PRECISION_CHOICES]  # type: ignore[valid-type]
+
 
 class SearchCreate(BaseModel):
-    """A search's spec (host.search.SearchSpec); ``search_id`` names it (same spec: joins it)."""
+    """A search's spec (host.search.SearchSpec); ``search_id`` names it (same spec: joins it).
 
-    model_config = {"extra": "forbid"}
+    Each field's schema is the check behind it, so what the schema admits is accepted; what it
+    cannot say is checked before anything is stored: what the spec names (403, 404), that its
+    devices are known (404) and that a constraint's ``@DEVICE`` is one of them (422)."""
 
-    model: str = Field(min_length=1, max_length=500)
-    data: str = Field(min_length=1, max_length=500)
-    devices: list[str] = Field(min_length=1, max_length=64)
-    constraints: list[str] = Field(default_factory=list, max_length=32)
-    objective: str = "min_latency"
-    budget: int = Field(8, ge=1, le=1000)
-    trials: int = Field(24, ge=1, le=10_000)
+    model_config = ConfigDict(extra="forbid")
+
+    model: ReferenceText = Field(examples=["builtin:digits_cnn"])
+    data: ReferenceText = Field(examples=["builtin:digits"])
+    devices: Annotated[tuple[DeviceId, ...], AfterValidator(no_duplicates)] = Field(
+        min_length=1, max_length=64
+    )
+    constraints: tuple[DeviceConstraintText, ...] = Field(
+        (), max_length=32, examples=[["accuracy_drop<=0.02", "latency_p90_ms<=5@pi-01"]],
+        description="FIGURE OP NUMBER, optionally @DEVICE (one of the search's devices)",
+    )  # fmt: skip
+    objective: ObjectiveName = "min_latency"
+    budget: int = Field(8, ge=1, le=1000, description="board measurements per device")
+    trials: int = Field(24, ge=1, le=10_000, description="trials built on the host per device")
     sampler: Literal["tpe", "nsga2"] = "tpe"
-    runtimes: list[str] = Field(default_factory=lambda: ["tflite"], max_length=4)
-    threads: list[int] = Field(default_factory=list, max_length=16)
-    precisions: list[str] = Field(
-        default_factory=lambda: ["fp32", "fp16", "int8_dynamic", "int8", "int8_mixed"], max_length=8
+    runtimes: Annotated[tuple[Format, ...], AfterValidator(no_duplicates)] = Field(
+        ("tflite",), min_length=1, max_length=2
+    )
+    threads: Annotated[
+        tuple[Annotated[int, Field(ge=1, le=256)], ...], AfterValidator(no_duplicates)
+    ] = Field((), max_length=16, description="empty: 1 to the board's cores (at most 4)")
+    precisions: Annotated[tuple[Precision, ...], AfterValidator(no_duplicates)] = Field(
+        PRECISION_CHOICES, min_length=1, max_length=len(PRECISION_CHOICES)
     )
     max_prune: float = Field(0.7, ge=0, lt=1)
     lowrank: bool = True
-    students: list[float] = Field(default_factory=list, max_length=4)
+    students: tuple[Annotated[float, Field(gt=0, lt=1)], ...] = Field(
+        (), max_length=4, description="distilled student widths to try, e.g. [0.5]"
+    )
     recovery_epochs: int = Field(2, ge=0, le=100)
     pretrain_epochs: int = Field(0, ge=0, le=1000)
     runs: int = Field(30, ge=1, le=100_000)
-    eval_samples: int | None = Field(1000, ge=1)
-    task: str | None = None
-    search_id: str | None = Field(None, max_length=48)
+    eval_samples: int | None = Field(1000, ge=1, le=1_000_000)
+    task: Task | None = None
+    search_id: str | None = Field(None, pattern=SEARCH_ID_PATTERN)
 
 
 class SearchSummary(BaseModel):
@@ -74,14 +104,23 @@ def _summary(ctx: Any, search_id: str) -> dict[str, Any]:
 
 
 @router.post("/searches", response_model=SearchSummary, status_code=202,
-             responses={**ERRORS, **AUTH_ERRORS, 409: ERRORS[400]})  # fmt: skip
+             responses={**ERRORS, **AUTH_ERRORS,
+                        403: {"model": ErrorBody, "description": "the token is not valid, its "
+                              "scope is too small, or the spec names what the service does not "
+                              "let API callers name (a path on the server, a module not allowed)"},
+                        404: {"model": ErrorBody, "description": "an unknown builtin, uploaded "
+                              "artifact or device"},
+                        409: {"model": ErrorBody, "description": "the search_id exists with "
+                              "another spec"}})  # fmt: skip
 def create_search(ctx: Ctx, body: SearchCreate, scope: CallerScope) -> dict[str, Any]:
     """Queue a search; every service replica joins it as a worker (their trials share one study
     per device, and no variant is measured twice). What it names follows the campaigns' rules:
     builtins and uploaded artifacts with an operate token, module code only under a prefix the
-    operator allowed and with an admin token, never a path on the server."""
+    operator allowed and with an admin token, never a path on the server. Everything is checked
+    before anything is stored; a refused request stores nothing."""
     from host.search import SearchSpec, check_search_id, new_search_id
     from host.search.store import SearchStore
+    from host.select import Constraint
 
     policy = ReferencePolicy.for_api(ctx.allowed_modules)
     references = [classify("model", body.model), classify("data", body.data)]
@@ -89,9 +128,18 @@ def create_search(ctx: Ctx, body: SearchCreate, scope: CallerScope) -> dict[str,
         policy.check(reference)
     if any(r.reach is Reach.MODULE for r in references):
         require(Scope.ADMIN, scope, "a search that names module code")
-    fields = body.model_dump(exclude={"search_id"})
-    # Validates devices, constraints, objective and the space (a ConfigError is a 400).
-    spec = SearchSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    check_references(references, policy, ctx.store, what="a search")
+    bound = {c: Constraint.parse(c).device for c in body.constraints}
+    known = {d.device_id for d in ctx.store.list_devices()}
+    check_known_devices([*body.devices, *(d for d in bound.values() if d)], known)
+    for text, device in bound.items():
+        if device is not None and device not in body.devices:
+            raise ApiError(
+                422, "invalid_request",
+                f"invalid request: body.constraints: {text!r} names device {device!r}, which is "
+                f"not one of the search's devices ({', '.join(body.devices)})",
+            )  # fmt: skip
+    spec = SearchSpec(**body.model_dump(exclude={"search_id"}))
     search_id = check_search_id(body.search_id or new_search_id())
     sstore = SearchStore(ctx.store)
     existing = sstore.get_search(search_id)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from host.campaign.quality import QualityError
 from host.errors import CompressionError, ConfigError, ExportError
 from host.search.driver.prepare import Builder, Built, prepare
 from host.search.measure import BoardMeter, MeasureError
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from host.search.sensitivity import GroupSensitivity
     from host.search.spec import SearchSpec
     from host.store import Store
+    from shared.results import BenchmarkResult
 
 logger = logging.getLogger(__name__)
 
@@ -448,12 +450,12 @@ class SearchLoop:
                 on_sent=lambda job_id: self.sstore.measurement_sent(self.search_id, device, plan.variant, self.worker, job_id),
             )  # fmt: skip
             row = self._judge(result, plan, built, device)
-        except (MeasureError, ConfigError) as exc:
+        except (MeasureError, QualityError, ConfigError) as exc:  # QualityError: not comparable
             error = str(exc)[:1000]
             self.sstore.measurement_done(
                 self.search_id, device, plan.variant, self.worker, row=None, error=error
             )
-            return None, DECISION_FAILED, f"the board could not measure it: {error}"
+            return None, DECISION_FAILED, f"not measured or not judged: {error}"
         finally:
             renew_stop.set()
         self.sstore.measurement_done(
@@ -463,8 +465,10 @@ class SearchLoop:
         adopted = " (the answer to the job a stopped worker sent)" if claim.adopt else ""
         return row, DECISION_MEASURED, f"measured{adopted}"
 
-    def _judge(self, result: Any, plan: Plan, built: Built, device: str) -> ResultRow:
-        from host.campaign.quality import judge_result
+    def _judge(self, result: BenchmarkResult, plan: Plan, built: Built, device: str) -> ResultRow:
+        """The selection's row of a measured variant: the agent's result as the host judges it
+        against the baseline (host.campaign.quality, the campaign's rules)."""
+        from host.campaign.quality import judge_result, result_row
         from host.store.campaigns import CandidateInfo
 
         cand = CandidateInfo(
@@ -473,9 +477,11 @@ class SearchLoop:
             precision=built.precision, status="ok", reason=None, sha256=built.sha256,
             path=built.path, size_bytes=built.size_bytes, host_metrics={}, created=time.time(),
         )  # fmt: skip
-        data = judge_result(result, cand, device, self.prepared, self.fleet)
-        data.update(threads=result.threads, runtime=result.backend)
-        return ResultRow.from_dict(data)
+        judgement = judge_result(result, cand, device, self.prepared, self.fleet)
+        return result_row(
+            result, judgement, candidate=plan.label, artifact=plan.label, device=device,
+            recipe=plan.recipe.name, format=built.format, precision=built.precision,
+        )  # fmt: skip
 
     # -- the end -------------------------------------------------------------------------------
     def _final_checks(self, state: DeviceState) -> None:
