@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -29,6 +29,7 @@ from host.search.store import (
     SearchStore,
 )
 from host.store import Store
+from shared.messages import BenchmarkCmd
 from shared.results import BenchmarkResult
 from tests.agents import AgentProcess
 from tests.e2e.conftest import cli_env
@@ -77,10 +78,9 @@ def _search(
 
 def _benchmark_jobs(store: Store) -> Counter[tuple[str | None, Any]]:
     """How many benchmark commands went to the board per (file, threads)."""
+    commands = CommandStore(store).list(device_id=DEVICE, kinds=("benchmark",))
     return Counter(
-        (job.model_sha256, job.params.get("threads"))
-        for job in store.list_jobs(DEVICE)
-        if job.kind == "benchmark"
+        (command.model_sha256, cast(BenchmarkCmd, command.body()).threads) for command in commands
     )
 
 

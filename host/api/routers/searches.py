@@ -18,9 +18,9 @@ from host.campaign.spec import (
     ObjectiveName,
     ReferenceText,
     Task,
-    no_duplicates,
     check_known_devices,
     check_references,
+    no_duplicates,
 )
 from host.search.space import PRECISION_CHOICES
 from host.security import Scope
