@@ -369,7 +369,7 @@ def run_demo(
 
     from host.broker import EmbeddedBroker
     from host.campaign import CampaignRunner, CampaignSpec, new_campaign_id, write_campaign_report
-    from host.cli.campaign_cmds import LiveProgress
+    from host.cli.progress import LiveProgress
     from host.fleet import Fleet
     from host.store import Store
     from host.store.campaigns import CampaignStore

@@ -18,7 +18,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Self, TextIO
+from typing import Annotated, Any, TextIO
 
 import typer
 from rich.console import Console
@@ -28,6 +28,7 @@ from host.cli.compress_cmds import EVAL_SAMPLES_HELP, METRIC_HELP, TASK_HELP, me
 from host.cli.connection import FLEET, Connection, JsonOpt, connection_options
 from host.cli.main import app
 from host.cli.output import library_chatter, wide_console
+from host.cli.progress import LiveProgress
 from shared.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -42,66 +43,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Live progress and tables (shared with the demo).
-
-
-class LiveProgress:
-    """Two rich progress bars on stderr: compression, then jobs across devices."""
-
-    def __init__(self, console: Console, transient: bool = False) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.console = console
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=transient,
-        )
-        self._compress: Any = None
-        self._jobs: Any = None
-
-    def __enter__(self) -> Self:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def __call__(self, event: Any) -> None:
-        data = event.data
-        if event.kind == "compress":
-            total = max(int(data.get("total", 1)), 1)
-            if self._compress is None:
-                self._compress = self.progress.add_task("compress", total=total)
-            done = data.get("index", 0) + min(float(data.get("fraction", 0.0)), 0.999)
-            if event.message == "candidates ready":
-                done = total
-            self.progress.update(
-                self._compress,
-                total=total,
-                completed=done,
-                description=f"compress {event.message[:60]}",
-            )
-        elif event.kind == "job" and "total" in data:
-            if self._jobs is None:
-                self._jobs = self.progress.add_task("measure", total=max(data["total"], 1))
-            self.progress.update(
-                self._jobs, completed=data["done"], description=f"measure {event.message[:60]}"
-            )
-        elif event.kind == "job":
-            if self._jobs is not None:
-                self.progress.update(self._jobs, description=f"measure {event.message[:60]}")
-        elif event.kind in ("stage", "candidate"):
-            self.console.log(event.message)
+# Tables (the demo prints them too, through _print_demo).
 
 
 def _interval_cell(interval: Any) -> str:
