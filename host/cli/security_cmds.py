@@ -167,7 +167,8 @@ def keys_init(
     ] = None,
     force: ForceOption = False,
 ) -> None:
-    """Create the manifest-signing key pair; give signing.pub to each agent as its trust key."""
+    """Create the host's signing key pair ahead of time (otherwise it is made on first use); give
+    signing.pub to each agent as its trust key to pin it explicitly."""
     keys = directory or default_keys_dir()
     pair = init_signing_key(keys, force=force)
     typer.echo(f"signing key (key id {pair.key_id}):")
