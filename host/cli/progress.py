@@ -67,4 +67,12 @@ class LiveProgress:
             if self._jobs is not None:
                 self.progress.update(self._jobs, description=f"measure {event.message[:60]}")
         elif event.kind in ("stage", "candidate"):
-            self.console.log(event.message)
+            self.say(event.message)
+
+    def say(self, message: str) -> None:
+        """One progress message: logged with its time on a terminal; in a pipe or a file, one
+        line as it is, never wrapped at the console's width nor split by a source column."""
+        if self.console.is_terminal:
+            self.console.log(message)
+        else:
+            self.console.print(message, soft_wrap=True, markup=False, highlight=False)
