@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, TextIO
 
+import msgspec
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -30,6 +31,7 @@ from host.cli.main import app
 from host.cli.output import library_chatter, wide_console
 from host.cli.progress import LiveProgress
 from shared.errors import ConfigError
+from shared.results import BenchmarkResult
 
 logger = logging.getLogger(__name__)
 
@@ -377,7 +379,6 @@ def fleet_status(store: Any, fleet: Any | None, last: int = 3) -> list[dict[str,
     from host.deploy.status import never_seen
     from host.store.campaigns import CampaignStore
     from host.store.deployments import DeploymentStore
-    from shared.results import BenchmarkResult
 
     dstore = DeploymentStore(store)
     commands = CommandStore(store)
@@ -489,8 +490,6 @@ def _print_desired(rows: list[dict[str, Any]], title: str) -> None:
 
 
 def _struct(obj: Any) -> dict[str, Any]:
-    import msgspec
-
     return msgspec.to_builtins(obj)
 
 

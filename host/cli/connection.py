@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from host.cli.client import ApiClient
 from shared.broker_url import TlsOptions
 from shared.topics import DEFAULT_BASE
 
 if TYPE_CHECKING:
-    from host.cli.client import ApiClient
     from host.fleet import Fleet
     from host.store import Store
 
@@ -109,7 +109,6 @@ class Connection:
 
     def client(self, timeout: float = 60.0) -> ApiClient:
         """The service's API (``--server``), with ``--token`` or ``$EDGETAILOR_TOKEN``."""
-        from host.cli.client import ApiClient
 
         if self.server is None:
             raise ValueError("no --server given")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +22,7 @@ from rich.table import Table
 
 from host.cli.connection import FLEET, Connection, JsonOpt, connection_options
 from host.cli.main import app
+from host.errors import UnknownDeviceError
 from shared.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -207,7 +209,6 @@ def deploy_cmd(
 
 def _check_seen(store: Any, fleet: Any, devices: list[str]) -> None:
     """Exit 2 (UnknownDeviceError) for a device neither the database nor the broker knows."""
-    from host.errors import UnknownDeviceError
 
     fleet.wait_synced()
     known = {d.device_id for d in store.list_devices()} | set(fleet.devices())
@@ -237,7 +238,6 @@ def rollback_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Restore the model a device ran before its last deploy."""
-    from dataclasses import asdict
 
     from host.deploy import Deployer
 

@@ -9,6 +9,7 @@ import typer
 
 from host.cli.connection import FLEET, Connection, connection_options
 from host.cli.main import app
+from host.security import edgetailor_home
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,6 @@ def serve_cmd(
     """Run the fleet side, deployments, campaign jobs and the REST API in one process."""
     from host.artifacts import UploadLimits
     from host.campaign.references import check_module_prefix
-    from host.security import edgetailor_home
     from host.service.service import Service, ServiceConfig
 
     level = getattr(logging, log_level.upper(), None)
