@@ -35,6 +35,8 @@ from host.compress import (
     SearchSpace,
 )
 from host.errors import ConfigError, HostError, NotFoundError, UnknownDeviceError
+from host.models import check_model_spec, resolve_factory
+from host.security import edgetailor_home
 from host.select import FIGURES, OBJECTIVES, Constraint, Objective
 from shared.topics import check_device_id
 
@@ -44,7 +46,6 @@ if TYPE_CHECKING:
 
 def default_work_root() -> Path:
     """Where campaign work dirs go: ``$EDGETAILOR_HOME/campaigns`` (default ~/.edgetailor)."""
-    from host.security import edgetailor_home
 
     return edgetailor_home() / "campaigns"
 
@@ -309,7 +310,6 @@ class CampaignSpec(BaseModel):
         the devices this host has seen; None skips that check), ConfigError for the rest. Module
         code named by the spec is imported (not run) to find its factories.
         """
-        from host.models import check_model_spec, resolve_factory
 
         refs = self.references()
         for ref in refs:
