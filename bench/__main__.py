@@ -4,7 +4,7 @@
 
 Quick mode (the default, ``make bench``) runs each benchmark's small settings in a few minutes and
 writes its JSON under ``bench/results/quick/``; ``--full`` (``make bench-full``) runs the settings
-the README's figures come from and writes ``bench/results/*.json``. Each benchmark runs in its own
+the figures of docs/benchmarks.md come from and writes ``bench/results/*.json``. Each benchmark runs in its own
 process, so one that fails is reported as failed and the others still run; the exit code is 1 when
 any benchmark failed, 0 otherwise (a missed goal is a measurement, not a failure).
 """
@@ -96,7 +96,9 @@ def tabulate(bench: Bench, out_dir: Path) -> tuple[list[GoalRow], float, str | N
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="the README's settings (long)")
+    parser.add_argument(
+        "--full", action="store_true", help="the settings docs/benchmarks.md quotes (long)"
+    )
     parser.add_argument(
         "--only", default="", help="comma list of: " + ",".join(b.name for b in BENCHES)
     )

@@ -25,7 +25,7 @@ real agent (a subprocess on a private Mosquitto, benchmarking through ``host.com
 measured; a recipe that fails says why.
 
 ``--quick`` (``make bench``): smaller configs of the same classes, a fifth of the epochs and five
-recipes, a few minutes in all. The full run makes the README table. ``--int8-only``: fp32, full
+recipes, a few minutes in all. The full run makes the table in docs/benchmarks.md. ``--int8-only``: fp32, full
 int8 and dynamic int8 of two conv nets at 128 px, with the ops of each file that keep a float
 input; the report names the CPU, since int8 speed-ups depend on its int8 dot-product instructions.
 """
@@ -126,7 +126,7 @@ ARCHS: tuple[Arch, ...] = (
     Arch("mlp_regressor", "tests.taskmodels:mlp_regressor", {}, "diabetes", 20, 3e-3),
 )
 
-# What each named recipe must reach (see the README): quantization within 1 point of fp32 (cosine
+# What each named recipe must reach (see docs/benchmarks.md): quantization within 1 point of fp32 (cosine
 # >= 0.99 for the encoder), pruning and low-rank with label-free recovery within 2 points (cosine
 # >= 0.97), distilled students at least 2x smaller than their teacher.
 QUANT_GOAL = ("fp16", "int8_dynamic", "int8", "qat")

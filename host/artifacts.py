@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -342,7 +343,6 @@ def _bounded_model_specs(
 
 def _worker_main(argv: list[str]) -> int:
     """``python -m host.artifacts FORMAT PATH LABEL MAX_ADDRESS_SPACE``: tensor specs as JSON."""
-    import resource
 
     fmt, path, label, memory = argv[0], Path(argv[1]), argv[2], int(argv[3])
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))

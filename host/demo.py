@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -32,7 +33,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
+from host.broker import EmbeddedBroker
+from host.campaign import CampaignRunner, CampaignSpec, new_campaign_id, write_campaign_report
+from host.cli.progress import LiveProgress
+from host.deploy import deploy_selection
 from host.errors import HostError
+from host.fleet import Fleet
+from host.service.service import Service, ServiceConfig
+from host.store import Store
+from host.store.campaigns import CampaignStore
+from host.store.service import ServiceStore
 
 logger = logging.getLogger(__name__)
 
@@ -219,8 +231,6 @@ def start_agent(profile: AgentProfile, broker_url: str, base_topic: str, root: P
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -230,8 +240,6 @@ DASHBOARD_PORT = 8000  # the service's own default, where it is free
 
 
 def _dashboard_port(requested: int | None) -> int:
-    import socket
-
     if requested:
         return requested
     with socket.socket() as sock:
@@ -255,9 +263,6 @@ def dashboard_service(
     devices its API lists, read back over HTTP as a browser would."""
     import httpx
     import uvicorn
-
-    from host.service.service import Service, ServiceConfig
-    from host.store.service import ServiceStore
 
     port = _dashboard_port(port)
     service = Service(
@@ -338,7 +343,6 @@ def _quiet_logs() -> Iterator[None]:
 
 def _deploy(outcome: dict[str, Any], fleet: Any, store: Any) -> dict[str, Any]:
     """Deploy each device's choice (host.deploy.deploy_selection)."""
-    from host.deploy import deploy_selection
 
     results = deploy_selection(outcome, fleet=fleet, store=store)
     lines = [f"deploy {device}: {info}" for device, info in sorted(dict(results).items())]
@@ -365,14 +369,6 @@ def run_demo(
 
     Once the dashboard is up, ``on_ready`` gets the summary (so the CLI prints it before it
     waits); with ``serve`` the service, agents and broker then run until Ctrl-C."""
-    from rich.console import Console
-
-    from host.broker import EmbeddedBroker
-    from host.campaign import CampaignRunner, CampaignSpec, new_campaign_id, write_campaign_report
-    from host.cli.campaign_cmds import LiveProgress
-    from host.fleet import Fleet
-    from host.store import Store
-    from host.store.campaigns import CampaignStore
 
     console = console or Console(stderr=True)
     out = Path(out_dir).resolve()

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from host.errors import ConfigError, DataError
+from host.models import resolve_factory
 from shared import scoring
 
 if TYPE_CHECKING:
@@ -118,7 +119,6 @@ class UserMetric:
 
 def load_metric(spec: str) -> UserMetric:
     """``pkg.mod:fn`` or ``path/file.py:fn`` -> the metric; a one-line ConfigError otherwise."""
-    from host.models import resolve_factory
 
     fn = resolve_factory(spec, what="metric")
     try:

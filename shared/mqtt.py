@@ -1,7 +1,9 @@
 """The one paho-mqtt client factory of host and agent: protocol, credentials, TLS, will, no Nagle.
 
-Both sides talk MQTT 3.1.1 with clean sessions (see DESIGN.md: durability comes from the host's
-re-sends and the agent's outbox, not from broker sessions). Callbacks stay the caller's business.
+Both sides talk MQTT 3.1.1 with clean sessions: durability comes from the host's re-sends and the
+agent's outbox, not from broker sessions, so a broker that forgets a session (a restart, a clustered
+broker moving a client) loses nothing, and the broker holds no per-device state. Callbacks stay the
+caller's business.
 """
 
 from __future__ import annotations

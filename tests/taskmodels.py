@@ -43,7 +43,7 @@ def _token_examples() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def encoder(task: str | None = None) -> tuple[nn.Module, tuple[torch.Tensor, ...], dict]:
-    """A sentence encoder that says its task (the README's way: the info dict)."""
+    """A sentence encoder that says its task (the user guide's way: the info dict)."""
     info = {"task": task or "embedding", "name": "masked_encoder"}
     return MaskedEncoder().eval(), _token_examples(), info
 

@@ -11,6 +11,7 @@ whose Host header the service does not answer to are refused before any route ru
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from fastapi import FastAPI
@@ -36,8 +37,6 @@ API_PREFIX = "/api/v1"
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("edgetailor")
     except PackageNotFoundError:

@@ -15,8 +15,20 @@ from typing import TYPE_CHECKING, Any
 from host.campaign.context import CampaignContext
 from host.campaign.references import Reach, classify, stored_npz
 from host.campaign.spec import CampaignError, resolve_space
-from host.compress import Recipe
+from host.compress import QuantAwareTraining, Recipe, compress
+from host.compress.api import (
+    apply_recipe,
+    check_data_fits,
+    eval_set_warnings,
+    eval_split,
+    load_inputs,
+    prepare_baseline,
+    reference_outputs,
+    resolve_task,
+)
+from host.data import write_eval_npz
 from host.errors import CompressionError, ConfigError, ExportError
+from host.metrics import load_metric, predict_all, score_outputs, score_user_metric, user_outputs
 from host.store.campaigns import CandidateInfo
 
 if TYPE_CHECKING:
@@ -89,24 +101,6 @@ class CandidateBuilder:
     # -- 1. baseline and eval set --------------------------------------------------------------
     def prepare(self) -> Prepared:
         import torch
-
-        from host.compress.api import (
-            check_data_fits,
-            eval_set_warnings,
-            eval_split,
-            load_inputs,
-            prepare_baseline,
-            reference_outputs,
-            resolve_task,
-        )
-        from host.data import write_eval_npz
-        from host.metrics import (
-            load_metric,
-            predict_all,
-            score_outputs,
-            score_user_metric,
-            user_outputs,
-        )
 
         spec = self.ctx.spec
         self.ctx.work_dir.mkdir(parents=True, exist_ok=True)
@@ -195,8 +189,6 @@ class CandidateBuilder:
         return recipe.name if len(self.ctx.spec.formats) == 1 else f"{recipe.name}@{fmt}"
 
     def make_candidates(self, prepared: Prepared) -> None:
-        from host.compress import compress
-
         recipes = resolve_space(self.ctx.spec.space)
         stored = {c.candidate_id: c for c in self.ctx.cstore.candidates(self.ctx.campaign_id)}
         out = self.ctx.work_dir / "artifacts"
@@ -319,8 +311,6 @@ class CandidateBuilder:
         with QAT, and data without labels (whose reference outputs must come from the original
         model), run whole.
         """
-        from host.compress import QuantAwareTraining
-        from host.compress.api import apply_recipe
 
         split = next(
             (i for i, step in enumerate(recipe.steps) if not step.changes_weights),

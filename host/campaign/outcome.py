@@ -13,8 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from host.campaign.quality import Judgement, result_row
 from host.campaign.spec import CampaignError, CampaignSpec
-from host.report import json_safe
+from host.commands.repository import CommandStore
+from host.report import json_safe, write_report
+from host.select import ResultRow, select
 from host.store.campaigns import (
     FINAL_JOB_STATES,
     JOB_OFFLINE,
@@ -23,23 +26,17 @@ from host.store.campaigns import (
     JOB_RUNNING,
     CampaignStore,
 )
+from shared.results import BenchmarkResult
 
 if TYPE_CHECKING:
-    from host.select import DeviceSelection, ResultRow
+    from host.select import DeviceSelection
     from host.store.campaigns import CampaignJobInfo
-    from shared.results import BenchmarkResult
 
 
 def _measured(
     cstore: CampaignStore, campaign_id: str
 ) -> list[tuple[CampaignJobInfo, ResultRow, BenchmarkResult | None]]:
     """Each ended job with its row, and the agent's result behind it (None: not measured)."""
-    import msgspec
-
-    from host.campaign.quality import Judgement, result_row
-    from host.commands.repository import CommandStore
-    from host.select import ResultRow
-    from shared.results import BenchmarkResult
 
     campaign = cstore.get_campaign(campaign_id)
     metric = (campaign.state.metric if campaign else None) or "metric"
@@ -88,7 +85,6 @@ def campaign_selection(
     constraints: Sequence[str] | None = None,
     objective: str | None = None,
 ) -> tuple[list[ResultRow], dict[str, DeviceSelection]]:
-    from host.select import select
 
     campaign = load_campaign(cstore, campaign_id)
     spec = CampaignSpec.from_stored(campaign.spec)
@@ -224,7 +220,6 @@ def campaign_outcome(cstore: CampaignStore, campaign_id: str) -> dict[str, Any]:
 
 def write_campaign_report(cstore: CampaignStore, campaign_id: str, out_dir: str | Path) -> Path:
     """The HTML report (results table, Pareto plot per device) of a stored campaign."""
-    from host.report import write_report
 
     outcome = campaign_outcome(cstore, campaign_id)
     rows, selections = campaign_selection(cstore, campaign_id)

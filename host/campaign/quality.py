@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 
 from host.errors import HostError
+from host.metrics import score_user_metric, user_metric_drop_interval, user_outputs
+from host.select import ResultRow
+from shared.scoring import paired_drop_interval
 
 if TYPE_CHECKING:
     from host.campaign.candidates import Prepared
     from host.fleet import Fleet
-    from host.select import ResultRow
     from host.store.campaigns import CandidateInfo
     from shared.results import BenchmarkResult
 
@@ -67,7 +69,6 @@ def result_row(
     precision: str,
 ) -> ResultRow:
     """The selection's row of one measured variant: the agent's result as judged."""
-    from host.select import ResultRow
 
     row = ResultRow.from_benchmark(
         result, candidate=candidate, device=device, recipe=recipe, format=format,
@@ -115,8 +116,6 @@ def judge_result(
 
 
 def _paired_drop(result: BenchmarkResult, prepared: Prepared) -> tuple[float, float] | None:
-    from shared.scoring import paired_drop_interval
-
     base = prepared.baseline.per_sample if prepared.baseline is not None else None
     cand = result.sample_scores
     if base is None or cand is None or len(base) != len(cand):
@@ -128,8 +127,6 @@ def _score_returned_outputs(
     result: BenchmarkResult, prepared: Prepared, fleet: Fleet, wait_s: float
 ) -> tuple[Any, tuple[float, float] | None]:
     import numpy as np
-
-    from host.metrics import score_user_metric, user_metric_drop_interval, user_outputs
 
     metric = prepared.user_metric
     split = prepared.split

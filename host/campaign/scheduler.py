@@ -12,16 +12,22 @@ commands (a row state: the driver sends the device a signed cancel).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
+
+import msgspec
 
 from host.campaign.candidates import Prepared
 from host.campaign.context import CampaignContext
+from host.campaign.quality import judge_result
 from host.campaign.spec import CampaignCancelled, CampaignError, variant_id
 from host.commands.bench import submit_benchmark
 from host.commands.repository import CommandInfo
 from host.errors import DeviceUnavailableError, JobTimeoutError
+from host.export.runtime import describe_io
 from host.store.campaigns import (
     FINAL_JOB_STATES,
     JOB_FAILED,
@@ -33,6 +39,7 @@ from host.store.campaigns import (
     CandidateInfo,
 )
 from shared.errors import EdgeTailorError
+from shared.messages import OUTPUTS_LIMIT_BYTES
 from shared.results import BenchmarkResult
 
 logger = logging.getLogger(__name__)
@@ -165,11 +172,6 @@ class DeviceScheduler:
     def _check_outputs_fit(self, survivors: list[CandidateInfo], prepared: Prepared) -> None:
         """A user metric needs the raw eval outputs back: refuse before any job if they cannot
         travel (shared.messages.OUTPUTS_LIMIT_BYTES)."""
-        import math
-        from pathlib import Path
-
-        from host.export.runtime import describe_io
-        from shared.messages import OUTPUTS_LIMIT_BYTES
 
         samples = len(prepared.split) if prepared.split is not None else 0
         limit = OUTPUTS_LIMIT_BYTES - 64 * 1024
@@ -410,9 +412,6 @@ class DeviceScheduler:
     ) -> str:
         """Judge an answered benchmark and note the judgement beside the job; the result stays
         the agent's BenchmarkResult, stored once with its command."""
-        import msgspec
-
-        from host.campaign.quality import judge_result
 
         result = info.result_as(BenchmarkResult)
         try:

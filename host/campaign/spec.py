@@ -35,6 +35,8 @@ from host.compress import (
     SearchSpace,
 )
 from host.errors import ConfigError, HostError, NotFoundError, UnknownDeviceError
+from host.models import check_model_spec, resolve_factory
+from host.security import edgetailor_home
 from host.select import FIGURES, OBJECTIVES, Constraint, Objective
 from shared.topics import check_device_id
 
@@ -44,7 +46,6 @@ if TYPE_CHECKING:
 
 def default_work_root() -> Path:
     """Where campaign work dirs go: ``$EDGETAILOR_HOME/campaigns`` (default ~/.edgetailor)."""
-    from host.security import edgetailor_home
 
     return edgetailor_home() / "campaigns"
 
@@ -344,8 +345,6 @@ def check_references(
     """Each model, data, metric and weights reference: allowed to the caller (NotAllowedError),
     found (NotFoundError: an unknown builtin or artifact), readable (ConfigError); checked before
     any model or data loads. Module code is imported (not run) to find its factories."""
-    from host.models import check_model_spec
-
     for ref in refs:
         policy.check(ref)
     for ref in refs:
@@ -378,8 +377,6 @@ def check_known_devices(devices: Collection[str], known_devices: Collection[str]
 
 
 def _check_data(ref: Reference, store: Store | None) -> None:
-    from host.models import resolve_factory
-
     if ref.reach is Reach.BUILTIN:
         if ref.text != "builtin:digits":  # host.data's only builtin
             raise NotFoundError(

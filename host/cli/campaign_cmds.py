@@ -18,30 +18,20 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Self, TextIO
+from typing import Annotated, Any, TextIO
 
+import msgspec
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from host.cli.client import ServerOpt, TokenOpt
 from host.cli.compress_cmds import EVAL_SAMPLES_HELP, METRIC_HELP, TASK_HELP, metric_text
-from host.cli.fleet_cmds import (
-    DEFAULT_BROKER,
-    BaseTopicOpt,
-    BrokerOpt,
-    DbOpt,
-    JsonOpt,
-    SigningKeyOpt,
-    TlsCaOpt,
-    TlsCertOpt,
-    TlsKeyOpt,
-)
+from host.cli.connection import FLEET, Connection, JsonOpt, connection_options
 from host.cli.main import app
 from host.cli.output import library_chatter, wide_console
-from shared.broker_url import TlsOptions
+from host.cli.progress import LiveProgress
 from shared.errors import ConfigError
-from shared.topics import DEFAULT_BASE
+from shared.results import BenchmarkResult
 
 logger = logging.getLogger(__name__)
 
@@ -55,66 +45,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Live progress and tables (shared with the demo).
-
-
-class LiveProgress:
-    """Two rich progress bars on stderr: compression, then jobs across devices."""
-
-    def __init__(self, console: Console, transient: bool = False) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.console = console
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=transient,
-        )
-        self._compress: Any = None
-        self._jobs: Any = None
-
-    def __enter__(self) -> Self:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def __call__(self, event: Any) -> None:
-        data = event.data
-        if event.kind == "compress":
-            total = max(int(data.get("total", 1)), 1)
-            if self._compress is None:
-                self._compress = self.progress.add_task("compress", total=total)
-            done = data.get("index", 0) + min(float(data.get("fraction", 0.0)), 0.999)
-            if event.message == "candidates ready":
-                done = total
-            self.progress.update(
-                self._compress,
-                total=total,
-                completed=done,
-                description=f"compress {event.message[:60]}",
-            )
-        elif event.kind == "job" and "total" in data:
-            if self._jobs is None:
-                self._jobs = self.progress.add_task("measure", total=max(data["total"], 1))
-            self.progress.update(
-                self._jobs, completed=data["done"], description=f"measure {event.message[:60]}"
-            )
-        elif event.kind == "job":
-            if self._jobs is not None:
-                self.progress.update(self._jobs, description=f"measure {event.message[:60]}")
-        elif event.kind in ("stage", "candidate"):
-            self.console.log(event.message)
+# Tables (the demo prints them too, through _print_demo).
 
 
 def _interval_cell(interval: Any) -> str:
@@ -231,7 +162,9 @@ def candidates_table(outcome: dict[str, Any]) -> Table:
 
 
 @app.command("campaign")
+@connection_options()
 def campaign_cmd(
+    conn: Connection,
     model: Annotated[
         str | None,
         typer.Option("--model", help="builtin:NAME, file.py:factory, pkg.mod:factory"),
@@ -250,7 +183,6 @@ def campaign_cmd(
     devices: Annotated[
         str | None, typer.Option("--devices", help="all, or comma-separated device ids")
     ] = None,
-    broker: BrokerOpt = DEFAULT_BROKER,
     constraint: Annotated[
         list[str] | None,
         typer.Option(
@@ -261,8 +193,6 @@ def campaign_cmd(
         str | None,
         typer.Option("--objective", help="max_metric, min_latency, min_size, min_memory"),
     ] = None,
-    db: DbOpt = None,
-    base_topic: BaseTopicOpt = DEFAULT_BASE,
     campaign_id: Annotated[
         str | None,
         typer.Option("--campaign-id", help="name the campaign (same spec + id resumes it)"),
@@ -330,12 +260,6 @@ def campaign_cmd(
         Path | None, typer.Option("--report", help="also write the HTML report here")
     ] = None,
     as_json: JsonOpt = False,
-    tls_ca: TlsCaOpt = None,
-    tls_cert: TlsCertOpt = None,
-    tls_key: TlsKeyOpt = None,
-    signing_key: SigningKeyOpt = None,
-    server: ServerOpt = None,
-    token: TokenOpt = None,
 ) -> None:
     """Compress a model into candidates, benchmark each on every target device, choose per device.
 
@@ -347,8 +271,6 @@ def campaign_cmd(
     """
     from host.campaign import CampaignSpec, parse_devices, run_campaign
     from host.campaign.spec import parse_threads
-    from host.fleet import Fleet
-    from host.store import Store
     from host.store.campaigns import CampaignStore
 
     err = Console(stderr=True)
@@ -366,11 +288,10 @@ def campaign_cmd(
     values = {k: v for k, v in given.items() if v is not None}
     if resume is None and (model is None or data is None):
         raise ConfigError("campaign needs --model and --data (or --resume ID)")
-    if server is not None:
-        _campaign_through(server, token, resume, campaign_id, as_json, err, values)
+    if conn.server is not None:
+        _campaign_through(conn, resume, campaign_id, as_json, err, values)
         return
-    tls = TlsOptions(tls_ca, tls_cert, tls_key)
-    with Store(db) as store:
+    with conn.store() as store:
         if resume is not None:
             from host.campaign import load_campaign
 
@@ -381,7 +302,7 @@ def campaign_cmd(
             spec = CampaignSpec(**values)
         with (
             library_chatter(),
-            Fleet(broker, base_topic, store=store, tls=tls, signing_key=signing_key) as fleet,
+            conn.fleet(store) as fleet,
             LiveProgress(err, transient=as_json) as live,
         ):
             outcome = run_campaign(
@@ -407,8 +328,7 @@ def campaign_cmd(
 
 
 def _campaign_through(
-    server: str,
-    token: str | None,
+    conn: Connection,
     resume: str | None,
     campaign_id: str | None,
     as_json: bool,
@@ -417,9 +337,8 @@ def _campaign_through(
 ) -> None:
     """`campaign --server`: queue it as a job of the service and follow it to its selection."""
     from host.campaign import CampaignSpec
-    from host.cli.client import ApiClient
 
-    client = ApiClient(server, token)
+    client = conn.client()
     if resume is not None:
         stored = client.get(f"/campaigns/{resume}")
         body = {**CampaignSpec.from_stored(stored["spec"]).to_dict(), "campaign_id": resume}
@@ -427,7 +346,7 @@ def _campaign_through(
         body = {**CampaignSpec(**values).to_dict(), "campaign_id": campaign_id}
     created = client.post("/campaigns", json={k: v for k, v in body.items() if v is not None})
     cid = created["campaign_id"]
-    err.log(f"campaign {cid} queued on {server}; following it (Ctrl-C leaves it running)")
+    err.log(f"campaign {cid} queued on {conn.server}; following it (Ctrl-C leaves it running)")
     shown = None
     while True:
         doc = client.get(f"/campaigns/{cid}")
@@ -460,7 +379,6 @@ def fleet_status(store: Any, fleet: Any | None, last: int = 3) -> list[dict[str,
     from host.deploy.status import never_seen
     from host.store.campaigns import CampaignStore
     from host.store.deployments import DeploymentStore
-    from shared.results import BenchmarkResult
 
     dstore = DeploymentStore(store)
     commands = CommandStore(store)
@@ -572,16 +490,13 @@ def _print_desired(rows: list[dict[str, Any]], title: str) -> None:
 
 
 def _struct(obj: Any) -> dict[str, Any]:
-    import msgspec
-
     return msgspec.to_builtins(obj)
 
 
 @app.command("status")
+@connection_options(*FLEET, "server")
 def status_cmd(
-    broker: BrokerOpt = DEFAULT_BROKER,
-    base_topic: BaseTopicOpt = DEFAULT_BASE,
-    db: DbOpt = None,
+    conn: Connection,
     as_json: JsonOpt = False,
     wait: Annotated[
         float, typer.Option("--wait", help="seconds to collect retained messages")
@@ -589,33 +504,22 @@ def status_cmd(
     offline_ok: Annotated[
         bool, typer.Option("--db-only", help="do not contact the broker")
     ] = False,
-    tls_ca: TlsCaOpt = None,
-    tls_cert: TlsCertOpt = None,
-    tls_key: TlsKeyOpt = None,
-    server: ServerOpt = None,
-    token: TokenOpt = None,
 ) -> None:
     """Fleet status: online, active model, desired model and why they differ, last results."""
-    from host.fleet import Fleet, FleetConnectionError
-    from host.store import Store
+    from host.fleet import FleetConnectionError
 
     err = Console(stderr=True)
-    if server is not None:
-        from host.cli.client import ApiClient
-
-        served = ApiClient(server, token).get("/status")
+    if conn.server is not None:
+        served = conn.client().get("/status")
         if as_json:
             typer.echo(json.dumps(served, indent=2, default=str))
         else:
-            _print_desired(served, f"fleet of {server}")
+            _print_desired(served, f"fleet of {conn.server}")
         return
-    with Store(db) as store:
+    with conn.store() as store:
         fleet = None
         if not offline_ok:
-            fleet = Fleet(
-                broker, base_topic, store=store, tls=TlsOptions(tls_ca, tls_cert, tls_key),
-                commands=False,
-            )  # fmt: skip
+            fleet = conn.fleet(store, commands=False)
             try:
                 fleet.connect()
                 fleet.wait_synced(settle_s=wait)
@@ -630,7 +534,7 @@ def status_cmd(
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
-    table = Table(title=f"fleet on {broker} ({base_topic})")
+    table = Table(title=f"fleet on {conn.broker} ({conn.base_topic})")
     for column in ("device", "online", "tags", "active model", "desired", "last results"):
         table.add_column(column)
     for row in rows:
@@ -651,18 +555,18 @@ def status_cmd(
 
 
 @app.command("report")
+@connection_options("db")
 def report_cmd(
+    conn: Connection,
     campaign: Annotated[str, typer.Option("--campaign", help="campaign id")],
     out: Annotated[Path, typer.Option("--out", help="directory for index.html and results.json")],
-    db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a campaign's HTML report: choice per device, Pareto plot per device, results table."""
     from host.campaign import write_campaign_report
-    from host.store import Store
     from host.store.campaigns import CampaignStore
 
-    with Store(db) as store:
+    with conn.store() as store:
         path = write_campaign_report(CampaignStore(store), campaign, out)
     if as_json:
         typer.echo(

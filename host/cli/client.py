@@ -6,20 +6,9 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 from host.errors import ConfigError, HostError
-
-ServerOpt = Annotated[
-    str | None,
-    typer.Option("--server", help="URL of `edgetailor serve`: go through its API instead"),
-]
-TokenOpt = Annotated[
-    str | None,
-    typer.Option("--token", help="API token for --server (default: $EDGETAILOR_TOKEN)"),
-]
 
 
 class ServerError(HostError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,23 +20,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from host.cli.client import ServerOpt, TokenOpt
-from host.cli.fleet_cmds import (
-    DEFAULT_BROKER,
-    BaseTopicOpt,
-    BrokerOpt,
-    DbOpt,
-    JsonOpt,
-    SigningKeyOpt,
-    TlsCaOpt,
-    TlsCertOpt,
-    TlsKeyOpt,
-    _fleet,
-)
+from host.cli.connection import FLEET, Connection, JsonOpt, connection_options
 from host.cli.main import app
-from shared.broker_url import TlsOptions
+from host.errors import UnknownDeviceError
 from shared.errors import ConfigError
-from shared.topics import DEFAULT_BASE
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +60,9 @@ def _print_rollout(doc: dict[str, Any]) -> None:
 
 
 @app.command("deploy")
+@connection_options()
 def deploy_cmd(
+    conn: Connection,
     campaign: Annotated[
         str | None,
         typer.Option("--campaign", help="deploy each device's choice of this campaign"),
@@ -127,16 +117,7 @@ def deploy_cmd(
     device_timeout: Annotated[
         float, typer.Option("--device-timeout", help="s to wait for a device")
     ] = 30.0,
-    broker: BrokerOpt = DEFAULT_BROKER,
-    base_topic: BaseTopicOpt = DEFAULT_BASE,
-    db: DbOpt = None,
     as_json: JsonOpt = False,
-    tls_ca: TlsCaOpt = None,
-    tls_cert: TlsCertOpt = None,
-    tls_key: TlsKeyOpt = None,
-    signing_key: SigningKeyOpt = None,
-    server: ServerOpt = None,
-    token: TokenOpt = None,
     pending_ok: Annotated[
         bool,
         typer.Option(
@@ -153,7 +134,6 @@ def deploy_cmd(
     """
     from host.artifacts import format_of
     from host.deploy import Deployer, DeployTarget, parse_waves, targets_from_campaign
-    from host.store import Store
 
     if (campaign is None) == (model is None):
         raise typer.BadParameter(
@@ -167,9 +147,9 @@ def deploy_cmd(
     if eval_file is not None and format_of(eval_file) != "npz":
         raise ConfigError(f"--eval {eval_file.name} is not an eval set: give an .npz of x, y")
     wave_spec = parse_waves(waves)
-    if server is not None:
+    if conn.server is not None:
         _deploy_through(
-            server, token, campaign=campaign, model=model, eval_file=eval_file, devices=wanted,
+            conn, campaign=campaign, model=model, eval_file=eval_file, devices=wanted,
             body={"waves": waves, "max_failures": max_failures,
                   "latency_budget_ms": latency_budget_ms, "min_metric": min_metric,
                   "health_runs": health_runs, "timeout_s": timeout,
@@ -178,8 +158,7 @@ def deploy_cmd(
         )  # fmt: skip
         return
     err = Console(stderr=True)
-    tls = TlsOptions(tls_ca, tls_cert, tls_key)
-    with Store(db) as store:
+    with conn.store() as store:
         if campaign is not None:
             targets = targets_from_campaign(
                 store, campaign, devices=wanted, latency_budget_ms=latency_budget_ms,
@@ -198,7 +177,7 @@ def deploy_cmd(
                 for d in wanted or []
             ]
         with (
-            _fleet(broker, base_topic, store, tls, signing_key) as fleet,
+            conn.fleet(store) as fleet,
             err.status("deploying") as status,
         ):
             if not pending_ok:
@@ -230,7 +209,6 @@ def deploy_cmd(
 
 def _check_seen(store: Any, fleet: Any, devices: list[str]) -> None:
     """Exit 2 (UnknownDeviceError) for a device neither the database nor the broker knows."""
-    from host.errors import UnknownDeviceError
 
     fleet.wait_synced()
     known = {d.device_id for d in store.list_devices()} | set(fleet.devices())
@@ -244,7 +222,9 @@ def _check_seen(store: Any, fleet: Any, devices: list[str]) -> None:
 
 
 @app.command("rollback")
+@connection_options(*FLEET, "server")
 def rollback_cmd(
+    conn: Connection,
     device: Annotated[str, typer.Option("--device", help="device id")],
     deploy_id: Annotated[
         str | None,
@@ -255,32 +235,19 @@ def rollback_cmd(
     device_timeout: Annotated[
         float, typer.Option("--device-timeout", help="s to wait for the device")
     ] = 30.0,
-    broker: BrokerOpt = DEFAULT_BROKER,
-    base_topic: BaseTopicOpt = DEFAULT_BASE,
-    db: DbOpt = None,
     as_json: JsonOpt = False,
-    tls_ca: TlsCaOpt = None,
-    tls_cert: TlsCertOpt = None,
-    tls_key: TlsKeyOpt = None,
-    server: ServerOpt = None,
-    token: TokenOpt = None,
 ) -> None:
     """Restore the model a device ran before its last deploy."""
-    from dataclasses import asdict
 
     from host.deploy import Deployer
-    from host.store import Store
 
-    if server is not None:
-        from host.cli.client import ApiClient
-
-        doc = ApiClient(server, token, timeout=timeout + 30).post(
+    if conn.server is not None:
+        doc = conn.client(timeout=timeout + 30).post(
             f"/devices/{device}/rollback",
             json={"deploy_id": deploy_id, "reason": reason, "timeout_s": timeout},
         )
     else:
-        tls = TlsOptions(tls_ca, tls_cert, tls_key)
-        with Store(db) as store, _fleet(broker, base_topic, store, tls, None) as fleet:
+        with conn.store() as store, conn.fleet(store) as fleet:
             deployer = Deployer(fleet, device_timeout_s=device_timeout)
             outcome = deployer.rollback(device, deploy_id=deploy_id, reason=reason, timeout=timeout)
         doc = asdict(outcome)
@@ -300,8 +267,7 @@ def rollback_cmd(
 
 
 def _deploy_through(
-    server: str,
-    token: str | None,
+    conn: Connection,
     *,
     campaign: str | None,
     model: Path | None,
@@ -313,9 +279,7 @@ def _deploy_through(
 ) -> None:
     """`deploy --server`: the rollout is created on the service, which drives it; this follows it
     until every device answered or the rest waits on offline devices (the service goes on)."""
-    from host.cli.client import ApiClient
-
-    client = ApiClient(server, token)
+    client = conn.client()
     if campaign is not None:
         body["campaign_id"] = campaign
         body["devices"] = devices
@@ -329,7 +293,7 @@ def _deploy_through(
             body["eval_sha256"] = client.upload(eval_file)
     created = client.post("/deployments", json={k: v for k, v in body.items() if v is not None})
     err = Console(stderr=True)
-    err.log(f"rollout {created['rollout_id']} created on {server}; following it")
+    err.log(f"rollout {created['rollout_id']} created on {conn.server}; following it")
     doc = client.follow_deployment(created["rollout_id"], grace_s)
     online = {d["device_id"]: d["online"] for d in client.get("/devices")}
     rows = []

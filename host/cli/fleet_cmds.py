@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,50 +17,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from host.cli.client import ServerOpt, TokenOpt
+from host.cli.connection import FLEET, Connection, JsonOpt, connection_options
 from host.cli.main import app
 from host.errors import JobFailedError, JobTimeoutError
-from shared.broker_url import TlsOptions
 from shared.results import BenchmarkResult, from_data, to_data
-from shared.topics import DEFAULT_BASE
 from shared.transfer import DEFAULT_CHUNK_SIZE
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BROKER = os.environ.get("EDGETAILOR_BROKER", "mqtt://127.0.0.1:1883")
 # Time on top of the benchmark's own timeout for the transfer and the queue on the device.
 TRANSFER_ALLOWANCE_S = 300.0
-
-BrokerOpt = Annotated[
-    str, typer.Option("--broker", help="mqtt://[user:pass@]host[:port] or mqtts://...")
-]
-BaseTopicOpt = Annotated[str, typer.Option("--base-topic", help="MQTT base topic of the fleet")]
-DbOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--db",
-        help="SQLAlchemy URL (default $EDGETAILOR_DB, else sqlite in $EDGETAILOR_HOME, "
-        "~/.edgetailor)",
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
-TlsCaOpt = Annotated[
-    str | None, typer.Option("--tls-ca", help="CA certificate (PEM) of the broker")
-]
-TlsCertOpt = Annotated[str | None, typer.Option("--tls-cert", help="client certificate (PEM)")]
-TlsKeyOpt = Annotated[str | None, typer.Option("--tls-key", help="client key (PEM)")]
-SigningKeyOpt = Annotated[
-    Path | None,
-    typer.Option("--signing-key", help="Ed25519 private key (PEM) to sign manifests"),
-]
-
-
-def _fleet(
-    broker: str, base_topic: str, store: Any, tls: TlsOptions, signing_key: Path | None, **kw: Any
-) -> Any:
-    from host.fleet import Fleet
-
-    return Fleet(broker, base_topic, store=store, tls=tls, signing_key=signing_key, **kw)
 
 
 @app.command("broker")
@@ -85,19 +50,13 @@ def _ago(ts: float | None) -> str:
 
 
 @app.command("devices")
+@connection_options(*FLEET, "server")
 def devices_cmd(
-    broker: BrokerOpt = DEFAULT_BROKER,
-    base_topic: BaseTopicOpt = DEFAULT_BASE,
-    db: DbOpt = None,
+    conn: Connection,
     as_json: JsonOpt = False,
     wait: Annotated[
         float, typer.Option("--wait", help="seconds to collect retained messages")
     ] = 1.0,
-    tls_ca: TlsCaOpt = None,
-    tls_cert: TlsCertOpt = None,
-    tls_key: TlsKeyOpt = None,
-    server: ServerOpt = None,
-    token: TokenOpt = None,
     forget: Annotated[
         str | None,
         typer.Option(
@@ -111,12 +70,11 @@ def devices_cmd(
     """List devices: what the broker's retained birth/status messages say, then the devices only
     the database knows (marked: they may belong to another broker or base topic)."""
     from host.fleet.devices import DeviceRecord
-    from host.store import Store
 
     if forget is not None:
         from shared.topics import check_device_id
 
-        with Store(db) as store:
+        with conn.store() as store:
             if not store.forget_device_key(check_device_id(forget)):
                 raise typer.BadParameter(
                     f"no device {forget!r} in the database", param_hint="--forget"
@@ -127,14 +85,12 @@ def devices_cmd(
         )
         return
 
-    if server is not None:
-        from host.cli.client import ApiClient
-
-        served = ApiClient(server, token).get("/devices")
+    if conn.server is not None:
+        served = conn.client().get("/devices")
         if as_json:
             typer.echo(json.dumps(served, indent=2))
             return
-        table = Table(title=f"devices of {server}")
+        table = Table(title=f"devices of {conn.server}")
         for column in ("id", "online", "arch", "cores", "runtimes", "agent", "active model"):
             table.add_column(column)
         for row in served:
@@ -147,8 +103,7 @@ def devices_cmd(
             )  # fmt: skip
         Console().print(table)
         return
-    tls = TlsOptions(tls_ca, tls_cert, tls_key)
-    with Store(db) as store, _fleet(broker, base_topic, store, tls, None, commands=False) as fleet:
+    with conn.store() as store, conn.fleet(store, commands=False) as fleet:
         fleet.wait_synced(settle_s=wait)
         rows = {
             device_id: {**rec.to_dict(), "source": "broker"}
@@ -173,7 +128,7 @@ def devices_cmd(
     if as_json:
         typer.echo(json.dumps(ordered, indent=2))
         return
-    table = Table(title=f"devices on {broker} ({base_topic})")
+    table = Table(title=f"devices on {conn.broker} ({conn.base_topic})")
     for column in (
         "id", "online", "arch", "cores", "RAM MB", "runtimes", "accelerators", "agent", "telemetry",
     ):  # fmt: skip
@@ -256,12 +211,13 @@ def _print_result(result: BenchmarkResult, device_id: str) -> None:
 
 
 @app.command("bench")
+@connection_options()
 def bench_cmd(
+    conn: Connection,
     model: Annotated[
         Path, typer.Argument(help="model file: .tflite or .onnx", exists=True, dir_okay=False)
     ],
     device: Annotated[str, typer.Option("--device", help="device id")],
-    broker: BrokerOpt = DEFAULT_BROKER,
     eval_file: Annotated[
         Path | None,
         typer.Option(
@@ -288,8 +244,6 @@ def bench_cmd(
     timeout: Annotated[
         float, typer.Option("--timeout", help="benchmark timeout on the device, s")
     ] = 300.0,
-    base_topic: BaseTopicOpt = DEFAULT_BASE,
-    db: DbOpt = None,
     as_json: JsonOpt = False,
     chunk_size: Annotated[
         int, typer.Option("--chunk-size", help="bytes per chunk")
@@ -297,31 +251,23 @@ def bench_cmd(
     device_timeout: Annotated[
         float, typer.Option("--device-timeout", help="s to wait for the device")
     ] = 15.0,
-    tls_ca: TlsCaOpt = None,
-    tls_cert: TlsCertOpt = None,
-    tls_key: TlsKeyOpt = None,
-    signing_key: SigningKeyOpt = None,
-    server: ServerOpt = None,
-    token: TokenOpt = None,
 ) -> None:
     """Push a model to one device, benchmark it there, print latency, memory and accuracy."""
     from host.artifacts import format_of
-    from host.store import Store
 
     if format_of(model) not in ("tflite", "onnx"):
         raise typer.BadParameter(f"{model} is not a .tflite or .onnx model", param_hint="MODEL")
     err = Console(stderr=True)
-    if server is not None:
+    if conn.server is not None:
         body = {"device_id": device, "threads": threads, "runs": runs, "timeout_s": timeout,
                 "task": task, "device_timeout_s": min(device_timeout, 60.0)}  # fmt: skip
-        _bench_through(server, token, model, eval_file, body, as_json, err)
+        _bench_through(conn, model, eval_file, body, as_json, err)
         return
-    tls = TlsOptions(tls_ca, tls_cert, tls_key)
     from host.commands.bench import submit_benchmark, wait_benchmark
 
     with (
-        Store(db) as store,
-        _fleet(broker, base_topic, store, tls, signing_key, chunk_size=chunk_size) as fleet,
+        conn.store() as store,
+        conn.fleet(store, chunk_size=chunk_size) as fleet,
         err.status(f"waiting for {device}...") as status,
     ):
         try:
@@ -357,8 +303,7 @@ def bench_cmd(
 
 
 def _bench_through(
-    server: str,
-    token: str | None,
+    conn: Connection,
     model: Path,
     eval_file: Path | None,
     body: dict[str, Any],
@@ -366,15 +311,15 @@ def _bench_through(
     err: Console,
 ) -> None:
     """`bench --server`: upload the files, queue the benchmark on the service, poll its job."""
-    from host.cli.client import ApiClient
-
-    client = ApiClient(server, token)
+    client = conn.client()
     body["sha256"] = client.upload(model)
     if eval_file is not None:
         body["eval_sha256"] = client.upload(eval_file)
     job = client.post("/benchmarks", json={k: v for k, v in body.items() if v is not None})
     deadline = time.monotonic() + body["timeout_s"] + TRANSFER_ALLOWANCE_S
-    with err.status(f"{body['device_id']}: sent job {job['job_id']} through {server}") as status:
+    with err.status(
+        f"{body['device_id']}: sent job {job['job_id']} through {conn.server}"
+    ) as status:
         while not job["finished"]:
             if time.monotonic() > deadline:
                 job = {**job, "status": "error", "error_code": "timeout",

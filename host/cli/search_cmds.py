@@ -18,22 +18,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from host.cli.fleet_cmds import (
-    DEFAULT_BROKER,
-    BaseTopicOpt,
-    BrokerOpt,
-    DbOpt,
-    JsonOpt,
-    SigningKeyOpt,
-    TlsCaOpt,
-    TlsCertOpt,
-    TlsKeyOpt,
-)
+from host.cli.connection import FLEET, Connection, JsonOpt, connection_options
 from host.cli.main import app
 from host.cli.output import library_chatter, wide_console
-from shared.broker_url import TlsOptions
 from shared.errors import ConfigError
-from shared.topics import DEFAULT_BASE
 
 
 def _split(text: str | None) -> tuple[str, ...]:
@@ -41,7 +29,9 @@ def _split(text: str | None) -> tuple[str, ...]:
 
 
 @app.command("search")
+@connection_options(*FLEET, "signing_key")
 def search_cmd(
+    conn: Connection,
     model: Annotated[
         str | None, typer.Option("--model", help="builtin:NAME, file.py:factory, pkg.mod:factory")
     ] = None,
@@ -130,18 +120,10 @@ def search_cmd(
         str | None,
         typer.Option("--compare", help="campaign id whose named recipes the report shows beside"),
     ] = None,
-    broker: BrokerOpt = DEFAULT_BROKER,
-    db: DbOpt = None,
-    base_topic: BaseTopicOpt = DEFAULT_BASE,
     as_json: JsonOpt = False,
-    tls_ca: TlsCaOpt = None,
-    tls_cert: TlsCertOpt = None,
-    tls_key: TlsKeyOpt = None,
-    signing_key: SigningKeyOpt = None,
 ) -> None:
     """Search per device for the variant that best meets its constraints, boards in the loop."""
     from host.campaign.spec import parse_threads
-    from host.fleet import Fleet
     from host.search import (
         SearchSpec,
         check_search_id,
@@ -151,10 +133,9 @@ def search_cmd(
     )
     from host.search.spec import default_work_root
     from host.search.store import SearchStore
-    from host.store import Store
 
     err = Console(stderr=True)
-    with Store(db) as store:
+    with conn.store() as store:
         if resume is not None:
             stored = SearchStore(store).get_search(check_search_id(resume))
             if stored is None:
@@ -176,7 +157,6 @@ def search_cmd(
             )  # fmt: skip
             search_id = check_search_id(search_id or new_search_id())
             work = (work_dir or default_work_root() / search_id).expanduser()
-        tls = TlsOptions(tls_ca, tls_cert, tls_key)
 
         def progress(kind: str, data: dict[str, Any]) -> None:
             if kind == "trial":
@@ -189,7 +169,7 @@ def search_cmd(
 
         with (
             library_chatter(),
-            Fleet(broker, base_topic, store=store, tls=tls, signing_key=signing_key) as fleet,
+            conn.fleet(store) as fleet,
         ):
             fleet.wait_synced()
             outcome = run_search(
@@ -225,7 +205,9 @@ def search_cmd(
 
 
 @app.command("predict")
+@connection_options("db")
 def predict_cmd(
+    conn: Connection,
     model: Annotated[Path, typer.Option("--model", help="an exported .tflite or .onnx file")],
     device: Annotated[
         str, typer.Option("--device", help="the device id whose board class to predict for")
@@ -233,7 +215,6 @@ def predict_cmd(
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, max=256, help="threads the board runs it with")
     ] = None,
-    db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Predict a file's p90 latency and peak memory on a device, with an 80% interval, from every
@@ -241,12 +222,11 @@ def predict_cmd(
     from host.search.predictor.data import board_class_of, fit_predictor, predict_file
     from host.search.predictor.features import graph_features
     from host.search.store import SearchStore
-    from host.store import Store
 
     if not model.is_file():
         raise ConfigError(f"--model {model} does not exist")
     graph = graph_features(model)
-    with Store(db) as store:
+    with conn.store() as store:
         board = board_class_of(store, device)
         if board is None:
             raise ConfigError(

@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from host.cli.fleet_cmds import DbOpt, JsonOpt
+from host.cli.connection import Connection, JsonOpt, connection_options
 from host.cli.main import app
 from host.security import (
     HOST_IDENTITY,
@@ -167,7 +167,8 @@ def keys_init(
     ] = None,
     force: ForceOption = False,
 ) -> None:
-    """Create the manifest-signing key pair; give signing.pub to each agent as its trust key."""
+    """Create the host's signing key pair ahead of time (otherwise it is made on first use); give
+    signing.pub to each agent as its trust key to pin it explicitly."""
     keys = directory or default_keys_dir()
     pair = init_signing_key(keys, force=force)
     typer.echo(f"signing key (key id {pair.key_id}):")
@@ -206,19 +207,14 @@ def keys_rotate(signing_key: KeyOption = None) -> None:
 
 
 @keys_app.command("status")
-def keys_status(
-    signing_key: KeyOption = None,
-    db: Annotated[
-        str | None, typer.Option("--db", help="SQLAlchemy URL (default $EDGETAILOR_DB)")
-    ] = None,
-) -> None:
+@connection_options("db")
+def keys_status(conn: Connection, signing_key: KeyOption = None) -> None:
     """The host key, the previous keys kept for a rotation, and which devices pin which key."""
     from host.commands.keys import HostKeys
-    from host.store import Store
 
     keys = HostKeys(signing_key)
     typer.echo(f"host key {keys.key_id}: {keys.path}")
-    with Store(db) as store:
+    with conn.store() as store:
         pinned: dict[str, list[str]] = {}
         for device in store.list_devices():
             key_id = (device.birth or {}).get("host_key_id") or "none yet"
@@ -248,32 +244,32 @@ def _when(ts: float | None) -> str:
 
 
 @token_app.command("create")
+@connection_options("db")
 def token_create(
+    conn: Connection,
     scope: ScopeOption = Scope.READ,
     name: Annotated[str, typer.Option("--name", help="a label `token list` shows")] = "",
-    db: DbOpt = None,
 ) -> None:
     """Make a token for the service on this database; it is printed once, on stdout."""
-    from host.store import Store
     from host.store.service import ServiceStore
 
-    with Store(db) as store:
+    with conn.store() as store:
         info, token = ServiceStore(store).create_token(scope, name=name)
     typer.echo(f"token {info.token_id} ({info.scope.value}) for {store.safe_url()}:", err=True)
     typer.echo(token)
 
 
 @token_app.command("list")
+@connection_options("db")
 def token_list(
-    db: DbOpt = None,
+    conn: Connection,
     revoked: Annotated[bool, typer.Option("--revoked", help="list revoked tokens too")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """The tokens in use (id, scope, name, dates); never the tokens themselves."""
-    from host.store import Store
     from host.store.service import ServiceStore
 
-    with Store(db) as store:
+    with conn.store() as store:
         tokens = ServiceStore(store).list_tokens(include_revoked=revoked)
     if as_json:
         typer.echo(json.dumps([
@@ -289,14 +285,14 @@ def token_list(
 
 
 @token_app.command("revoke")
+@connection_options("db")
 def token_revoke(
+    conn: Connection,
     token_id: Annotated[str, typer.Argument(help="the id `token list` shows")],
-    db: DbOpt = None,
 ) -> None:
     """Revoke a token: the service refuses it from its next request on."""
-    from host.store import Store
     from host.store.service import ServiceStore
 
-    with Store(db) as store:
+    with conn.store() as store:
         info = ServiceStore(store).revoke_token(token_id)
     typer.echo(f"token {info.token_id} ({info.scope.value}) revoked")

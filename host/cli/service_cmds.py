@@ -7,40 +7,25 @@ from typing import Annotated
 
 import typer
 
-from host.cli.fleet_cmds import (
-    DEFAULT_BROKER,
-    BaseTopicOpt,
-    BrokerOpt,
-    DbOpt,
-    SigningKeyOpt,
-    TlsCaOpt,
-    TlsCertOpt,
-    TlsKeyOpt,
-)
+from host.cli.connection import FLEET, Connection, connection_options
 from host.cli.main import app
-from shared.broker_url import TlsOptions
-from shared.topics import DEFAULT_BASE
+from host.security import edgetailor_home
 
 logger = logging.getLogger(__name__)
 
 
 @app.command("serve")
+@connection_options(*FLEET, "signing_key")
 def serve_cmd(
-    broker: BrokerOpt = DEFAULT_BROKER,
-    db: DbOpt = None,
+    conn: Connection,
     host: Annotated[str, typer.Option("--host", help="address the API listens on")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port of the API")] = 8000,
-    base_topic: BaseTopicOpt = DEFAULT_BASE,
     new_token: Annotated[
         bool, typer.Option("--new-token", help="replace the API token (printed once)")
     ] = False,
     log_level: Annotated[
         str, typer.Option("--log-level", help="debug, info, warning or error")
     ] = "info",
-    tls_ca: TlsCaOpt = None,
-    tls_cert: TlsCertOpt = None,
-    tls_key: TlsKeyOpt = None,
-    signing_key: SigningKeyOpt = None,
     share_group: Annotated[
         str | None,
         typer.Option(
@@ -83,7 +68,6 @@ def serve_cmd(
     """Run the fleet side, deployments, campaign jobs and the REST API in one process."""
     from host.artifacts import UploadLimits
     from host.campaign.references import check_module_prefix
-    from host.security import edgetailor_home
     from host.service.service import Service, ServiceConfig
 
     level = getattr(logging, log_level.upper(), None)
@@ -92,8 +76,8 @@ def serve_cmd(
     logging.getLogger().setLevel(level)
     service = Service(
         ServiceConfig(
-            broker=broker, db=db, host=host, port=port, base_topic=base_topic,
-            tls=TlsOptions(tls_ca, tls_cert, tls_key), signing_key=signing_key,
+            broker=conn.broker, db=conn.db, host=host, port=port, base_topic=conn.base_topic,
+            tls=conn.tls, signing_key=conn.signing_key,
             home=edgetailor_home(), new_token=new_token, log_level=log_level.lower(),
             share_group=share_group,
             allow_modules=tuple(check_module_prefix(m) for m in allow_module or ()),

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from host.campaign.spec import CampaignSpec
 from host.errors import ConflictError, HostError, NotFoundError
+from host.select import Constraint
+from host.store.campaigns import CampaignStore
 from shared.errors import ConfigError
 from shared.manifest import ArtifactManifest
 
@@ -47,7 +50,6 @@ class DeployTarget:
 def _latency_bound(constraints: Sequence[str], device: str | None = None) -> float | None:
     """The tightest ``latency_p90_ms<=X`` (or ``<``) bound among a campaign's constraints that
     bind ``device`` (those without ``@device``, and its own)."""
-    from host.select import Constraint
 
     bounds = []
     for text in constraints:
@@ -123,8 +125,6 @@ def targets_from_campaign(
     min_metric: float | None = None,
 ) -> list[DeployTarget]:
     """Targets from the selection a finished campaign stored in the database."""
-    from host.campaign.spec import CampaignSpec
-    from host.store.campaigns import CampaignStore
 
     cstore = CampaignStore(store)
     campaign = cstore.get_campaign(campaign_id)

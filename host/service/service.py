@@ -26,6 +26,7 @@ from host.api.live import ChangeWatcher, EventBus
 from host.artifacts import UploadLimits
 from host.campaign.references import ReferencePolicy
 from host.deploy.driver import DeploymentDriver, default_owner
+from host.fleet import Fleet
 from host.search.jobs import SearchWorkers
 from host.security import Scope
 from host.service.campaigns import CampaignJobs
@@ -98,8 +99,6 @@ class Service:
     """Starts the fleet side and the background loops; :meth:`serve` runs the API until stopped."""
 
     def __init__(self, config: ServiceConfig) -> None:
-        from host.fleet import Fleet
-
         self.config = config
         self.owner = default_owner()
         self.store = Store(config.db)

@@ -21,6 +21,7 @@ from host.api.routers.deployments import (
     check_devices,
     stored_artifact,
 )
+from host.commands.bench import submit_benchmark
 from host.commands.models import ANSWERED, OPEN_STATES, PENDING
 from host.commands.repository import CommandInfo, CommandStore
 from host.errors import DeviceUnavailableError
@@ -65,8 +66,6 @@ async def create_benchmark(ctx: Ctx, body: BenchmarkCreate) -> dict[str, Any]:
         raise ApiError(503, "no_fleet", "this API serves the database only: no broker connected")
 
     def submit() -> str:
-        from host.commands.bench import submit_benchmark
-
         ctx.fleet.wait_for_device(body.device_id, body.device_timeout_s)
         return submit_benchmark(
             ctx.fleet, body.device_id, model, model_manifest=manifest, eval_path=eval_path,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from fastapi import APIRouter
 
 from host.api.context import ApiContext
@@ -86,7 +87,6 @@ def stored_artifact(
 ) -> tuple[Path, ArtifactManifest]:
     """A stored artifact's file and its unsigned manifest: 404 when it is unknown or its file is
     gone, 422 when it is not of one of ``formats``."""
-    import msgspec
 
     artifact = ctx.store.get_artifact(sha256)
     if artifact is None:

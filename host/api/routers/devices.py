@@ -4,6 +4,7 @@ fleet status (desired versus actual per device), and a device's rollback."""
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter
@@ -24,6 +25,7 @@ from host.api.models import (
 )
 from host.commands.models import ANSWERED
 from host.commands.repository import CommandStore
+from host.deploy import Deployer
 from host.deploy.status import desired_state, never_seen
 from host.store import DeviceInfo
 from host.store.deployments import DeploymentStore
@@ -158,9 +160,6 @@ async def rollback_device(ctx: Ctx, device_id: str, body: DeviceRollback) -> dic
     _device(ctx, device_id)
     if ctx.fleet is None:
         raise ApiError(503, "no_fleet", "this API serves the database only: no broker connected")
-    from dataclasses import asdict
-
-    from host.deploy import Deployer
 
     def run() -> dict[str, Any]:
         deployer = Deployer(ctx.fleet, device_timeout_s=min(body.timeout_s, 30.0))

@@ -22,8 +22,11 @@ from host.campaign.spec import (
     check_references,
     no_duplicates,
 )
+from host.search import SearchSpec, check_search_id, new_search_id, search_outcome
 from host.search.space import PRECISION_CHOICES
+from host.search.store import SearchStore
 from host.security import Scope
+from host.select import Constraint
 
 router = APIRouter(tags=["searches"])
 
@@ -88,8 +91,6 @@ class SearchSummary(BaseModel):
 
 
 def _summary(ctx: Any, search_id: str) -> dict[str, Any]:
-    from host.search.store import SearchStore
-
     sstore = SearchStore(ctx.store)
     info = sstore.get_search(search_id)
     if info is None:
@@ -118,9 +119,6 @@ def create_search(ctx: Ctx, body: SearchCreate, scope: CallerScope) -> dict[str,
     builtins and uploaded artifacts with an operate token, module code only under a prefix the
     operator allowed and with an admin token, never a path on the server. Everything is checked
     before anything is stored; a refused request stores nothing."""
-    from host.search import SearchSpec, check_search_id, new_search_id
-    from host.search.store import SearchStore
-    from host.select import Constraint
 
     policy = ReferencePolicy.for_api(ctx.allowed_modules)
     references = [classify("model", body.model), classify("data", body.data)]
@@ -158,8 +156,6 @@ def create_search(ctx: Ctx, body: SearchCreate, scope: CallerScope) -> dict[str,
 @router.get("/searches", response_model=list[SearchSummary], dependencies=[Reader],
             responses=AUTH_ERRORS)  # fmt: skip
 def list_searches(ctx: Ctx) -> list[dict[str, Any]]:
-    from host.search.store import SearchStore
-
     return [_summary(ctx, s.search_id) for s in SearchStore(ctx.store).list_searches()]
 
 
@@ -168,7 +164,6 @@ def get_search(ctx: Ctx, search_id: str) -> dict[str, Any]:
     """The search read back: per device its trials (measured, reused, skipped, failed, with
     why), measured against predicted, the front and the choice; the layers' sensitivity; the
     predictor's held-out error."""
-    from host.search import search_outcome
 
     _summary(ctx, search_id)  # a 404 naming recent ones
     return search_outcome(ctx.store, search_id)

@@ -42,7 +42,7 @@ def apply_int8_dynamic(bundle: ModelBundle, cfg: Int8Dynamic, ctx: CompressConte
     convs = sum(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in bundle.module.modules())
     if convs:
         # Measured on MobileNetV2 and EfficientNet-B0 at 128 px: hybrid CONV_2D/DEPTHWISE_CONV_2D
-        # kernels run outside XNNPACK, which splits the graph (README, "Which precision a conv net
+        # kernels run outside XNNPACK, which splits the graph (docs/benchmarks.md, "Which precision a conv net
         # should use").
         ctx.note(
             "%d convolution(s): dynamic-range int8 convolutions run outside XNNPACK and are slower "
