@@ -65,8 +65,10 @@ def private_broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    """A PostgreSQL URL whose tables live in a schema of their own, dropped afterwards: tests
-    share the database, and a schema per test keeps their rows and tables apart."""
+    """A fresh PostgreSQL schema of the test's own, dropped afterwards: tests share the database
+    ``test``, and a schema per test (first on the search path) keeps their tables, Alembic's and
+    Optuna's version tables included, apart. Its connections carry the schema as application
+    name, so that the ones a test leaves open are closed before the drop, which they would block."""
     schema = f"et_{uuid.uuid4().hex[:12]}"
     admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     try:
@@ -76,9 +78,14 @@ def pg_url() -> Iterator[str]:
         admin.dispose()
         pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not usable: {exc}")
     try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}&application_name={schema}"
     finally:
         with admin.connect() as conn:
+            conn.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE application_name = :schema AND pid <> pg_backend_pid()"),
+                {"schema": schema},
+            )  # fmt: skip
             conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
         admin.dispose()
 

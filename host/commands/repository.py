@@ -154,7 +154,6 @@ class CommandStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        store.ensure_tables()
         self._store_id: str | None = None
         self.store_id  # noqa: B018 - read (or made) now, never inside another transaction
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import JSON, Float, Integer, String, Text, select, update
+from sqlalchemy import JSON, BigInteger, Float, String, Text, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -57,7 +57,7 @@ class SearchTrialRow(Base):
 
     search_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    trial_number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    trial_number: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     variant: Mapped[str | None] = mapped_column(String(64), nullable=True)
     recipe: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
@@ -79,7 +79,7 @@ class SearchMeasurementRow(Base):
     state: Mapped[str] = mapped_column(String(16))
     worker: Mapped[str] = mapped_column(String(128))
     claim_until: Mapped[float] = mapped_column(Float)
-    trial_number: Mapped[int] = mapped_column(Integer)
+    trial_number: Mapped[int] = mapped_column(BigInteger)
     fleet_job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     row: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # select.ResultRow
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -93,7 +93,7 @@ class ArtifactFeaturesRow(Base):
     __tablename__ = "artifact_features"
 
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
-    version: Mapped[int] = mapped_column(Integer)
+    version: Mapped[int] = mapped_column(BigInteger)
     features: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
@@ -156,7 +156,6 @@ class SearchStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        store.ensure_tables()
 
     # -- searches ------------------------------------------------------------------------------
     def create_search(self, search_id: str, spec: dict[str, Any]) -> SearchInfo:

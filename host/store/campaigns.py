@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import JSON, Float, Integer, String, Text, select
+from sqlalchemy import JSON, BigInteger, Float, String, Text, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from host.store.models import Base
@@ -82,7 +82,7 @@ class CandidateRow(Base):
 
     campaign_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     candidate_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    position: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(BigInteger)
     recipe_name: Mapped[str] = mapped_column(String(128))
     recipe: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     format: Mapped[str] = mapped_column(String(16))
@@ -91,7 +91,7 @@ class CandidateRow(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     path: Mapped[str | None] = mapped_column(Text, nullable=True)
-    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     host_metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created: Mapped[float] = mapped_column(Float)
 
@@ -102,9 +102,9 @@ class CampaignJobRow(Base):
     campaign_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     candidate_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    position: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16))
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(BigInteger, default=0)
     fleet_job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     job_ids: Mapped[list[str]] = mapped_column(JSON, default=list)  # every job id ever sent
     # How the host judged the result of fleet_job_id (host.campaign.quality.Judgement, msgspec
@@ -181,8 +181,6 @@ class CampaignStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        # Store() created the tables known when it was opened; these may be new to the database.
-        store.ensure_tables()
 
     # -- campaigns -----------------------------------------------------------------------------
     def create_campaign(self, campaign_id: str, spec: dict[str, Any]) -> CampaignInfo:

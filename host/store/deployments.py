@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, String, Text, func, select, update
+from sqlalchemy import JSON, BigInteger, Boolean, Float, String, Text, func, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from host.commands.repository import CommandStore, NewCommand
@@ -80,10 +80,10 @@ class RolloutRow(Base):
     # True while anything is left to do: a target to send or answer, a rollback to carry out.
     open: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
     waves: Mapped[list[list[str]]] = mapped_column(JSON)
-    current_wave: Mapped[int] = mapped_column(Integer, default=1)
+    current_wave: Mapped[int] = mapped_column(BigInteger, default=1)
     wave_started: Mapped[float] = mapped_column(Float)
-    max_failures: Mapped[int] = mapped_column(Integer, default=0)
-    aborted_wave: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_failures: Mapped[int] = mapped_column(BigInteger, default=0)
+    aborted_wave: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     label: Mapped[str] = mapped_column(String(128), default="")
     reason: Mapped[str] = mapped_column(Text, default="")
@@ -97,7 +97,7 @@ class RolloutTargetRow(Base):
     deploy_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     rollout_id: Mapped[str] = mapped_column(String(64), index=True)
     device_id: Mapped[str] = mapped_column(String(64), index=True)
-    wave: Mapped[int] = mapped_column(Integer)
+    wave: Mapped[int] = mapped_column(BigInteger)
     label: Mapped[str] = mapped_column(String(128), default="")
     sha256: Mapped[str] = mapped_column(String(64))
     artifact_path: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -107,7 +107,7 @@ class RolloutTargetRow(Base):
     min_metric: Mapped[float | None] = mapped_column(Float, nullable=True)
     # How the board should run it (the variant a campaign picked); None: the agent's default.
     runtime: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    threads: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    threads: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     state: Mapped[str] = mapped_column(String(24), index=True)
     sequence: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     command_msg_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # its command
@@ -210,7 +210,6 @@ class DeploymentStore:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.commands = CommandStore(store)
-        store.ensure_tables()
 
     # -- sequences ------------------------------------------------------------------------------
     @staticmethod

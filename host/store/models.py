@@ -3,14 +3,15 @@ host.commands' tables).
 
 Timestamps are epoch seconds (floats) so that SQLite and PostgreSQL behave the same; documents that
 belong to the wire contract (birth, telemetry, manifests, results) are stored as JSON as received.
-Other host features add their tables to the same ``Base`` so that one ``create_all`` builds them all.
+Other host features add their tables to the same ``Base``, from the modules host.store.schema names;
+host.store.migrations brings a database to that schema.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -40,7 +41,7 @@ class ArtifactRow(Base):
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     format: Mapped[str] = mapped_column(String(16))
     precision: Mapped[str] = mapped_column(String(32))
-    size_bytes: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
     name: Mapped[str] = mapped_column(String(128), default="")
     path: Mapped[str | None] = mapped_column(Text, nullable=True)
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON)

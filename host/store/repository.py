@@ -24,29 +24,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from sqlalchemy import create_engine, event, inspect, select, text, update
+from sqlalchemy import create_engine, event, inspect, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import (
     ArgumentError,
     IntegrityError,
     NoSuchModuleError,
     OperationalError,
-    ProgrammingError,
 )
 from sqlalchemy.orm import Session, sessionmaker
 
 from host.errors import ConfigError, HostError
-from host.store.models import ArtifactRow, Base, DeviceRow
+from host.store import migrations
+from host.store.models import ArtifactRow, DeviceRow
 
 logger = logging.getLogger(__name__)
 
 DB_FILE_NAME = "edgetailor.db"
-
-
-def _already_there(exc: Exception) -> bool:
-    """Whether a CREATE/ALTER failed because another process made the same thing first."""
-    text_ = str(getattr(exc, "orig", exc)).lower()
-    return "exist" in text_ or "duplicate" in text_
 
 
 class StoreError(HostError):
@@ -80,16 +74,16 @@ def _columns(row: Any, cls: type) -> Any:
 
 
 class Store:
-    """Devices and artifacts in one SQL database (tables created on open); other host features
-    (commands, campaigns, deployments) keep their tables in it through their repositories."""
+    """Devices and artifacts in one SQL database; other host features (commands, campaigns,
+    deployments, searches) keep their tables in it through their repositories. Opening it brings
+    the database to the newest schema revision (host.store.migrations), every table included."""
 
     def __init__(self, url: str | None = None, *, echo: bool = False) -> None:
         self.url = url or default_db_url()
         self._lock = threading.Lock()
-        self._ensured: frozenset[str] = frozenset()
         try:
             self.engine = self._make_engine(self.url, echo)
-            self._create_tables()
+            migrations.upgrade(self.engine)
         except (ArgumentError, NoSuchModuleError) as exc:
             raise ConfigError(
                 f"invalid database URL {self.url!r}: {exc}; use e.g. sqlite:///path.db or "
@@ -100,67 +94,9 @@ class Store:
                 f"cannot open the database {self.safe_url()}: {exc.orig}; check that it is "
                 "running and the URL, user and password are right"
             ) from exc
+        except migrations.MigrationError as exc:
+            raise StoreError(f"the database {self.safe_url()} cannot be used: {exc}") from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-
-    def ensure_tables(self) -> None:
-        """Create the tables, and add the columns, that the models define and the database lacks.
-
-        Host features register their tables on the same ``Base`` after the Store was opened
-        (campaigns, deployments, the service); each calls this. It does work only when the set of
-        known tables changed since the last call.
-        """
-        known = frozenset(Base.metadata.tables)
-        if known != self._ensured:
-            self._create_tables()
-
-    def _create_tables(self) -> None:
-        # Two processes opening a fresh database at once both see "no table" and both CREATE;
-        # the loser's error means the table now exists, so looking again settles it.
-        known = frozenset(Base.metadata.tables)
-        for attempt in range(5):
-            try:
-                Base.metadata.create_all(self.engine)
-                break
-            except (OperationalError, ProgrammingError, IntegrityError) as exc:
-                if not _already_there(exc):
-                    raise
-                logger.debug("tables created concurrently (attempt %d): %s", attempt, exc.orig)
-                time.sleep(0.05 * (attempt + 1))
-        else:
-            Base.metadata.create_all(self.engine)
-        self._add_missing_columns()
-        self._ensured = known
-
-    def _add_missing_columns(self) -> None:
-        """A database made by an older edgetailor lacks the columns added since: add them.
-
-        Only nullable columns are ever added (existing rows read them as unset); a missing column
-        that cannot be NULL is an error naming it, never a silent change.
-        """
-        inspector = inspect(self.engine)
-        for table in Base.metadata.sorted_tables:
-            if not inspector.has_table(table.name):
-                continue
-            present = {column["name"] for column in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in present:
-                    continue
-                if column.primary_key or not column.nullable:
-                    raise StoreError(
-                        f"the database {self.safe_url()} has a table {table.name} without the "
-                        f"column {column.name}, which this version needs and cannot add to "
-                        "existing rows; point --db at a new database"
-                    )
-                kind = column.type.compile(dialect=self.engine.dialect)
-                try:
-                    with self.engine.begin() as conn:
-                        conn.execute(
-                            text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
-                        )
-                except (OperationalError, ProgrammingError) as exc:
-                    if not _already_there(exc):
-                        raise
-                logger.info("database upgraded: added column %s.%s", table.name, column.name)
 
     def safe_url(self) -> str:
         """The database URL with any password hidden, for messages a user reads."""

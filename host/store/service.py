@@ -106,7 +106,6 @@ class ServiceStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        store.ensure_tables()
 
     # -- tokens ---------------------------------------------------------------------------------
     def has_token(self) -> bool:

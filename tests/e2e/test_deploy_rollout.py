@@ -51,12 +51,12 @@ def active_sha(agent: AgentProcess) -> str | None:
 
 def test_staged_rollout_aborts_on_a_failing_second_wave_rolls_it_back_and_skips_the_third(
     shared_broker_url: str, base_topic: str, start_agent: AgentFactory,
-    digits_model: DigitsArtifacts, new_model: Path, tmp_path: Path,
+    digits_model: DigitsArtifacts, new_model: Path, tmp_path: Path, db_url: str,
 ) -> None:  # fmt: skip
     devices = ["wave-a", "wave-b", "wave-c", "wave-d"]
     agents = {d: start_agent(d, shared_broker_url) for d in devices}
     old_sha, new_sha = sha256_file(digits_model.tflite), sha256_file(new_model)
-    with Fleet(shared_broker_url, base_topic, store=f"sqlite:///{tmp_path / 'host.db'}") as fleet:
+    with Fleet(shared_broker_url, base_topic, store=db_url) as fleet:
         deployer = Deployer(fleet, health_runs=5, timeout_s=60.0)
         baseline = deployer.rollout(
             [
@@ -99,7 +99,7 @@ def test_staged_rollout_aborts_on_a_failing_second_wave_rolls_it_back_and_skips_
 
 def test_signed_deploys_carry_growing_per_device_sequences_and_a_replayed_one_is_refused(
     shared_broker_url: str, base_topic: str, start_agent: AgentFactory,
-    digits_model: DigitsArtifacts, new_model: Path, tmp_path: Path,
+    digits_model: DigitsArtifacts, new_model: Path, tmp_path: Path, db_url: str,
 ) -> None:  # fmt: skip
     key = generate_key()
     save_private_key(key, tmp_path / "host.key")
@@ -108,7 +108,7 @@ def test_signed_deploys_carry_growing_per_device_sequences_and_a_replayed_one_is
         "signed-a", shared_broker_url, extra_args=["--trust-key", str(tmp_path / "host.pub")]
     )
     with Fleet(
-        shared_broker_url, base_topic, store=f"sqlite:///{tmp_path / 'host.db'}",
+        shared_broker_url, base_topic, store=db_url,
         signing_key=tmp_path / "host.key",
     ) as fleet:  # fmt: skip
         deployer = Deployer(fleet, health_runs=3, timeout_s=60.0)
@@ -149,10 +149,10 @@ def _run_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[st
 
 def test_deploy_campaign_cli_deploys_the_selection_and_rollback_cli_restores_the_previous(
     shared_broker_url: str, base_topic: str, start_agent: AgentFactory,
-    digits_model: DigitsArtifacts, new_model: Path, tmp_path: Path,
+    digits_model: DigitsArtifacts, new_model: Path, tmp_path: Path, db_url: str,
 ) -> None:  # fmt: skip
     agent = start_agent("cli-a", shared_broker_url)
-    db = f"sqlite:///{tmp_path / 'host.db'}"
+    db = db_url
     work = tmp_path / "campaign"
     work.mkdir()
     os.link(digits_model.eval_npz, work / "eval.npz")

@@ -26,10 +26,11 @@ CLI = [sys.executable, "-c", "from host.cli.main import main; main()"]
 
 
 @pytest.fixture
-def serve(shared_broker_url: str, base_topic: str, tmp_path: Path) -> Iterator[ServeProcess]:
-    process = ServeProcess(
-        shared_broker_url, base_topic, f"sqlite:///{tmp_path / 'host.db'}", tmp_path / "home"
-    )
+def serve(
+    shared_broker_url: str, base_topic: str, tmp_path: Path, db_url: str
+) -> Iterator[ServeProcess]:
+    """The service on each store in turn (db_url: SQLite, then PostgreSQL)."""
+    process = ServeProcess(shared_broker_url, base_topic, db_url, tmp_path / "home")
     yield process
     process.stop()
 

@@ -103,7 +103,7 @@ def test_campaign_spec_rejects_a_bad_constraint_and_empty_devices() -> None:
 
 @pytest.mark.slow
 def test_campaign_with_one_device_offline_finishes_with_that_device_marked(
-    shared_broker_url: str, base_topic: str, tmp_path: Path,
+    shared_broker_url: str, base_topic: str, tmp_path: Path, db_url: str,
 ) -> None:  # fmt: skip
     from host.fleet import Fleet
     from host.store import Store
@@ -132,7 +132,7 @@ def test_campaign_with_one_device_offline_finishes_with_that_device_marked(
     )
     with (
         agent,
-        Store(f"sqlite:///{tmp_path / 'host.db'}") as store,
+        Store(db_url) as store,
         Fleet(shared_broker_url, base_topic, store=store) as fleet,
     ):
         agent.wait_online(timeout=60)

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+import pytest
 
 from host.campaign import CampaignCancelled, CampaignSpec, DeviceScheduler, Prepared
 from host.campaign.context import CampaignContext
@@ -91,8 +94,14 @@ class _AnswerAll(dict):  # type: ignore[type-arg]
         return self._answer
 
 
-def _fleet(tmp_path: Path, *online: str) -> ScriptedFleet:
-    fleet = ScriptedFleet(Store(f"sqlite:///{tmp_path / 'host.db'}"))
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    with Store(db_url) as opened:
+        yield opened
+
+
+def _fleet(store: Store, *online: str) -> ScriptedFleet:
+    fleet = ScriptedFleet(store)
     for device in online:
         fleet.online(device)
     return fleet
@@ -138,9 +147,9 @@ def _prepared(tmp_path: Path) -> Prepared:
 
 
 def test_every_survivor_is_measured_on_every_device_and_a_failed_job_is_retried_once(
-    tmp_path: Path,
+    tmp_path: Path, store: Store
 ) -> None:
-    fleet = _fleet(tmp_path, "a", "b")
+    fleet = _fleet(store, "a", "b")
     fleet.fail_first.add(f"b:{tmp_path / 'c2.tflite'}")
     ctx, survivors = _setup(tmp_path, fleet, retries=1)
     DeviceScheduler(ctx).measure(survivors, ["a", "b"], _prepared(tmp_path))
@@ -154,9 +163,9 @@ def test_every_survivor_is_measured_on_every_device_and_a_failed_job_is_retried_
 
 
 def test_a_thread_sweep_measures_every_candidate_and_thread_count_as_its_own_variant(
-    tmp_path: Path,
+    tmp_path: Path, store: Store
 ) -> None:
-    fleet = _fleet(tmp_path, "a", "b")
+    fleet = _fleet(store, "a", "b")
     ctx, survivors = _setup(tmp_path, fleet, threads=(1, 4))
     DeviceScheduler(ctx).measure(survivors, ["a", "b"], _prepared(tmp_path))
     rows = _rows(ctx)
@@ -170,9 +179,9 @@ def test_a_thread_sweep_measures_every_candidate_and_thread_count_as_its_own_var
 
 
 def test_a_board_without_a_runtime_for_a_format_is_not_sent_candidates_of_that_format(
-    tmp_path: Path,
+    tmp_path: Path, store: Store
 ) -> None:
-    fleet = _fleet(tmp_path, "a", "b")  # tflite only
+    fleet = _fleet(store, "a", "b")  # tflite only
     ctx, survivors = _setup(tmp_path, fleet)
     survivors = [survivors[0], replace(survivors[1], format="onnx")]
     DeviceScheduler(ctx).measure(survivors, ["a", "b"], _prepared(tmp_path))
@@ -182,9 +191,9 @@ def test_a_board_without_a_runtime_for_a_format_is_not_sent_candidates_of_that_f
 
 
 def test_the_jobs_of_a_device_that_stays_offline_end_as_offline_with_how_to_resume(
-    tmp_path: Path,
+    tmp_path: Path, store: Store
 ) -> None:
-    fleet = _fleet(tmp_path, "a")
+    fleet = _fleet(store, "a")
     ctx, survivors = _setup(tmp_path, fleet, offline_deadline_s=0.2)
     DeviceScheduler(ctx).measure(survivors, ["a", "b"], _prepared(tmp_path))
     states = {(j.device_id, j.candidate_id): (j.status, j.error) for j in ctx.cstore.jobs("camp")}
@@ -196,10 +205,10 @@ def test_the_jobs_of_a_device_that_stays_offline_end_as_offline_with_how_to_resu
 
 
 def test_after_a_restart_a_job_sent_for_one_thread_count_is_adopted_by_that_variant_only(
-    tmp_path: Path,
+    tmp_path: Path, store: Store
 ) -> None:
 
-    fleet = _fleet(tmp_path, "a", "b")
+    fleet = _fleet(store, "a", "b")
     ctx, survivors = _setup(tmp_path, fleet, threads=(1, 4))
     # The run that died sent c1 on 4 threads to "a", and the answer arrived, but it never noted
     # the job id in the campaign.
@@ -232,8 +241,10 @@ def test_after_a_restart_a_job_sent_for_one_thread_count_is_adopted_by_that_vari
     assert len(fleet.sent) == 7  # every variant but the adopted one
 
 
-def test_a_cancelled_campaign_cancels_its_open_benchmark_and_stops(tmp_path: Path) -> None:
-    fleet = _fleet(tmp_path, "a")
+def test_a_cancelled_campaign_cancels_its_open_benchmark_and_stops(
+    tmp_path: Path, store: Store
+) -> None:
+    fleet = _fleet(store, "a")
     fleet.silent_for.add("a")  # the benchmark runs for ever
     ctx, survivors = _setup(tmp_path, fleet)
     threading.Timer(1.0, ctx.cancelled.set).start()

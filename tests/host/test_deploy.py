@@ -40,14 +40,14 @@ def test_bad_wave_specs_are_refused_with_an_example(text: str) -> None:
         parse_waves(text)
 
 
-def test_sequences_grow_per_device_and_survive_reopening_the_store(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    with Store(url) as store:
+def test_sequences_grow_per_device_and_survive_reopening_the_store(db_url: str) -> None:
+    with Store(db_url) as store:
         dstore = DeploymentStore(store)
         first, second = dstore.next_sequence("pi-1"), dstore.next_sequence("pi-1")
         other = dstore.next_sequence("pi-2")
     assert second > first and other >= 1
-    with Store(url) as store:
+    assert first > 1_700_000_000_000  # milliseconds since the epoch: past 32 bits on every store
+    with Store(db_url) as store:
         assert DeploymentStore(store).next_sequence("pi-1") > second
 
 
@@ -70,9 +70,9 @@ def _campaign(store: Store, tmp_path: Path, *, selection: dict | None) -> str:
 
 
 def test_campaign_selection_becomes_targets_with_the_latency_constraint_as_budget(
-    tmp_path: Path,
+    tmp_path: Path, db_url: str
 ) -> None:
-    with Store(f"sqlite:///{tmp_path / 'db.sqlite'}") as store:
+    with Store(db_url) as store:
         selection = {
             "pi-1": {"candidate": "prune50", "reason": "fastest"},
             "pi-2": {"candidate": None, "reason": "no candidate meets latency_p90_ms<=20"},
@@ -99,15 +99,17 @@ def test_campaign_selection_becomes_targets_with_the_latency_constraint_as_budge
             targets_from_campaign(store, "nope")
 
 
-def test_campaign_without_a_selection_yet_says_to_finish_it_first(tmp_path: Path) -> None:
-    with Store(f"sqlite:///{tmp_path / 'db.sqlite'}") as store:
+def test_campaign_without_a_selection_yet_says_to_finish_it_first(
+    tmp_path: Path, db_url: str
+) -> None:
+    with Store(db_url) as store:
         campaign = _campaign(store, tmp_path, selection=None)
         with pytest.raises(DeployError, match="--resume camp-1"):
             targets_from_campaign(store, campaign)
 
 
 def test_a_device_whose_deploy_cannot_be_sent_fails_alone_and_the_wave_is_still_collected(
-    tmp_path: Path,
+    tmp_path: Path, db_url: str
 ) -> None:
     from host.deploy import Deployer, DeployTarget
     from host.fleet import Fleet
@@ -115,7 +117,7 @@ def test_a_device_whose_deploy_cannot_be_sent_fails_alone_and_the_wave_is_still_
 
     manifest = ArtifactManifest(sha256="ab" * 32, size_bytes=10, format="tflite", precision="fp32")
     # Never connected: every device reads as offline.
-    fleet = Fleet("mqtt://127.0.0.1:1", store=f"sqlite:///{tmp_path / 'db.sqlite'}")
+    fleet = Fleet("mqtt://127.0.0.1:1", store=db_url)
     deployer = Deployer(fleet, device_timeout_s=0.05)
     targets = [
         DeployTarget("pi-1", tmp_path / "model.tflite", manifest=manifest),

@@ -7,40 +7,18 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
-from sqlalchemy import create_engine, text
 
 from bench.simfleet import SimFleet, write_artifact
 from host.commands import CommandInfo, CommandStore
 from host.commands.keys import make_key
 from host.store import Store
 
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 ROOT = Path(__file__).resolve().parents[2]
 BOARDS = 50
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A schema of its own in the shared test database, dropped afterwards."""
-    schema = f"et_scale_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE SCHEMA {schema}"))
-    except Exception as exc:  # noqa: BLE001 - the message names what is missing
-        pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not usable: {exc}")
-    try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
 def _start_replica(

@@ -1,45 +1,22 @@
-"""The host store on SQLite and on the machine's PostgreSQL (trust auth, database ``test``)."""
+"""The host store on SQLite and on the machine's PostgreSQL (each test on both: ``db_url``); its
+schema revisions are tests/host/test_migrations.py's."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from host.commands import CommandStore, NewCommand
 from host.errors import ConfigError
 from host.store import Store, StoreError
 from shared.messages import PingCmd
 
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        opened = Store(f"sqlite:///{tmp_path / 'edgetailor.db'}")
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    with Store(db_url) as opened:
         yield opened
-        opened.close()
-        return
-    # A schema of its own: other tests share the database and its tables.
-    schema = f"et_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE SCHEMA {schema}"))
-    except Exception as exc:  # noqa: BLE001 - the message names what is missing
-        pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not usable: {exc}")
-    opened = Store(f"{POSTGRES_URL}?options=-csearch_path%3D{schema}")
-    try:
-        yield opened
-    finally:
-        opened.close()
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
 def _command(commands: CommandStore, device: str = "pi-01") -> str:
@@ -122,55 +99,3 @@ def test_an_unreachable_database_names_the_url_without_the_password() -> None:
     with pytest.raises(StoreError, match=r"cannot open the database .*127\.0\.0\.1:1") as info:
         Store("postgresql+psycopg://user:secret@127.0.0.1:1/test?connect_timeout=2")
     assert "secret" not in str(info.value)
-
-
-def test_processes_opening_a_fresh_database_at_once_all_succeed(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    url = f"sqlite:///{tmp_path / 'race.db'}"
-    code = f"from host.store import Store; Store({url!r}).close(); print('ok')"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        for _ in range(4)
-    ]
-    outcomes = [proc.communicate(timeout=60) for proc in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0, 0], [
-        err.decode()[-500:] for _, err in outcomes
-    ]
-
-
-def test_a_database_from_an_older_version_gets_the_new_nullable_columns_and_keeps_its_rows(
-    tmp_path: Path,
-) -> None:
-    from host.store.deployments import DeploymentStore
-
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    with Store(url) as store:
-        DeploymentStore(store)
-    engine = create_engine(url)
-    with engine.begin() as conn:  # what the tables looked like before variants existed
-        conn.execute(text("ALTER TABLE rollout_targets DROP COLUMN runtime"))
-        conn.execute(text("ALTER TABLE rollout_targets DROP COLUMN threads"))
-        conn.execute(text("INSERT INTO devices (device_id, online, first_seen, last_seen) "
-                          "VALUES ('pi-old', 0, 1.0, 1.0)"))  # fmt: skip
-    with Store(url) as store:
-        DeploymentStore(store)
-        assert [d.device_id for d in store.list_devices()] == ["pi-old"]
-    with engine.connect() as conn:
-        columns = {row[1] for row in conn.execute(text("PRAGMA table_info(rollout_targets)"))}
-    assert {"runtime", "threads"} <= columns
-    engine.dispose()
-
-
-def test_a_missing_column_that_cannot_be_null_is_an_error_naming_it(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'odd.db'}"
-    Store(url).close()
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("ALTER TABLE devices DROP COLUMN online"))
-    engine.dispose()
-    with pytest.raises(StoreError, match=r"table devices without the column online"):
-        Store(url)
