@@ -122,6 +122,7 @@ class _Stream:
     sessions: dict[str, _Session] = field(default_factory=dict)
     started: float = float("-inf")  # the first request after the stream was quiet
     gather_until: float = float("-inf")  # fresh chunks wait for expected devices until then
+    last_active: float = float("-inf")  # the latest last_seen of its sessions
     error: str | None = None
 
     def enqueue(self, index: int) -> None:
@@ -244,6 +245,7 @@ class ChunkServer:
             if session is None:
                 session = self._join(stream, device_id, now)
             session.last_seen = now
+            stream.last_active = max(stream.last_active, now)
             for index in dict.fromkeys(request.indices):  # keeps order, drops repeats
                 if self._schedule(stream, session, index, now):
                     scheduled.append(index)
@@ -292,7 +294,7 @@ class ChunkServer:
 
     def _join(self, stream: _Stream, device_id: str, now: float) -> _Session:
         """A device's first request on this stream; it may start or end a gathering."""
-        quiet = all(now - s.last_seen > self.coalesce_s for s in stream.sessions.values())
+        quiet = now - stream.last_active > self.coalesce_s  # no session asked within the window
         session = _Session(now, now, bytearray((stream.total + 7) // 8))
         stream.sessions[device_id] = session
         expected = self._expected.get(stream.offered.sha256, {})
@@ -367,6 +369,9 @@ class ChunkServer:
             for device_id, session in list(stream.sessions.items()):
                 if now - session.last_seen > self.session_idle_s:
                     del stream.sessions[device_id]
+            stream.last_active = max(
+                (s.last_seen for s in stream.sessions.values()), default=float("-inf")
+            )
             if stream.idle():
                 del self._streams[key]
                 stream.file.close()
