@@ -23,7 +23,8 @@ and acknowledge it with ``cmd.ack``.
   results stored as they arrive and acknowledged, each checked in the database afterwards: one
   per command).
 - ``service``: the same through ``edgetailor serve``'s service (its deployment driver, campaign
-  and event loops running beside it), with the HTTP side left out.
+  and event loops running beside it), with the HTTP side left out (and so the model zoo, torch
+  included, that the service loads at start for the API's checks).
 
 Measured from the first command to the last result: wall time, results per second, the driver's
 CPU seconds (user + system over that span) and its peak RSS (whole process). Goal: each within 2x
@@ -186,7 +187,11 @@ def _edgetailor(
     if service:
         from host.service.service import Service, ServiceConfig
 
-        runner = Service(ServiceConfig(broker=broker, db=db, base_topic=base, home=workdir))
+        # The model zoo (torch) is loaded at start for the API, which is left out here.
+        config = ServiceConfig(
+            broker=broker, db=db, base_topic=base, home=workdir, preload_models=False
+        )
+        runner = Service(config)
         runner.start()
         fleet, store = runner.fleet, runner.store
     else:

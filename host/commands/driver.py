@@ -83,7 +83,13 @@ BATCH = 1000  # incoming messages handled per transaction at most
 # The writer gathers what arrives this long after the first message of a batch (a network loop's
 # worth): one transaction, one ack per device and one round of signatures per batch.
 GATHER_S = 0.05
+# A progress report waits this long for a newer one of its command, or its answer, before it is
+# checked and noted: a board reports accepted, fetching and running within a second or two, and
+# each checked signature costs as much as storing the answer.
+PROGRESS_HOLD_S = 0.25
 ACK_LIMIT = 1024  # msg_ids per ack command (shared.messages.AckCmd)
+ENDED_MEMORY = 100_000  # command ids ended by this process that waiters look up in memory
+FULL_LOOK_S = 1.0  # waiters read every command they wait for this often (others' answers)
 
 
 class CommandLink(Protocol):
@@ -123,6 +129,7 @@ class CommandDriver:
         poll_s: float = POLL_S,
         republish_s: float = REPUBLISH_S,
         gather_s: float = GATHER_S,
+        progress_hold_s: float = PROGRESS_HOLD_S,
     ) -> None:
         self.commands = CommandStore(store)
         self.link = link
@@ -133,6 +140,9 @@ class CommandDriver:
         self.poll_s = poll_s
         self.republish_s = republish_s
         self.gather_s = gather_s
+        self.progress_hold_s = progress_hold_s
+        # (device, command) -> the newest progress not noted yet, and when it is due (the writer's)
+        self._held: dict[tuple[str, str], tuple[_Incoming, float]] = {}
         self._hold_until = 0.0  # a burst of new commands is looked at again then
         self._signed_manifests: dict[tuple[bytes, str], ArtifactManifest] = {}
         self.dropped: Counter[str] = Counter()  # responses dropped, by reason
@@ -145,6 +155,7 @@ class CommandDriver:
         self._stop = threading.Event()
         self._changed = threading.Condition()
         self._generation = 0  # bumped each time answers were stored or commands ended
+        self._ended: dict[str, None] = {}  # commands this process ended (bounded, see _notify)
         self._threads: list[threading.Thread] = []
         self._last = {"rescan": 0.0, "expire": 0.0, "housekeeping": 0.0, "prune": 0.0}
         self._rotations: dict[str, str] = {}  # device -> open rotate command id
@@ -205,7 +216,7 @@ class CommandDriver:
         if cancelled:
             if self.gate is not None:
                 self.gate.revoke([command_id])
-            self._notify()
+            self._notify([command_id])
             self.wake()
         return cancelled
 
@@ -233,16 +244,23 @@ class CommandDriver:
         deadline = None if timeout is None else time.monotonic() + timeout
         waiting = list(dict.fromkeys(command_ids))
         done: dict[str, CommandInfo] = {}
+        full_at = float("-inf")
         while True:
             with self._changed:
                 generation = self._generation
-            states = self.commands.states(waiting)
-            unknown = [c for c in waiting if c not in states]
-            if unknown:
-                raise ValidationError(f"no command {unknown[0]} in the database")
-            ended = [c for c in waiting if states[c] in FINAL_STATES]
+                ended_here = [c for c in waiting if c in self._ended]
+            if time.monotonic() - full_at >= FULL_LOOK_S:
+                # Every one: another host process on this database may have ended some.
+                full_at = time.monotonic()
+                states = self.commands.states(waiting)
+                unknown = [c for c in waiting if c not in states]
+                if unknown:
+                    raise ValidationError(f"no command {unknown[0]} in the database")
+                ended = [c for c in waiting if states[c] in FINAL_STATES]
+            else:
+                ended = ended_here  # this process's answers: looked up when they come
             if ended:
-                done.update(self.commands.many(ended))
+                done.update((c, i) for c, i in self.commands.many(ended).items() if i.final)
                 waiting = [c for c in waiting if c not in done]
             if not waiting:
                 return {c: done[c] for c in dict.fromkeys(command_ids)}
@@ -259,10 +277,14 @@ class CommandDriver:
                 )
             with self._changed:
                 if self._generation == generation:  # nothing stored since the query
-                    self._changed.wait(1.0 if left is None else min(left, 1.0))
+                    self._changed.wait(FULL_LOOK_S if left is None else min(left, FULL_LOOK_S))
 
-    def _notify(self) -> None:
+    def _notify(self, ended: Sequence[str] = ()) -> None:
         with self._changed:
+            if len(self._ended) + len(ended) > ENDED_MEMORY:
+                self._ended.clear()  # waiters then look at the database in full once more
+                self._generation += 1
+            self._ended.update(dict.fromkeys(ended))
             self._generation += 1
             self._changed.notify_all()
 
@@ -299,7 +321,7 @@ class CommandDriver:
                 logger.info("%d commands expired unanswered", len(expired))
                 if self.gate is not None:
                     self.gate.revoke(expired)
-                self._notify()
+                self._notify(expired)
         if now - self._last["housekeeping"] >= HOUSEKEEPING_S:
             self._last["housekeeping"] = now
             self._housekeeping()
@@ -464,36 +486,42 @@ class CommandDriver:
 
     def _write_forever(self) -> None:
         while True:
-            item = self._inbox.get()
-            stopping = item is None
+            wait = None
+            if self._held:
+                wait = max(0.0, min(due for _, due in self._held.values()) - time.monotonic())
+            try:
+                item = self._inbox.get(timeout=wait)
+            except queue.Empty:  # held progress is due
+                item, stopping = None, False
+            else:
+                stopping = item is None
             batch = [] if item is None else [item]
-            until = time.monotonic() + self.gather_s
-            while len(batch) < BATCH:
+            if batch and not stopping and self.gather_s > 0:
+                # What arrives meanwhile joins this batch: one wake-up of this thread, not one
+                # per message.
+                self._stop.wait(self.gather_s)
+            while batch and len(batch) < BATCH:
                 try:
-                    left = until - time.monotonic()
-                    if stopping or left <= 0:
-                        more = self._inbox.get_nowait()
-                    else:
-                        more = self._inbox.get(timeout=left)
+                    more = self._inbox.get_nowait()
                 except queue.Empty:
                     break
                 if more is None:
                     stopping = True
                     continue
                 batch.append(more)
-            if batch:
-                try:
-                    self.handle(batch)
-                except Exception:  # one bad batch must not stop the writer
-                    logger.exception("could not handle %d device answers", len(batch))
+            try:
+                self.handle(batch, flush=stopping)
+            except Exception:  # one bad batch must not stop the writer
+                logger.exception("could not handle %d device answers", len(batch))
             if stopping:
                 return
 
-    def handle(self, batch: Sequence[_Incoming]) -> None:
-        """Note progress, store final answers once, acknowledge them (one transaction)."""
+    def handle(self, batch: Sequence[_Incoming], *, flush: bool = False) -> None:
+        """Note progress, store final answers once, acknowledge them (one transaction).
+        Progress is held for ``progress_hold_s`` first (``flush``: none is held)."""
         finals: list[_Incoming] = []
         parts: list[_Incoming] = []
-        progress: dict[tuple[str, str], _Incoming] = {}  # the last per device and command
+        now = time.monotonic()
         for item in batch:
             body = item.message.body
             if isinstance(body, OutputsPart):
@@ -501,13 +529,20 @@ class CommandDriver:
             elif isinstance(body, Response) and body.status == "progress":
                 command_id = item.message.corr_id
                 if command_id is not None and self.commands.is_ours(command_id):
-                    progress.pop((item.device_id, command_id), None)
-                    progress[(item.device_id, command_id)] = item
+                    key = (item.device_id, command_id)
+                    held = self._held.get(key)  # replaced by the newer one, due as it was
+                    self._held[key] = (item, held[1] if held else now + self.progress_hold_s)
             elif isinstance(body, Response):
                 finals.append(item)
-        for item in finals:  # an answer in the same batch says more than any progress
-            progress.pop((item.device_id, item.message.corr_id or ""), None)
-        noted = [i for i in progress.values() if i.check is None or i.check()]
+        for item in finals:  # the answer says more than any progress
+            self._held.pop((item.device_id, item.message.corr_id or ""), None)
+        due = [k for k, (_, at) in self._held.items() if flush or at <= now]
+        noted = [
+            item for item in (self._held.pop(k)[0] for k in due)
+            if item.check is None or item.check()
+        ]  # fmt: skip
+        if not (finals or parts or noted):
+            return
         acks: dict[str, tuple[list[str], list[str]]] = {}
         for item, verdict in self._write_parts(parts):
             ok, unknown = acks.setdefault(item.device_id, ([], []))
@@ -542,7 +577,7 @@ class CommandDriver:
             self.gate.revoke(ended)
         self._send(ack_rows, ack_seqs)
         if ended or stages:
-            self._notify()
+            self._notify(ended)
 
     def _rows(self, session: Session, ids: list[str | None]) -> dict[str, tuple[str, str, str]]:
         """device, kind and state of these commands (those this database has)."""

@@ -396,20 +396,21 @@ class CommandStore:
         else:
             from sqlalchemy.dialects.postgresql import insert as dialect_insert
         table = SequenceRow.__table__
-        for start in range(0, len(devices), _IN_LIMIT):
-            chunk = devices[start : start + _IN_LIMIT]
-            # A new row starts at floor + count - 1 (its "excluded" value); a row there already
-            # grows by count (= excluded - floor + 1), and never below that floor either.
-            stmt = dialect_insert(table).values(
-                [{"device_id": d, "seq": floor + counts[d] - 1} for d in chunk]
-            )
-            bumped = table.c.seq + stmt.excluded.seq - (floor - 1)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[table.c.device_id],
-                set_={"seq": case((bumped > stmt.excluded.seq, bumped), else_=stmt.excluded.seq)},
-            ).returning(table.c.device_id, table.c.seq)
-            for device_id, top in session.execute(stmt).all():
-                firsts[device_id] = int(top) - counts[device_id] + 1
+        # A new row starts at floor + count - 1 (its "excluded" value); a row there already grows
+        # by count (= excluded - floor + 1), and never below that floor either. One statement,
+        # executed for every device (its compiled form is cached, whatever their number).
+        stmt = dialect_insert(table).values(device_id=bindparam("b_device"), seq=bindparam("b_top"))
+        bumped = table.c.seq + stmt.excluded.seq - bindparam("b_floor_less_one")
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[table.c.device_id],
+            set_={"seq": case((bumped > stmt.excluded.seq, bumped), else_=stmt.excluded.seq)},
+        ).returning(table.c.device_id, table.c.seq, sort_by_parameter_order=True)
+        params = [
+            {"b_device": d, "b_top": floor + counts[d] - 1, "b_floor_less_one": floor - 1}
+            for d in devices
+        ]
+        for device_id, top in session.execute(stmt, params).all():
+            firsts[device_id] = int(top) - counts[device_id] + 1
         return firsts
 
     def mark_published(
