@@ -196,7 +196,9 @@ class ChunkServer:
         """``device_id`` was sent a command naming this artifact: it will likely ask for it soon."""
         with self._cond:
             now = self._clock()
-            self._expected.setdefault(sha256, {})[device_id] = now
+            expected = self._expected.setdefault(sha256, {})
+            expected.pop(device_id, None)  # kept in the order of their times (see _join)
+            expected[device_id] = now
             self._command_times.setdefault(sha256, deque(maxlen=2)).append(now)
             for (sha, _size), stream in self._streams.items():
                 if sha == sha256 and device_id not in stream.sessions:
@@ -299,9 +301,11 @@ class ChunkServer:
         stream.sessions[device_id] = session
         expected = self._expected.get(stream.offered.sha256, {})
         expected.pop(device_id, None)
-        for other, since in list(expected.items()):
-            if now - since > EXPECT_S:
-                del expected[other]
+        while expected:  # oldest first: only the stale ones at the front are looked at
+            other, since = next(iter(expected.items()))
+            if now - since <= EXPECT_S:
+                break
+            del expected[other]
         if not expected:
             self._expected.pop(stream.offered.sha256, None)
             done_at = self._commands_done_at(stream.offered.sha256, now)
