@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
-from sqlalchemy import bindparam, case, delete, insert, or_, select, update
+from sqlalchemy import bindparam, case, delete, insert, literal_column, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -398,17 +398,14 @@ class CommandStore:
         table = SequenceRow.__table__
         # A new row starts at floor + count - 1 (its "excluded" value); a row there already grows
         # by count (= excluded - floor + 1), and never below that floor either. One statement,
-        # executed for every device (its compiled form is cached, whatever their number).
-        stmt = dialect_insert(table).values(device_id=bindparam("b_device"), seq=bindparam("b_top"))
-        bumped = table.c.seq + stmt.excluded.seq - bindparam("b_floor_less_one")
+        # executed for every device (the floor is written into it: an integer, as SQL text).
+        stmt = dialect_insert(table)
+        bumped = table.c.seq + stmt.excluded.seq - literal_column(str(int(floor) - 1))
         stmt = stmt.on_conflict_do_update(
             index_elements=[table.c.device_id],
             set_={"seq": case((bumped > stmt.excluded.seq, bumped), else_=stmt.excluded.seq)},
         ).returning(table.c.device_id, table.c.seq, sort_by_parameter_order=True)
-        params = [
-            {"b_device": d, "b_top": floor + counts[d] - 1, "b_floor_less_one": floor - 1}
-            for d in devices
-        ]
+        params = [{"device_id": d, "seq": floor + counts[d] - 1} for d in devices]
         for device_id, top in session.execute(stmt, params).all():
             firsts[device_id] = int(top) - counts[device_id] + 1
         return firsts
