@@ -84,9 +84,9 @@ BATCH = 1000  # incoming messages handled per transaction at most
 # worth): one transaction, one ack per device and one round of signatures per batch.
 GATHER_S = 0.05
 # A progress report waits this long for a newer one of its command, or its answer, before it is
-# checked and noted: a board reports accepted, fetching and running within a second or two, and
-# each checked signature costs as much as storing the answer.
-PROGRESS_HOLD_S = 0.25
+# checked and noted (a stage shows up to this late): a board reports accepted, fetching and
+# running within a second or two, and each checked signature costs as much as storing the answer.
+PROGRESS_HOLD_S = 1.0
 ACK_LIMIT = 1024  # msg_ids per ack command (shared.messages.AckCmd)
 ENDED_MEMORY = 100_000  # command ids ended by this process that waiters look up in memory
 FULL_LOOK_S = 1.0  # waiters read every command they wait for this often (others' answers)

@@ -402,6 +402,8 @@ class ChunkServer:
                 if len(kept) == len(self._in_flight):
                     self._acknowledged_early.append(acknowledged_mid)  # not counted in yet
                 self._in_flight = kept
+                if not self._turn and not self._pumping:
+                    return  # nothing queued (a command's PUBACK, say): held ones have the timer
         self._pump()
 
     def close(self) -> None:
