@@ -43,7 +43,7 @@ from sqlalchemy import select
 from host.commands.grants import ChunkGate
 from host.commands.keys import HostKeys
 from host.commands.kinds import KINDS, REFUSAL_CODES
-from host.commands.models import FINAL_STATES, PENDING, PUBLISHED, RUNNING, CommandRow
+from host.commands.models import FINAL_STATES, PENDING, PUBLISHED, RUNNING, SENT, CommandRow
 from host.commands.repository import CommandInfo, CommandStore, Due, FinalAnswer, NewCommand
 from host.errors import JobFailedError, JobTimeoutError
 from shared.errors import EdgeTailorError, IntegrityError, ValidationError
@@ -379,15 +379,20 @@ class CommandDriver:
     def _reserve(self, session: Session, dues: Sequence[Due]) -> list[int]:
         """Each command's sequence number, and the rows marked published, in the caller's
         transaction: nothing goes out before it commits."""
+        seqs = self._sequences(session, dues)
+        answered = [d.command_id for d in dues if KINDS.get(d.kind).answered]
+        unanswered = [d.command_id for d in dues if not KINDS.get(d.kind).answered]
+        self.commands.mark_published(session, answered + unanswered, unanswered)
+        return seqs
+
+    def _sequences(self, session: Session, dues: Sequence[Due]) -> list[int]:
+        """Each command's sequence number, reserved in the caller's transaction."""
         counts: Counter[str] = Counter(due.device_id for due in dues)
         nexts = self.commands.allocate_many(session, dict(counts))
         seqs = [0] * len(dues)
         for index, due in enumerate(dues):
             seqs[index] = nexts[due.device_id]
             nexts[due.device_id] += 1
-        answered = [d.command_id for d in dues if KINDS.get(d.kind).answered]
-        unanswered = [d.command_id for d in dues if not KINDS.get(d.kind).answered]
-        self.commands.mark_published(session, answered + unanswered, unanswered)
         return seqs
 
     def _send(self, dues: Sequence[Due], seqs: Sequence[int]) -> None:
@@ -572,7 +577,7 @@ class CommandDriver:
                 if answer.command_id in stored:
                     self._stored(item, answer, rows, ended)
             ack_rows = self._record_acks(session, acks)
-            ack_seqs = self._reserve(session, ack_rows) if ack_rows else []
+            ack_seqs = self._sequences(session, ack_rows) if ack_rows else []
         if self.gate is not None and ended:
             self.gate.revoke(ended)
         self._send(ack_rows, ack_seqs)
@@ -716,7 +721,7 @@ class CommandDriver:
                     unknown=unknown[start : start + ACK_LIMIT],
                 )
                 news.append(NewCommand(device, body))
-        infos = self.commands.add_in(session, news)
+        infos = self.commands.add_in(session, news, state=SENT)  # published once committed
         return [
             Due(i.command_id, i.device_id, i.kind, i.body_json, i.state, None, i.expires_at,
                 None, None)

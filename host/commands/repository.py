@@ -239,8 +239,10 @@ class CommandStore:
         self, session: Session, commands: Sequence[NewCommand], *, state: str = PENDING
     ) -> list[CommandInfo]:
         """Record commands inside the caller's transaction (a deploy target and its command are
-        written together)."""
+        written together). ``state=SENT``: fire-and-forget commands (acks) recorded as published
+        by the caller once this transaction commits."""
         now = time.time()
+        sent = state == SENT
         rows: list[dict[str, Any]] = []
         for new in commands:
             kind = kind_of(new.body)
@@ -257,12 +259,13 @@ class CommandStore:
                 "job_id": kind.job_id(new.body) or command_id, "body": data.decode("utf-8"),
                 "model_sha256": artifacts[0].sha256 if artifacts else None,
                 "eval_sha256": artifacts[1].sha256 if len(artifacts) > 1 else None,
-                "parent_id": new.parent_id, "state": state, "stage": None, "attempts": 0,
-                "created": now, "updated": now, "published_at": None,
+                "parent_id": new.parent_id, "state": state, "stage": None,
+                "attempts": 1 if sent else 0, "created": now, "updated": now,
+                "published_at": now if sent else None,
                 "expires_at": new.expires_at if new.expires_at is not None
                 else now + DEFAULT_EXPIRY_S,
                 "response_msg_id": None, "status": None, "result": None, "error_code": None,
-                "error_message": None, "finished": None,
+                "error_message": None, "finished": now if sent else None,
             })  # fmt: skip
         if rows:
             session.execute(insert(_TABLE), rows)
