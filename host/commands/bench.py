@@ -9,7 +9,8 @@ Blocking::
 Non-blocking: :func:`submit_benchmark` records the command and returns its id at once (the
 fleet's driver publishes it when the device is online); :func:`poll_benchmark` says where it
 stands (None while it runs, the BenchmarkResult once answered, JobFailedError when it failed);
-:func:`cancel` gives it up. The result is the agent's :class:`shared.results.BenchmarkResult`,
+:func:`cancel` gives it up. Many boards at once: :func:`submit_benchmarks` records one command per
+device in one transaction, :func:`wait_benchmarks` waits for them all. The result is the agent's :class:`shared.results.BenchmarkResult`,
 exactly as stored.
 """
 

@@ -10,9 +10,12 @@ Two threads per host process:
   most ``MAX_HOLD_S``), so that their devices fetch one stream of it; it expires commands past
   their expiry, sends key rotations and retires previous keys (host.commands.keys);
 - the **writer** takes what paho's network thread hands it (progress, final responses, outputs
-  parts) and handles a batch at a time in one transaction: stages noted, each final answer stored
-  once (by command, by response msg_id), then acknowledged by an ack command per device, itself
-  recorded and signed.
+  parts), gathering what arrives within ``GATHER_S`` of the first, and handles a batch at a time
+  in one transaction of bulk statements: stages noted, each final answer stored once (by command,
+  by response msg_id), then acknowledged by an ack command per device, itself recorded and signed.
+  Progress waits up to ``PROGRESS_HOLD_S`` for a newer report of its command or its answer; only
+  the one still standing then has its signature checked (the Fleet defers that check to here) and
+  is noted.
 
 Publishing a command: the rows' sequence numbers are reserved and the rows marked published in one
 transaction, committed before anything goes out; each command is then signed (shared.signing) at
