@@ -11,15 +11,20 @@ pattern: wait until every board is registered (retained birth and ``online``), s
 and acknowledge it with ``cmd.ack``.
 
 - ``reference``: a bare paho client, no host: envelopes built in memory, chunks framed from bytes
-  in memory, results kept in a dict. The boards (like real agents) refuse unsigned commands, so
-  it signs each command and ack with an Ed25519 key and a per-board sequence number, which is
-  what any host of this protocol must do; it checks nothing the boards send.
+  in memory, results kept in a dict. It does what any correct host of this protocol must do and
+  nothing more: the boards (like real agents) refuse unsigned commands, so it signs each command
+  and ack with an Ed25519 key and a per-board sequence number; it serves chunks to, and takes
+  results from, only the board itself (each chunk request and result checked against the key the
+  board's birth pinned: anyone on the broker could ask for the artifact or forge a result). It
+  ignores progress, and records nothing.
 - ``edgetailor``: the host's ``Fleet`` with its SQLite store (a benchmark command recorded per
-  board through host.commands.bench, published and signed by the command driver, every board
-  message checked against the board's pinned key, results stored as they arrive and acknowledged,
-  each checked in the database afterwards: one per command).
+  board through host.commands.bench.submit_benchmarks, published and signed by the command
+  driver, every board message it acts on checked against the board's pinned key, progress noted,
+  results stored as they arrive and acknowledged, each checked in the database afterwards: one
+  per command).
 - ``service``: the same through ``edgetailor serve``'s service (its deployment driver, campaign
-  and event loops running beside it), with the HTTP side left out.
+  and event loops running beside it), with the HTTP side left out (and so the model zoo, torch
+  included, that the service loads at start for the API's checks).
 
 Measured from the first command to the last result: wall time, results per second, the driver's
 CPU seconds (user + system over that span) and its peak RSS (whole process). Goal: each within 2x
@@ -68,8 +73,17 @@ def _reference(broker: str, base: str, boards: int, artifact: Path) -> dict[str,
     from bench.simfleet import write_artifact
     from host.fleet.client import subscription_qos
     from shared.broker_url import parse_broker_url
-    from shared.messages import AckCmd, BenchmarkCmd, ChunkRequest, Response, decode, encode
-    from shared.signing import Signer
+    from shared.errors import SignatureError
+    from shared.messages import (
+        AckCmd,
+        BenchmarkCmd,
+        ChunkRequest,
+        Message,
+        Response,
+        decode,
+        encode,
+    )
+    from shared.signing import Signer, verify_message
     from shared.topics import STATUS_ONLINE, Topics
     from shared.transfer import chunk_bounds, chunk_count, encode_chunk, no_delay
 
@@ -82,6 +96,7 @@ def _reference(broker: str, base: str, boards: int, artifact: Path) -> dict[str,
     registered, finished = threading.Event(), threading.Event()
     signer = Signer.generate()
     sequences: dict[str, int] = {}
+    keys: dict[str, str] = {}  # device -> its key, pinned from its first signed birth
 
     def signed(body: Any, device: str) -> bytes:
         sequences[device] = sequences.get(device, 0) + 1
@@ -89,6 +104,15 @@ def _reference(broker: str, base: str, boards: int, artifact: Path) -> dict[str,
 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
     client.on_socket_open = no_delay
+
+    def authentic(device: str, message: Message) -> bool:
+        """Signed by the key the device's birth pinned: chunks and results are taken from the
+        device only (anyone on the broker could ask for the artifact or forge a result)."""
+        try:
+            verify_message(message, trusted={keys[device]}, device_id=device)
+        except (KeyError, SignatureError):
+            return False
+        return True
 
     def on_message(c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         parsed = topics.parse(msg.topic)
@@ -99,10 +123,14 @@ def _reference(broker: str, base: str, boards: int, artifact: Path) -> dict[str,
             if msg.payload == STATUS_ONLINE:
                 online.add(device)
         elif parsed.kind == "birth":
-            births.add(device)
+            birth = decode(msg.payload)
+            if birth.auth is not None and device not in keys:  # pinned on first use
+                keys[device] = verify_message(birth, trusted=None, device_id=device)
+                births.add(device)
         elif parsed.kind == "xfer_req":
-            request = decode(msg.payload).body
-            if isinstance(request, ChunkRequest):
+            message = decode(msg.payload)
+            request = message.body
+            if isinstance(request, ChunkRequest) and authentic(device, message):
                 total = chunk_count(len(data), request.chunk_size)
                 for index in request.indices:
                     offset, length = chunk_bounds(len(data), request.chunk_size, index)
@@ -113,7 +141,11 @@ def _reference(broker: str, base: str, boards: int, artifact: Path) -> dict[str,
         elif parsed.kind == "resp":
             message = decode(msg.payload)
             body = message.body
-            if isinstance(body, Response) and body.status != "progress":
+            if (
+                isinstance(body, Response)
+                and body.status != "progress"
+                and authentic(device, message)
+            ):
                 results.setdefault(device, msg.payload)
                 ack = signed(AckCmd(msg_ids=[message.msg_id]), device)
                 c.publish(topics.cmd(device, "ack"), ack, qos=1)
@@ -155,7 +187,11 @@ def _edgetailor(
     if service:
         from host.service.service import Service, ServiceConfig
 
-        runner = Service(ServiceConfig(broker=broker, db=db, base_topic=base, home=workdir))
+        # The model zoo (torch) is loaded at start for the API, which is left out here.
+        config = ServiceConfig(
+            broker=broker, db=db, base_topic=base, home=workdir, preload_models=False
+        )
+        runner = Service(config)
         runner.start()
         fleet, store = runner.fleet, runner.store
     else:
@@ -174,14 +210,13 @@ def _edgetailor(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {len(ready)} of {boards} boards registered")
             time.sleep(0.05)
-        from host.commands.bench import submit_benchmark, wait_benchmark
+        from host.commands.bench import submit_benchmarks, wait_benchmarks
 
         cpu0, t0 = _cpu_s(), time.monotonic()
-        commands = [
-            submit_benchmark(fleet, d, artifact, model_manifest=manifest, runs=20)
-            for d in sorted(ready)
-        ]
-        results = [wait_benchmark(fleet, c, 600) for c in commands]
+        commands = submit_benchmarks(
+            fleet, sorted(ready), artifact, model_manifest=manifest, runs=20
+        )
+        results = wait_benchmarks(fleet, commands, 600)
         wall, cpu = time.monotonic() - t0, _cpu_s() - cpu0
         stored = [c for c in fleet.commands.commands.list(kinds=("benchmark",)) if c.result_json]
         once = (

@@ -241,7 +241,10 @@ class ArtifactFetch:
                     ):
                         self._sync()
                     self._hash_ahead()
-                    self._cond.wait(timeout=_TICK_S)
+                    # The lock was let go while hashing (and syncing): the last chunk may have
+                    # landed, and notified nobody, meanwhile.
+                    if not self.partial.complete() and self._disk_full is None:
+                        self._cond.wait(timeout=_TICK_S)
                 self._sync()
             finally:
                 self._running = False

@@ -55,10 +55,10 @@ def public_key_b64(public_key: Ed25519PublicKey) -> str:
     return base64.b64encode(_public_bytes(public_key)).decode("ascii")
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=16384)
 def public_key_from_b64(text: str) -> Ed25519PublicKey:
-    """The key object of a base64 public key (cached: a host sees the same few keys again and
-    again); SignatureError when it is not one."""
+    """The key object of a base64 public key (cached, one per device of a large fleet: a host
+    sees the same keys again and again); SignatureError when it is not one."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     try:

@@ -9,17 +9,19 @@ Blocking::
 Non-blocking: :func:`submit_benchmark` records the command and returns its id at once (the
 fleet's driver publishes it when the device is online); :func:`poll_benchmark` says where it
 stands (None while it runs, the BenchmarkResult once answered, JobFailedError when it failed);
-:func:`cancel` gives it up. The result is the agent's :class:`shared.results.BenchmarkResult`,
+:func:`cancel` gives it up. Many boards at once: :func:`submit_benchmarks` records one command per
+device in one transaction, :func:`wait_benchmarks` waits for them all. The result is the agent's :class:`shared.results.BenchmarkResult`,
 exactly as stored.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from host.commands.repository import CommandInfo
+from host.commands.repository import CommandInfo, NewCommand
 from host.errors import ConfigError, JobTimeoutError
 from shared.manifest import ArtifactManifest
 from shared.messages import BenchmarkCmd
@@ -35,6 +37,20 @@ TRANSFER_ALLOWANCE_S = 300.0
 def submit_benchmark(
     fleet: Fleet,
     device_id: str,
+    model_path: str | Path,
+    **settings: Any,
+) -> str:
+    """Record a benchmark of ``model_path`` (and its eval set) on ``device_id``; returns the
+    command id, which is also the job id the device reports. The device need not be online: the
+    command goes out when it is, until ``expires_in`` seconds have passed (default: 7 days).
+    The settings are :func:`submit_benchmarks`'."""
+    [command_id] = submit_benchmarks(fleet, [device_id], model_path, **settings)
+    return command_id
+
+
+def submit_benchmarks(
+    fleet: Fleet,
+    device_ids: Sequence[str],
     model_path: str | Path,
     *,
     model_manifest: ArtifactManifest | None = None,
@@ -52,30 +68,33 @@ def submit_benchmark(
     chunk_size: int | None = None,
     verify_artifacts: bool = True,
     expires_in: float | None = None,
-) -> str:
-    """Record a benchmark of ``model_path`` (and its eval set) on ``device_id``; returns the
-    command id, which is also the job id the device reports. The device need not be online: the
-    command goes out when it is, until ``expires_in`` seconds have passed (default: 7 days).
-    ``verify_artifacts=False`` serves files that do not match their manifest (tests only: the
-    device must then refuse them)."""
+) -> list[str]:
+    """Record the same benchmark on each of ``device_ids`` (one transaction, the artifacts
+    offered once); returns the command ids in the same order. ``verify_artifacts=False`` serves
+    files that do not match their manifest (tests only: the device must then refuse them)."""
     commands = fleet.commands
     model = fleet.offer(model_path, model_manifest, verify=verify_artifacts)
     eval_data = None
     if eval_path is not None:
         eval_data = fleet.offer(eval_path, eval_manifest, verify=verify_artifacts)
-    command_id = commands.commands.new_id()
-    try:
-        body = BenchmarkCmd(
-            job_id=command_id, model=model, eval_data=eval_data,
-            chunk_size=chunk_size or fleet.chunk_size, threads=threads, warmup_runs=warmup_runs,
-            warmup_s=warmup_s, runs=runs, min_s=min_s, timeout_s=timeout_s,
-            eval_limit=eval_limit, task=task,  # type: ignore[arg-type]
-            return_outputs=return_outputs,
-        )  # fmt: skip
-    except TypeError as exc:
-        raise ConfigError(f"invalid benchmark settings: {exc}") from exc
-    commands.send(device_id, body, expires_in=expires_in, command_id=command_id)
-    return command_id
+    expires_at = time.time() + expires_in if expires_in is not None else None
+    news = []
+    for device_id in device_ids:
+        command_id = commands.commands.new_id()
+        try:
+            body = BenchmarkCmd(
+                job_id=command_id, model=model, eval_data=eval_data,
+                chunk_size=chunk_size or fleet.chunk_size, threads=threads,
+                warmup_runs=warmup_runs, warmup_s=warmup_s, runs=runs, min_s=min_s,
+                timeout_s=timeout_s, eval_limit=eval_limit, task=task,  # type: ignore[arg-type]
+                return_outputs=return_outputs,
+            )  # fmt: skip
+        except TypeError as exc:
+            raise ConfigError(f"invalid benchmark settings: {exc}") from exc
+        news.append(NewCommand(device_id, body, expires_at=expires_at, command_id=command_id))
+    infos = commands.commands.add(news)
+    commands.wake()
+    return [info.command_id for info in infos]
 
 
 def poll_benchmark(fleet: Fleet, command_id: str) -> BenchmarkResult | None:
@@ -92,6 +111,15 @@ def poll_benchmark(fleet: Fleet, command_id: str) -> BenchmarkResult | None:
 def wait_benchmark(fleet: Fleet, command_id: str, timeout: float | None) -> BenchmarkResult:
     """Block until the benchmark is answered; JobFailedError or JobTimeoutError otherwise."""
     return _result(fleet, fleet.commands.wait(command_id, timeout))
+
+
+def wait_benchmarks(
+    fleet: Fleet, command_ids: Sequence[str], timeout: float | None
+) -> list[BenchmarkResult]:
+    """Block until every one of these benchmarks is final; their results in the same order,
+    JobFailedError for the first that failed, JobTimeoutError when one is still open."""
+    infos = fleet.commands.wait_all(command_ids, timeout)
+    return [_result(fleet, infos[c]) for c in command_ids]
 
 
 def benchmark(
@@ -138,5 +166,7 @@ __all__ = [
     "cancel",
     "poll_benchmark",
     "submit_benchmark",
+    "submit_benchmarks",
     "wait_benchmark",
+    "wait_benchmarks",
 ]

@@ -10,9 +10,12 @@ Two threads per host process:
   most ``MAX_HOLD_S``), so that their devices fetch one stream of it; it expires commands past
   their expiry, sends key rotations and retires previous keys (host.commands.keys);
 - the **writer** takes what paho's network thread hands it (progress, final responses, outputs
-  parts) and handles a batch at a time in one transaction: stages noted, each final answer stored
-  once (by command, by response msg_id), then acknowledged by an ack command per device, itself
-  recorded and signed.
+  parts), gathering what arrives within ``GATHER_S`` of the first, and handles a batch at a time
+  in one transaction of bulk statements: stages noted, each final answer stored once (by command,
+  by response msg_id), then acknowledged by an ack command per device, itself recorded and signed.
+  Progress waits up to ``PROGRESS_HOLD_S`` for a newer report of its command or its answer; only
+  the one still standing then has its signature checked (the Fleet defers that check to here) and
+  is noted.
 
 Publishing a command: the rows' sequence numbers are reserved and the rows marked published in one
 transaction, committed before anything goes out; each command is then signed (shared.signing) at
@@ -33,19 +36,21 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import msgspec
+from sqlalchemy import select
 
 from host.commands.grants import ChunkGate
 from host.commands.keys import HostKeys
 from host.commands.kinds import KINDS, REFUSAL_CODES
-from host.commands.models import PENDING, PUBLISHED, RUNNING
-from host.commands.repository import CommandInfo, CommandStore, Due, NewCommand
+from host.commands.models import FINAL_STATES, PENDING, PUBLISHED, RUNNING, SENT, CommandRow
+from host.commands.repository import CommandInfo, CommandStore, Due, FinalAnswer, NewCommand
 from host.errors import JobFailedError, JobTimeoutError
 from shared.errors import EdgeTailorError, IntegrityError, ValidationError
+from shared.manifest import ArtifactManifest
 from shared.messages import (
     DEFAULT_TTL_S,
     AckCmd,
@@ -56,7 +61,7 @@ from shared.messages import (
     RotateKeyCmd,
     encode,
 )
-from shared.signing import sign_manifest
+from shared.signing import Signer, sign_manifest
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -78,7 +83,16 @@ EXPIRE_SCAN_S = 1.0
 HOUSEKEEPING_S = 5.0
 SENT_RETENTION_S = 3600.0  # acks are kept this long after they went out
 BATCH = 1000  # incoming messages handled per transaction at most
+# The writer gathers what arrives this long after the first message of a batch (a network loop's
+# worth): one transaction, one ack per device and one round of signatures per batch.
+GATHER_S = 0.05
+# A progress report waits this long for a newer one of its command, or its answer, before it is
+# checked and noted (a stage shows up to this late): a board reports accepted, fetching and
+# running within a second or two, and each checked signature costs as much as storing the answer.
+PROGRESS_HOLD_S = 1.0
 ACK_LIMIT = 1024  # msg_ids per ack command (shared.messages.AckCmd)
+ENDED_MEMORY = 100_000  # command ids ended by this process that waiters look up in memory
+FULL_LOOK_S = 1.0  # waiters read every command they wait for this often (others' answers)
 
 
 class CommandLink(Protocol):
@@ -98,6 +112,9 @@ class CommandLink(Protocol):
 class _Incoming:
     device_id: str
     message: Message
+    # The signature check still to run (None: done). The Fleet defers it for progress, of which
+    # only the last per command in a batch is worth checking (module docstring).
+    check: Callable[[], bool] | None = None
 
 
 class CommandDriver:
@@ -114,6 +131,8 @@ class CommandDriver:
         ttl_s: float = DEFAULT_TTL_S,
         poll_s: float = POLL_S,
         republish_s: float = REPUBLISH_S,
+        gather_s: float = GATHER_S,
+        progress_hold_s: float = PROGRESS_HOLD_S,
     ) -> None:
         self.commands = CommandStore(store)
         self.link = link
@@ -123,6 +142,12 @@ class CommandDriver:
         self.ttl_s = ttl_s
         self.poll_s = poll_s
         self.republish_s = republish_s
+        self.gather_s = gather_s
+        self.progress_hold_s = progress_hold_s
+        # (device, command) -> the newest progress not noted yet, and when it is due (the writer's)
+        self._held: dict[tuple[str, str], tuple[_Incoming, float]] = {}
+        self._hold_until = 0.0  # a burst of new commands is looked at again then
+        self._signed_manifests: dict[tuple[bytes, str], ArtifactManifest] = {}
         self.dropped: Counter[str] = Counter()  # responses dropped, by reason
         self.stored: Counter[str] = Counter()  # final answers stored by this process, by command
         self._published: dict[str, float | None] = {}  # command id -> device online_since then
@@ -132,6 +157,8 @@ class CommandDriver:
         self._recorded = threading.Event()  # this process recorded commands since the last look
         self._stop = threading.Event()
         self._changed = threading.Condition()
+        self._generation = 0  # bumped each time answers were stored or commands ended
+        self._ended: dict[str, None] = {}  # commands this process ended (bounded, see _notify)
         self._threads: list[threading.Thread] = []
         self._last = {"rescan": 0.0, "expire": 0.0, "housekeeping": 0.0, "prune": 0.0}
         self._rotations: dict[str, str] = {}  # device -> open rotate command id
@@ -192,7 +219,7 @@ class CommandDriver:
         if cancelled:
             if self.gate is not None:
                 self.gate.revoke([command_id])
-            self._notify()
+            self._notify([command_id])
             self.wake()
         return cancelled
 
@@ -209,31 +236,66 @@ class CommandDriver:
     # -- waiting ---------------------------------------------------------------------------------
     def wait(self, command_id: str, timeout: float | None = None) -> CommandInfo:
         """The command once it is final; JobTimeoutError when it is not within ``timeout`` s."""
+        return self.wait_all([command_id], timeout)[command_id]
+
+    def wait_all(
+        self, command_ids: Sequence[str], timeout: float | None = None
+    ) -> dict[str, CommandInfo]:
+        """Every one of these commands once all are final (a query for the open ones each time
+        answers were stored, by this process or, looked at every second, by another one);
+        JobTimeoutError naming the first still open when they are not within ``timeout`` s."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        waiting = list(dict.fromkeys(command_ids))
+        done: dict[str, CommandInfo] = {}
+        full_at = float("-inf")
         while True:
-            info = self.commands.get(command_id)
-            if info is None:
-                raise ValidationError(f"no command {command_id} in the database")
-            if info.final:
-                return info
+            with self._changed:
+                generation = self._generation
+                ended_here = [c for c in waiting if c in self._ended]
+            if time.monotonic() - full_at >= FULL_LOOK_S:
+                # Every one: another host process on this database may have ended some.
+                full_at = time.monotonic()
+                states = self.commands.states(waiting)
+                unknown = [c for c in waiting if c not in states]
+                if unknown:
+                    raise ValidationError(f"no command {unknown[0]} in the database")
+                ended = [c for c in waiting if states[c] in FINAL_STATES]
+            else:
+                ended = ended_here  # this process's answers: looked up when they come
+            if ended:
+                done.update((c, i) for c, i in self.commands.many(ended).items() if i.final)
+                waiting = [c for c in waiting if c not in done]
+            if not waiting:
+                return {c: done[c] for c in dict.fromkeys(command_ids)}
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
+                info = self.commands.get(waiting[0])
+                if info is None:
+                    raise ValidationError(f"no command {waiting[0]} in the database")
+                more = f" ({len(waiting) - 1} more still open)" if len(waiting) > 1 else ""
                 raise JobTimeoutError(
                     f"{info.kind} {info.job_id} on device {info.device_id} gave no final answer "
-                    f"within {timeout:.0f} s (state {info.state}, stage {info.stage or 'none'}); "
-                    "the device may be offline or busy"
+                    f"within {timeout:.0f} s (state {info.state}, stage {info.stage or 'none'})"
+                    f"{more}; the device may be offline or busy"
                 )
             with self._changed:
-                self._changed.wait(1.0 if left is None else min(left, 1.0))
+                if self._generation == generation:  # nothing stored since the query
+                    self._changed.wait(FULL_LOOK_S if left is None else min(left, FULL_LOOK_S))
 
-    def _notify(self) -> None:
+    def _notify(self, ended: Sequence[str] = ()) -> None:
         with self._changed:
+            if len(self._ended) + len(ended) > ENDED_MEMORY:
+                self._ended.clear()  # waiters then look at the database in full once more
+                self._generation += 1
+            self._ended.update(dict.fromkeys(ended))
+            self._generation += 1
             self._changed.notify_all()
 
     # -- publishing ------------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.poll_s)
+            held = self._hold_until - time.time()
+            self._wake.wait(min(self.poll_s, held) if held > 0 else self.poll_s)
             self._wake.clear()
             if self._stop.is_set():
                 return
@@ -250,8 +312,9 @@ class CommandDriver:
             if rescan:
                 self._rescan.clear()
                 self._last["rescan"] = now
-            if rescan or self._recorded.is_set():
-                # New rows of this process are looked at at once; other processes' every scan.
+            if rescan or (self._recorded.is_set() and now >= self._hold_until):
+                # New rows of this process are looked at at once (a burst once it settled);
+                # other processes' every scan.
                 self._recorded.clear()
                 self._publish_due(pending_only=not rescan)
         if now - self._last["expire"] >= EXPIRE_SCAN_S:
@@ -261,7 +324,7 @@ class CommandDriver:
                 logger.info("%d commands expired unanswered", len(expired))
                 if self.gate is not None:
                     self.gate.revoke(expired)
-                self._notify()
+                self._notify(expired)
         if now - self._last["housekeeping"] >= HOUSEKEEPING_S:
             self._last["housekeeping"] = now
             self._housekeeping()
@@ -295,12 +358,18 @@ class CommandDriver:
                 and now - due.published_at > self.republish_s
             ):
                 picked.append(due)  # no sign of life at all: the first copy may be lost
+        hold_until = 0.0
         for rows in fresh.values():
             newest, oldest = max(r.created for r in rows), min(r.created for r in rows)
             if now - newest < SETTLE_S and now - oldest < MAX_HOLD_S:
-                self._recorded.set()  # more may follow: the next pass publishes the burst
+                # More may follow: the burst is looked at again once it settled, not before
+                # (every command recorded meanwhile would have it read again).
+                until = min(newest + SETTLE_S, oldest + MAX_HOLD_S)
+                hold_until = until if hold_until == 0.0 else min(hold_until, until)
+                self._recorded.set()
                 continue
             picked += rows
+        self._hold_until = hold_until
         if picked:
             self.publish(picked)
 
@@ -313,17 +382,20 @@ class CommandDriver:
     def _reserve(self, session: Session, dues: Sequence[Due]) -> list[int]:
         """Each command's sequence number, and the rows marked published, in the caller's
         transaction: nothing goes out before it commits."""
-        by_device: dict[str, list[int]] = {}
-        for index, due in enumerate(dues):
-            by_device.setdefault(due.device_id, []).append(index)
-        seqs = [0] * len(dues)
-        for device, indices in by_device.items():
-            first = self.commands.allocate_sequences(session, device, len(indices))
-            for offset, index in enumerate(indices):
-                seqs[index] = first + offset
+        seqs = self._sequences(session, dues)
         answered = [d.command_id for d in dues if KINDS.get(d.kind).answered]
         unanswered = [d.command_id for d in dues if not KINDS.get(d.kind).answered]
         self.commands.mark_published(session, answered + unanswered, unanswered)
+        return seqs
+
+    def _sequences(self, session: Session, dues: Sequence[Due]) -> list[int]:
+        """Each command's sequence number, reserved in the caller's transaction."""
+        counts: Counter[str] = Counter(due.device_id for due in dues)
+        nexts = self.commands.allocate_many(session, dict(counts))
+        seqs = [0] * len(dues)
+        for index, due in enumerate(dues):
+            seqs[index] = nexts[due.device_id]
+            nexts[due.device_id] += 1
         return seqs
 
     def _send(self, dues: Sequence[Due], seqs: Sequence[int]) -> None:
@@ -337,7 +409,7 @@ class CommandDriver:
         signer = self.keys.signer_for(pinned)
         try:
             body = kind.decode_body(due.body_json)
-            body = kind.with_manifests(body, lambda m: sign_manifest(m, signer.private_key))
+            body = kind.with_manifests(body, lambda m: self._signed(m, signer))
             payload = encode(
                 body, device_id=due.device_id, msg_id=due.command_id, signer=signer, seq=seq,
                 ttl_s=self.ttl_s,
@@ -358,6 +430,19 @@ class CommandDriver:
             "published cmd.%s %s to %s (seq %d, key %s)",
             kind.name, due.command_id, due.device_id, seq, signer.key_id,
         )  # fmt: skip
+
+    def _signed(self, manifest: ArtifactManifest, signer: Signer) -> ArtifactManifest:
+        """The manifest signed with ``signer``'s key; a rollout names one manifest in every
+        device's command, and its signature does not depend on the device (a manifest addressed
+        to one device names it), so it is signed once per key."""
+        key = (msgspec.json.encode(manifest), signer.key_id)
+        signed = self._signed_manifests.get(key)
+        if signed is None:
+            signed = sign_manifest(manifest, signer.private_key)
+            if len(self._signed_manifests) >= 256:
+                self._signed_manifests.clear()
+            self._signed_manifests[key] = signed
+        return signed
 
     # -- key rotation ----------------------------------------------------------------------------
     def _housekeeping(self) -> None:
@@ -399,16 +484,31 @@ class CommandDriver:
         logger.info("device %s pins a previous host key: rotation %s", device_id, info.command_id)
 
     # -- answers (paho's network thread hands them over) -----------------------------------------
-    def on_message(self, device_id: str, message: Message) -> None:
-        """A response or outputs part from ``device_id``, already authenticated by the Fleet."""
-        self._inbox.put(_Incoming(device_id, message))
+    def on_message(
+        self, device_id: str, message: Message, *, check: Callable[[], bool] | None = None
+    ) -> None:
+        """A response or outputs part from ``device_id``, authenticated by the Fleet, or (a
+        progress response) to be authenticated by ``check`` if it is still worth it when its
+        batch is written."""
+        self._inbox.put(_Incoming(device_id, message, check))
 
     def _write_forever(self) -> None:
         while True:
-            item = self._inbox.get()
-            stopping = item is None
+            wait = None
+            if self._held:
+                wait = max(0.0, min(due for _, due in self._held.values()) - time.monotonic())
+            try:
+                item = self._inbox.get(timeout=wait)
+            except queue.Empty:  # held progress is due
+                item, stopping = None, False
+            else:
+                stopping = item is None
             batch = [] if item is None else [item]
-            while len(batch) < BATCH:
+            if batch and not stopping and self.gather_s > 0:
+                # What arrives meanwhile joins this batch: one wake-up of this thread, not one
+                # per message.
+                self._stop.wait(self.gather_s)
+            while batch and len(batch) < BATCH:
                 try:
                     more = self._inbox.get_nowait()
                 except queue.Empty:
@@ -417,66 +517,88 @@ class CommandDriver:
                     stopping = True
                     continue
                 batch.append(more)
-            if batch:
-                try:
-                    self.handle(batch)
-                except Exception:  # one bad batch must not stop the writer
-                    logger.exception("could not handle %d device answers", len(batch))
+            try:
+                self.handle(batch, flush=stopping)
+            except Exception:  # one bad batch must not stop the writer
+                logger.exception("could not handle %d device answers", len(batch))
             if stopping:
                 return
 
-    def handle(self, batch: Sequence[_Incoming]) -> None:
-        """Note progress, store final answers once, acknowledge them (one transaction)."""
-        stages: dict[str, str] = {}
+    def handle(self, batch: Sequence[_Incoming], *, flush: bool = False) -> None:
+        """Note progress, store final answers once, acknowledge them (one transaction).
+        Progress is held for ``progress_hold_s`` first (``flush``: none is held)."""
         finals: list[_Incoming] = []
         parts: list[_Incoming] = []
+        now = time.monotonic()
         for item in batch:
             body = item.message.body
             if isinstance(body, OutputsPart):
                 parts.append(item)
             elif isinstance(body, Response) and body.status == "progress":
-                if self.commands.is_ours(item.message.corr_id):
-                    stage = (body.data or {}).get("stage", "progress")
-                    stages[item.message.corr_id or ""] = str(stage)[:32]
+                command_id = item.message.corr_id
+                if command_id is not None and self.commands.is_ours(command_id):
+                    key = (item.device_id, command_id)
+                    held = self._held.get(key)  # replaced by the newer one, due as it was
+                    self._held[key] = (item, held[1] if held else now + self.progress_hold_s)
             elif isinstance(body, Response):
                 finals.append(item)
+        for item in finals:  # the answer says more than any progress
+            self._held.pop((item.device_id, item.message.corr_id or ""), None)
+        due = [k for k, (_, at) in self._held.items() if flush or at <= now]
+        noted = [
+            item for item in (self._held.pop(k)[0] for k in due)
+            if item.check is None or item.check()
+        ]  # fmt: skip
+        if not (finals or parts or noted):
+            return
         acks: dict[str, tuple[list[str], list[str]]] = {}
         for item, verdict in self._write_parts(parts):
             ok, unknown = acks.setdefault(item.device_id, ([], []))
             (ok if verdict else unknown).append(item.message.msg_id)
         ended: list[str] = []
+        stages: dict[str, str] = {}
         with self.commands.store.transaction() as session:
+            wanted = [i.message.corr_id for i in finals if self.commands.is_ours(i.message.corr_id)]
+            rows = self._rows(session, wanted + [i.message.corr_id for i in noted])
+            for item in noted:
+                command_id = item.message.corr_id or ""
+                row = rows.get(command_id)
+                if row is not None and row[0] == item.device_id:  # its own commands only
+                    stage = (item.message.body.data or {}).get("stage", "progress")  # type: ignore[union-attr]
+                    stages[command_id] = str(stage)[:32]
             if stages:
                 self.commands.note_stages(session, stages)
-            wanted = [i.message.corr_id for i in finals if self.commands.is_ours(i.message.corr_id)]
-            rows = self._rows(session, wanted)
             stored_ids = self.commands.stored_responses(session, [i.message.msg_id for i in finals])
+            answers: list[tuple[_Incoming, FinalAnswer]] = []
             for item in finals:
-                verdict = self._final(session, item, rows, stored_ids, ended)
+                verdict = self._final(session, item, rows, stored_ids, answers, ended)
                 if verdict is not None:
                     ok, unknown = acks.setdefault(item.device_id, ([], []))
                     (ok if verdict else unknown).append(item.message.msg_id)
+            stored = self.commands.store_finals(session, [a for _, a in answers])
+            for item, answer in answers:
+                if answer.command_id in stored:
+                    self._stored(item, answer, rows, ended)
             ack_rows = self._record_acks(session, acks)
-            ack_seqs = self._reserve(session, ack_rows) if ack_rows else []
+            ack_seqs = self._sequences(session, ack_rows) if ack_rows else []
         if self.gate is not None and ended:
             self.gate.revoke(ended)
         self._send(ack_rows, ack_seqs)
         if ended or stages:
-            self._notify()
+            self._notify(ended)
 
     def _rows(self, session: Session, ids: list[str | None]) -> dict[str, tuple[str, str, str]]:
-        from sqlalchemy import select
-
-        from host.commands.models import CommandRow
-
+        """device, kind and state of these commands (those this database has)."""
         wanted = [i for i in dict.fromkeys(ids) if i]
-        if not wanted:
-            return {}
-        result = session.execute(
-            select(CommandRow.command_id, CommandRow.device_id, CommandRow.kind, CommandRow.state)
-            .where(CommandRow.command_id.in_(wanted))
-        )  # fmt: skip
-        return {cid: (device, kind, state) for cid, device, kind, state in result.all()}
+        found: dict[str, tuple[str, str, str]] = {}
+        t = CommandRow.__table__.c
+        for start in range(0, len(wanted), 500):
+            result = session.execute(
+                select(t.command_id, t.device_id, t.kind, t.state)
+                .where(t.command_id.in_(wanted[start : start + 500]))
+            )  # fmt: skip
+            found.update((cid, (device, kind, state)) for cid, device, kind, state in result)
+        return found
 
     def _final(
         self,
@@ -484,10 +606,11 @@ class CommandDriver:
         item: _Incoming,
         rows: dict[str, tuple[str, str, str]],
         stored_ids: set[str],
+        answers: list[tuple[_Incoming, FinalAnswer]],
         ended: list[str],
     ) -> bool | None:
-        """Store one final response; True: acknowledge it, False: acknowledge it as unknown,
-        None: leave it alone."""
+        """Judge one final response, adding what is to be stored to ``answers``; True:
+        acknowledge it, False: acknowledge it as unknown, None: leave it alone."""
         message, response = item.message, item.message.body
         command_id = message.corr_id
         if not self.commands.is_ours(command_id):
@@ -504,7 +627,8 @@ class CommandDriver:
             )
             return None
         kind = KINDS.get(kind_name)
-        assert isinstance(response, Response)  # only finals come here
+        if not isinstance(response, Response):  # only finals come here
+            return None
         error = response.error
         if not kind.answered:
             if error is not None:
@@ -519,24 +643,36 @@ class CommandDriver:
             return None
         if error is not None and error.code in REFUSAL_CODES:
             logger.warning("%s refused %s: [%s] %s", device, command_id, error.code, error.message)
-            if self.commands.refuse(session, command_id or "", error.code, error.message):  # type: ignore[arg-type]
+            if self.commands.refuse(session, command_id or "", error.code, error.message):
                 ended.append(command_id or "")
-            return None  # refusals are never in the agent's outbox: nothing to acknowledge
+            return None
         if message.msg_id in stored_ids:
             return True  # a copy of an answer stored already: acknowledged again
+        stored_ids.add(message.msg_id)  # one envelope stores one answer, even twice in a batch
         outcome = kind.judge(response)
-        if self.commands.store_final(
-            session, command_id or "", response_msg_id=message.msg_id,  # type: ignore[arg-type]
-            status=response.status, state=outcome.state, result=outcome.result,
-            error_code=outcome.error_code, error_message=outcome.error_message,
-        ):  # fmt: skip
-            stored_ids.add(message.msg_id)
-            ended.append(command_id or "")
-            if len(self.stored) >= 100_000:
-                self.stored.clear()  # a diagnostic count: bounded in a long-running host
-            self.stored[command_id or ""] += 1
-            logger.info("%s answered %s %s: %s", device, kind.name, command_id, outcome.state)
+        result = outcome.result
+        answers.append((item, FinalAnswer(
+            command_id or "", message.msg_id, response.status, outcome.state,
+            msgspec.json.encode(result).decode("utf-8") if result is not None else None,
+            outcome.error_code, outcome.error_message,
+        )))  # fmt: skip
         return True
+
+    def _stored(
+        self,
+        item: _Incoming,
+        answer: FinalAnswer,
+        rows: dict[str, tuple[str, str, str]],
+        ended: list[str],
+    ) -> None:
+        ended.append(answer.command_id)
+        if len(self.stored) >= 100_000:
+            self.stored.clear()  # a diagnostic count: bounded in a long-running host
+        self.stored[answer.command_id] += 1
+        kind_name = rows[answer.command_id][1]
+        logger.info(
+            "%s answered %s %s: %s", item.device_id, kind_name, answer.command_id, answer.state
+        )
 
     def _write_parts(self, parts: list[_Incoming]) -> list[tuple[_Incoming, bool]]:
         """Outputs parts of this database's benchmarks, written to disk before they are acked:
@@ -588,7 +724,7 @@ class CommandDriver:
                     unknown=unknown[start : start + ACK_LIMIT],
                 )
                 news.append(NewCommand(device, body))
-        infos = self.commands.add_in(session, news)
+        infos = self.commands.add_in(session, news, state=SENT)  # published once committed
         return [
             Due(i.command_id, i.device_id, i.kind, i.body_json, i.state, None, i.expires_at,
                 None, None)

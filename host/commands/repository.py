@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
-from sqlalchemy import case, delete, insert, or_, select, update
+from sqlalchemy import bindparam, case, delete, insert, literal_column, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -44,6 +44,10 @@ T = TypeVar("T", bound=msgspec.Struct)
 
 # How long a command waits for its device by default before it is given up.
 DEFAULT_EXPIRY_S = 7 * 24 * 3600.0
+# Ids per IN (...) list, rows per multi-row statement: within every database's parameter limit.
+_IN_LIMIT = 500
+# The table itself: the pipeline's hot statements are Core statements (no ORM objects per row).
+_TABLE = CommandRow.__table__
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,20 @@ class Due:
 
 
 @dataclass(frozen=True)
+class FinalAnswer:
+    """One final answer to store (:meth:`CommandStore.store_finals`); ``result`` is the typed
+    result's JSON."""
+
+    command_id: str
+    response_msg_id: str
+    status: str
+    state: str
+    result: str | None
+    error_code: str | None
+    error_message: str | None
+
+
+@dataclass(frozen=True)
 class Stored:
     """What happened to one final response the host received."""
 
@@ -220,8 +238,10 @@ class CommandStore:
         self, session: Session, commands: Sequence[NewCommand], *, state: str = PENDING
     ) -> list[CommandInfo]:
         """Record commands inside the caller's transaction (a deploy target and its command are
-        written together)."""
+        written together). ``state=SENT``: fire-and-forget commands (acks) recorded as published
+        by the caller once this transaction commits."""
         now = time.time()
+        sent = state == SENT
         rows: list[dict[str, Any]] = []
         for new in commands:
             kind = kind_of(new.body)
@@ -238,21 +258,24 @@ class CommandStore:
                 "job_id": kind.job_id(new.body) or command_id, "body": data.decode("utf-8"),
                 "model_sha256": artifacts[0].sha256 if artifacts else None,
                 "eval_sha256": artifacts[1].sha256 if len(artifacts) > 1 else None,
-                "parent_id": new.parent_id, "state": state, "stage": None, "attempts": 0,
-                "created": now, "updated": now, "published_at": None,
+                "parent_id": new.parent_id, "state": state, "stage": None,
+                "attempts": 1 if sent else 0, "created": now, "updated": now,
+                "published_at": now if sent else None,
                 "expires_at": new.expires_at if new.expires_at is not None
                 else now + DEFAULT_EXPIRY_S,
                 "response_msg_id": None, "status": None, "result": None, "error_code": None,
-                "error_message": None, "finished": None,
+                "error_message": None, "finished": now if sent else None,
             })  # fmt: skip
         if rows:
-            session.execute(insert(CommandRow), rows)
+            session.execute(insert(_TABLE), rows)
         return [_info(_Row(r)) for r in rows]
 
     # -- reading ---------------------------------------------------------------------------------
     def get(self, command_id: str) -> CommandInfo | None:
         with self.store.read() as session:
-            row = session.get(CommandRow, command_id)
+            row = session.execute(
+                select(*_TABLE.c).where(_TABLE.c.command_id == command_id)
+            ).first()
             return None if row is None else _info(row)
 
     def find(self, job_or_command_id: str) -> CommandInfo | None:
@@ -261,10 +284,10 @@ class CommandStore:
         if found is not None:
             return found
         with self.store.read() as session:
-            row = session.scalars(
-                select(CommandRow)
-                .where(CommandRow.job_id == job_or_command_id)
-                .order_by(CommandRow.created.desc())
+            row = session.execute(
+                select(*_TABLE.c)
+                .where(_TABLE.c.job_id == job_or_command_id)
+                .order_by(_TABLE.c.created.desc())
                 .limit(1)
             ).first()
             return None if row is None else _info(row)
@@ -273,9 +296,28 @@ class CommandStore:
         ids = list(dict.fromkeys(command_ids))
         if not ids:
             return {}
+        found: dict[str, CommandInfo] = {}
         with self.store.read() as session:
-            rows = session.scalars(select(CommandRow).where(CommandRow.command_id.in_(ids)))
-            return {row.command_id: _info(row) for row in rows}
+            for start in range(0, len(ids), _IN_LIMIT):
+                rows = session.execute(
+                    select(*_TABLE.c).where(_TABLE.c.command_id.in_(ids[start : start + _IN_LIMIT]))
+                )
+                found.update((row.command_id, _info(row)) for row in rows)
+        return found
+
+    def states(self, command_ids: Sequence[str]) -> dict[str, str]:
+        """The state of each of these commands (those the database has)."""
+        found: dict[str, str] = {}
+        t = _TABLE.c
+        with self.store.read() as session:
+            for start in range(0, len(command_ids), _IN_LIMIT):
+                rows = session.execute(
+                    select(t.command_id, t.state).where(
+                        t.command_id.in_(command_ids[start : start + _IN_LIMIT])
+                    )
+                )
+                found.update((cid, state) for cid, state in rows)
+        return found
 
     def list(
         self,
@@ -289,7 +331,7 @@ class CommandStore:
         newest_first: bool = False,
     ) -> list[CommandInfo]:
         with self.store.read() as session:
-            query = select(CommandRow)
+            query = select(*_TABLE.c)
             if device_id is not None:
                 query = query.where(CommandRow.device_id == device_id)
             if kinds is not None:
@@ -304,7 +346,7 @@ class CommandStore:
             query = query.order_by(order.desc() if newest_first else order)
             if limit is not None:
                 query = query.limit(limit)
-            return [_info(row) for row in session.scalars(query)]
+            return [_info(row) for row in session.execute(query)]
 
     # -- publishing (the driver) -----------------------------------------------------------------
     def due(self, *, pending_only: bool, limit: int = 2000) -> list[Due]:
@@ -330,55 +372,69 @@ class CommandStore:
         lost, or a second database commanding the same device, still counts above what the
         device has seen (its replay window refuses anything older).
         """
+        return CommandStore.allocate_many(session, {device_id: count})[device_id]
+
+    @staticmethod
+    def allocate_many(session: Session, counts: dict[str, int]) -> dict[str, int]:
+        """Reserve sequence numbers for several devices at once (``counts``: device -> how
+        many); returns the first number of each. One statement per few hundred devices."""
         floor = int(time.time() * 1000)
+        firsts: dict[str, int] = {}
+        devices = sorted(d for d, n in counts.items() if n > 0)  # one lock order for every host
         dialect = session.get_bind().dialect.name
-        if dialect in ("sqlite", "postgresql"):
-            if dialect == "sqlite":
-                from sqlalchemy.dialects.sqlite import insert as dialect_insert
-            else:
-                from sqlalchemy.dialects.postgresql import insert as dialect_insert
-            bumped = SequenceRow.seq + count
-            stmt = (
-                dialect_insert(SequenceRow)
-                .values(device_id=device_id, seq=floor + count - 1)
-                .on_conflict_do_update(
-                    index_elements=[SequenceRow.device_id],
-                    set_={
-                        "seq": case((bumped > floor + count - 1, bumped), else_=floor + count - 1)
-                    },
-                )
-                .returning(SequenceRow.seq)
-            )
-            top = int(session.execute(stmt).scalar_one())
+        if dialect not in ("sqlite", "postgresql"):
+            for device_id in devices:
+                count = counts[device_id]
+                row = session.get(SequenceRow, device_id, with_for_update=True)
+                top = max((row.seq if row is not None else 0) + count, floor + count - 1)
+                if row is None:
+                    session.add(SequenceRow(device_id=device_id, seq=top))
+                else:
+                    row.seq = top
+                firsts[device_id] = top - count + 1
+            return firsts
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
         else:
-            row = session.get(SequenceRow, device_id, with_for_update=True)
-            top = max((row.seq if row is not None else 0) + count, floor + count - 1)
-            if row is None:
-                session.add(SequenceRow(device_id=device_id, seq=top))
-            else:
-                row.seq = top
-        return top - count + 1
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        table = SequenceRow.__table__
+        # A new row starts at floor + count - 1 (its "excluded" value); a row there already grows
+        # by count (= excluded - floor + 1), and never below that floor either. One statement,
+        # executed for every device (the floor is written into it: an integer, as SQL text).
+        stmt = dialect_insert(table)
+        bumped = table.c.seq + stmt.excluded.seq - literal_column(str(int(floor) - 1))
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[table.c.device_id],
+            set_={"seq": case((bumped > stmt.excluded.seq, bumped), else_=stmt.excluded.seq)},
+        ).returning(table.c.device_id, table.c.seq, sort_by_parameter_order=True)
+        params = [{"device_id": d, "seq": floor + counts[d] - 1} for d in devices]
+        for device_id, top in session.execute(stmt, params).all():
+            firsts[device_id] = int(top) - counts[device_id] + 1
+        return firsts
 
     def mark_published(
         self, session: Session, command_ids: Sequence[str], fire_and_forget: Sequence[str]
     ) -> None:
         """Note a publish: pending commands become published (acks become sent, final)."""
         now = time.time()
-        if command_ids:
+        t = _TABLE.c
+        ids = list(command_ids)
+        for start in range(0, len(ids), _IN_LIMIT):
             session.execute(
-                update(CommandRow)
-                .where(CommandRow.command_id.in_(list(command_ids)))
+                _TABLE.update()
+                .where(t.command_id.in_(ids[start : start + _IN_LIMIT]))
                 .values(
-                    state=case((CommandRow.state == PENDING, PUBLISHED), else_=CommandRow.state),
-                    attempts=CommandRow.attempts + 1,
+                    state=case((t.state == PENDING, PUBLISHED), else_=t.state),
+                    attempts=t.attempts + 1,
                     published_at=now,
                     updated=now,
                 )
             )
-        if fire_and_forget:
+        sent = list(fire_and_forget)
+        for start in range(0, len(sent), _IN_LIMIT):
             session.execute(
-                update(CommandRow)
-                .where(CommandRow.command_id.in_(list(fire_and_forget)))
+                _TABLE.update()
+                .where(t.command_id.in_(sent[start : start + _IN_LIMIT]))
                 .values(state=SENT, finished=now)
             )
 
@@ -386,12 +442,19 @@ class CommandStore:
     def note_stages(self, session: Session, stages: dict[str, str]) -> None:
         """Progress: the stage each command's device reports; published commands run now."""
         now = time.time()
+        by_stage: dict[str, list[str]] = {}
         for command_id, stage in stages.items():
-            session.execute(
-                update(CommandRow)
-                .where(CommandRow.command_id == command_id, CommandRow.state.in_(OPEN_STATES))
-                .values(state=RUNNING, stage=stage[:32], updated=now)
-            )
+            by_stage.setdefault(stage[:32], []).append(command_id)
+        t = _TABLE.c
+        for stage, ids in by_stage.items():  # a handful of stages: one statement each
+            for start in range(0, len(ids), _IN_LIMIT):
+                session.execute(
+                    _TABLE.update()
+                    .where(
+                        t.command_id.in_(ids[start : start + _IN_LIMIT]), t.state.in_(OPEN_STATES)
+                    )
+                    .values(state=RUNNING, stage=stage, updated=now)
+                )
 
     def store_final(
         self,
@@ -410,21 +473,77 @@ class CommandStore:
         A command cancelled or expired meanwhile keeps its state, but the late answer is kept:
         it says what the device did.
         """
+        answer = FinalAnswer(
+            command_id, response_msg_id, status, state,
+            msgspec.json.encode(result).decode("utf-8") if result is not None else None,
+            error_code, error_message,
+        )  # fmt: skip
+        return command_id in self.store_finals(session, [answer])
+
+    def store_finals(self, session: Session, answers: Sequence[FinalAnswer]) -> set[str]:
+        """Store several final answers in one statement (executed once per answer); returns the
+        ids of the commands whose answer this call stored (each command keeps its first)."""
+        if not answers:
+            return set()
         now = time.time()
-        changes: dict[str, Any] = {
-            "response_msg_id": response_msg_id, "status": status,
-            "result": msgspec.json.encode(result).decode("utf-8") if result is not None else None,
-            "error_code": error_code, "error_message": (error_message or "")[:4000] or None,
-            "updated": now,
-            "state": case((CommandRow.state.in_(OPEN_STATES), state), else_=CommandRow.state),
-            "finished": case((CommandRow.finished.is_(None), now), else_=CommandRow.finished),
-        }  # fmt: skip
-        stored = session.execute(
-            update(CommandRow)
-            .where(CommandRow.command_id == command_id, CommandRow.response_msg_id.is_(None))
-            .values(**changes)
-        ).rowcount
-        return bool(stored)
+        t = _TABLE.c
+        ids = list(dict.fromkeys(a.command_id for a in answers))
+        answered: set[str] = set()  # the commands with an answer stored already
+        for start in range(0, len(ids), _IN_LIMIT):
+            answered.update(
+                session.scalars(
+                    select(t.command_id).where(
+                        t.command_id.in_(ids[start : start + _IN_LIMIT]),
+                        t.response_msg_id.is_not(None),
+                    )
+                )
+            )
+        tried: dict[str, FinalAnswer] = {}  # the first answer of each command without one
+        for answer in answers:
+            if answer.command_id not in answered:
+                tried.setdefault(answer.command_id, answer)
+        if not tried:
+            return set()
+        stmt = (
+            _TABLE.update()
+            .where(t.command_id == bindparam("b_command_id"), t.response_msg_id.is_(None))
+            .values(
+                response_msg_id=bindparam("b_response_msg_id"),
+                status=bindparam("b_status"),
+                result=bindparam("b_result"),
+                error_code=bindparam("b_error_code"),
+                error_message=bindparam("b_error_message"),
+                updated=now,
+                # (no IN list: an executemany cannot expand one)
+                state=case(
+                    (or_(*(t.state == open_ for open_ in OPEN_STATES)), bindparam("b_state")),
+                    else_=t.state,
+                ),
+                finished=case((t.finished.is_(None), now), else_=t.finished),
+            )
+        )
+        params = [
+            {
+                "b_command_id": a.command_id, "b_response_msg_id": a.response_msg_id,
+                "b_status": a.status, "b_result": a.result, "b_error_code": a.error_code,
+                "b_error_message": (a.error_message or "")[:4000] or None, "b_state": a.state,
+            }
+            for a in tried.values()
+        ]  # fmt: skip
+        matched = session.execute(stmt, params).rowcount
+        if matched == len(tried):  # the usual case: each of them stored, by this call
+            return set(tried)
+        # Another host process stored some meanwhile: those holding our envelope are ours.
+        stored: set[str] = set()
+        wanted = list(tried)
+        for start in range(0, len(wanted), _IN_LIMIT):
+            rows = session.execute(
+                select(t.command_id, t.response_msg_id).where(
+                    t.command_id.in_(wanted[start : start + _IN_LIMIT])
+                )
+            )
+            stored.update(cid for cid, msg_id in rows if tried[cid].response_msg_id == msg_id)
+        return stored
 
     @staticmethod
     def stored_responses(session: Session, response_msg_ids: Iterable[str]) -> set[str]:

@@ -122,6 +122,7 @@ class _Stream:
     sessions: dict[str, _Session] = field(default_factory=dict)
     started: float = float("-inf")  # the first request after the stream was quiet
     gather_until: float = float("-inf")  # fresh chunks wait for expected devices until then
+    last_active: float = float("-inf")  # the latest last_seen of its sessions
     error: str | None = None
 
     def enqueue(self, index: int) -> None:
@@ -195,7 +196,9 @@ class ChunkServer:
         """``device_id`` was sent a command naming this artifact: it will likely ask for it soon."""
         with self._cond:
             now = self._clock()
-            self._expected.setdefault(sha256, {})[device_id] = now
+            expected = self._expected.setdefault(sha256, {})
+            expected.pop(device_id, None)  # kept in the order of their times (see _join)
+            expected[device_id] = now
             self._command_times.setdefault(sha256, deque(maxlen=2)).append(now)
             for (sha, _size), stream in self._streams.items():
                 if sha == sha256 and device_id not in stream.sessions:
@@ -244,6 +247,7 @@ class ChunkServer:
             if session is None:
                 session = self._join(stream, device_id, now)
             session.last_seen = now
+            stream.last_active = max(stream.last_active, now)
             for index in dict.fromkeys(request.indices):  # keeps order, drops repeats
                 if self._schedule(stream, session, index, now):
                     scheduled.append(index)
@@ -292,14 +296,16 @@ class ChunkServer:
 
     def _join(self, stream: _Stream, device_id: str, now: float) -> _Session:
         """A device's first request on this stream; it may start or end a gathering."""
-        quiet = all(now - s.last_seen > self.coalesce_s for s in stream.sessions.values())
+        quiet = now - stream.last_active > self.coalesce_s  # no session asked within the window
         session = _Session(now, now, bytearray((stream.total + 7) // 8))
         stream.sessions[device_id] = session
         expected = self._expected.get(stream.offered.sha256, {})
         expected.pop(device_id, None)
-        for other, since in list(expected.items()):
-            if now - since > EXPECT_S:
-                del expected[other]
+        while expected:  # oldest first: only the stale ones at the front are looked at
+            other, since = next(iter(expected.items()))
+            if now - since <= EXPECT_S:
+                break
+            del expected[other]
         if not expected:
             self._expected.pop(stream.offered.sha256, None)
             done_at = self._commands_done_at(stream.offered.sha256, now)
@@ -367,6 +373,9 @@ class ChunkServer:
             for device_id, session in list(stream.sessions.items()):
                 if now - session.last_seen > self.session_idle_s:
                     del stream.sessions[device_id]
+            stream.last_active = max(
+                (s.last_seen for s in stream.sessions.values()), default=float("-inf")
+            )
             if stream.idle():
                 del self._streams[key]
                 stream.file.close()
@@ -393,6 +402,8 @@ class ChunkServer:
                 if len(kept) == len(self._in_flight):
                     self._acknowledged_early.append(acknowledged_mid)  # not counted in yet
                 self._in_flight = kept
+                if not self._turn and not self._pumping:
+                    return  # nothing queued (a command's PUBACK, say): held ones have the timer
         self._pump()
 
     def close(self) -> None:

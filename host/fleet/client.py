@@ -464,10 +464,24 @@ class Fleet:
                 except ValidationError as exc:
                     self._drop(parsed.kind, device_id, "malformed", str(exc))
                     return
-                if self._authentic(parsed.kind, device_id, message):
+                if self._progress(parsed.kind, message) and self._commands is not None:
+                    # Checked by the command driver, if still worth it when its batch is written.
+                    self._commands.on_message(
+                        device_id,
+                        message,
+                        check=lambda: self._authentic("resp", device_id, message),
+                    )
+                elif self._authentic(parsed.kind, device_id, message):
                     self._on_envelope(parsed.kind, device_id, message)
         except Exception:  # the paho thread must survive anything one message does
             logger.exception("failed to handle a message on %s", msg.topic)
+
+    @staticmethod
+    def _progress(kind: str, message: Message) -> bool:
+        """A progress response: of several for one command that arrive together only the last
+        is worth its signature check, which the command driver runs when it writes them."""
+        body = message.body
+        return kind == "resp" and isinstance(body, Response) and body.status == "progress"
 
     def _drop(self, kind: str, device_id: str, reason: str, why: str) -> None:
         """Count a dropped message (on /metrics) and log it once per device and reason."""

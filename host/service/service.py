@@ -60,6 +60,9 @@ class ServiceConfig:
     # Reads without a token (every /api GET); off by default.
     open_reads: bool = False
     upload_limits: UploadLimits = field(default_factory=UploadLimits)
+    # Load the model zoo (and torch) at start, for the API's first campaign check; a service
+    # whose API is not served (bench.fleet) leaves it to the first use.
+    preload_models: bool = True
 
 
 def _is_loopback(host: str) -> bool:
@@ -146,7 +149,8 @@ class Service:
         self.ensure_token()
         # The model zoo (and torch) load in seconds: load them now, so that the first campaign
         # the API checks is answered as fast as the next.
-        threading.Thread(target=_load_model_zoo, name="load-model-zoo", daemon=True).start()
+        if self.config.preload_models:
+            threading.Thread(target=_load_model_zoo, name="load-model-zoo", daemon=True).start()
         self.fleet.connect()
         # Beside a large fleet the SUBACKs queue behind every retained status and birth.
         self.fleet.wait_synced(timeout=120, settle_s=0.5)
