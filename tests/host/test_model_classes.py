@@ -29,7 +29,7 @@ from host.data import DataSet, Split, load_data
 from host.errors import DataError, ExportError, ModelSpecError
 from host.export import ExportConfig, export, run_artifact_all
 from host.export.canonical import flatten_linear_inputs, fold_layer_scales
-from host.metrics import count_params, predict
+from host.metrics import count_macs, count_params, predict
 from host.models import ModelBundle, load_model
 from host.models.recurrent import LinearRecurrent, linearize_recurrent
 from tests.taskmodels import SequenceClassifier, TwoHeadNet
@@ -101,6 +101,41 @@ def test_recurrent_classifiers_export_at_every_tflite_precision_and_track_torch(
         ops = tflite_ops(artifact.path)
         assert "FULLY_CONNECTED" not in ops["float_ops"]
         assert any(op.startswith("FULLY_CONNECTED(int32,int8)") for op in ops["ops"])
+
+
+@pytest.mark.parametrize(("kind", "layers", "bidirectional"), RECURRENT)
+def test_macs_count_a_recurrent_layers_matrices_per_step_fused_or_in_linear_form(
+    kind: str, layers: int, bidirectional: bool
+) -> None:
+    bundle = _sequence_bundle(kind, layers, bidirectional)
+    gates = {"GRU": 3, "LSTM": 4, "RNN": 1}[kind]
+    directions = 2 if bidirectional else 1
+    per_step = sum(
+        directions * gates * 24 * ((8 if layer == 0 else 24 * directions) + 24)
+        for layer in range(layers)
+    )
+    head = 24 * directions * 10
+    x = torch.randn(3, 8, 8)  # 3 samples of 8 steps
+    linear = copy.deepcopy(bundle.module)
+    linearize_recurrent(linear)
+    assert count_macs(bundle.module, (x,)) == 3 * (8 * per_step + head)
+    assert count_macs(linear, (x,)) == 3 * (8 * per_step + head)
+
+
+def test_macs_count_an_lstm_with_projections_and_packed_sequences() -> None:
+    layer = nn.LSTM(8, 32, proj_size=8)
+    assert count_macs(layer, (torch.randn(5, 1, 8),)) == 5 * (4 * 32 * (8 + 8) + 8 * 32)
+    packed = nn.utils.rnn.pack_sequence([torch.randn(5, 8), torch.randn(3, 8)])
+
+    class Packed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.GRU(8, 16)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.rnn(packed)[1]
+
+    assert count_macs(Packed(), (torch.zeros(1),)) == 8 * 3 * 16 * (8 + 16)
 
 
 def test_a_gru_classifier_exports_to_onnx_and_runs_there(tmp_path: Path) -> None:
