@@ -243,6 +243,7 @@ class Distill(TechniqueConfig):
     alpha: float = 0.7
     batch_size: int = 64
     features: float = 0.1
+    mixup: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.student, bool):
@@ -266,6 +267,11 @@ class Distill(TechniqueConfig):
             raise ConfigError(
                 f"{self.name}.features must be >= 0 (the weight of feature matching; 0 turns it "
                 f"off), got {self.features}"
+            )
+        if not self.mixup >= 0:
+            raise ConfigError(
+                f"{self.name}.mixup must be >= 0 (the Beta parameter of the inputs' mixing; 0 "
+                f"turns it off), got {self.mixup}"
             )
 
 

@@ -197,6 +197,7 @@ def apply_distill(bundle: ModelBundle, cfg: Distill, ctx: CompressContext) -> Mo
         lr_retries=RECOVERY_LR_RETRIES,
         progress=lambda label, frac: ctx.report(f"distill {label}", frac),
         features=matched,
+        mixup=cfg.mixup,
     )
     ctx.detail("teacher_params", teacher_params)
     ctx.detail("student_params", student_params)
