@@ -98,10 +98,11 @@ def fit(
     sparse model stays sparse). ``log`` receives what happened. ``features`` adds the distance of
     matched intermediate activations to the teacher's (host.compress.features) to the loss; its
     adapters train along and are left out of the returned module. ``mixup`` > 0 (with a teacher)
-    trains on convex combinations of two samples, ``lam * x_i + (1 - lam) * x_j`` with
-    ``lam ~ Beta(mixup, mixup)`` per batch, towards the teacher's outputs on that same mixed input
-    (computed as it is seen; labels mixed in the same proportion): the student matches the
-    teacher's function between the training samples too. Inputs that are not floating point
+    adds to every batch a mixed copy of it, ``lam * x_i + (1 - lam) * x_j`` with ``lam ~
+    Beta(mixup, mixup)`` per sample, trained towards the teacher's outputs on that same mixed input
+    (computed as it is seen; labels train the unmixed half): the student matches the teacher's
+    function between the training samples too, which a fine-tune towards stored outputs cannot.
+    Batches with an input that is not floating point
     (token ids) are not mixed.
     """
     if epochs < 0:
@@ -222,30 +223,40 @@ def _train(
         mix_rng = np.random.default_rng(seed + 7919 * (epoch + 1))
         for inputs, labels, teacher_out in _batches(data.train, targets, batch_size, seed + epoch):
             tensors = [to_tensor(a, device) for a in inputs]
-            lam, perm = 1.0, None
-            if mixer is not None and all(t.is_floating_point() for t in tensors):
-                lam = float(mix_rng.beta(mixup, mixup))
-                perm = torch.from_numpy(mix_rng.permutation(len(tensors[0]))).to(device)
-                tensors = [lam * t + (1.0 - lam) * t[perm] for t in tensors]
-                with torch.no_grad():
-                    teacher_out = [o.float() for o in _outputs(mixer(*tensors))]
-            if features is not None:
-                features.teacher_pass(tensors)
-            outs = _outputs(module(*tensors))
             target = None if labels is None else [torch.from_numpy(y).to(device) for y in labels]
             soft = (
                 None
                 if teacher_out is None
-                else [t if isinstance(t, torch.Tensor) else torch.from_numpy(t).to(device)
-                      for t in teacher_out]
-            )  # fmt: skip
-            loss = _outputs_loss(outs, target, soft, temperature, alpha, task)
-            if perm is not None and target is not None:
-                # Mixed inputs carry both samples' labels, in the proportion they were mixed.
-                other = [y[perm] for y in target]
-                loss = lam * loss + (1.0 - lam) * _outputs_loss(
-                    outs, other, soft, temperature, alpha, task
-                )
+                else [torch.from_numpy(t).to(device) for t in teacher_out]
+            )
+            clean = len(tensors[0])
+            if mixer is not None and all(t.is_floating_point() for t in tensors):
+                # The batch and a mixed copy of it, both towards what the teacher makes of them.
+                lam = torch.from_numpy(mix_rng.beta(mixup, mixup, size=clean)).float().to(device)
+                perm = torch.from_numpy(mix_rng.permutation(clean)).to(device)
+                mixed = []
+                for t in tensors:
+                    w = lam.view(-1, *([1] * (t.dim() - 1)))
+                    mixed.append(w * t + (1.0 - w) * t[perm])
+                tensors = [torch.cat([t, m]) for t, m in zip(tensors, mixed, strict=True)]
+            online = None
+            if features is not None:
+                online = features.teacher_pass(tensors)
+            elif mixer is not None and len(tensors[0]) > clean:
+                with torch.no_grad():
+                    online = mixer(*tensors)
+            outs = _outputs(module(*tensors))
+            if online is not None and len(tensors[0]) > clean:
+                online = [o.float() for o in _outputs(online)]
+                loss = _outputs_loss(
+                    [o[:clean] for o in outs], target, [o[:clean] for o in online],
+                    temperature, alpha, task,
+                ) + _outputs_loss(
+                    [o[clean:] for o in outs], None, [o[clean:] for o in online],
+                    temperature, alpha, task,
+                )  # fmt: skip
+            else:
+                loss = _outputs_loss(outs, target, soft, temperature, alpha, task)
             if features is not None:
                 loss = loss + features.loss().to(loss.device)
             optimizer.zero_grad(set_to_none=True)

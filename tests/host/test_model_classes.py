@@ -19,6 +19,7 @@ from host.compress import (
     Distill,
     FineTune,
     LowRank,
+    Recipe,
     compress,
 )
 from host.compress.api import prepare_baseline
@@ -215,6 +216,63 @@ def test_distillation_trains_differently_from_the_pruned_fine_tune_of_the_same_c
     assert Distill(features=0).features == 0
     with pytest.raises(Exception, match="features must be >= 0"):
         Distill(features=-1.0)
+    with pytest.raises(Exception, match="mixup must be >= 0"):
+        Distill(mixup=-0.5)
+
+
+# One small model of each class, briefly trained, and a few hundred unlabelled samples of its data.
+CLASSES = [
+    pytest.param("tests.taskmodels:gru_classifier?hidden=16", "tests.taskmodels:digit_rows", id="gru"),
+    pytest.param("tests.taskmodels:lstm_classifier?hidden=8", "tests.taskmodels:digit_rows", id="lstm"),
+    pytest.param("tests.taskmodels:two_head_net", "tests.taskmodels:digits_with_boxes", id="two-outputs"),
+    pytest.param("tests.taskmodels:mlp_regressor", "tests.taskmodels:diabetes", id="regressor"),
+    pytest.param(
+        "builtin:hf_convnext?hidden_sizes=[8,8,16,16]&depths=[1,1,1,1]", "rgb32", id="convnext"
+    ),
+]  # fmt: skip
+
+
+def _small_data(spec: str) -> tuple[DataSet, DataSet]:
+    """A few hundred samples of a class's data: labelled (to train the teacher) and unlabelled."""
+    if spec == "rgb32":
+        from bench.models import digits_rgb32
+
+        data = digits_rgb32()
+    else:
+        data = load_data(spec)
+    train, val = data.train.subset(256), data.val.subset(64)
+    labelled = DataSet(data.name, train, val, data.test.subset(64))
+    return labelled, DataSet(data.name, Split(train.inputs), Split(val.inputs), labelled.test)
+
+
+def _trained_weights(bundle: ModelBundle, data: DataSet, steps: list) -> dict[str, torch.Tensor]:
+    from host.compress.api import apply_recipe
+
+    candidate, _ = apply_recipe(bundle, data, Recipe(steps=tuple(steps)), seed=3)
+    return {k: v.float() for k, v in candidate.module.state_dict().items() if v.is_floating_point()}
+
+
+@pytest.mark.parametrize(("model", "data"), CLASSES)
+def test_a_distilled_student_is_trained_differently_from_the_pruned_fine_tune_of_its_cut(
+    model: str, data: str
+) -> None:
+    torch.manual_seed(0)
+    labelled, split = _small_data(data)
+    bundle = prepare_baseline(load_model(model), labelled, epochs=3, lr=3e-3)
+    pruned = _trained_weights(bundle, split, [ChannelPrune(ratio=0.5), FineTune(epochs=2)])
+    distilled = _trained_weights(bundle, split, [Distill(student=0.5, epochs=2)])
+    # The same cut: the same layers, of the same shapes.
+    assert {k: v.shape for k, v in pruned.items()} == {k: v.shape for k, v in distilled.items()}
+    apart = max(float((pruned[k] - distilled[k]).norm() / pruned[k].norm().clamp_min(1e-8))
+                for k in pruned)  # fmt: skip
+    assert apart > 0.01
+    # What makes the difference: with feature matching and mixed inputs off, distilling into
+    # the pruned student is exactly the pruned fine-tune (same cut, same loss, same batches).
+    cut = _trained_weights(bundle, split, [ChannelPrune(ratio=0.5)])
+    assert any(not torch.equal(cut[k], pruned[k]) for k in cut)  # the fine-tune did train
+    plain = _trained_weights(bundle, split, [Distill(student=0.5, epochs=2, features=0, mixup=0)])
+    for key, value in pruned.items():
+        torch.testing.assert_close(plain[key], value)
 
 
 # ---------------------------------------------------------------- several outputs
