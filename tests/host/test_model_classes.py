@@ -278,6 +278,30 @@ def test_a_distilled_student_is_trained_differently_from_the_pruned_fine_tune_of
         torch.testing.assert_close(plain[key], value)
 
 
+class _Scale(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def test_a_label_free_recovery_ranks_epochs_by_kl_to_the_teacher_not_by_a_tied_agreement() -> None:
+    from host.train import _val_score
+
+    teacher = np.random.default_rng(0).normal(size=(64, 10)).astype(np.float32)
+    split = Split((teacher,))  # the teacher's own logits in, scaled logits out
+    scored = [
+        _val_score(_Scale(f), split, teacher, "classification", torch.device("cpu"), 32)
+        for f in (0.3, 0.9, 1.0)
+    ]
+    # The same top-1 agreement (1.0) for all three; the closer one to the teacher ranks higher.
+    assert [score for _, score, _ in scored] == [1.0, 1.0, 1.0]
+    assert scored[0][0] < scored[1][0] < scored[2][0] == pytest.approx(0.0, abs=1e-9)
+    assert scored[0][2] == "agreement"
+
+
 # ---------------------------------------------------------------- several outputs
 
 
