@@ -298,19 +298,46 @@ def count_params(module: nn.Module) -> int:
 
 
 def count_macs(module: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> int:
-    """Multiply-accumulates of one forward pass on ``example_inputs`` (torch's flop counter / 2)."""
+    """Multiply-accumulates of one forward pass on ``example_inputs`` (torch's flop counter / 2).
+
+    A fused recurrent layer (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``) runs as one op the flop counter
+    may not see into (an LSTM on the CPU counts 0): its MACs are counted from its shapes instead
+    (:func:`host.models.recurrent.recurrent_macs`), in place of whatever the counter saw inside it.
+    The linear form's matrices are ordinary Linear layers and are counted as such.
+    """
     import torch
+    from torch import nn
     from torch.utils.flop_counter import FlopCounterMode
+
+    from host.models.recurrent import recurrent_macs
 
     device = _device_of(module)
     was_training = module.training
     module.eval()
+    fused: dict[str, int] = {}
+    hooks = []
+    root = type(module).__name__
+    for name, layer in module.named_modules():
+        if isinstance(layer, nn.RNNBase):
+
+            def record(layer: nn.Module, args: tuple, name: str = name) -> None:
+                fused[name] = fused.get(name, 0) + (recurrent_macs(layer, args[0]) if args else 0)
+
+            hooks.append(layer.register_forward_pre_hook(record))
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             module(*(t.to(device) for t in example_inputs))
     finally:
+        for hook in hooks:
+            hook.remove()
         module.train(was_training)
-    return int(counter.get_total_flops() // 2)
+    flops = counter.get_total_flops()
+    if fused:
+        counts = counter.get_flop_counts()
+        for name, macs in fused.items():
+            seen = counts.get(f"{root}.{name}" if name else root, {})
+            flops += 2 * macs - sum(seen.values())
+    return int(flops // 2)
 
 
 __all__ = [

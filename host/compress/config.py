@@ -226,7 +226,9 @@ class QuantAwareTraining(TechniqueConfig):
 class Distill(TechniqueConfig):
     """Train a fresh student on the incoming model's softened outputs (plus labels when present),
     and on its intermediate activations through learned adapters (``features``: the weight of that
-    term, 0 for outputs only; host.compress.features).
+    term, 0 for outputs only; host.compress.features). Every batch also trains on a mixed copy of
+    it towards the teacher's outputs on those mixed inputs (``mixup``: the Beta parameter of the
+    per-sample mixing weight, 0 for none; host.train.fit).
 
     ``student`` is a width multiplier relative to the teacher (``0.5``), a zoo name (``"ds_cnn"``),
     or a model spec (``"builtin:mlp"``, ``"path/file.py:factory"``, ``"pkg.mod:factory"``).
@@ -243,6 +245,7 @@ class Distill(TechniqueConfig):
     alpha: float = 0.7
     batch_size: int = 64
     features: float = 0.1
+    mixup: float = 0.2
 
     def __post_init__(self) -> None:
         if isinstance(self.student, bool):
@@ -266,6 +269,11 @@ class Distill(TechniqueConfig):
             raise ConfigError(
                 f"{self.name}.features must be >= 0 (the weight of feature matching; 0 turns it "
                 f"off), got {self.features}"
+            )
+        if not self.mixup >= 0:
+            raise ConfigError(
+                f"{self.name}.mixup must be >= 0 (the Beta parameter of the inputs' mixing; 0 "
+                f"turns it off), got {self.mixup}"
             )
 
 

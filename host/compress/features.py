@@ -180,9 +180,10 @@ class FeatureMatch:
         self._student_out.clear()
         self._teacher_out.clear()
 
-    def teacher_pass(self, tensors: list[torch.Tensor]) -> None:
+    def teacher_pass(self, tensors: list[torch.Tensor]) -> Any:
+        """Run the teacher on a batch (recording its matched layers); returns its outputs."""
         with torch.no_grad():
-            self.teacher(*tensors)
+            return self.teacher(*tensors)
 
     def loss(self) -> torch.Tensor:
         """Sum over matched layers of the adapted student's relative squared distance."""

@@ -204,6 +204,31 @@ def linearize_recurrent(module: nn.Module) -> list[str]:
     return replaced
 
 
+def recurrent_macs(layer: nn.RNNBase | LinearRecurrent, x: torch.Tensor | object) -> int:
+    """Multiply-accumulates of one call of a recurrent layer on ``x``: per sample and step, each
+    layer and direction multiplies its input and its previous state by the stacked gate matrices
+    (``gates x hidden x (input + hidden)``), plus an LSTM's projection. Element-wise gate work is
+    not counted, as torch's flop counter counts no element-wise op elsewhere either."""
+    data = getattr(x, "data", x)  # a PackedSequence holds its steps of every sample as rows
+    if not isinstance(data, torch.Tensor):
+        return 0
+    if isinstance(x, torch.Tensor):
+        rows = x.shape[0] * x.shape[1] if x.dim() == 3 else x.shape[0]
+    else:
+        rows = data.shape[0]
+    mode = layer.mode
+    gates = GATES.get(mode, 1)
+    hidden = layer.hidden_size
+    proj = int(getattr(layer, "proj_size", 0) or 0)
+    state = proj or hidden
+    directions = 2 if layer.bidirectional else 1
+    per_row = 0
+    for index in range(layer.num_layers):
+        width = layer.input_size if index == 0 else state * directions
+        per_row += directions * (gates * hidden * (width + state) + proj * hidden)
+    return int(rows) * per_row
+
+
 def recurrent_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
     """The recurrent layers of ``module``, fused or in linear form."""
     return [
@@ -213,4 +238,11 @@ def recurrent_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
-__all__ = ["GATES", "LinearRecurrent", "RecurrentCell", "linearize_recurrent", "recurrent_layers"]
+__all__ = [
+    "GATES",
+    "LinearRecurrent",
+    "RecurrentCell",
+    "linearize_recurrent",
+    "recurrent_layers",
+    "recurrent_macs",
+]

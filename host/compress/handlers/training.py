@@ -197,6 +197,7 @@ def apply_distill(bundle: ModelBundle, cfg: Distill, ctx: CompressContext) -> Mo
         lr_retries=RECOVERY_LR_RETRIES,
         progress=lambda label, frac: ctx.report(f"distill {label}", frac),
         features=matched,
+        mixup=cfg.mixup,
     )
     ctx.detail("teacher_params", teacher_params)
     ctx.detail("student_params", student_params)
@@ -223,6 +224,16 @@ def apply_distill(bundle: ModelBundle, cfg: Distill, ctx: CompressContext) -> Mo
         )
     elif cfg.features > 0:
         ctx.note("no layer shared with the teacher to match features at: outputs only")
+    floats = all(t.is_floating_point() for t in bundle.example_inputs)
+    if cfg.mixup > 0 and floats:
+        ctx.note(
+            "every batch also trained on a mixed copy of it (Beta(%g, %g) per sample) towards the "
+            "teacher's outputs on those mixed inputs",
+            cfg.mixup,
+            cfg.mixup,
+        )
+    elif cfg.mixup > 0:
+        ctx.note("inputs not mixed: the model takes integer inputs (token ids)")
     note_fit(ctx, log, cfg.lr)
     return dataclasses.replace(student, module=trained.cpu().eval())
 
