@@ -22,27 +22,6 @@ POSTGRES_URL = os.environ.get(
 SHARED_BROKER = ("127.0.0.1", 1883)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``make test`` runs ``-n N --dist loadgroup``), a module that defines a
-    module- or session-scoped fixture its tests share runs on one worker, so that the fixture (a
-    trained model, a conversion, an agent) is built once rather than once per worker. Runs before
-    xdist reads the groups; without xdist the mark does nothing."""
-    for item in items:
-        module = getattr(item, "module", None)
-        info = getattr(item, "_fixtureinfo", None)
-        if module is None or info is None:
-            continue
-        shared = any(
-            fixturedef.scope in ("module", "session")
-            and getattr(fixturedef.func, "__module__", None) == module.__name__
-            for fixturedefs in info.name2fixturedefs.values()
-            for fixturedef in fixturedefs
-        )
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(module.__name__))
-
-
 @pytest.fixture(scope="session", autouse=True)
 def edgetailor_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A home of the test session's own: the host key made on first use, outputs and the
