@@ -52,10 +52,15 @@ lint: $(STAMP)
 
 # Everything, the light-install test included (fresh venvs, pip from PyPI); locally, skip that
 # one with: make test PYTEST_ARGS="-m 'not install'"
+# The tests spend most of their time waiting on agents, brokers and subprocesses, so they run on
+# PYTEST_WORKERS pytest-xdist workers (more than the cores). Each test file runs whole, in order, on
+# one worker (--dist loadfile): module fixtures are built once, and a test may read what an earlier
+# one of its file left (tests/e2e/test_search.py). One process: make test PYTEST_WORKERS=0
 PYTEST_ARGS ?=
+PYTEST_WORKERS ?= 3
 test: $(STAMP) $(BOARD_STAMP) lint browser
 	EDGETAILOR_BOARD_PYTHON=$(abspath $(BOARD_VENV))/bin/python EDGETAILOR_CHROMIUM=$(CHROMIUM) \
-		$(PY) -m pytest -q $(PYTEST_ARGS)
+		$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The whole loop, then the dashboard's address; `make demo DEMO_ARGS=--serve` keeps the service,
 # agents and broker running (the dashboard open) until Ctrl-C.

@@ -8,6 +8,7 @@ Slow (a minute or two, mostly pip); marked ``install`` so it can be deselected l
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -36,7 +37,10 @@ print(json.dumps(sorted({name.split(".")[0] for name in sys.modules})))
 
 
 def _run(*cmd: str, cwd: Path | None = None) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=900)
+    # Without the checkout on PYTHONPATH: building the wheel leaves edgetailor.egg-info in it,
+    # which pip in the fresh venv would take for an installed edgetailor and skip the wheel.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=900, env=env)
     assert proc.returncode == 0, (
         f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
     )
