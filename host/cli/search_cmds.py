@@ -267,6 +267,11 @@ def predict_cmd(
         console.print(
             f"  held-out error on this class: median {error['median_rel_error']:.1%}, "
             f"p90 {error['p90_rel_error']:.1%} over {error['held_out']} results"
+            + (
+                f"; the 80% interval, calibrated on them, held {error['interval_coverage']:.0%}"
+                if error.get("interval_coverage") is not None
+                else ""
+            )
         )
     console.print(
         f"  fitted on {prediction.class_rows} result(s) of this class, {predictor.rows} in all"

@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from host.errors import ConfigError
-from host.search.store import DECISION_MEASURED, DECISION_REUSED, MEASURED, SearchStore
+from host.search.store import (
+    DECISION_MEASURED,
+    DECISION_REUSED,
+    MEASURED,
+    MeasurementInfo,
+    SearchStore,
+)
 from host.select import Objective, ResultRow, pareto_front, select
 from shared.fsutil import atomic_write
 
@@ -22,14 +28,43 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def measured_pairs(
+    sstore: SearchStore, measurements: list[MeasurementInfo]
+) -> list[tuple[MeasurementInfo, ResultRow]]:
+    """The measured ones of ``measurements``, each with its result row: the agent's
+    BenchmarkResult stored with its command, as the host judged it (as a campaign's rows are
+    built). One whose stored result cannot be read is left out, with a warning."""
+    import msgspec
+
+    from host.campaign.quality import Judgement, result_row
+    from host.commands.repository import CommandStore
+    from shared.results import BenchmarkResult
+
+    done = [m for m in measurements if m.state == MEASURED and m.fleet_job_id and m.judgement]
+    commands = CommandStore(sstore.store).many(m.fleet_job_id or "" for m in done)
+    out = []
+    for m in done:
+        stored = commands.get(m.fleet_job_id or "")
+        result = stored.result_as(BenchmarkResult) if stored is not None else None
+        if result is None:
+            logger.warning("%s on %s: its stored result cannot be read", m.variant, m.device_id)
+            continue
+        judgement = msgspec.json.decode(m.judgement or "", type=Judgement)
+        label = m.candidate or m.variant
+        row = result_row(
+            result, judgement, candidate=label, artifact=label, device=m.device_id,
+            recipe=m.recipe_name or "", format=m.format or result.backend,
+            precision=m.precision or "",
+        )  # fmt: skip
+        out.append((m, row))
+    return out
+
+
 def measured_rows(
     sstore: SearchStore, search_id: str, device: str | None = None
 ) -> list[ResultRow]:
-    return [
-        ResultRow.from_dict(m.row)
-        for m in sstore.measurements(search_id, device)
-        if m.state == MEASURED and m.row
-    ]
+    """The search's measured variants (on ``device``) as result rows (see measured_pairs)."""
+    return [row for _m, row in measured_pairs(sstore, sstore.measurements(search_id, device))]
 
 
 def search_outcome(store: Store, search_id: str) -> dict[str, Any]:
@@ -52,7 +87,8 @@ def search_outcome(store: Store, search_id: str) -> dict[str, Any]:
     for device in devices:
         trials = sstore.trials(search_id, device)
         measurements = sstore.measurements(search_id, device)
-        rows = measured_rows(sstore, search_id, device)
+        by_variant = {m.variant: row for m, row in measured_pairs(sstore, measurements)}
+        rows = list(by_variant.values())
         counts: dict[str, int] = {}
         for t in trials:
             counts[t.decision] = counts.get(t.decision, 0) + 1
@@ -62,10 +98,10 @@ def search_outcome(store: Store, search_id: str) -> dict[str, Any]:
                 continue
             if not t.prediction.get("known"):
                 continue
-            measured = next((m for m in measurements if m.variant == t.variant and m.row), None)
+            measured = by_variant.get(t.variant or "")
             if measured is None:
                 continue
-            actual = (measured.row.get("latency_ms") or {}).get("p90")
+            actual = measured.latency_ms.get("p90")
             predicted = t.prediction.get("latency_p90_ms")
             if actual and predicted:
                 pairs.append({"trial": t.trial_number, "predicted_p90_ms": predicted,
@@ -186,4 +222,4 @@ def write_search_report(
     return index
 
 
-__all__ = ["measured_rows", "search_outcome", "write_search_report"]
+__all__ = ["measured_pairs", "measured_rows", "search_outcome", "write_search_report"]

@@ -8,7 +8,8 @@ Parameters (Optuna names):
 * ``precision``: fp32, fp16, int8_dynamic, int8, int8_mixed (full int8 with the ``float_groups``
   most int8-sensitive layer groups kept float);
 * ``prune``: the global structured-pruning ratio; ``stage{i}``: each layer group's share of it,
-  scaled by how little pruning hurts that group (sensitivity), so sensitive groups lose less;
+  scaled by how little pruning hurts that group (sensitivity), so sensitive groups lose less, and
+  by its share of the MACs, so MAC-heavy groups lose more;
 * ``lowrank``: none or the share of each factorized layer's parameters a low-rank (SVD)
   factorization keeps;
 * ``student``: none or a distilled student's width (when the spec lists widths).
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -114,18 +116,26 @@ class DeviceSpace:
 
     # -- the stages' shares of the pruning ratio -------------------------------------------
     def stage_weights(self) -> list[float]:
-        """Per group, how much of the global ratio it takes: less for groups pruning hurts."""
+        """Per group, how much of the global ratio it takes: the product of a sensitivity factor
+        (0.5 for the group pruning hurts most to 1.5 for a free one) and a MAC factor
+        (``sqrt(groups * the group's share of the groups' MACs)``, within 0.5 to 1.5: 1 for an
+        average group), so pruning goes where latency is and stays away from what matters. A
+        group that cannot be pruned alone gets 0; without MAC counts the MAC factor is 1."""
         drops = [s.prune_drop for s in self.sensitivity]
         known = [max(d, 0.0) for d in drops if d is not None]
         top = max(known, default=0.0)
+        prunable = [s for s in self.sensitivity if s.prune_drop is not None]
+        total_macs = sum(s.group.macs for s in prunable)
         weights = []
-        for drop in drops:
-            if drop is None:
+        for s in self.sensitivity:
+            if s.prune_drop is None:
                 weights.append(0.0)  # cannot be pruned alone
-            elif top <= 0:
-                weights.append(1.0)
-            else:
-                weights.append(1.5 - max(drop, 0.0) / top)  # 0.5 (most sensitive) to 1.5
+                continue
+            sensitivity = 1.0 if top <= 0 else 1.5 - max(s.prune_drop, 0.0) / top
+            macs = 1.0
+            if total_macs > 0:
+                macs = min(1.5, max(0.5, math.sqrt(len(prunable) * s.group.macs / total_macs)))
+            weights.append(round(sensitivity * macs, 4))
         return weights
 
     def int8_order(self) -> list[GroupSensitivity]:

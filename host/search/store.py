@@ -6,7 +6,10 @@ The tables live on ``host.store.models.Base`` beside the fleet's and the campaig
 database. Optuna's own tables (its studies and trials) are Optuna's, in the same database too.
 
 A measurement row is the claim: its primary key is (search, device, variant), so exactly one
-worker inserts it. States::
+worker inserts it. It names the variant (candidate label, recipe, format, precision) and, once
+measured, holds the host's judgement of the result (host.campaign.quality.Judgement) as a campaign
+job does; the result itself is the agent's BenchmarkResult stored once with its command
+(``fleet_job_id``), and host.search.report.measured_rows puts the two together. States::
 
     claimed -> sent -> ok | failed
     claimed|sent (claim expired: the worker died) -> taken over by another worker, which first
@@ -81,7 +84,14 @@ class SearchMeasurementRow(Base):
     claim_until: Mapped[float] = mapped_column(Float)
     trial_number: Mapped[int] = mapped_column(BigInteger)
     fleet_job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    row: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # select.ResultRow
+    # What the variant is, for its result row: a final check has no trial to read it from.
+    candidate: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    recipe_name: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    format: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    precision: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # How the host judged the result of fleet_job_id (host.campaign.quality.Judgement, msgspec
+    # JSON), as campaign_jobs.judgement.
+    judgement: Mapped[str | None] = mapped_column(Text, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created: Mapped[float] = mapped_column(Float)
     updated: Mapped[float] = mapped_column(Float)
@@ -135,10 +145,24 @@ class MeasurementInfo:
     claim_until: float
     trial_number: int
     fleet_job_id: str | None
-    row: dict[str, Any] | None
+    candidate: str | None
+    recipe_name: str | None
+    format: str | None
+    precision: str | None
+    judgement: str | None
     error: str | None
     created: float
     updated: float
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What a claimed measurement measures: the row's candidate label and the file's facts."""
+
+    candidate: str
+    recipe_name: str
+    format: str
+    precision: str
 
 
 @dataclass(frozen=True)
@@ -232,9 +256,17 @@ class SearchStore:
 
     # -- measurements (claims) -----------------------------------------------------------------
     def claim(
-        self, search_id: str, device_id: str, variant: str, worker: str, trial: int, lease_s: float
+        self,
+        search_id: str,
+        device_id: str,
+        variant: str,
+        worker: str,
+        trial: int,
+        lease_s: float,
+        what: Variant | None = None,
     ) -> Claim:
-        """Claim the measurement of ``variant`` on ``device_id`` (see the module doc)."""
+        """Claim the measurement of ``variant`` (``what`` it is) on ``device_id`` (see the
+        module doc)."""
         now = time.time()
         try:
             with self.store.transaction() as session:
@@ -247,6 +279,10 @@ class SearchStore:
                         worker=worker,
                         claim_until=now + lease_s,
                         trial_number=trial,
+                        candidate=what.candidate if what else None,
+                        recipe_name=what.recipe_name if what else None,
+                        format=what.format if what else None,
+                        precision=what.precision if what else None,
                         created=now,
                         updated=now,
                     )
@@ -256,7 +292,7 @@ class SearchStore:
             pass
         existing = self.measurement(search_id, device_id, variant)
         if existing is None:  # removed in between: try once more
-            return self.claim(search_id, device_id, variant, worker, trial, lease_s)
+            return self.claim(search_id, device_id, variant, worker, trial, lease_s, what)
         if existing.state in OPEN_MEASUREMENT_STATES and existing.claim_until < now:
             # Its worker died (or stopped renewing): take it over, conditionally, so that one of
             # several survivors wins.
@@ -306,16 +342,18 @@ class SearchStore:
         variant: str,
         worker: str,
         *,
-        row: dict[str, Any] | None,
+        judgement: str | None,
         error: str | None = None,
     ) -> None:
+        """The measurement ended: measured, with the host's ``judgement`` of the stored result
+        (msgspec JSON), or failed with ``error``."""
         self._finish(
             search_id,
             device_id,
             variant,
             worker,
             state=MEASURED if error is None else FAILED,
-            row=row,
+            judgement=judgement,
             error=error,
         )
 
@@ -375,4 +413,5 @@ __all__ = [
     "SearchInfo",
     "SearchStore",
     "TrialInfo",
+    "Variant",
 ]

@@ -61,3 +61,22 @@ def test_a_search_choice_is_compared_with_the_best_named_recipe_under_the_same_c
     compared = _compare("fast", mine, named, doc, 13)
     assert compared["named_choice"] == "int8" and compared["speedup"] == 2.0
     assert compared["better"] and not compared["worse"]
+
+
+def test_the_slow_boards_budget_leaves_out_every_named_recipe_within_the_metric_bound() -> None:
+    from bench.search import FAST, SLOW, latency_budgets
+    from host.select import ResultRow
+
+    def row(name: str, device: str, p90: float, acc: float) -> ResultRow:
+        return ResultRow(candidate=name, device=device, recipe=name, format="tflite",
+                         precision="int8", size_bytes=1, latency_ms={"p90": p90}, peak_rss_mb=1.0,
+                         metric="accuracy", metric_value=acc, baseline_metric=0.9)  # fmt: skip
+
+    rows = [
+        row("baseline", FAST, 2.0, 0.9), row("baseline", SLOW, 4.0, 0.9),
+        row("int8", SLOW, 1.6, 0.89), row("prune50", SLOW, 1.2, 0.80),  # too lossy to count
+        row("int8", FAST, 0.8, 0.89),
+    ]  # fmt: skip
+    budgets = latency_budgets(rows, {FAST: 2.0, SLOW: 4.0}, 0.02, 0.5, 0.9)
+    assert budgets == {FAST: 1.0, SLOW: 1.44}  # 0.9 x int8's 1.6 ms, below half of 4 ms
+    assert latency_budgets(rows, {FAST: 2.0, SLOW: 4.0}, 0.02, 0.5, 0.0)[SLOW] == 2.0

@@ -122,8 +122,9 @@ def test_a_choice_never_rests_on_a_prediction_alone(
     assert chosen is not None
     with Store(fleet_db) as store:
         sstore = SearchStore(store)
-        rows = {m.row["candidate"]: m for m in sstore.measurements("known-class", DEVICE) if m.row}
+        rows = {m.candidate: m for m in sstore.measurements("known-class", DEVICE)}
         assert chosen in rows and rows[chosen].state == MEASURED
+        assert rows[chosen].judgement  # the host's judgement; the result is the command's
         stored = CommandStore(store).get(rows[chosen].fleet_job_id)
         assert stored is not None and stored.state == ANSWERED  # the board's own answer
         result = stored.result_as(BenchmarkResult)

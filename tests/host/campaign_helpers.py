@@ -20,7 +20,7 @@ from shared.results import BenchmarkResult, LatencyStats
 
 def store_measured(store: Store, campaign_id: str, row: ResultRow, position: int) -> str:
     """Store ``row``'s figures as one measured job of ``campaign_id``; returns its command id."""
-    cstore, commands = CampaignStore(store), CommandStore(store)
+    cstore = CampaignStore(store)
     known = {c.candidate_id: c for c in cstore.candidates(campaign_id)}
     sha = known[row.candidate].sha256 if row.candidate in known else f"{position:064x}"
     if row.candidate not in known:  # a candidate is one file, whichever device measures it
@@ -30,6 +30,21 @@ def store_measured(store: Store, campaign_id: str, row: ResultRow, position: int
             status="ok", reason=None, sha256=sha, path=None, size_bytes=row.size_bytes,
             host_metrics={}, created=time.time(),
         ))  # fmt: skip
+    command_id = store_benchmark(store, row, sha)
+    cstore.ensure_job(campaign_id, row.candidate, row.device, position)
+    cstore.job_sent(campaign_id, row.candidate, row.device, command_id)
+    judgement = Judgement(baseline_metric=row.baseline_metric)
+    cstore.job_finished(
+        campaign_id, row.candidate, row.device, JOB_OK,
+        judgement=msgspec.json.encode(judgement).decode("utf-8"),
+    )  # fmt: skip
+    return command_id
+
+
+def store_benchmark(store: Store, row: ResultRow, sha: str) -> str:
+    """A benchmark command to ``row.device`` answered with ``row``'s figures, as the fleet stores
+    it; returns its command id."""
+    commands = CommandStore(store)
     p90 = row.latency_ms["p90"]
     figures = {"mean": p90, "std": 0.0, "min": p90, "p50": p90, "p95": p90, "p99": p90,
                "max": p90, **row.latency_ms}  # fmt: skip
@@ -49,11 +64,4 @@ def store_measured(store: Store, campaign_id: str, row: ResultRow, position: int
             session, command_id, response_msg_id=f"r-{command_id}", status="ok",
             state="answered", result=result, error_code=None, error_message=None,
         )  # fmt: skip
-    cstore.ensure_job(campaign_id, row.candidate, row.device, position)
-    cstore.job_sent(campaign_id, row.candidate, row.device, command_id)
-    judgement = Judgement(baseline_metric=row.baseline_metric)
-    cstore.job_finished(
-        campaign_id, row.candidate, row.device, JOB_OK,
-        judgement=msgspec.json.encode(judgement).decode("utf-8"),
-    )  # fmt: skip
     return command_id

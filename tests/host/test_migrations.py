@@ -9,12 +9,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from host.campaign.quality import Judgement
 from host.store import Store, StoreError, migrations
 from host.store.deployments import DeploymentStore
 from host.store.migrations.__main__ import check, make_revision
@@ -22,7 +24,7 @@ from host.store.models import Base
 from host.store.schema import MODEL_MODULES, metadata
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0002_64bit_integers"
+HEAD = "0003_search_judgement"
 
 
 @pytest.fixture
@@ -223,3 +225,46 @@ def test_a_new_model_makes_a_revision_that_creates_its_table(tmp_path: Path) -> 
     text = path.read_text()
     assert path.parent == tmp_path and f"down_revision = {HEAD!r}" in text
     assert "op.create_table(" in text and "'probe_things'" in text
+
+
+def test_a_search_measurement_made_before_the_judgement_column_keeps_its_variant_and_judgement(
+    engine: sa.Engine,
+) -> None:
+    _upgrade_by_revisions(engine, "0002_64bit_integers")
+    old = {
+        "candidate": "prune0.5+fp16",
+        "recipe": "prune0.5",
+        "format": "tflite",
+        "precision": "fp16",
+        "baseline_metric": 0.93,
+        "drop_interval": [0.01, 0.04],
+        "metric_value": 0.91,
+    }
+    table = sa.table(
+        "search_measurements",
+        *(sa.column(name) for name in ("search_id", "device_id", "variant", "state", "worker")),
+        *(sa.column(name) for name in ("claim_until", "trial_number", "fleet_job_id")),
+        *(sa.column(name) for name in ("created", "updated")),
+        sa.column("row", sa.JSON),
+    )
+    with engine.begin() as conn:
+        conn.execute(
+            table.insert().values(
+                search_id="s-1", device_id="pi-01", variant="v1", state="ok", worker="w",
+                claim_until=0.0, trial_number=3, fleet_job_id="job-1", created=1.0, updated=2.0,
+                row=old,
+            )
+        )  # fmt: skip
+    _upgrade_by_revisions(engine)
+    assert _revision(engine) == HEAD and _differences(engine) == []
+    with engine.connect() as conn:
+        got = conn.execute(
+            sa.text(
+                "SELECT candidate, recipe_name, format, precision, judgement, fleet_job_id "
+                "FROM search_measurements WHERE search_id = 's-1'"
+            )
+        ).one()
+    assert tuple(got[:4]) == ("prune0.5+fp16", "prune0.5", "tflite", "fp16")
+    judgement = msgspec.json.decode(got[4], type=Judgement)
+    assert judgement == Judgement(baseline_metric=0.93, drop_interval=[0.01, 0.04])
+    assert got[5] == "job-1"

@@ -7,10 +7,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import msgspec
+
+from host.campaign.quality import Judgement
 from host.search import search_outcome, write_search_report
-from host.search.store import SearchStore, TrialInfo
+from host.search.store import SearchStore, TrialInfo, Variant
 from host.select import ResultRow
 from host.store import Store
+from tests.host.campaign_helpers import store_benchmark
 
 SPEC = {
     "model": "builtin:mlp", "data": "builtin:digits", "devices": ["pi-01"],
@@ -19,13 +23,13 @@ SPEC = {
 }  # fmt: skip
 
 
-def _row(candidate: str, p90: float, accuracy: float) -> dict[str, object]:
+def _row(candidate: str, p90: float, accuracy: float) -> ResultRow:
     return ResultRow(
         candidate=candidate, device="pi-01", recipe=candidate, format="tflite", precision="int8",
         size_bytes=100, latency_ms={"p90": p90, "p50": p90}, peak_rss_mb=40.0, metric="accuracy",
         metric_value=accuracy, baseline_metric=0.97, metric_interval=(accuracy - 0.01, accuracy + 0.01),
         drop_interval=(0.97 - accuracy - 0.01, 0.97 - accuracy + 0.01), threads=1, runtime="tflite",
-    ).to_dict()  # fmt: skip
+    )  # fmt: skip
 
 
 def _trial(number: int, variant: str, decision: str, predicted: float, reason: str) -> TrialInfo:
@@ -49,9 +53,15 @@ def test_the_report_chooses_among_measured_results_and_shows_predictions_beside(
             "prune_drop": 0.2, "int8_drop": 0.001, "note": "",
         }]})  # fmt: skip
         for number, (variant, p90, accuracy) in enumerate((("a", 2.0, 0.95), ("b", 2.5, 0.96))):
-            assert sstore.claim("s", "pi-01", variant, "w", number, 60).mine
+            row = _row(f"<b>{variant}</b>", p90, accuracy)
+            what = Variant(row.candidate, row.recipe, row.format, row.precision)
+            assert sstore.claim("s", "pi-01", variant, "w", number, 60, what).mine
+            # As a search stores it: the agent's result with its command, the judgement here.
+            job = store_benchmark(store, row, f"{number:064x}")
+            sstore.measurement_sent("s", "pi-01", variant, "w", job)
+            judgement = Judgement(baseline_metric=0.97, drop_interval=list(row.drop_interval))
             sstore.measurement_done(
-                "s", "pi-01", variant, "w", row=_row(f"<b>{variant}</b>", p90, accuracy)
+                "s", "pi-01", variant, "w", judgement=msgspec.json.encode(judgement).decode()
             )
             sstore.put_trial(_trial(number, variant, "measured", p90 * 1.1, "predicted feasible"))
         # Predicted far faster than anything measured, but never measured: never the choice.

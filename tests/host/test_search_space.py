@@ -87,3 +87,29 @@ def test_an_impossible_space_is_refused_naming_the_option(field: str, value: obj
 
     with pytest.raises(ConfigError, match=field.replace("_", "[-_]")):
         _space(**{field: value})
+
+
+def test_a_mac_heavy_insensitive_group_is_pruned_before_a_mac_light_one() -> None:
+    sensitivity = [
+        # As a CNN's early, high-resolution convolutions and its late, wide ones: the first
+        # holds most MACs and few parameters; pruning hurts neither.
+        GroupSensitivity(LayerGroup("g0", ("features.0",), 160, macs=900_000), 0.0, 0.01),
+        GroupSensitivity(LayerGroup("g1", ("features.2",), 18496, macs=60_000), 0.0, 0.01),
+        # MAC-heavy too, but pruning it costs the metric.
+        GroupSensitivity(LayerGroup("g2", ("features.5",), 4640, macs=900_000), 0.20, 0.01),
+    ]
+    search = SearchSpec(model="builtin:digits_cnn", data="builtin:digits", devices=("pi-01",))
+    space = DeviceSpace.for_device(search, sensitivity, cores=1, formats={"tflite"})
+    heavy, light, sensitive = space.stage_weights()
+    assert heavy > sensitive and heavy > light
+    for prune in (0.1, 0.3):
+        params = {"runtime": "tflite", "threads": 1, "precision": "fp32", "prune": prune,
+                  "stage0": 1.0, "stage1": 1.0, "stage2": 1.0, "lowrank": "none"}  # fmt: skip
+        plan = space.suggest(optuna.trial.FixedTrial(params))
+        ratios = dict(
+            next(s for s in plan.recipe.steps if isinstance(s, ChannelPrune)).layer_ratios
+        )
+        assert ratios["features.0"] > ratios["features.2"]
+        assert ratios["features.0"] > ratios["features.5"]
+    # Without MAC counts, sensitivity alone decides, as before.
+    assert _space().stage_weights() == pytest.approx([0.5, 1.5 - 0.05 / 0.30, 1.5], abs=1e-3)

@@ -75,9 +75,7 @@ def test_one_of_several_workers_claims_a_measurement(db_url: str) -> None:
     assert all(
         c.existing is not None and c.existing.worker == winners[0] for _, c in results if not c.mine
     )
-    sstore.measurement_done(
-        "s3", "pi-01", "v1", winners[0], row={"candidate": "c", "device": "pi-01"}
-    )
+    sstore.measurement_done("s3", "pi-01", "v1", winners[0], judgement="{}")
     later = sstore.claim("s3", "pi-01", "v1", "w9", 2, lease_s=60)
     assert not later.mine and later.existing.state == MEASURED
     store.close()

@@ -30,12 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from host.campaign.quality import QualityError
+import msgspec
+
+from host.campaign.quality import Judgement, QualityError
 from host.errors import CompressionError, ConfigError, ExportError
 from host.search.driver.prepare import Builder, Built, prepare
 from host.search.measure import BoardMeter, MeasureError
 from host.search.predictor.data import FeatureCache, board_class_of, fit_predictor, predict_file
 from host.search.predictor.model import Prediction, Predictor
+from host.search.report import measured_pairs, measured_rows
 from host.search.space import DeviceSpace, Plan
 from host.search.store import (
     DECISION_FAILED,
@@ -46,6 +49,7 @@ from host.search.store import (
     OPEN_MEASUREMENT_STATES,
     SearchStore,
     TrialInfo,
+    Variant,
 )
 from host.search.study import DeviceStudy, make_storage
 from host.select import Constraint, Objective, ResultRow, figure_value, select
@@ -376,11 +380,7 @@ class SearchLoop:
         return DECISION_MEASURED, "predicted feasible and promising"
 
     def _measured_rows(self, device: str) -> list[ResultRow]:
-        rows = []
-        for m in self.sstore.measurements(self.search_id, device):
-            if m.state == MEASURED and m.row:
-                rows.append(ResultRow.from_dict(m.row))
-        return rows
+        return measured_rows(self.sstore, self.search_id, device)
 
     def _feasible(self, state: DeviceState, row: ResultRow) -> bool:
         return all(c.check(row) is None for c in state.constraints)
@@ -419,18 +419,22 @@ class SearchLoop:
         """Measure the trial's variant once for the whole search: (row, decision, reason)."""
         device = state.device
         while True:
+            what = Variant(plan.label, plan.recipe.name, built.format, built.precision)
             claim = self.sstore.claim(
-                self.search_id, device, plan.variant, self.worker, trial, self.spec.lease_s
+                self.search_id, device, plan.variant, self.worker, trial, self.spec.lease_s, what
             )
             if claim.mine:
                 break
             existing = claim.existing
-            if existing is not None and existing.state == MEASURED and existing.row:
+            reused = measured_pairs(self.sstore, [existing]) if existing is not None else []
+            if existing is not None and reused:
                 return (
-                    ResultRow.from_dict(existing.row),
+                    reused[0][1],
                     DECISION_REUSED,
                     (f"measured for trial {existing.trial_number} already; its result is reused"),
                 )
+            if existing is not None and existing.state == MEASURED:
+                return None, DECISION_FAILED, "its stored result cannot be read"
             if existing is not None and existing.state not in OPEN_MEASUREMENT_STATES:
                 return None, DECISION_FAILED, f"its measurement failed: {existing.error}"
             time.sleep(0.5)  # another worker is measuring it: wait for its result
@@ -449,25 +453,28 @@ class SearchLoop:
                 built.path, device, plan.threads, plan.runtime, adopt=claim.adopt,
                 on_sent=lambda job_id: self.sstore.measurement_sent(self.search_id, device, plan.variant, self.worker, job_id),
             )  # fmt: skip
-            row = self._judge(result, plan, built, device)
+            judgement, row = self._judge(result, plan, built, device)
         except (MeasureError, QualityError, ConfigError) as exc:  # QualityError: not comparable
             error = str(exc)[:1000]
             self.sstore.measurement_done(
-                self.search_id, device, plan.variant, self.worker, row=None, error=error
+                self.search_id, device, plan.variant, self.worker, judgement=None, error=error
             )
             return None, DECISION_FAILED, f"not measured or not judged: {error}"
         finally:
             renew_stop.set()
         self.sstore.measurement_done(
-            self.search_id, device, plan.variant, self.worker, row=row.to_dict()
-        )
+            self.search_id, device, plan.variant, self.worker,
+            judgement=msgspec.json.encode(judgement).decode("utf-8"),
+        )  # fmt: skip
         self.refit()
         adopted = " (the answer to the job a stopped worker sent)" if claim.adopt else ""
         return row, DECISION_MEASURED, f"measured{adopted}"
 
-    def _judge(self, result: BenchmarkResult, plan: Plan, built: Built, device: str) -> ResultRow:
-        """The selection's row of a measured variant: the agent's result as the host judges it
-        against the baseline (host.campaign.quality, the campaign's rules)."""
+    def _judge(
+        self, result: BenchmarkResult, plan: Plan, built: Built, device: str
+    ) -> tuple[Judgement, ResultRow]:
+        """How the host judges a measured variant's result against the baseline
+        (host.campaign.quality, the campaign's rules), and the selection's row of it."""
         from host.campaign.quality import judge_result, result_row
         from host.store.campaigns import CandidateInfo
 
@@ -478,7 +485,7 @@ class SearchLoop:
             path=built.path, size_bytes=built.size_bytes, host_metrics={}, created=time.time(),
         )  # fmt: skip
         judgement = judge_result(result, cand, device, self.prepared, self.fleet)
-        return result_row(
+        return judgement, result_row(
             result, judgement, candidate=plan.label, artifact=plan.label, device=device,
             recipe=plan.recipe.name, format=built.format, precision=built.precision,
         )  # fmt: skip

@@ -85,7 +85,7 @@ def prepare(
     if known:
         sensitivity = [GroupSensitivity.from_dict(s) for s in known]
     else:
-        groups = layer_groups(bundle.module)
+        groups = layer_groups(bundle.module, example_inputs=bundle.example_inputs)
         sensitivity = measure_sensitivity(bundle, dataset, groups)
         sstore.update_search(search_id, state={"sensitivity": [s.to_dict() for s in sensitivity]})
     sstore.update_search(

@@ -10,6 +10,14 @@ per MAC they need not). Memory is learnt as ``log(peak RSS MB)``.
 Its error is tracked per board class on held-out results: every fit also runs a K-fold split
 (results assigned to folds by a hash of their job id, so the split is stable as results arrive),
 predicts each fold from the others, and keeps the relative errors of those held-out predictions.
+
+The latency interval is **calibrated on those held-out results** (split conformal, as conformalized
+quantile regression does it): per board class, each held-out result's nonconformity is how far the
+measured figure lies outside its predicted 10%-90% interval (negative inside), in the log target;
+the interval a prediction states is the quantile interval widened on both sides by the
+``ceil((n + 1) * 0.8) / n`` quantile of the class's n nonconformities, so that about 80% of new
+results of the class fall inside it. The coverage a class reports is measured the same way, each
+fold's results against a widening computed from the other folds' results only.
 A board class with fewer than ``MIN_CLASS_ROWS`` results is *unknown*: no prediction is made for
 it, and the search measures such a board fully.
 """
@@ -27,6 +35,7 @@ from host.search.predictor.features import BoardClass, feature_names
 logger = logging.getLogger(__name__)
 
 QUANTILES = (0.1, 0.5, 0.9)
+COVERAGE = round(QUANTILES[2] - QUANTILES[0], 6)  # what the stated interval is calibrated to hold
 MIN_CLASS_ROWS = 4
 MIN_ROWS = 8
 FOLDS = 5
@@ -80,17 +89,35 @@ class ClassError:
 
     board: BoardClass
     errors: list[float] = field(default_factory=list)
-    covered: int = 0  # held-out results inside the predicted 80% interval
+    raw_covered: int = 0  # held-out results inside the uncalibrated quantile interval
+    covered: int = 0  # held-out results inside the calibrated interval (other folds' widening)
+    # (fold, nonconformity in the log target) of each held-out result
+    scores: list[tuple[int, float]] = field(default_factory=list)
+    widening: float = 0.0  # in the log target, from every held-out result of the class
 
     def summary(self) -> dict[str, Any]:
+        n = len(self.errors)
         return {
             "board_class": self.board.key,
             "describe": self.board.describe(),
-            "held_out": len(self.errors),
+            "held_out": n,
             "median_rel_error": _quantile(self.errors, 0.5),
             "p90_rel_error": _quantile(self.errors, 0.9),
-            "interval_coverage": self.covered / len(self.errors) if self.errors else None,
+            "interval": COVERAGE,
+            "interval_coverage": self.covered / n if n else None,
+            "raw_interval_coverage": self.raw_covered / n if n else None,
+            "interval_widening": math.exp(self.widening),
         }
+
+
+def conformal_widening(scores: list[float], coverage: float = COVERAGE) -> float:
+    """The split-conformal quantile of ``scores``: the ``ceil((n + 1) * coverage) / n`` empirical
+    quantile (the largest score when n is too small for it), 0 without scores."""
+    if not scores:
+        return 0.0
+    ordered = sorted(scores)
+    rank = math.ceil((len(ordered) + 1) * coverage)
+    return float(ordered[min(rank, len(ordered)) - 1])
 
 
 def _quantile(values: list[float], q: float) -> float | None:
@@ -187,10 +214,25 @@ class Predictor:
                 entry.errors.append(abs(predicted - row.p90_ms) / row.p90_ms)
                 lo = self._lat_value(low[index], row.macs)
                 hi = self._lat_value(high[index], row.macs)
-                entry.covered += int(lo <= row.p90_ms <= hi)
+                entry.raw_covered += int(lo <= row.p90_ms <= hi)
+                target = lat[row_index]
+                entry.scores.append(
+                    (k, float(max(low[index] - target, target - high[index]))),
+                )
+        self._calibrate()
         self.latency = _Quantiles(self.seed).fit(x, lat)
         self.memory = _Quantiles(self.seed).fit(x, mem)
         return self
+
+    def _calibrate(self) -> None:
+        """Each class's widening from its held-out nonconformities, and the coverage it would
+        have had on each fold with the widening of the other folds only."""
+        for entry in self.errors.values():
+            entry.widening = conformal_widening([s for _, s in entry.scores])
+            entry.covered = 0
+            for fold, score in entry.scores:
+                others = [s for f, s in entry.scores if f != fold]
+                entry.covered += int(score <= conformal_widening(others))
 
     @staticmethod
     def _lat_target(p90_ms: float, macs: float) -> float:
@@ -220,6 +262,8 @@ class Predictor:
         assert self.latency is not None and self.memory is not None
         arr = np.asarray([x], dtype=float)
         low, mid, high = (float(v[0]) for v in self.latency.predict(arr))
+        widen = error.widening if error is not None else 0.0
+        low, high = min(low - widen, mid), max(high + widen, mid)
         mlow, mmid, mhigh = (float(math.exp(v[0])) for v in self.memory.predict(arr))
         return Prediction(
             True,
@@ -245,10 +289,12 @@ class Predictor:
 
 
 __all__ = [
+    "COVERAGE",
     "MIN_CLASS_ROWS",
     "ClassError",
     "Prediction",
     "Predictor",
     "TrainingRow",
+    "conformal_widening",
     "feature_names",
 ]
