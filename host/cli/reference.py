@@ -85,7 +85,8 @@ def _walk(command: Command, path: list[str]) -> Iterator[tuple[list[str], Comman
     if subcommands:
         if len(path) > 1:
             yield path, command
-        for name in subcommands:  # in the order they were registered
+        # By name: the order commands register in follows which module was imported first.
+        for name in sorted(subcommands):
             yield from _walk(subcommands[name], [*path, name])
         return
     yield path, command
@@ -107,7 +108,7 @@ def host_reference() -> list[str]:
         if command.help:
             lines += [_paragraphs(command.help), ""]
         if getattr(command, "commands", None):
-            lines += [f"Commands: {', '.join(f'`{name}`' for name in command.commands)}."]
+            lines += [f"Commands: {', '.join(f'`{name}`' for name in sorted(command.commands))}."]
             continue
         lines += _table(list(_host_rows(command)))
     return lines
